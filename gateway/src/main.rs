@@ -1,1 +1,128 @@
-fn main(){}
+//! `gateway` binary: parse flags, load and validate the config (exit 64 on
+//! any error, all errors listed), bind, print the bound addresses, serve
+//! until SIGTERM/SIGINT, drain, exit 0.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+/// Exit code for a bad config or bad flags (BSD EX_USAGE-adjacent EX_DATAERR).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser, Debug)]
+#[command(name = "gateway", version, about = "Game Gateway data plane")]
+struct Args {
+    /// YAML config file (standalone mode: services, endpoints and realms come from it).
+    #[arg(long, env = "GATEWAY_CONFIG")]
+    config: PathBuf,
+    /// Gateway id; overrides `gateway_id` in the file (default: the file, then $POD_NAME, then the hostname).
+    #[arg(long, env = "GATEWAY_ID")]
+    gateway_id: Option<String>,
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `gateway=debug`.
+    #[arg(long, env = "GATEWAY_LOG", default_value = "info")]
+    log: String,
+    /// Log format.
+    #[arg(long, env = "GATEWAY_LOG_FORMAT", value_parser = ["text", "json"], default_value = "text")]
+    log_format: String,
+    /// Validate the config, print the result and exit (0 valid, 64 invalid).
+    #[arg(long)]
+    check: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let cfg = match gateway::config::Config::load(&args.config, args.gateway_id.clone()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("gateway: {}: {e}", args.config.display());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if args.check {
+        println!(
+            "config ok: gateway_id={} services={} realms={}",
+            cfg.gateway_id,
+            cfg.routes.services.len(),
+            cfg.routes.realms.len()
+        );
+        return ExitCode::SUCCESS;
+    }
+    let filter = match tracing_subscriber::EnvFilter::try_new(&args.log) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("gateway: --log {:?}: {e}", args.log);
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let sub = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if args.log_format == "json" {
+        sub.json().init();
+    } else {
+        sub.init();
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("gateway: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            eprintln!("gateway: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cfg: gateway::config::Config) -> anyhow::Result<()> {
+    let listeners = gateway::Listeners::bind(&cfg).await?;
+    let (client, ops) = listeners.addrs()?;
+    // One machine-readable line on stdout so scripts and tests can find
+    // ports chosen by the OS (`listen: 127.0.0.1:0`).
+    println!(
+        "listening client={client} ops={ops} gateway_id={}",
+        cfg.gateway_id
+    );
+    info!(%client, %ops, gateway_id = %cfg.gateway_id, "gateway listening");
+    let shutdown = CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        info!("shutdown signal received; draining");
+        signal.cancel();
+    });
+    let gw = gateway::Gateway::new(cfg);
+    gateway::serve(gw, listeners, shutdown).await;
+    info!("gateway stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -306,15 +306,17 @@ mod tests {
             any::<u64>(),
             any::<u32>(),
         )
-            .prop_map(|(kind, service_type, realm_id, user_id, session_id, seq)| Header {
-                version: VERSION,
-                kind,
-                service_type,
-                realm_id,
-                user_id,
-                session_id,
-                seq,
-            })
+            .prop_map(
+                |(kind, service_type, realm_id, user_id, session_id, seq)| Header {
+                    version: VERSION,
+                    kind,
+                    service_type,
+                    realm_id,
+                    user_id,
+                    session_id,
+                    seq,
+                },
+            )
     }
 
     proptest! {
@@ -365,7 +367,10 @@ mod tests {
                 max: DEFAULT_MAX_FRAME_BYTES
             })
         );
-        assert!(buf.capacity() < 1024, "no allocation for the claimed payload");
+        assert!(
+            buf.capacity() < 1024,
+            "no allocation for the claimed payload"
+        );
     }
 
     #[test]

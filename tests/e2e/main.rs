@@ -1,1 +1,12 @@
-fn main(){}
+//! Process-level end-to-end tests: the real `gateway` and `sample-backend`
+//! binaries on free loopback ports, driven by real TCP, WebSocket and HTTP
+//! clients. Each test starts (and on drop kills) its own processes.
+
+mod support;
+
+mod http;
+mod lifecycle;
+mod limits;
+mod routing;
+mod tcp;
+mod ws;

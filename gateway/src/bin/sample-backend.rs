@@ -1,1 +1,222 @@
-fn main(){}
+//! `sample-backend`: the smallest complete backend for Game Gateway, built on
+//! the `gg-proto` codec. Copy it as the starting point for a real service.
+//!
+//! What a backend must do:
+//! 1. accept TCP connections from gateways; the first frame on each is HELLO
+//!    `{"gateway_id": …}`;
+//! 2. track sessions: OPEN binds a session (ids in the header) to this
+//!    connection, CLOSE unbinds it; many sessions share one connection;
+//! 3. answer DATA on the connection it came from, with the request's
+//!    `session_id` and `seq` (the gateway finds the client by session id);
+//! 4. answer PING with PONG; send CLOSE `{code, reason}` to kick a session.
+//!
+//! DATA commands this sample understands (UTF-8 payload):
+//! - `whoami`           → replies with `--name`
+//! - `count`            → replies with how many DATA frames this session sent
+//! - `kick[:reason]`    → CLOSE with code 3506 (kicked)
+//! - `flood:N:BYTES`    → N DATA frames of BYTES bytes each (load/slow-consumer tests)
+//! - `sleep:MS`         → replies `slept` after MS milliseconds
+//! - `error`            → ERROR frame `{code: 100, message}` with the request's seq
+//! - anything else      → echoed back unchanged
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use clap::Parser;
+use gg_proto::control::{self, BackendHello};
+use gg_proto::frame::{self, Header, Kind};
+use gg_proto::{CloseCode, ErrorCode, Frame};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sample-backend",
+    about = "Echo/counter/kick sample backend for Game Gateway"
+)]
+struct Args {
+    /// Address to listen on (port 0 picks a free port; the bound address is printed).
+    #[arg(long, default_value = "127.0.0.1:7101")]
+    listen: String,
+    /// Name returned by the `whoami` command.
+    #[arg(long, default_value = "backend")]
+    name: String,
+    /// Largest frame accepted from a gateway.
+    #[arg(long, default_value_t = frame::DEFAULT_MAX_FRAME_BYTES)]
+    max_frame_bytes: u32,
+}
+
+#[tokio::main]
+async fn main() -> std::io::Result<()> {
+    let args = Args::parse();
+    let listener = TcpListener::bind(&args.listen).await?;
+    // Machine-readable: scripts and tests parse this line.
+    println!("listening {}", listener.local_addr()?);
+    loop {
+        let (stream, peer) = listener.accept().await?;
+        let name = args.name.clone();
+        let max = args.max_frame_bytes;
+        tokio::spawn(async move {
+            if let Err(e) = serve_gateway(stream, name, max).await {
+                eprintln!("sample-backend: gateway {peer}: {e}");
+            }
+        });
+    }
+}
+
+/// Per-session state: here just a counter.
+#[derive(Default)]
+struct SessionState {
+    data_frames: u64,
+}
+
+async fn serve_gateway(stream: TcpStream, name: String, max: u32) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let (mut rd, mut wr) = stream.into_split();
+    // One writer task per connection: replies from delayed commands
+    // (`sleep`) and direct replies share it, and writes are batched.
+    let (tx, mut rx) = mpsc::channel::<Bytes>(1024);
+    let writer = tokio::spawn(async move {
+        let mut buf = BytesMut::new();
+        while let Some(f) = rx.recv().await {
+            buf.extend_from_slice(&f);
+            while let Ok(more) = rx.try_recv() {
+                buf.extend_from_slice(&more);
+                if buf.len() > 256 * 1024 {
+                    break;
+                }
+            }
+            wr.write_all(&buf).await?;
+            buf.clear();
+        }
+        Ok::<_, std::io::Error>(())
+    });
+
+    let mut sessions: HashMap<u64, SessionState> = HashMap::new();
+    let mut rbuf = BytesMut::with_capacity(16 * 1024);
+    let mut greeted = false;
+    'read: loop {
+        if rd.read_buf(&mut rbuf).await? == 0 {
+            break;
+        }
+        loop {
+            let f = match frame::decode(&mut rbuf, max) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) if e.stream_in_sync() => {
+                    eprintln!("sample-backend: skipping frame: {e}");
+                    continue;
+                }
+                Err(e) => {
+                    eprintln!("sample-backend: closing gateway connection: {e}");
+                    break 'read;
+                }
+            };
+            let h = f.header;
+            match h.kind() {
+                Some(Kind::Hello) => {
+                    let hello: Result<BackendHello, _> = f.json();
+                    if let Ok(hello) = hello {
+                        eprintln!("sample-backend: gateway {} connected", hello.gateway_id);
+                    }
+                    greeted = true;
+                }
+                _ if !greeted => {
+                    eprintln!("sample-backend: first frame was not HELLO; closing");
+                    break 'read;
+                }
+                Some(Kind::Open) => {
+                    sessions.insert(h.session_id, SessionState::default());
+                }
+                Some(Kind::Close) => {
+                    sessions.remove(&h.session_id);
+                }
+                Some(Kind::Ping) => {
+                    let mut r = h;
+                    r.kind = Kind::Pong as u8;
+                    send(&tx, Frame::new(r, Bytes::new())).await;
+                }
+                Some(Kind::Data) => {
+                    let Some(state) = sessions.get_mut(&h.session_id) else {
+                        // DATA for a session never opened here: tell the client.
+                        let e = control::error_frame(
+                            &h,
+                            ErrorCode::BadState,
+                            "session not open on this backend",
+                        );
+                        send(&tx, e).await;
+                        continue;
+                    };
+                    state.data_frames += 1;
+                    let count = state.data_frames;
+                    if handle_data(&tx, &name, h, f.payload, count).await {
+                        sessions.remove(&h.session_id);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
+    Ok(())
+}
+
+/// Runs one DATA command; returns true when the session was kicked.
+async fn handle_data(
+    tx: &mpsc::Sender<Bytes>,
+    name: &str,
+    h: Header,
+    payload: Bytes,
+    count: u64,
+) -> bool {
+    let reply = |body: Bytes| Frame::new(h, body);
+    let text = std::str::from_utf8(&payload).unwrap_or("");
+    if text == "whoami" {
+        send(tx, reply(Bytes::from(name.to_string()))).await;
+    } else if text == "count" {
+        send(tx, reply(Bytes::from(count.to_string()))).await;
+    } else if text == "error" {
+        send(
+            tx,
+            control::error_frame(&h, ErrorCode::Internal, "sample error"),
+        )
+        .await;
+    } else if let Some(reason) = text.strip_prefix("kick") {
+        let reason = reason
+            .strip_prefix(':')
+            .unwrap_or("kicked by sample backend");
+        send(
+            tx,
+            control::close_frame(h.session_id, CloseCode::Kicked, reason),
+        )
+        .await;
+        return true;
+    } else if let Some(spec) = text.strip_prefix("flood:") {
+        let mut it = spec.split(':').map(|x| x.parse::<usize>().unwrap_or(0));
+        let (n, size) = (
+            it.next().unwrap_or(0).min(1_000_000),
+            it.next().unwrap_or(0).min(1 << 20),
+        );
+        let body = Bytes::from(vec![b'x'; size]);
+        for _ in 0..n {
+            send(tx, reply(body.clone())).await;
+        }
+    } else if let Some(ms) = text.strip_prefix("sleep:") {
+        let ms = ms.parse().unwrap_or(0u64).min(60_000);
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            send(&tx, Frame::new(h, Bytes::from_static(b"slept"))).await;
+        });
+    } else {
+        send(tx, reply(payload)).await;
+    }
+    false
+}
+
+async fn send(tx: &mpsc::Sender<Bytes>, f: Frame) {
+    let _ = tx.send(f.to_bytes()).await;
+}

@@ -1,0 +1,203 @@
+//! Backend pool: per endpoint a fixed number of long-lived TCP connections,
+//! each multiplexing many sessions (HELLO with gateway_id once, then
+//! OPEN/DATA/CLOSE by session id). One task per connection owns the socket
+//! and reconnects with exponential backoff and jitter ([`conn`]).
+//!
+//! Sessions talk to a connection through a bounded queue of [`ToBackend`]
+//! messages stamped with the connection *generation* they were meant for; a
+//! message for an older generation (the connection dropped meanwhile) is
+//! never sent on the new one, so a backend never sees DATA for a session it
+//! was not told about.
+
+pub mod conn;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use prometheus::IntCounter;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::BackendSettings;
+use crate::metrics::Metrics;
+use crate::session::SessionHandle;
+
+/// What a session asks of a backend connection.
+pub enum ToBackend {
+    /// Bind `session` to this connection and send its OPEN frame.
+    Open {
+        session: SessionHandle,
+        frame: Bytes,
+    },
+    /// Forward one encoded frame (DATA, or PONG from the reader).
+    Frame(Bytes),
+    /// Unbind the session and send its CLOSE frame.
+    Close { session_id: u64, frame: Bytes },
+}
+
+/// A queued message and the connection generation it was addressed to.
+pub struct Envelope {
+    pub generation: u64,
+    pub msg: ToBackend,
+}
+
+/// Why a message could not be queued to a backend connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendError {
+    /// The connection is down (or restarted since the caller looked).
+    Down,
+    /// The queue is full: the backend or the link is slower than the load.
+    Full,
+}
+
+/// Shared state of one pooled connection: `state = generation << 1 | up`,
+/// one atomic so readers see a consistent pair.
+pub struct Conn {
+    tx: mpsc::Sender<Envelope>,
+    state: AtomicU64,
+}
+
+impl Conn {
+    /// `Some(generation)` when the connection is up.
+    pub fn live_generation(&self) -> Option<u64> {
+        let s = self.state.load(Ordering::Acquire);
+        (s & 1 == 1).then_some(s >> 1)
+    }
+
+    fn set_up(&self, generation: u64) {
+        self.state.store(generation << 1 | 1, Ordering::Release);
+    }
+
+    fn set_down(&self) {
+        self.state.fetch_and(!1, Ordering::AcqRel);
+    }
+
+    /// Queues a message for `generation` without waiting.
+    pub fn send(&self, generation: u64, msg: ToBackend) -> Result<(), SendError> {
+        if self.live_generation() != Some(generation) {
+            return Err(SendError::Down);
+        }
+        self.tx
+            .try_send(Envelope { generation, msg })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => SendError::Full,
+                mpsc::error::TrySendError::Closed(_) => SendError::Down,
+            })
+    }
+}
+
+/// One backend address and its pooled connections.
+pub struct Endpoint {
+    pub addr: Arc<str>,
+    key_hash: u64,
+    pub conns: Box<[Conn]>,
+    /// Frames the gateway could not queue because this endpoint's queue was full.
+    pub queue_full: IntCounter,
+}
+
+impl Endpoint {
+    /// Stable hash of the address, used by consistent hashing.
+    pub fn key_hash(&self) -> u64 {
+        self.key_hash
+    }
+
+    /// Whether at least one pooled connection is up.
+    pub fn healthy(&self) -> bool {
+        self.conns.iter().any(|c| c.live_generation().is_some())
+    }
+
+    /// Number of pooled connections up now.
+    pub fn connections_up(&self) -> usize {
+        self.conns
+            .iter()
+            .filter(|c| c.live_generation().is_some())
+            .count()
+    }
+
+    /// The connection a session should use: its home slot (`session_id mod
+    /// n`, so a session's frames stay ordered on one connection) or, when
+    /// that one is down, the next live one. Returns the slot and generation.
+    pub fn conn_for(&self, session_id: u64) -> Option<(usize, u64)> {
+        let n = self.conns.len();
+        let home = (session_id % n as u64) as usize;
+        (0..n)
+            .map(|i| (home + i) % n)
+            .find_map(|i| self.conns[i].live_generation().map(|g| (i, g)))
+    }
+}
+
+/// Every endpoint the gateway talks to, created on first use by a route table.
+pub struct BackendPool {
+    endpoints: Mutex<HashMap<String, Arc<Endpoint>>>,
+    ctx: Arc<conn::ConnCtx>,
+}
+
+impl BackendPool {
+    pub fn new(
+        gateway_id: String,
+        settings: BackendSettings,
+        max_frame_bytes: u32,
+        metrics: Arc<Metrics>,
+        tracker: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> BackendPool {
+        BackendPool {
+            endpoints: Mutex::new(HashMap::new()),
+            ctx: Arc::new(conn::ConnCtx {
+                gateway_id,
+                settings,
+                max_frame_bytes,
+                metrics,
+                tracker,
+                shutdown,
+            }),
+        }
+    }
+
+    /// The pool entry for `addr`, spawning its connection tasks on first use.
+    pub fn endpoint(&self, addr: &str) -> Arc<Endpoint> {
+        let mut map = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ep) = map.get(addr) {
+            return ep.clone();
+        }
+        let n = self.ctx.settings.connections_per_endpoint;
+        let mut receivers = Vec::with_capacity(n);
+        let conns = (0..n)
+            .map(|_| {
+                let (tx, rx) = mpsc::channel(self.ctx.settings.queue);
+                receivers.push(rx);
+                Conn {
+                    tx,
+                    state: AtomicU64::new(0),
+                }
+            })
+            .collect();
+        let ep = Arc::new(Endpoint {
+            addr: addr.into(),
+            key_hash: crate::router::hash::key_hash(addr),
+            conns,
+            queue_full: self
+                .ctx
+                .metrics
+                .backend_errors
+                .with_label_values(&[addr, "queue_full"]),
+        });
+        for (slot, rx) in receivers.into_iter().enumerate() {
+            let task = conn::run(ep.clone(), slot, rx, self.ctx.clone());
+            self.ctx.tracker.spawn(task);
+        }
+        map.insert(addr.to_string(), ep.clone());
+        ep
+    }
+
+    /// Snapshot of every endpoint, sorted by address.
+    pub fn endpoints(&self) -> Vec<Arc<Endpoint>> {
+        let map = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<_> = map.values().cloned().collect();
+        v.sort_by(|a, b| a.addr.cmp(&b.addr));
+        v
+    }
+}

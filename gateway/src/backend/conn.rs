@@ -1,0 +1,317 @@
+//! The task behind one pooled backend connection: connect (with timeout) →
+//! HELLO → relay until the socket fails → tell every bound session → back off
+//! (exponential, full jitter) → reconnect. Reading and writing run as two
+//! futures of the same task so a backend that is busy writing to us never
+//! blocks our writes to it (and the reverse).
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use gg_proto::control::{self, BackendHello};
+use gg_proto::frame::{self, Header, Kind};
+use gg_proto::{CloseCode, Frame};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use super::{Endpoint, Envelope, ToBackend};
+use crate::config::BackendSettings;
+use crate::metrics::Metrics;
+use crate::session::{Outbound, SessionHandle};
+
+/// What every connection task shares.
+pub struct ConnCtx {
+    pub gateway_id: String,
+    pub settings: BackendSettings,
+    pub max_frame_bytes: u32,
+    pub metrics: Arc<Metrics>,
+    pub tracker: TaskTracker,
+    pub shutdown: CancellationToken,
+}
+
+/// Sessions bound to the current incarnation of one connection. Only this
+/// connection's two futures touch it, so the lock is never contended across
+/// connections and never held across an await.
+type Bound = Mutex<HashMap<u64, SessionHandle>>;
+
+/// Most bytes gathered into one write syscall.
+const MAX_BATCH_BYTES: usize = 64 * 1024;
+
+pub async fn run(
+    ep: Arc<Endpoint>,
+    slot: usize,
+    mut rx: mpsc::Receiver<Envelope>,
+    ctx: Arc<ConnCtx>,
+) {
+    let label = [&*ep.addr];
+    let up_gauge = ctx.metrics.backend_connections.with_label_values(&label);
+    let mut generation: u64 = 0;
+    let mut backoff = ctx.settings.backoff_initial;
+    loop {
+        let attempt = tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            r = connect(&ep.addr, &ctx) => r,
+        };
+        match attempt {
+            Ok(stream) => {
+                generation += 1;
+                backoff = ctx.settings.backoff_initial;
+                info!(endpoint = %ep.addr, slot, generation, "backend connected");
+                let bound = Bound::default();
+                ep.conns[slot].set_up(generation);
+                up_gauge.inc();
+                let res = relay(stream, &ep, slot, generation, &mut rx, &bound, &ctx).await;
+                ep.conns[slot].set_down();
+                up_gauge.dec();
+                let lost: Vec<SessionHandle> = {
+                    let mut b = bound.lock().unwrap_or_else(|p| p.into_inner());
+                    b.drain().map(|(_, s)| s).collect()
+                };
+                match res {
+                    Ok(()) => {
+                        debug!(endpoint = %ep.addr, slot, "backend connection closed on shutdown");
+                        return;
+                    }
+                    Err(e) => {
+                        warn!(endpoint = %ep.addr, slot, sessions = lost.len(), error = %e, "backend connection lost; sessions notified, reconnecting");
+                        ctx.metrics
+                            .backend_errors
+                            .with_label_values(&[&*ep.addr, "io"])
+                            .inc();
+                    }
+                }
+                for s in lost {
+                    s.deliver(Outbound::BackendLost {
+                        endpoint: ep.addr.clone(),
+                    });
+                }
+            }
+            Err(e) => {
+                debug!(endpoint = %ep.addr, slot, error = %e, backoff_ms = backoff.as_millis() as u64, "backend connect failed");
+                ctx.metrics
+                    .backend_errors
+                    .with_label_values(&[&*ep.addr, "connect"])
+                    .inc();
+            }
+        }
+        // Full jitter: sleep uniformly in [backoff/2, backoff] so a fleet of
+        // gateways does not reconnect to a restarted backend in lockstep.
+        let half = backoff.as_millis() as u64 / 2;
+        let sleep = Duration::from_millis(half + fastrand::u64(0..=half));
+        let until = tokio::time::Instant::now() + sleep;
+        loop {
+            tokio::select! {
+                _ = ctx.shutdown.cancelled() => return,
+                _ = tokio::time::sleep_until(until) => break,
+                // Messages queued for a dead generation fail fast instead of
+                // waiting for the reconnect.
+                m = rx.recv() => match m {
+                    Some(env) => fail(env.msg, &ep.addr),
+                    None => return,
+                },
+            }
+        }
+        backoff = (backoff * 2).min(ctx.settings.backoff_max);
+    }
+}
+
+async fn connect(addr: &str, ctx: &ConnCtx) -> io::Result<TcpStream> {
+    let stream = tokio::time::timeout(ctx.settings.connect_timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// A message that can no longer be delivered: an OPEN tells its session.
+fn fail(msg: ToBackend, endpoint: &Arc<str>) {
+    if let ToBackend::Open { session, .. } = msg {
+        session.deliver(Outbound::BackendLost {
+            endpoint: endpoint.clone(),
+        });
+    }
+}
+
+async fn relay(
+    mut stream: TcpStream,
+    ep: &Arc<Endpoint>,
+    slot: usize,
+    generation: u64,
+    rx: &mut mpsc::Receiver<Envelope>,
+    bound: &Bound,
+    ctx: &ConnCtx,
+) -> io::Result<()> {
+    let hello = control::control_frame(
+        Kind::Hello,
+        Header::new(Kind::Hello),
+        &BackendHello {
+            gateway_id: ctx.gateway_id.clone(),
+        },
+    );
+    stream.write_all(&hello.to_bytes()).await?;
+    let (mut rd, mut wr) = stream.split();
+    let frames_out = ctx
+        .metrics
+        .backend_frames_out
+        .with_label_values(&[&*ep.addr]);
+    let frames_in = ctx
+        .metrics
+        .backend_frames_in
+        .with_label_values(&[&*ep.addr]);
+    let unknown = ctx
+        .metrics
+        .backend_unknown_session
+        .with_label_values(&[&*ep.addr]);
+
+    let writer = async {
+        let mut wbuf = BytesMut::with_capacity(8 * 1024);
+        while let Some(first) = rx.recv().await {
+            let mut n = 0u64;
+            let mut next = Some(first);
+            // Gather everything already queued into one write.
+            while let Some(env) = next.take() {
+                if env.generation != generation {
+                    fail(env.msg, &ep.addr);
+                } else {
+                    n += 1;
+                    match env.msg {
+                        ToBackend::Open { session, frame } => {
+                            bound
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .insert(session.id(), session);
+                            wbuf.extend_from_slice(&frame);
+                        }
+                        ToBackend::Frame(frame) => wbuf.extend_from_slice(&frame),
+                        ToBackend::Close { session_id, frame } => {
+                            bound
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .remove(&session_id);
+                            wbuf.extend_from_slice(&frame);
+                        }
+                    }
+                }
+                if wbuf.len() < MAX_BATCH_BYTES {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if !wbuf.is_empty() {
+                wr.write_all(&wbuf).await?;
+                wbuf.clear();
+                frames_out.inc_by(n);
+            }
+        }
+        // The pool was dropped: the gateway is exiting.
+        Ok::<(), io::Error>(())
+    };
+
+    let reader = async {
+        let mut rbuf = BytesMut::with_capacity(16 * 1024);
+        loop {
+            if rd.read_buf(&mut rbuf).await? == 0 {
+                return Err::<(), io::Error>(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "backend closed the connection",
+                ));
+            }
+            loop {
+                let raw = match frame::split_raw(&mut rbuf, ctx.max_frame_bytes) {
+                    Ok(Some(raw)) => raw,
+                    Ok(None) => break,
+                    Err(e) => {
+                        ctx.metrics
+                            .backend_errors
+                            .with_label_values(&[&*ep.addr, "protocol"])
+                            .inc();
+                        return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+                    }
+                };
+                frames_in.inc();
+                let header = match frame::parse_raw(&raw) {
+                    Ok(h) => h,
+                    Err(e) => {
+                        // In sync: skip the one frame and keep the connection.
+                        warn!(endpoint = %ep.addr, error = %e, "backend sent a frame this gateway does not understand; dropped");
+                        ctx.metrics
+                            .backend_errors
+                            .with_label_values(&[&*ep.addr, "protocol"])
+                            .inc();
+                        continue;
+                    }
+                };
+                dispatch(header, raw.freeze(), ep, slot, generation, bound, &unknown);
+            }
+        }
+    };
+
+    tokio::select! {
+        r = writer => r,
+        r = reader => r,
+        _ = ctx.shutdown.cancelled() => Ok(()),
+    }
+}
+
+/// Routes one frame from the backend to its session.
+fn dispatch(
+    header: Header,
+    raw: Bytes,
+    ep: &Arc<Endpoint>,
+    slot: usize,
+    generation: u64,
+    bound: &Bound,
+    unknown: &prometheus::IntCounter,
+) {
+    match header.kind() {
+        Some(Kind::Data | Kind::Error) => {
+            let session = bound
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&header.session_id)
+                .cloned();
+            match session {
+                Some(s) => {
+                    s.deliver(Outbound::Frame(raw));
+                }
+                None => unknown.inc(),
+            }
+        }
+        Some(Kind::Close) => {
+            // Backend CLOSE = kick. The session is unbound here so no CLOSE
+            // is echoed back for it.
+            let session = bound
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&header.session_id);
+            let Some(s) = session else {
+                unknown.inc();
+                return;
+            };
+            let f = Frame::new(header, raw.slice(frame::HEADER_BYTES..));
+            let close: control::Close = f.json().unwrap_or(control::Close {
+                code: CloseCode::Kicked.code(),
+                reason: "kicked by backend".into(),
+            });
+            s.deliver(Outbound::Kicked {
+                endpoint: ep.addr.clone(),
+                code: close.code,
+                reason: close.reason,
+            });
+        }
+        Some(Kind::Ping) => {
+            let mut h = header;
+            h.kind = Kind::Pong as u8;
+            let pong = Frame::new(h, Bytes::new()).to_bytes();
+            // Best effort: a full queue means the link is busy anyway.
+            let _ = ep.conns[slot].send(generation, ToBackend::Frame(pong));
+        }
+        // WELCOME/PONG from a backend need no action.
+        _ => {}
+    }
+}

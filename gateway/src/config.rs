@@ -1,0 +1,585 @@
+//! Configuration in two stages: [`FileConfig`] mirrors the YAML file
+//! (unknown keys rejected), [`Config::from_file`] validates it into the typed
+//! [`Config`] and reports every problem at once.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub const DEFAULT_MAX_FRAME_BYTES: u32 = gg_proto::frame::DEFAULT_MAX_FRAME_BYTES;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 1_000;
+pub const DEFAULT_SNIFF_TIMEOUT_MS: u64 = 5_000;
+pub const DEFAULT_HELLO_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_HEARTBEAT_MS: u64 = 15_000;
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 45_000;
+pub const DEFAULT_SESSION_QUEUE: usize = 256;
+pub const DEFAULT_MSG_RATE_PER_SEC: u32 = 200;
+pub const DEFAULT_MSG_BURST: u32 = 400;
+pub const DEFAULT_HTTP_HEADER_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_WRITE_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_CONNECTIONS_PER_ENDPOINT: usize = 2;
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 2_000;
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 5_000;
+pub const DEFAULT_BACKOFF_INITIAL_MS: u64 = 100;
+pub const DEFAULT_BACKOFF_MAX_MS: u64 = 10_000;
+pub const DEFAULT_BACKEND_QUEUE: usize = 8_192;
+pub const DEFAULT_DRAIN_DEADLINE_MS: u64 = 30_000;
+pub const DEFAULT_DRAIN_SPREAD_MS: u64 = 10_000;
+pub const DEFAULT_RECONNECT_AFTER_MS: u64 = 1_000;
+
+/// The YAML file as written by the operator.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub gateway_id: Option<String>,
+    pub listen: String,
+    pub ops_listen: String,
+    #[serde(default)]
+    pub services: Vec<FileService>,
+    #[serde(default)]
+    pub realms: BTreeMap<String, String>,
+    #[serde(default)]
+    pub limits: FileLimits,
+    #[serde(default)]
+    pub backend: FileBackend,
+    #[serde(default)]
+    pub drain: FileDrain,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileService {
+    pub name: String,
+    pub id: u16,
+    pub strategy: String,
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileLimits {
+    pub max_frame_bytes: u32,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub sniff_timeout_ms: u64,
+    pub hello_timeout_ms: u64,
+    pub heartbeat_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub session_queue: usize,
+    pub msg_rate_per_sec: u32,
+    pub msg_burst: u32,
+    pub http_header_timeout_ms: u64,
+    pub write_timeout_ms: u64,
+}
+
+impl Default for FileLimits {
+    fn default() -> Self {
+        FileLimits {
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+            sniff_timeout_ms: DEFAULT_SNIFF_TIMEOUT_MS,
+            hello_timeout_ms: DEFAULT_HELLO_TIMEOUT_MS,
+            heartbeat_ms: DEFAULT_HEARTBEAT_MS,
+            idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
+            session_queue: DEFAULT_SESSION_QUEUE,
+            msg_rate_per_sec: DEFAULT_MSG_RATE_PER_SEC,
+            msg_burst: DEFAULT_MSG_BURST,
+            http_header_timeout_ms: DEFAULT_HTTP_HEADER_TIMEOUT_MS,
+            write_timeout_ms: DEFAULT_WRITE_TIMEOUT_MS,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileBackend {
+    pub connections_per_endpoint: usize,
+    pub connect_timeout_ms: u64,
+    pub request_timeout_ms: u64,
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+    pub queue: usize,
+}
+
+impl Default for FileBackend {
+    fn default() -> Self {
+        FileBackend {
+            connections_per_endpoint: DEFAULT_CONNECTIONS_PER_ENDPOINT,
+            connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT_MS,
+            request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
+            backoff_initial_ms: DEFAULT_BACKOFF_INITIAL_MS,
+            backoff_max_ms: DEFAULT_BACKOFF_MAX_MS,
+            queue: DEFAULT_BACKEND_QUEUE,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileDrain {
+    pub deadline_ms: u64,
+    pub spread_ms: u64,
+    pub reconnect_after_ms: u64,
+}
+
+impl Default for FileDrain {
+    fn default() -> Self {
+        FileDrain {
+            deadline_ms: DEFAULT_DRAIN_DEADLINE_MS,
+            spread_ms: DEFAULT_DRAIN_SPREAD_MS,
+            reconnect_after_ms: DEFAULT_RECONNECT_AFTER_MS,
+        }
+    }
+}
+
+/// How a service picks an endpoint for a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    RoundRobin,
+    ConsistentHash,
+    Realm,
+}
+
+impl Strategy {
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::RoundRobin => "round_robin",
+            Strategy::ConsistentHash => "consistent_hash",
+            Strategy::Realm => "realm",
+        }
+    }
+}
+
+/// One validated routing rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceRule {
+    pub name: String,
+    pub id: u16,
+    pub strategy: Strategy,
+    /// `host:port` strings, resolved at connect time.
+    pub endpoints: Vec<String>,
+}
+
+/// The routing part of the config: what the control plane will later supply.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoutesConfig {
+    pub services: Vec<ServiceRule>,
+    pub realms: BTreeMap<u32, String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_frame_bytes: u32,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub sniff_timeout: Duration,
+    pub hello_timeout: Duration,
+    pub heartbeat: Duration,
+    pub idle_timeout: Duration,
+    pub session_queue: usize,
+    pub msg_rate_per_sec: u32,
+    pub msg_burst: u32,
+    pub http_header_timeout: Duration,
+    pub write_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct BackendSettings {
+    pub connections_per_endpoint: usize,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub queue: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct DrainSettings {
+    pub deadline: Duration,
+    pub spread: Duration,
+    pub reconnect_after: Duration,
+}
+
+/// The validated configuration the gateway runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub gateway_id: String,
+    pub listen: SocketAddr,
+    pub ops_listen: SocketAddr,
+    pub routes: RoutesConfig,
+    pub limits: Limits,
+    pub backend: BackendSettings,
+    pub drain: DrainSettings,
+}
+
+/// Every problem found in a config file, one per line.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+pub struct ConfigError(pub Vec<String>);
+
+impl Config {
+    /// Reads, parses and validates a YAML file. `gateway_id_override` (flag or
+    /// env) wins over the file; without either, `$POD_NAME` then the hostname.
+    pub fn load(path: &Path, gateway_id_override: Option<String>) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(vec![format!("cannot read {}: {e}", path.display())]))?;
+        Config::parse(&text, gateway_id_override)
+    }
+
+    /// Parses and validates YAML text.
+    pub fn parse(text: &str, gateway_id_override: Option<String>) -> Result<Config, ConfigError> {
+        let file: FileConfig =
+            yaml_serde::from_str(text).map_err(|e| ConfigError(vec![e.to_string()]))?;
+        Config::from_file(file, gateway_id_override)
+    }
+
+    /// Validates a parsed file, collecting every error.
+    pub fn from_file(
+        file: FileConfig,
+        gateway_id_override: Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut errs = Vec::new();
+
+        let gateway_id = gateway_id_override
+            .or(file.gateway_id)
+            .or_else(|| std::env::var("POD_NAME").ok())
+            .or_else(hostname)
+            .unwrap_or_default();
+        if gateway_id.is_empty()
+            || gateway_id.len() > 128
+            || !gateway_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            errs.push(format!(
+                "gateway_id {gateway_id:?} must be 1-128 characters of [A-Za-z0-9-_.]"
+            ));
+        }
+
+        let listen = parse_addr("listen", &file.listen, &mut errs);
+        let ops_listen = parse_addr("ops_listen", &file.ops_listen, &mut errs);
+        if let (Some(a), Some(b)) = (listen, ops_listen)
+            && a == b
+            && a.port() != 0
+        {
+            errs.push(format!("listen and ops_listen are both {a}; use two ports"));
+        }
+
+        let routes = validate_routes(&file.services, &file.realms, &mut errs);
+
+        let l = file.limits;
+        positive(
+            "limits.max_connections",
+            l.max_connections as u64,
+            &mut errs,
+        );
+        positive(
+            "limits.max_connections_per_ip",
+            l.max_connections_per_ip as u64,
+            &mut errs,
+        );
+        positive("limits.session_queue", l.session_queue as u64, &mut errs);
+        positive(
+            "limits.msg_rate_per_sec",
+            u64::from(l.msg_rate_per_sec),
+            &mut errs,
+        );
+        positive("limits.msg_burst", u64::from(l.msg_burst), &mut errs);
+        for (k, v) in [
+            ("limits.sniff_timeout_ms", l.sniff_timeout_ms),
+            ("limits.hello_timeout_ms", l.hello_timeout_ms),
+            ("limits.heartbeat_ms", l.heartbeat_ms),
+            ("limits.idle_timeout_ms", l.idle_timeout_ms),
+            ("limits.http_header_timeout_ms", l.http_header_timeout_ms),
+            ("limits.write_timeout_ms", l.write_timeout_ms),
+        ] {
+            positive(k, v, &mut errs);
+        }
+        if !(64..=64 * 1024 * 1024).contains(&l.max_frame_bytes) {
+            errs.push(format!(
+                "limits.max_frame_bytes {} must be between 64 and 67108864",
+                l.max_frame_bytes
+            ));
+        }
+        if l.idle_timeout_ms <= l.heartbeat_ms {
+            errs.push(format!(
+                "limits.idle_timeout_ms ({}) must be greater than limits.heartbeat_ms ({}) or every session times out",
+                l.idle_timeout_ms, l.heartbeat_ms
+            ));
+        }
+
+        let b = file.backend;
+        if !(1..=64).contains(&b.connections_per_endpoint) {
+            errs.push(format!(
+                "backend.connections_per_endpoint {} must be between 1 and 64",
+                b.connections_per_endpoint
+            ));
+        }
+        positive("backend.queue", b.queue as u64, &mut errs);
+        for (k, v) in [
+            ("backend.connect_timeout_ms", b.connect_timeout_ms),
+            ("backend.request_timeout_ms", b.request_timeout_ms),
+            ("backend.backoff_initial_ms", b.backoff_initial_ms),
+            ("backend.backoff_max_ms", b.backoff_max_ms),
+        ] {
+            positive(k, v, &mut errs);
+        }
+        if b.backoff_max_ms < b.backoff_initial_ms {
+            errs.push("backend.backoff_max_ms must be >= backend.backoff_initial_ms".into());
+        }
+
+        let d = file.drain;
+        positive("drain.deadline_ms", d.deadline_ms, &mut errs);
+        if d.spread_ms > d.deadline_ms {
+            errs.push(format!(
+                "drain.spread_ms ({}) must not exceed drain.deadline_ms ({})",
+                d.spread_ms, d.deadline_ms
+            ));
+        }
+
+        match (listen, ops_listen, errs.is_empty()) {
+            (Some(listen), Some(ops_listen), true) => Ok(Config {
+                gateway_id,
+                listen,
+                ops_listen,
+                routes,
+                limits: Limits {
+                    max_frame_bytes: l.max_frame_bytes,
+                    max_connections: l.max_connections,
+                    max_connections_per_ip: l.max_connections_per_ip,
+                    sniff_timeout: ms(l.sniff_timeout_ms),
+                    hello_timeout: ms(l.hello_timeout_ms),
+                    heartbeat: ms(l.heartbeat_ms),
+                    idle_timeout: ms(l.idle_timeout_ms),
+                    session_queue: l.session_queue,
+                    msg_rate_per_sec: l.msg_rate_per_sec,
+                    msg_burst: l.msg_burst,
+                    http_header_timeout: ms(l.http_header_timeout_ms),
+                    write_timeout: ms(l.write_timeout_ms),
+                },
+                backend: BackendSettings {
+                    connections_per_endpoint: b.connections_per_endpoint,
+                    connect_timeout: ms(b.connect_timeout_ms),
+                    request_timeout: ms(b.request_timeout_ms),
+                    backoff_initial: ms(b.backoff_initial_ms),
+                    backoff_max: ms(b.backoff_max_ms),
+                    queue: b.queue,
+                },
+                drain: DrainSettings {
+                    deadline: ms(d.deadline_ms),
+                    spread: ms(d.spread_ms),
+                    reconnect_after: ms(d.reconnect_after_ms),
+                },
+            }),
+            _ => Err(ConfigError(errs)),
+        }
+    }
+}
+
+/// Validates services and the realm map; shared with future control-plane
+/// snapshots so one set of rules applies to both sources.
+pub fn validate_routes(
+    services: &[FileService],
+    realms: &BTreeMap<String, String>,
+    errs: &mut Vec<String>,
+) -> RoutesConfig {
+    let mut out = RoutesConfig::default();
+    let mut ids = HashSet::new();
+    let mut names = HashSet::new();
+    for s in services {
+        let at = format!("services[{}]", s.name);
+        if s.name.is_empty()
+            || !s
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
+        {
+            errs.push(format!("{at}: name must be non-empty [A-Za-z0-9-_]"));
+        }
+        if !names.insert(s.name.clone()) {
+            errs.push(format!("{at}: duplicate service name"));
+        }
+        if !ids.insert(s.id) {
+            errs.push(format!("{at}: duplicate service id {}", s.id));
+        }
+        let strategy = match s.strategy.as_str() {
+            "round_robin" => Some(Strategy::RoundRobin),
+            "consistent_hash" => Some(Strategy::ConsistentHash),
+            "realm" => Some(Strategy::Realm),
+            other => {
+                errs.push(format!(
+                    "{at}: unknown strategy {other:?} (expected round_robin, consistent_hash or realm)"
+                ));
+                None
+            }
+        };
+        match strategy {
+            Some(Strategy::Realm) if !s.endpoints.is_empty() => errs.push(format!(
+                "{at}: strategy realm takes its endpoints from `realms`; remove `endpoints`"
+            )),
+            Some(Strategy::Realm) if realms.is_empty() => errs.push(format!(
+                "{at}: strategy realm needs a non-empty `realms` map"
+            )),
+            Some(Strategy::RoundRobin | Strategy::ConsistentHash) if s.endpoints.is_empty() => {
+                errs.push(format!("{at}: needs at least one endpoint"))
+            }
+            _ => {}
+        }
+        let mut seen = HashSet::new();
+        for e in &s.endpoints {
+            check_endpoint(&format!("{at}.endpoints"), e, errs);
+            if !seen.insert(e) {
+                errs.push(format!("{at}: endpoint {e} listed twice"));
+            }
+        }
+        if let Some(strategy) = strategy {
+            out.services.push(ServiceRule {
+                name: s.name.clone(),
+                id: s.id,
+                strategy,
+                endpoints: s.endpoints.clone(),
+            });
+        }
+    }
+    for (k, v) in realms {
+        match k.parse::<u32>() {
+            Ok(realm) => {
+                check_endpoint(&format!("realms[{k}]"), v, errs);
+                out.realms.insert(realm, v.clone());
+            }
+            Err(_) => errs.push(format!("realms: key {k:?} is not a realm id (u32)")),
+        }
+    }
+    out
+}
+
+fn check_endpoint(at: &str, ep: &str, errs: &mut Vec<String>) {
+    let ok = ep
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0));
+    if !ok {
+        errs.push(format!("{at}: {ep:?} is not host:port"));
+    }
+}
+
+fn parse_addr(key: &str, v: &str, errs: &mut Vec<String>) -> Option<SocketAddr> {
+    match v.parse() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            errs.push(format!("{key}: {v:?} is not an ip:port address"));
+            None
+        }
+    }
+}
+
+fn positive(key: &str, v: u64, errs: &mut Vec<String>) {
+    if v == 0 {
+        errs.push(format!("{key} must be greater than 0"));
+    }
+}
+
+fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+gateway_id: gw-local
+listen: 127.0.0.1:7000
+ops_listen: 127.0.0.1:9100
+services:
+  - { name: account, id: 1, strategy: consistent_hash, endpoints: [127.0.0.1:7101, 127.0.0.1:7102] }
+  - { name: game,    id: 3, strategy: realm }
+realms: { "1": 127.0.0.1:7201, "2": 127.0.0.1:7202 }
+"#;
+
+    #[test]
+    fn parses_the_documented_example() {
+        let c = Config::parse(GOOD, None).unwrap();
+        assert_eq!(c.gateway_id, "gw-local");
+        assert_eq!(c.routes.services.len(), 2);
+        assert_eq!(c.routes.services[0].strategy, Strategy::ConsistentHash);
+        assert_eq!(c.routes.realms[&2], "127.0.0.1:7202");
+        assert_eq!(c.limits.max_frame_bytes, DEFAULT_MAX_FRAME_BYTES);
+    }
+
+    #[test]
+    fn override_wins_over_file() {
+        let c = Config::parse(GOOD, Some("gw-7".into())).unwrap();
+        assert_eq!(c.gateway_id, "gw-7");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let e = Config::parse(&format!("{GOOD}\nlisten_port: 1\n"), None).unwrap_err();
+        assert!(e.to_string().contains("listen_port"), "{e}");
+        let e = Config::parse(
+            &GOOD.replace("realms:", "limits: { max_frame: 1 }\nrealms:"),
+            None,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("max_frame"), "{e}");
+    }
+
+    #[test]
+    fn every_error_is_reported_at_once() {
+        let bad = r#"
+listen: nope
+ops_listen: 127.0.0.1:9100
+services:
+  - { name: a, id: 1, strategy: random, endpoints: [x] }
+  - { name: a, id: 1, strategy: round_robin }
+  - { name: g, id: 2, strategy: realm }
+limits: { max_frame_bytes: 10, idle_timeout_ms: 5, heartbeat_ms: 10 }
+"#;
+        let e = Config::parse(bad, Some("gw".into())).unwrap_err();
+        let all = e.0.join("\n");
+        for needle in [
+            "listen: \"nope\"",
+            "unknown strategy \"random\"",
+            "\"x\" is not host:port",
+            "duplicate service name",
+            "duplicate service id 1",
+            "needs at least one endpoint",
+            "needs a non-empty `realms` map",
+            "max_frame_bytes 10",
+            "idle_timeout_ms (5)",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+    }
+
+    #[test]
+    fn deploy_examples_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let p = entry.unwrap().path();
+            if p.file_name()
+                .is_some_and(|f| f.to_string_lossy().starts_with("gateway"))
+                && p.extension().is_some_and(|e| e == "yaml")
+            {
+                Config::load(&p, None).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                n += 1;
+            }
+        }
+        assert!(n > 0, "no deploy/gateway*.yaml found");
+    }
+}

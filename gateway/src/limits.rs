@@ -1,0 +1,168 @@
+//! Admission limits: a global connection cap and a per-source-IP cap, taken
+//! at accept time and released by dropping the [`ConnGuard`]; and the
+//! per-session message [`TokenBucket`].
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+const IP_SHARDS: usize = 16;
+
+/// Why a connection was refused (also the metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    MaxConnections,
+    PerIp,
+}
+
+impl Refused {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refused::MaxConnections => "max_connections",
+            Refused::PerIp => "max_connections_per_ip",
+        }
+    }
+}
+
+pub struct ConnLimits {
+    max: usize,
+    per_ip: usize,
+    active: AtomicUsize,
+    by_ip: Box<[Mutex<HashMap<IpAddr, usize>>]>,
+}
+
+impl ConnLimits {
+    pub fn new(max: usize, per_ip: usize) -> ConnLimits {
+        ConnLimits {
+            max,
+            per_ip,
+            active: AtomicUsize::new(0),
+            by_ip: (0..IP_SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
+    }
+
+    fn shard(&self, ip: &IpAddr) -> &Mutex<HashMap<IpAddr, usize>> {
+        let h = match ip {
+            IpAddr::V4(v4) => u64::from(u32::from(*v4)),
+            IpAddr::V6(v6) => (u128::from(*v6) as u64) ^ ((u128::from(*v6) >> 64) as u64),
+        };
+        &self.by_ip[(crate::router::hash::score(h, 0) % IP_SHARDS as u64) as usize]
+    }
+
+    /// Admits one connection from `ip` or says which limit refused it.
+    pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnGuard, Refused> {
+        if self.active.fetch_add(1, Ordering::AcqRel) >= self.max {
+            self.active.fetch_sub(1, Ordering::AcqRel);
+            return Err(Refused::MaxConnections);
+        }
+        let mut map = self.shard(&ip).lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= self.per_ip {
+            drop(map);
+            self.active.fetch_sub(1, Ordering::AcqRel);
+            return Err(Refused::PerIp);
+        }
+        *n += 1;
+        Ok(ConnGuard {
+            limits: self.clone(),
+            ip,
+        })
+    }
+
+    /// Connections admitted and not yet released.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+}
+
+/// Holds one admitted connection's place; dropping it frees the place.
+pub struct ConnGuard {
+    limits: Arc<ConnLimits>,
+    ip: IpAddr,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        let mut map = self
+            .limits
+            .shard(&self.ip)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+        drop(map);
+        self.limits.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A token bucket: `rate` tokens per second, at most `burst` saved up.
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    pub fn new(rate: u32, burst: u32, now: Instant) -> TokenBucket {
+        TokenBucket {
+            rate: f64::from(rate),
+            burst: f64::from(burst),
+            tokens: f64::from(burst),
+            last: now,
+        }
+    }
+
+    /// Takes one token if available.
+    pub fn take(&mut self, now: Instant) -> bool {
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + dt * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn per_ip_and_global_caps_release_on_drop() {
+        let l = Arc::new(ConnLimits::new(3, 2));
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        let g1 = l.try_acquire(a).unwrap();
+        let _g2 = l.try_acquire(a).unwrap();
+        assert_eq!(l.try_acquire(a).err(), Some(Refused::PerIp));
+        let _g3 = l.try_acquire(b).unwrap();
+        assert_eq!(l.try_acquire(b).err(), Some(Refused::MaxConnections));
+        drop(g1);
+        assert_eq!(l.active(), 2);
+        assert!(l.try_acquire(a).is_ok());
+    }
+
+    #[test]
+    fn bucket_allows_burst_then_rate() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(10, 3, t0);
+        assert!((0..3).all(|_| b.take(t0)));
+        assert!(!b.take(t0));
+        assert!(b.take(t0 + Duration::from_millis(100)));
+        assert!(!b.take(t0 + Duration::from_millis(100)));
+        // Never more than the burst, however long idle.
+        let later = t0 + Duration::from_secs(60);
+        assert_eq!((0..10).filter(|_| b.take(later)).count(), 3);
+    }
+}

@@ -1,0 +1,104 @@
+//! The client port: accept → admission limits → protocol sniffing → hand the
+//! connection to the TCP session task or the HTTP server (which upgrades
+//! WebSocket requests into sessions and serves one-shot calls).
+
+pub mod http;
+pub mod prefixed;
+pub mod sniff;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::Gateway;
+use crate::limits::ConnGuard;
+use crate::metrics::Protocol;
+use crate::session::io::ClientIo;
+use sniff::Sniffed;
+
+/// Listen backlog; the kernel caps it at `net.core.somaxconn`.
+const BACKLOG: u32 = 4096;
+
+/// Binds a listening socket with `SO_REUSEADDR` (fast restarts) and a deep backlog.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
+/// Accepts client connections until `shutdown` is cancelled. Each admitted
+/// connection runs in its own tracked task.
+pub async fn accept_loop(gw: Arc<Gateway>, listener: TcpListener, shutdown: CancellationToken) {
+    loop {
+        let (stream, remote) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    warn!(error = %e, "accept failed; retrying in 50ms");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let guard = match gw.limits.try_acquire(remote.ip()) {
+            Ok(g) => g,
+            Err(refused) => {
+                // Refused before any byte is read: the client sees the
+                // connection close and should back off and retry.
+                gw.metrics.reject(refused.reason());
+                debug!(%remote, reason = refused.reason(), "connection refused by limit");
+                drop(stream);
+                continue;
+            }
+        };
+        gw.tracker
+            .spawn(handle_conn(gw.clone(), stream, remote, guard));
+    }
+}
+
+async fn handle_conn(gw: Arc<Gateway>, stream: TcpStream, remote: SocketAddr, guard: ConnGuard) {
+    let _ = stream.set_nodelay(true);
+    let (stream, sniffed, prefix) = match sniff::sniff(stream, gw.cfg.limits.sniff_timeout).await {
+        Ok(x) => x,
+        Err(reason) => {
+            gw.metrics.reject(reason);
+            debug!(%remote, reason, "connection dropped during protocol detection");
+            return;
+        }
+    };
+    match sniffed {
+        Sniffed::Frames => {
+            let pm = gw.metrics.proto(Protocol::Tcp);
+            pm.connections.inc();
+            pm.active.inc();
+            crate::session::task::run(
+                gw.clone(),
+                ClientIo::tcp(stream, prefix),
+                remote,
+                Protocol::Tcp,
+            )
+            .await;
+            gw.metrics.proto(Protocol::Tcp).active.dec();
+            drop(guard);
+        }
+        Sniffed::Http => {
+            let io = prefixed::PrefixedIo::new(prefix, stream);
+            http::serve_conn(gw, io, remote, guard).await;
+        }
+        Sniffed::Tls => {
+            gw.metrics.reject("tls_not_enabled");
+            debug!(%remote, "TLS client hello on a plaintext port; closed");
+        }
+    }
+}

@@ -1,0 +1,423 @@
+//! HTTP/1.1 on the client port (hyper): `GET /v1/ws` upgrades to a
+//! WebSocket session; `POST /v1/call/{service}` is a one-shot call carried
+//! as one DATA request on an ephemeral session, answered with the backend's
+//! DATA reply of the same `seq`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use gg_proto::frame::{self, Header, Kind};
+use gg_proto::{CloseCode, Frame};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tracing::debug;
+
+use super::prefixed::PrefixedIo;
+use crate::Gateway;
+use crate::error::RequestError;
+use crate::limits::ConnGuard;
+use crate::metrics::Protocol;
+use crate::session::io::ClientIo;
+use crate::session::task::{close_label, open_binding};
+use crate::session::{Outbound, SessionHandle};
+
+/// Path of the WebSocket endpoint.
+pub const WS_PATH: &str = "/v1/ws";
+/// Prefix of one-shot call paths: `/v1/call/{service name or id}`.
+pub const CALL_PREFIX: &str = "/v1/call/";
+/// The `seq` of the DATA frame an HTTP call sends (one request per session).
+const CALL_SEQ: u32 = 1;
+
+type Body = Full<Bytes>;
+
+/// Serves one HTTP connection until it closes, upgrades, or the gateway stops.
+pub async fn serve_conn(
+    gw: Arc<Gateway>,
+    io: PrefixedIo<TcpStream>,
+    remote: SocketAddr,
+    guard: ConnGuard,
+) {
+    let pm = gw.metrics.proto(Protocol::Http).clone();
+    pm.connections.inc();
+    pm.active.inc();
+    // The admission guard moves to the WebSocket task on upgrade.
+    let guard = Arc::new(Mutex::new(Some(guard)));
+    let svc_gw = gw.clone();
+    let service = service_fn(move |req| {
+        let (gw, guard) = (svc_gw.clone(), guard.clone());
+        async move { Ok::<_, Infallible>(route(gw, remote, req, guard).await) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(gw.cfg.limits.http_header_timeout)
+        .max_buf_size(64 * 1024)
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => if let Err(e) = r { debug!(%remote, error = %e, "http connection ended with error") },
+        _ = gw.drain_signal.cancelled() => {
+            // Finish the request in flight, then close (no keep-alive).
+            conn.as_mut().graceful_shutdown();
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = gw.hard_stop.cancelled() => {}
+            }
+        }
+    }
+    pm.active.dec();
+}
+
+async fn route(
+    gw: Arc<Gateway>,
+    remote: SocketAddr,
+    req: Request<Incoming>,
+    guard: Arc<Mutex<Option<ConnGuard>>>,
+) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let resp = if is_ws_upgrade(req.headers()) {
+        if path == WS_PATH {
+            upgrade(gw.clone(), remote, req, guard)
+        } else {
+            json_error(
+                StatusCode::NOT_FOUND,
+                0,
+                "not_found",
+                &format!("WebSocket endpoint is {WS_PATH}"),
+            )
+        }
+    } else if let Some(service) = path.strip_prefix(CALL_PREFIX) {
+        if req.method() == Method::POST {
+            let service = service.to_string();
+            call(&gw, remote, &service, req).await
+        } else {
+            json_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                0,
+                "method_not_allowed",
+                "use POST for /v1/call/{service}",
+            )
+        }
+    } else {
+        json_error(
+            StatusCode::NOT_FOUND,
+            0,
+            "not_found",
+            "unknown path; use POST /v1/call/{service} or GET /v1/ws (health and metrics are on the ops port)",
+        )
+    };
+    gw.metrics
+        .http_responses
+        .with_label_values(&[resp.status().as_str()])
+        .inc();
+    resp
+}
+
+fn is_ws_upgrade(h: &HeaderMap) -> bool {
+    h.get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+fn json_error(status: StatusCode, code: u16, name: &str, message: &str) -> Response<Body> {
+    let body = serde_json::json!({ "code": code, "error": name, "message": message });
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn request_error(e: &RequestError) -> Response<Body> {
+    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_GATEWAY);
+    json_error(status, e.code().code(), e.code().name(), &e.to_string())
+}
+
+fn upgrade(
+    gw: Arc<Gateway>,
+    remote: SocketAddr,
+    mut req: Request<Incoming>,
+    guard: Arc<Mutex<Option<ConnGuard>>>,
+) -> Response<Body> {
+    let h = req.headers();
+    let version_ok = h
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_some_and(|v| v.as_bytes() == b"13");
+    let Some(key) = h
+        .get(header::SEC_WEBSOCKET_KEY)
+        .map(|k| derive_accept_key(k.as_bytes()))
+    else {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            0,
+            "bad_upgrade",
+            "missing Sec-WebSocket-Key",
+        );
+    };
+    if req.method() != Method::GET || !version_ok {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            0,
+            "bad_upgrade",
+            "WebSocket upgrade needs GET with Sec-WebSocket-Version: 13",
+        );
+    }
+    if gw.draining() {
+        gw.metrics.reject("draining");
+        return request_error(&RequestError::Draining);
+    }
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let guard = guard.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let max_msg = gw.cfg.limits.max_frame_bytes as usize + frame::LEN_BYTES;
+    // A small read buffer keeps idle WebSocket sessions cheap (tungstenite's
+    // default is 128 KiB per connection).
+    let ws_cfg = WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_message_size(Some(max_msg))
+        .max_frame_size(Some(max_msg));
+    let task_gw = gw.clone();
+    gw.tracker.spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                debug!(%remote, error = %e, "websocket upgrade failed");
+                return;
+            }
+        };
+        let ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_cfg))
+                .await;
+        let pm = task_gw.metrics.proto(Protocol::Ws);
+        pm.connections.inc();
+        pm.active.inc();
+        crate::session::task::run(task_gw.clone(), ClientIo::ws(ws), remote, Protocol::Ws).await;
+        task_gw.metrics.proto(Protocol::Ws).active.dec();
+        drop(guard);
+    });
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let hm = r.headers_mut();
+    hm.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    hm.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&key) {
+        hm.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    r
+}
+
+fn header_num<T: std::str::FromStr>(h: &HeaderMap, name: &str) -> Result<Option<T>, RequestError> {
+    match h.get(name) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .map(Some)
+            .ok_or_else(|| {
+                RequestError::BadRequest(format!("header {name} must be a decimal number"))
+            }),
+    }
+}
+
+async fn call(
+    gw: &Arc<Gateway>,
+    remote: SocketAddr,
+    service_key: &str,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    match call_inner(gw, remote, service_key, req).await {
+        Ok((session, body)) => {
+            let mut r = Response::new(Full::new(body));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            if let Ok(v) = HeaderValue::from_str(&session) {
+                r.headers_mut().insert("x-gateway-session", v);
+            }
+            r
+        }
+        Err(CallError::Request(e)) => {
+            gw.metrics
+                .errors_sent
+                .with_label_values(&[e.code().name()])
+                .inc();
+            request_error(&e)
+        }
+        Err(CallError::TooLarge(max)) => {
+            gw.metrics.reject("frame_too_large");
+            json_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                CloseCode::FrameTooLarge.code(),
+                "frame_too_large",
+                &format!("request body exceeds {max} bytes"),
+            )
+        }
+        Err(CallError::Backend { code, message }) => {
+            json_error(StatusCode::BAD_GATEWAY, code, "backend_error", &message)
+        }
+    }
+}
+
+enum CallError {
+    Request(RequestError),
+    TooLarge(usize),
+    /// The backend answered with ERROR, or closed the session.
+    Backend {
+        code: u16,
+        message: String,
+    },
+}
+
+impl From<RequestError> for CallError {
+    fn from(e: RequestError) -> Self {
+        CallError::Request(e)
+    }
+}
+
+async fn call_inner(
+    gw: &Arc<Gateway>,
+    remote: SocketAddr,
+    service_key: &str,
+    req: Request<Incoming>,
+) -> Result<(String, Bytes), CallError> {
+    if gw.draining() {
+        return Err(RequestError::Draining.into());
+    }
+    let h = req.headers();
+    if h.contains_key("x-session-id") {
+        // Joining an existing session needs proof of ownership (resume
+        // token); without it any caller could act as any session.
+        return Err(RequestError::BadRequest(
+            "x-session-id is not accepted: calls run on an ephemeral session; omit the header"
+                .into(),
+        )
+        .into());
+    }
+    let user: u64 = header_num(h, "x-user-id")?.unwrap_or(0);
+    let realm: u32 = header_num(h, "x-realm-id")?.unwrap_or(0);
+    let service = {
+        let routes = gw.routes.load();
+        match routes.service_by_key(service_key) {
+            Some(s) => s.id,
+            None => {
+                return Err(RequestError::UnknownService(service_key.to_string()).into());
+            }
+        }
+    };
+    let max = gw.cfg.limits.max_frame_bytes as usize - frame::HEADER_AFTER_LEN;
+    let body = match Limited::new(req.into_body(), max).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return Err(CallError::TooLarge(max)),
+    };
+
+    let id = gw.ids.next_id();
+    let (session, mut rx) = SessionHandle::new(id, user, realm, Protocol::Http, remote, 16);
+    gw.sessions.insert(session.clone());
+    gw.metrics.sessions_opened.inc();
+    gw.metrics.sessions_active.inc();
+    let result = async {
+        let binding = open_binding(gw, &session, service, realm, false)?;
+        let mut hd = Header::new(Kind::Data);
+        hd.service_type = service;
+        hd.realm_id = realm;
+        hd.user_id = user;
+        hd.session_id = id;
+        hd.seq = CALL_SEQ;
+        let sent = binding.send(Frame::new(hd, body).to_bytes());
+        let reply = match sent {
+            Ok(()) => wait_reply(gw, &mut rx).await,
+            Err(e) => Err(e.into()),
+        };
+        binding.close(id, CloseCode::Normal.code(), "http call complete");
+        reply
+    }
+    .await;
+    gw.sessions.remove(id);
+    gw.metrics.sessions_active.dec();
+    let code = if result.is_ok() {
+        CloseCode::Normal.code()
+    } else {
+        CloseCode::Internal.code()
+    };
+    gw.metrics
+        .closes
+        .with_label_values(&[close_label(code)])
+        .inc();
+    result.map(|b| (format!("{}:{id}", gw.cfg.gateway_id), b))
+}
+
+/// Waits for the DATA (or ERROR) with the call's seq; other frames (pushes)
+/// are ignored.
+async fn wait_reply(
+    gw: &Gateway,
+    rx: &mut tokio::sync::mpsc::Receiver<Outbound>,
+) -> Result<Bytes, CallError> {
+    let timeout = gw.cfg.backend.request_timeout;
+    let wait = async {
+        while let Some(m) = rx.recv().await {
+            match m {
+                Outbound::Frame(raw) => {
+                    let Some(h) = Header::peek(&raw) else {
+                        continue;
+                    };
+                    if h.seq != CALL_SEQ {
+                        continue;
+                    }
+                    let payload = raw.slice(frame::HEADER_BYTES..);
+                    match h.kind() {
+                        Some(Kind::Data) => return Ok(payload),
+                        Some(Kind::Error) => {
+                            let e: gg_proto::control::Error = Frame::new(h, payload)
+                                .json()
+                                .unwrap_or(gg_proto::control::Error {
+                                    code: gg_proto::ErrorCode::Internal.code(),
+                                    message: "backend sent an unreadable ERROR".into(),
+                                });
+                            return Err(CallError::Backend {
+                                code: e.code,
+                                message: e.message,
+                            });
+                        }
+                        _ => continue,
+                    }
+                }
+                Outbound::BackendLost { endpoint } => {
+                    return Err(RequestError::BackendUnavailable {
+                        endpoint: endpoint.to_string(),
+                    }
+                    .into());
+                }
+                Outbound::Kicked { code, reason, .. } => {
+                    return Err(CallError::Backend {
+                        code,
+                        message: format!("backend closed the session: {reason}"),
+                    });
+                }
+                Outbound::GoAway { .. } => continue,
+            }
+        }
+        Err(RequestError::BackendUnavailable {
+            endpoint: "unknown".into(),
+        }
+        .into())
+    };
+    match tokio::time::timeout(timeout, wait).await {
+        Ok(r) => r,
+        Err(_) => Err(RequestError::Timeout(timeout.as_millis() as u64).into()),
+    }
+}

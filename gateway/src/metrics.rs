@@ -1,0 +1,246 @@
+//! Prometheus metric families, registered once. Hot paths hold pre-resolved
+//! handles ([`ProtoMetrics`]) picked when a connection is classified, so no
+//! label lookup happens per frame. Every family is listed in `docs/metrics.md`.
+
+use prometheus::{
+    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Client protocol, a label on per-connection metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Tcp,
+    Ws,
+    Http,
+}
+
+impl Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Ws => "ws",
+            Protocol::Http => "http",
+        }
+    }
+}
+
+/// Handles for one protocol, resolved once.
+#[derive(Clone)]
+pub struct ProtoMetrics {
+    pub connections: IntCounter,
+    pub active: IntGauge,
+    pub frames_in: IntCounter,
+    pub bytes_in: IntCounter,
+    pub frames_out: IntCounter,
+    pub bytes_out: IntCounter,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    tcp: ProtoMetrics,
+    ws: ProtoMetrics,
+    http: ProtoMetrics,
+    pub sessions_active: IntGauge,
+    pub sessions_opened: IntCounter,
+    pub rejections: IntCounterVec,
+    pub closes: IntCounterVec,
+    pub errors_sent: IntCounterVec,
+    pub http_responses: IntCounterVec,
+    pub backend_connections: IntGaugeVec,
+    pub backend_errors: IntCounterVec,
+    pub backend_frames_in: IntCounterVec,
+    pub backend_frames_out: IntCounterVec,
+    pub backend_unknown_session: IntCounterVec,
+    pub drain_goaway_sent: IntCounter,
+    pub drain_force_closed: IntCounter,
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let v = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    r.register(Box::new(v.clone()))
+        .expect("metric registered once");
+    v
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let v = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    r.register(Box::new(v.clone()))
+        .expect("metric registered once");
+    v
+}
+
+impl Metrics {
+    // `expect` here: metric definitions are static; a failure is a programming
+    // error caught by the first test that builds a gateway.
+    #[allow(clippy::expect_used)]
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        let conns = counter_vec(
+            &r,
+            "gg_connections_total",
+            "Client connections accepted, by sniffed protocol.",
+            &["protocol"],
+        );
+        let active = gauge_vec(
+            &r,
+            "gg_connections_active",
+            "Client connections open now, by protocol.",
+            &["protocol"],
+        );
+        let frames_in = counter_vec(
+            &r,
+            "gg_frames_in_total",
+            "Frames received from clients.",
+            &["protocol"],
+        );
+        let bytes_in = counter_vec(
+            &r,
+            "gg_bytes_in_total",
+            "Frame bytes received from clients.",
+            &["protocol"],
+        );
+        let frames_out = counter_vec(
+            &r,
+            "gg_frames_out_total",
+            "Frames sent to clients.",
+            &["protocol"],
+        );
+        let bytes_out = counter_vec(
+            &r,
+            "gg_bytes_out_total",
+            "Frame bytes sent to clients.",
+            &["protocol"],
+        );
+        let proto = |p: Protocol| {
+            let l = [p.name()];
+            ProtoMetrics {
+                connections: conns.with_label_values(&l),
+                active: active.with_label_values(&l),
+                frames_in: frames_in.with_label_values(&l),
+                bytes_in: bytes_in.with_label_values(&l),
+                frames_out: frames_out.with_label_values(&l),
+                bytes_out: bytes_out.with_label_values(&l),
+            }
+        };
+        let (tcp, ws, http) = (
+            proto(Protocol::Tcp),
+            proto(Protocol::Ws),
+            proto(Protocol::Http),
+        );
+        let sessions_active =
+            IntGauge::new("gg_sessions_active", "Sessions open now.").expect("valid");
+        r.register(Box::new(sessions_active.clone())).expect("once");
+        let sessions_opened = IntCounter::new(
+            "gg_sessions_opened_total",
+            "Sessions opened (HELLO accepted or HTTP call).",
+        )
+        .expect("valid");
+        r.register(Box::new(sessions_opened.clone())).expect("once");
+        let drain_goaway_sent = IntCounter::new(
+            "gg_drain_goaway_total",
+            "GOAWAY frames sent while draining.",
+        )
+        .expect("valid");
+        r.register(Box::new(drain_goaway_sent.clone()))
+            .expect("once");
+        let drain_force_closed = IntCounter::new(
+            "gg_drain_force_closed_total",
+            "Sessions still open at the drain deadline and closed by the gateway.",
+        )
+        .expect("valid");
+        r.register(Box::new(drain_force_closed.clone()))
+            .expect("once");
+        Metrics {
+            tcp,
+            ws,
+            http,
+            sessions_active,
+            sessions_opened,
+            drain_goaway_sent,
+            drain_force_closed,
+            rejections: counter_vec(
+                &r,
+                "gg_rejections_total",
+                "Connections or requests refused by a limit, by reason.",
+                &["reason"],
+            ),
+            closes: counter_vec(
+                &r,
+                "gg_session_closes_total",
+                "Sessions and connections closed, by close code name.",
+                &["code"],
+            ),
+            errors_sent: counter_vec(
+                &r,
+                "gg_errors_sent_total",
+                "ERROR frames sent to clients, by error code name.",
+                &["code"],
+            ),
+            http_responses: counter_vec(
+                &r,
+                "gg_http_responses_total",
+                "HTTP responses on the client port, by status.",
+                &["status"],
+            ),
+            backend_connections: gauge_vec(
+                &r,
+                "gg_backend_connections",
+                "Pooled backend connections up now.",
+                &["endpoint"],
+            ),
+            backend_errors: counter_vec(
+                &r,
+                "gg_backend_errors_total",
+                "Backend connection failures, by endpoint and kind (connect, timeout, io, protocol, queue_full).",
+                &["endpoint", "kind"],
+            ),
+            backend_frames_in: counter_vec(
+                &r,
+                "gg_backend_frames_in_total",
+                "Frames received from backends.",
+                &["endpoint"],
+            ),
+            backend_frames_out: counter_vec(
+                &r,
+                "gg_backend_frames_out_total",
+                "Frames sent to backends.",
+                &["endpoint"],
+            ),
+            backend_unknown_session: counter_vec(
+                &r,
+                "gg_backend_unknown_session_total",
+                "Backend frames for a session not open on that connection (dropped).",
+                &["endpoint"],
+            ),
+            registry: r,
+        }
+    }
+
+    /// Pre-resolved handles for one protocol.
+    pub fn proto(&self, p: Protocol) -> &ProtoMetrics {
+        match p {
+            Protocol::Tcp => &self.tcp,
+            Protocol::Ws => &self.ws,
+            Protocol::Http => &self.http,
+        }
+    }
+
+    /// Counts a refused connection or request.
+    pub fn reject(&self, reason: &str) {
+        self.rejections.with_label_values(&[reason]).inc();
+    }
+
+    /// Prometheus text exposition of every family.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

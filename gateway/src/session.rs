@@ -1,0 +1,217 @@
+//! Sessions: one task per client connection owns its state
+//! ([`task`]); everyone else reaches it through a cheap [`SessionHandle`]
+//! whose bounded queue is the only way in. A full queue never blocks the
+//! sender: the session is closed as a slow consumer instead, so memory per
+//! session stays bounded whatever the client does.
+
+pub mod io;
+pub mod table;
+pub mod task;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use gg_proto::CloseCode;
+use tokio::sync::{Notify, mpsc};
+
+use crate::metrics::Protocol;
+
+/// A message for a session's task.
+#[derive(Debug)]
+pub enum Outbound {
+    /// An encoded frame to write to the client as is.
+    Frame(Bytes),
+    /// The backend connection carrying this session's binding to `endpoint`
+    /// was lost; outstanding requests on it will not be answered.
+    BackendLost { endpoint: Arc<str> },
+    /// The backend at `endpoint` closed (kicked) the session.
+    Kicked {
+        endpoint: Arc<str>,
+        code: u16,
+        reason: String,
+    },
+    /// The gateway is draining: send GOAWAY, close after `deadline`.
+    GoAway {
+        reason: String,
+        reconnect_after: Duration,
+        deadline: Duration,
+    },
+}
+
+struct Inner {
+    id: u64,
+    user_id: u64,
+    realm_id: u32,
+    protocol: Protocol,
+    remote: SocketAddr,
+    opened: Instant,
+    tx: mpsc::Sender<Outbound>,
+    /// A close requested from outside the task (0 = none); first writer wins.
+    close_code: AtomicU16,
+    wake: Notify,
+    services_bound: AtomicU32,
+}
+
+/// A cloneable reference to a live session.
+#[derive(Clone)]
+pub struct SessionHandle(Arc<Inner>);
+
+impl std::fmt::Debug for SessionHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").field("id", &self.0.id).finish()
+    }
+}
+
+impl SessionHandle {
+    /// A handle and the receiving end of its queue (capacity `queue`).
+    pub fn new(
+        id: u64,
+        user_id: u64,
+        realm_id: u32,
+        protocol: Protocol,
+        remote: SocketAddr,
+        queue: usize,
+    ) -> (SessionHandle, mpsc::Receiver<Outbound>) {
+        let (tx, rx) = mpsc::channel(queue);
+        let inner = Inner {
+            id,
+            user_id,
+            realm_id,
+            protocol,
+            remote,
+            opened: Instant::now(),
+            tx,
+            close_code: AtomicU16::new(0),
+            wake: Notify::new(),
+            services_bound: AtomicU32::new(0),
+        };
+        (SessionHandle(Arc::new(inner)), rx)
+    }
+
+    pub fn id(&self) -> u64 {
+        self.0.id
+    }
+    pub fn user_id(&self) -> u64 {
+        self.0.user_id
+    }
+    pub fn realm_id(&self) -> u32 {
+        self.0.realm_id
+    }
+    pub fn protocol(&self) -> Protocol {
+        self.0.protocol
+    }
+    pub fn remote(&self) -> SocketAddr {
+        self.0.remote
+    }
+    pub fn age(&self) -> Duration {
+        self.0.opened.elapsed()
+    }
+    /// Number of services this session is bound to now.
+    pub fn services_bound(&self) -> u32 {
+        self.0.services_bound.load(Ordering::Relaxed)
+    }
+    fn set_services_bound(&self, n: usize) {
+        self.0.services_bound.store(n as u32, Ordering::Relaxed);
+    }
+
+    /// Queues a message without waiting. A full queue means the client is
+    /// not reading fast enough: the session is closed as a slow consumer.
+    /// Returns whether the message was queued.
+    pub fn deliver(&self, msg: Outbound) -> bool {
+        match self.0.tx.try_send(msg) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.close(CloseCode::SlowConsumer);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Asks the session task to close with `code` as soon as it can; works
+    /// even when the queue is full. The first requested code wins.
+    pub fn close(&self, code: CloseCode) {
+        let _ =
+            self.0
+                .close_code
+                .compare_exchange(0, code.code(), Ordering::AcqRel, Ordering::Acquire);
+        self.0.wake.notify_one();
+    }
+
+    /// The close requested from outside, if any.
+    fn requested_close(&self) -> Option<CloseCode> {
+        CloseCode::from_u16(self.0.close_code.load(Ordering::Acquire))
+    }
+
+    /// Resolves when [`SessionHandle::close`] was called.
+    async fn close_requested(&self) {
+        loop {
+            if self.requested_close().is_some() {
+                return;
+            }
+            self.0.wake.notified().await;
+        }
+    }
+}
+
+/// Session ids unique across the cluster without coordination: the high 32
+/// bits are random per gateway process, the low 32 count up from 1. Two
+/// processes collide only if they draw the same prefix (p ≈ n²/2³³ for a
+/// fleet of n processes over a restart cycle) — and the display form always
+/// carries the gateway id as well.
+pub struct SessionIds {
+    prefix: u64,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl SessionIds {
+    pub fn new() -> SessionIds {
+        SessionIds {
+            prefix: u64::from(fastrand::u32(1..)) << 32,
+            next: std::sync::atomic::AtomicU64::new(1),
+        }
+    }
+
+    pub fn next_id(&self) -> u64 {
+        let n = self.next.fetch_add(1, Ordering::Relaxed) & 0xffff_ffff;
+        self.prefix | n.max(1)
+    }
+}
+
+impl Default for SessionIds {
+    fn default() -> Self {
+        SessionIds::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_nonzero_and_distinct() {
+        let ids = SessionIds::new();
+        let a = ids.next_id();
+        let b = ids.next_id();
+        assert_ne!(a, 0);
+        assert_ne!(a, b);
+        assert_eq!(a >> 32, b >> 32);
+    }
+
+    #[tokio::test]
+    async fn full_queue_closes_as_slow_consumer() {
+        let addr = "127.0.0.1:1".parse().unwrap();
+        let (h, _rx) = SessionHandle::new(1, 2, 0, Protocol::Tcp, addr, 2);
+        assert!(h.deliver(Outbound::Frame(Bytes::new())));
+        assert!(h.deliver(Outbound::Frame(Bytes::new())));
+        assert!(!h.deliver(Outbound::Frame(Bytes::new())));
+        assert_eq!(h.requested_close(), Some(CloseCode::SlowConsumer));
+        // A later close does not override the first reason.
+        h.close(CloseCode::Shutdown);
+        assert_eq!(h.requested_close(), Some(CloseCode::SlowConsumer));
+        h.close_requested().await;
+    }
+}

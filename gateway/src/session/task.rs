@@ -1,0 +1,682 @@
+//! The task of one streaming session (TCP or WebSocket): HELLO → WELCOME,
+//! then one `select!` loop over the client's frames, the session's queue, the
+//! idle timer and close requests. Frames from the client are forwarded to
+//! the backend bound for their `service_type` without being re-encoded (ids
+//! are stamped in place); frames for the client are written in batches.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use gg_proto::control::{self, Open, Welcome};
+use gg_proto::frame::{self, FrameError, Header, Kind};
+use gg_proto::{CloseCode, ErrorCode, Frame};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, Sleep};
+use tracing::{debug, info};
+
+use super::io::{ClientIo, ReadError};
+use super::{Outbound, SessionHandle};
+use crate::Gateway;
+use crate::backend::{Endpoint, SendError, ToBackend};
+use crate::config::Strategy;
+use crate::error::RequestError;
+use crate::limits::TokenBucket;
+use crate::metrics::{ProtoMetrics, Protocol};
+
+/// How a session ends: the code, a reason for humans, and whether a CLOSE
+/// frame can still be written to the client.
+#[derive(Debug)]
+pub struct Closing {
+    pub code: u16,
+    pub reason: String,
+    pub notify_client: bool,
+}
+
+impl Closing {
+    fn new(code: CloseCode, reason: impl Into<String>) -> Closing {
+        Closing {
+            code: code.code(),
+            reason: reason.into(),
+            notify_client: true,
+        }
+    }
+
+    fn silent(code: CloseCode, reason: impl Into<String>) -> Closing {
+        Closing {
+            notify_client: false,
+            ..Closing::new(code, reason)
+        }
+    }
+
+    /// Maps a transport read failure to its close code.
+    fn from_read(e: ReadError, max: u32) -> Closing {
+        match e {
+            ReadError::Closed => Closing::silent(CloseCode::Normal, "client disconnected"),
+            ReadError::Io(e) => {
+                Closing::silent(CloseCode::Normal, format!("client connection error: {e}"))
+            }
+            ReadError::Frame(FrameError::TooLarge { len, .. }) => Closing::new(
+                CloseCode::FrameTooLarge,
+                if len == u32::MAX {
+                    format!("message exceeds the maximum frame size of {max} bytes")
+                } else {
+                    format!("frame length {len} exceeds the maximum of {max} bytes")
+                },
+            ),
+            ReadError::Frame(FrameError::UnsupportedVersion { header }) => Closing::new(
+                CloseCode::UnsupportedVersion,
+                format!(
+                    "protocol version {} is not supported; this gateway speaks version 1",
+                    header.version
+                ),
+            ),
+            ReadError::Frame(e) => Closing::new(CloseCode::ProtocolError, e.to_string()),
+            ReadError::Protocol(msg) => Closing::new(CloseCode::ProtocolError, msg),
+        }
+    }
+}
+
+/// Metric label of a close code (backends may kick with codes of their own).
+pub fn close_label(code: u16) -> &'static str {
+    CloseCode::from_u16(code).map_or("other", CloseCode::name)
+}
+
+/// A session's pinned choice of backend for one service (and, for realm
+/// routing, one realm).
+pub struct Binding {
+    pub service: u16,
+    /// `Some(realm)` for realm-routed services: a new realm is a new binding.
+    pub realm: Option<u32>,
+    pub endpoint: Arc<Endpoint>,
+    pub slot: usize,
+    pub generation: u64,
+}
+
+impl Binding {
+    /// Whether the connection this binding was opened on is still the live one.
+    fn live(&self) -> bool {
+        self.endpoint.conns[self.slot].live_generation() == Some(self.generation)
+    }
+
+    /// Queues a frame for this binding's backend.
+    pub fn send(&self, frame: Bytes) -> Result<(), RequestError> {
+        self.endpoint.conns[self.slot]
+            .send(self.generation, ToBackend::Frame(frame))
+            .map_err(|e| send_error(e, &self.endpoint))
+    }
+
+    /// Unbinds the session on the backend (best effort).
+    pub fn close(&self, session_id: u64, code: u16, reason: &str) {
+        let mut h = Header::new(Kind::Close);
+        h.service_type = self.service;
+        h.session_id = session_id;
+        let f = control::control_frame(
+            Kind::Close,
+            h,
+            &control::Close {
+                code,
+                reason: reason.to_string(),
+            },
+        );
+        let _ = self.endpoint.conns[self.slot].send(
+            self.generation,
+            ToBackend::Close {
+                session_id,
+                frame: f.to_bytes(),
+            },
+        );
+    }
+}
+
+fn send_error(e: SendError, ep: &Endpoint) -> RequestError {
+    match e {
+        SendError::Down => RequestError::BackendUnavailable {
+            endpoint: ep.addr.to_string(),
+        },
+        SendError::Full => {
+            ep.queue_full.inc();
+            RequestError::BackendOverloaded {
+                endpoint: ep.addr.to_string(),
+            }
+        }
+    }
+}
+
+/// Binds `session` to the endpoint the routes pick for `(service, realm)`
+/// and queues its OPEN. Shared by streaming sessions and HTTP calls.
+pub fn open_binding(
+    gw: &Gateway,
+    session: &SessionHandle,
+    service: u16,
+    realm: u32,
+    resumed: bool,
+) -> Result<Binding, RequestError> {
+    let routes = gw.routes.load();
+    let endpoint = routes.pick(service, realm, session.user_id())?;
+    let realm_key = routes
+        .services
+        .get(&service)
+        .is_some_and(|s| s.strategy == Strategy::Realm)
+        .then_some(realm);
+    bind_on(session, service, realm, realm_key, endpoint, resumed)
+}
+
+fn bind_on(
+    session: &SessionHandle,
+    service: u16,
+    realm: u32,
+    realm_key: Option<u32>,
+    endpoint: Arc<Endpoint>,
+    resumed: bool,
+) -> Result<Binding, RequestError> {
+    let (slot, generation) =
+        endpoint
+            .conn_for(session.id())
+            .ok_or_else(|| RequestError::BackendUnavailable {
+                endpoint: endpoint.addr.to_string(),
+            })?;
+    let mut h = Header::new(Kind::Open);
+    h.service_type = service;
+    h.realm_id = realm;
+    h.user_id = session.user_id();
+    h.session_id = session.id();
+    let open = control::control_frame(
+        Kind::Open,
+        h,
+        &Open {
+            protocol: session.protocol().name().to_string(),
+            remote_addr: session.remote().to_string(),
+            resumed,
+        },
+    );
+    endpoint.conns[slot]
+        .send(
+            generation,
+            ToBackend::Open {
+                session: session.clone(),
+                frame: open.to_bytes(),
+            },
+        )
+        .map_err(|e| send_error(e, &endpoint))?;
+    Ok(Binding {
+        service,
+        realm: realm_key,
+        endpoint,
+        slot,
+        generation,
+    })
+}
+
+/// Runs one TCP or WebSocket session from its first byte to its end.
+pub async fn run(gw: Arc<Gateway>, mut io: ClientIo, remote: SocketAddr, protocol: Protocol) {
+    let pm = gw.metrics.proto(protocol).clone();
+    let max = gw.cfg.limits.max_frame_bytes;
+    let first = match tokio::time::timeout(gw.cfg.limits.hello_timeout, io.read_frame(max)).await {
+        Err(_) => Err(Closing::new(
+            CloseCode::HelloTimeout,
+            format!(
+                "no HELLO within {} ms",
+                gw.cfg.limits.hello_timeout.as_millis()
+            ),
+        )),
+        Ok(Err(e)) => Err(Closing::from_read(e, max)),
+        Ok(Ok(raw)) => Ok(raw),
+    };
+    let accepted = first.and_then(|raw| {
+        pm.frames_in.inc();
+        pm.bytes_in.inc_by(raw.len() as u64);
+        accept_hello(&gw, raw)
+    });
+    let (header, _hello) = match accepted {
+        Ok(h) => h,
+        Err(c) => {
+            if c.code == CloseCode::HelloTimeout.code() {
+                gw.metrics.reject("hello_timeout");
+            }
+            gw.metrics
+                .closes
+                .with_label_values(&[close_label(c.code)])
+                .inc();
+            end_transport(&mut io, 0, &c, &pm).await;
+            return;
+        }
+    };
+
+    let id = gw.ids.next_id();
+    let (handle, rx) = SessionHandle::new(
+        id,
+        header.user_id,
+        header.realm_id,
+        protocol,
+        remote,
+        gw.cfg.limits.session_queue,
+    );
+    if !gw.sessions.insert(handle.clone()) {
+        // Only possible if the id space wrapped onto a live session.
+        let c = Closing::new(CloseCode::Internal, "session id collision, reconnect");
+        end_transport(&mut io, 0, &c, &pm).await;
+        return;
+    }
+    gw.metrics.sessions_opened.inc();
+    gw.metrics.sessions_active.inc();
+    info!(session = id, user = header.user_id, realm = header.realm_id, %remote, protocol = protocol.name(), "session opened");
+
+    let mut wh = header;
+    wh.session_id = id;
+    let welcome = control::control_frame(
+        Kind::Welcome,
+        wh,
+        &Welcome {
+            gateway_id: gw.cfg.gateway_id.clone(),
+            session: format!("{}:{id}", gw.cfg.gateway_id),
+            resume_token: None,
+            heartbeat_ms: gw.cfg.limits.heartbeat.as_millis() as u64,
+        },
+    );
+    let now = Instant::now();
+    let mut s = Session {
+        idle: Box::pin(tokio::time::sleep_until(now + gw.cfg.limits.idle_timeout)),
+        bucket: TokenBucket::new(
+            gw.cfg.limits.msg_rate_per_sec,
+            gw.cfg.limits.msg_burst,
+            now.into_std(),
+        ),
+        gw: gw.clone(),
+        handle,
+        rx,
+        io,
+        pm,
+        bindings: Vec::new(),
+        last_rx: now,
+        goaway_deadline: None,
+    };
+    s.queue(welcome.to_bytes());
+    let closing = match s.flush().await {
+        Ok(()) => s.run().await,
+        Err(c) => c,
+    };
+    s.finish(closing).await;
+}
+
+/// Validates the first frame: a v1 HELLO for a new session.
+fn accept_hello(gw: &Gateway, raw: BytesMut) -> Result<(Header, control::Hello), Closing> {
+    let header = frame::parse_raw(&raw).map_err(|e| Closing::from_read(ReadError::Frame(e), 0))?;
+    if header.kind() != Some(Kind::Hello) {
+        return Err(Closing::new(
+            CloseCode::ProtocolError,
+            format!(
+                "the first frame must be HELLO (kind 0x01), got kind 0x{:02x}",
+                header.kind
+            ),
+        ));
+    }
+    let f = Frame::new(header, raw.freeze().slice(frame::HEADER_BYTES..));
+    let hello: control::Hello = f.json().map_err(|e| {
+        Closing::new(
+            CloseCode::ProtocolError,
+            format!("HELLO payload is not a valid JSON object: {e}"),
+        )
+    })?;
+    if header.session_id != 0 || hello.resume_token.is_some() {
+        return Err(Closing::new(
+            CloseCode::BadResume,
+            "session resume is not enabled on this gateway; send HELLO with session_id 0",
+        ));
+    }
+    if gw.draining() {
+        gw.metrics.reject("draining");
+        return Err(Closing::new(
+            CloseCode::Shutdown,
+            "gateway is draining; reconnect to another gateway",
+        ));
+    }
+    Ok((header, hello))
+}
+
+/// Writes the CLOSE frame (when possible) and ends the transport.
+async fn end_transport(io: &mut ClientIo, session_id: u64, c: &Closing, pm: &ProtoMetrics) {
+    if c.notify_client {
+        let f = control::close_frame(session_id, CloseCode::Normal, "").header;
+        let frame = control::control_frame(
+            Kind::Close,
+            f,
+            &control::Close {
+                code: c.code,
+                reason: c.reason.clone(),
+            },
+        )
+        .to_bytes();
+        pm.frames_out.inc();
+        pm.bytes_out.inc_by(frame.len() as u64);
+        io.queue(frame);
+        let _ = tokio::time::timeout(Duration::from_secs(1), io.flush()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown(c.code, &c.reason)).await;
+    }
+}
+
+struct Session {
+    gw: Arc<Gateway>,
+    handle: SessionHandle,
+    rx: mpsc::Receiver<Outbound>,
+    io: ClientIo,
+    pm: ProtoMetrics,
+    bindings: Vec<Binding>,
+    bucket: TokenBucket,
+    last_rx: Instant,
+    /// Re-armed lazily: it fires at most once per idle period, not per frame.
+    idle: Pin<Box<Sleep>>,
+    goaway_deadline: Option<Instant>,
+}
+
+/// Most queued messages handled before a flush, so one busy session cannot
+/// grow its write buffer without bound.
+const MAX_BATCH: usize = 128;
+
+/// Extra time after a GOAWAY deadline before the session closes itself.
+const GOAWAY_GRACE: Duration = Duration::from_secs(2);
+
+impl Session {
+    async fn run(&mut self) -> Closing {
+        let max = self.gw.cfg.limits.max_frame_bytes;
+        loop {
+            let goaway = self.goaway_deadline;
+            let step: Result<(), Closing> = tokio::select! {
+                biased;
+                _ = self.handle.close_requested() => {
+                    let code = self.handle.requested_close().unwrap_or(CloseCode::Internal);
+                    let reason = match code {
+                        CloseCode::SlowConsumer => format!(
+                            "client did not read fast enough; outbound queue of {} frames is full",
+                            self.gw.cfg.limits.session_queue
+                        ),
+                        CloseCode::Shutdown => "gateway shutting down".to_string(),
+                        other => other.name().to_string(),
+                    };
+                    Err(Closing::new(code, reason))
+                }
+                m = self.rx.recv() => match m {
+                    Some(m) => self.on_outbound_batch(m),
+                    None => Err(Closing::new(CloseCode::Internal, "session queue closed")),
+                },
+                r = self.io.read_frame(max) => match r {
+                    Ok(raw) => self.on_client_frame(raw),
+                    Err(e) => Err(Closing::from_read(e, max)),
+                },
+                _ = &mut self.idle => {
+                    let due = self.last_rx + self.gw.cfg.limits.idle_timeout;
+                    if due <= Instant::now() {
+                        Err(Closing::new(
+                            CloseCode::HeartbeatTimeout,
+                            format!("no frame for {} ms; send PING every heartbeat_ms", self.gw.cfg.limits.idle_timeout.as_millis()),
+                        ))
+                    } else {
+                        self.idle.as_mut().reset(due);
+                        Ok(())
+                    }
+                }
+                _ = sleep_until_opt(goaway) => {
+                    Err(Closing::new(CloseCode::Shutdown, "drain deadline reached; reconnect to another gateway"))
+                }
+            };
+            if let Err(c) = step {
+                return c;
+            }
+            if self.io.has_pending()
+                && let Err(c) = self.flush().await
+            {
+                return c;
+            }
+        }
+    }
+
+    fn queue(&mut self, frame: Bytes) {
+        self.pm.frames_out.inc();
+        self.pm.bytes_out.inc_by(frame.len() as u64);
+        self.io.queue(frame);
+    }
+
+    fn queue_error(&mut self, req: &Header, e: &RequestError) {
+        let code = e.code();
+        self.gw
+            .metrics
+            .errors_sent
+            .with_label_values(&[code.name()])
+            .inc();
+        debug!(session = self.handle.id(), service = req.service_type, seq = req.seq, error = %e, "request refused");
+        let mut h = *req;
+        h.session_id = self.handle.id();
+        h.user_id = self.handle.user_id();
+        self.queue(control::error_frame(&h, code, e.to_string()).to_bytes());
+    }
+
+    async fn flush(&mut self) -> Result<(), Closing> {
+        match tokio::time::timeout(self.gw.cfg.limits.write_timeout, self.io.flush()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Closing::silent(
+                CloseCode::Normal,
+                format!("write to client failed: {e}"),
+            )),
+            Err(_) => Err(Closing::silent(
+                CloseCode::SlowConsumer,
+                format!(
+                    "client did not accept data for {} ms",
+                    self.gw.cfg.limits.write_timeout.as_millis()
+                ),
+            )),
+        }
+    }
+
+    fn on_outbound_batch(&mut self, first: Outbound) -> Result<(), Closing> {
+        self.on_outbound(first)?;
+        for _ in 1..MAX_BATCH {
+            match self.rx.try_recv() {
+                Ok(m) => self.on_outbound(m)?,
+                Err(_) => break,
+            }
+        }
+        Ok(())
+    }
+
+    fn on_outbound(&mut self, m: Outbound) -> Result<(), Closing> {
+        match m {
+            Outbound::Frame(f) => self.queue(f),
+            Outbound::BackendLost { endpoint } => {
+                // Only bindings whose connection really is gone; a stale
+                // notice for an older connection is ignored.
+                let mut lost = Vec::new();
+                self.bindings.retain(|b| {
+                    let gone = *b.endpoint.addr == *endpoint && !b.live();
+                    if gone {
+                        lost.push(b.service);
+                    }
+                    !gone
+                });
+                self.handle.set_services_bound(self.bindings.len());
+                for service in lost {
+                    let mut h = Header::new(Kind::Error);
+                    h.service_type = service;
+                    let e = RequestError::BackendUnavailable {
+                        endpoint: endpoint.to_string(),
+                    };
+                    self.queue_error(&h, &e);
+                }
+            }
+            Outbound::Kicked {
+                endpoint,
+                code,
+                reason,
+            } => {
+                self.bindings.retain(|b| *b.endpoint.addr != *endpoint);
+                info!(session = self.handle.id(), %endpoint, code, %reason, "session kicked by backend");
+                return Err(Closing {
+                    code,
+                    reason,
+                    notify_client: true,
+                });
+            }
+            Outbound::GoAway {
+                reason,
+                reconnect_after,
+                deadline,
+            } => {
+                let mut h = Header::new(Kind::GoAway);
+                h.session_id = self.handle.id();
+                h.user_id = self.handle.user_id();
+                let f = control::control_frame(
+                    Kind::GoAway,
+                    h,
+                    &control::GoAway {
+                        reason,
+                        reconnect_after_ms: reconnect_after.as_millis() as u64,
+                        deadline_ms: deadline.as_millis() as u64,
+                        resume_token: None,
+                    },
+                );
+                self.queue(f.to_bytes());
+                // The drain controller force-closes (and counts) at the deadline;
+                // this timer is only a safety net if it cannot.
+                self.goaway_deadline = Some(Instant::now() + deadline + GOAWAY_GRACE);
+            }
+        }
+        Ok(())
+    }
+
+    fn on_client_frame(&mut self, mut raw: BytesMut) -> Result<(), Closing> {
+        self.last_rx = Instant::now();
+        self.pm.frames_in.inc();
+        self.pm.bytes_in.inc_by(raw.len() as u64);
+        let header = match frame::parse_raw(&raw) {
+            Ok(h) => h,
+            Err(FrameError::UnknownKind { header }) => {
+                // The stream is still in sync: answer and carry on.
+                let e = ErrorCode::UnknownKind;
+                self.gw
+                    .metrics
+                    .errors_sent
+                    .with_label_values(&[e.name()])
+                    .inc();
+                let mut h = header;
+                h.session_id = self.handle.id();
+                let msg = format!(
+                    "unknown frame kind 0x{:02x}; this gateway speaks protocol v1 kinds 0x01-0x09",
+                    header.kind
+                );
+                self.queue(control::error_frame(&h, e, msg).to_bytes());
+                return Ok(());
+            }
+            Err(e) => return Err(Closing::from_read(ReadError::Frame(e), 0)),
+        };
+        let (id, user) = (self.handle.id(), self.handle.user_id());
+        if (header.session_id != 0 && header.session_id != id)
+            || (header.user_id != 0 && header.user_id != user)
+        {
+            return Err(Closing::new(
+                CloseCode::SessionMismatch,
+                format!(
+                    "frame claims session {} / user {}; this connection is session {id} / user {user}",
+                    header.session_id, header.user_id
+                ),
+            ));
+        }
+        match header.kind() {
+            Some(Kind::Data) => {
+                if !self.bucket.take(self.last_rx.into_std()) {
+                    self.gw.metrics.reject("msg_rate");
+                    self.queue_error(&header, &RequestError::RateLimited);
+                    return Ok(());
+                }
+                frame::stamp_ids(&mut raw, user, id);
+                if let Err(e) = self.forward(&header, raw.freeze()) {
+                    self.queue_error(&header, &e);
+                }
+            }
+            Some(Kind::Ping) => {
+                let mut h = header;
+                h.kind = Kind::Pong as u8;
+                h.session_id = id;
+                h.user_id = user;
+                self.queue(Frame::new(h, Bytes::new()).to_bytes());
+            }
+            Some(Kind::Pong) => {}
+            Some(Kind::Close) => {
+                return Err(Closing::silent(CloseCode::Normal, "closed by client"));
+            }
+            Some(k) => {
+                let e = RequestError::BadRequest(format!(
+                    "kind {} is not valid from a client on an open session",
+                    k.name()
+                ));
+                self.queue_error(&header, &e);
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// Sends a client DATA frame to the backend bound for its service,
+    /// binding (or re-binding after a backend failure) first if needed.
+    fn forward(&mut self, header: &Header, raw: Bytes) -> Result<(), RequestError> {
+        let realm = if header.realm_id != 0 {
+            header.realm_id
+        } else {
+            self.handle.realm_id()
+        };
+        let svc = header.service_type;
+        let idx = self
+            .bindings
+            .iter()
+            .position(|b| b.service == svc && b.realm.is_none_or(|r| r == realm));
+        if let Some(i) = idx {
+            if self.bindings[i].live() {
+                return self.bindings[i].send(raw);
+            }
+            // The connection restarted or died: re-open on a live connection
+            // of the same endpoint (sessions stay pinned to their backend)…
+            let old = self.bindings.swap_remove(i);
+            if let Ok(b) = bind_on(
+                &self.handle,
+                svc,
+                realm,
+                old.realm,
+                old.endpoint.clone(),
+                true,
+            ) {
+                b.send(raw.clone())?;
+                self.bindings.push(b);
+                return Ok(());
+            }
+            // …or fall through to pick another endpoint.
+        }
+        let b = open_binding(&self.gw, &self.handle, svc, realm, false)?;
+        let res = b.send(raw);
+        self.bindings.push(b);
+        self.handle.set_services_bound(self.bindings.len());
+        res
+    }
+
+    async fn finish(mut self, c: Closing) {
+        let id = self.handle.id();
+        for b in &self.bindings {
+            b.close(id, c.code, &c.reason);
+        }
+        self.gw.sessions.remove(id);
+        self.gw.metrics.sessions_active.dec();
+        self.gw
+            .metrics
+            .closes
+            .with_label_values(&[close_label(c.code)])
+            .inc();
+        info!(session = id, code = c.code, reason = %c.reason, age_ms = self.handle.age().as_millis() as u64, "session closed");
+        end_transport(&mut self.io, id, &c, &self.pm).await;
+    }
+}
+
+async fn sleep_until_opt(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}

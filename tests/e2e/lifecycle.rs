@@ -1,0 +1,144 @@
+//! Process lifecycle: config errors, ops endpoints, SIGTERM drain.
+
+use std::time::{Duration, Instant};
+
+use gg_proto::CloseCode;
+use gg_proto::frame::Kind;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn bad_config_exits_64_and_lists_every_error() {
+    let path = std::env::temp_dir().join(format!("gg-e2e-bad-{}.yaml", std::process::id()));
+    std::fs::write(
+        &path,
+        "listen: 127.0.0.1:0\nops_listen: nope\nservices:\n  - { name: a, id: 1, strategy: magic, endpoints: [] }\nlimits: { max_connections: 0 }\n",
+    )
+    .expect("write");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args([
+            "--config",
+            path.to_str().expect("utf8"),
+            "--gateway-id",
+            "gw-bad",
+        ])
+        .output()
+        .await
+        .expect("run gateway");
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        "ops_listen",
+        "unknown strategy \"magic\"",
+        "limits.max_connections must be greater than 0",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+
+    std::fs::write(
+        &path,
+        "listen: 127.0.0.1:0\nops_listen: 127.0.0.1:0\nsurprise: 1\n",
+    )
+    .expect("write");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args([
+            "--config",
+            path.to_str().expect("utf8"),
+            "--gateway-id",
+            "gw-bad",
+        ])
+        .output()
+        .await
+        .expect("run gateway");
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("surprise"));
+    let _ = std::fs::remove_file(&path);
+}
+
+#[tokio::test]
+async fn ops_health_ready_metrics() {
+    let b = backend("b1").await;
+    let gw = gateway(&format!(
+        "services:\n  - {{ name: echo, id: 1, strategy: round_robin, endpoints: [{}] }}\n",
+        b.addr
+    ))
+    .await;
+    assert_eq!(http(gw.ops, "GET", "/health", &[], b"").await.0, 200);
+    assert_eq!(
+        http(gw.ops, "GET", "/ready", &[], b"").await,
+        (200, "ready\n".to_string())
+    );
+    let m = gw.metrics().await;
+    for family in [
+        "gg_connections_total",
+        "gg_sessions_active",
+        "gg_backend_connections",
+        "gg_frames_in_total",
+    ] {
+        assert!(m.contains(family), "missing {family}");
+    }
+    assert_eq!(http(gw.ops, "GET", "/nope", &[], b"").await.0, 404);
+}
+
+#[tokio::test]
+async fn sigterm_sends_goaway_then_force_closes_and_exits_zero() {
+    let b = backend("b1").await;
+    let mut gw = gateway(&format!(
+        "services:\n  - {{ name: echo, id: 1, strategy: round_robin, endpoints: [{}] }}\ndrain: {{ deadline_ms: 1500, spread_ms: 300, reconnect_after_ms: 250 }}\n",
+        b.addr
+    ))
+    .await;
+    let mut polite = Client::tcp(gw.client).await;
+    polite.hello(1, 0).await;
+    let mut stubborn = Client::ws(gw.client).await;
+    stubborn.hello(2, 0).await;
+
+    let t0 = Instant::now();
+    gw.proc.sigterm();
+
+    // Readiness drops at once.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (st, body) = http(gw.ops, "GET", "/ready", &[], b"").await;
+        if st == 503 {
+            assert!(body.contains("draining"), "{body}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "/ready never went 503");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The listener is closed before readiness drops: new connections are
+    // refused by the kernel, so clients go to another gateway at once.
+    assert!(
+        tokio::net::TcpStream::connect(gw.client).await.is_err(),
+        "still accepting while draining"
+    );
+
+    for c in [&mut polite, &mut stubborn] {
+        let g = c.recv_kind(Kind::GoAway).await;
+        let ga: gg_proto::control::GoAway = g.json().expect("goaway json");
+        assert_eq!(ga.reconnect_after_ms, 250);
+        assert!(ga.deadline_ms <= 1500 && ga.deadline_ms > 0, "{ga:?}");
+    }
+    // The polite client leaves on GOAWAY.
+    polite
+        .send(&frame(Kind::Close, 0, 0, &b"{\"code\":3500}"[..]))
+        .await;
+    polite.expect_eof(WAIT).await;
+
+    // The stubborn one is closed by the gateway at the deadline.
+    let close = stubborn.expect_close().await;
+    assert_eq!(close.code, CloseCode::Shutdown.code());
+    assert!(
+        t0.elapsed() >= Duration::from_millis(1200),
+        "closed before the deadline: {:?}",
+        t0.elapsed()
+    );
+
+    assert_eq!(gw.proc.wait_exit(WAIT).await, Some(0));
+    let log = gw.proc.log_text();
+    assert!(
+        log.contains("force_closed=1"),
+        "drain report missing:\n{log}"
+    );
+}
