@@ -600,7 +600,14 @@ limits: { max_frame_bytes: 10, idle_timeout_ms: 5, heartbeat_ms: 10 }
             .map(|a| a.as_str().unwrap())
             .collect();
         let mount = container["volumeMounts"][0]["mountPath"].as_str().unwrap();
-        assert!(args[1].starts_with(mount), "--config {} is not under {mount}", args[1]);
-        assert_eq!(container["readinessProbe"]["httpGet"]["path"].as_str(), Some("/ready"));
+        assert!(
+            args[1].starts_with(mount),
+            "--config {} is not under {mount}",
+            args[1]
+        );
+        assert_eq!(
+            container["readinessProbe"]["httpGet"]["path"].as_str(),
+            Some("/ready")
+        );
     }
 }

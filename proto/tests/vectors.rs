@@ -6,7 +6,11 @@ use bytes::BytesMut;
 use gg_proto::frame::{self, DEFAULT_MAX_FRAME_BYTES};
 
 fn field<'a>(meta: &'a str, key: &str) -> &'a str {
-    let start = meta.find(&format!("{key}=")).unwrap_or_else(|| panic!("no {key} in {meta}")) + key.len() + 1;
+    let start = meta
+        .find(&format!("{key}="))
+        .unwrap_or_else(|| panic!("no {key} in {meta}"))
+        + key.len()
+        + 1;
     let rest = &meta[start..];
     if let Some(q) = rest.strip_prefix('\'') {
         &q[..q.find('\'').expect("closing quote")]
@@ -17,11 +21,14 @@ fn field<'a>(meta: &'a str, key: &str) -> &'a str {
 
 #[test]
 fn every_documented_vector_decodes_to_its_fields() {
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/protocol.md")).expect("docs/protocol.md");
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/protocol.md"))
+        .expect("docs/protocol.md");
     let mut lines = doc.lines();
     let mut kinds = Vec::new();
     while let Some(line) = lines.next() {
-        let Some(meta) = line.strip_prefix("<!-- vector ") else { continue };
+        let Some(meta) = line.strip_prefix("<!-- vector ") else {
+            continue;
+        };
         assert_eq!(lines.next(), Some("```hex"));
         let mut bytes = Vec::new();
         for l in lines.by_ref() {
@@ -45,12 +52,20 @@ fn every_documented_vector_decodes_to_its_fields() {
         assert_eq!(h.user_id, num("user"), "{meta}");
         assert_eq!(h.session_id, num("session"), "{meta}");
         assert_eq!(u64::from(h.seq), num("seq"), "{meta}");
-        assert_eq!(std::str::from_utf8(&f.payload).expect("utf8"), field(meta, "payload"), "{meta}");
+        assert_eq!(
+            std::str::from_utf8(&f.payload).expect("utf8"),
+            field(meta, "payload"),
+            "{meta}"
+        );
         // Re-encoding gives the same bytes.
         assert_eq!(&f.to_bytes()[..], &bytes[..]);
         kinds.push(h.kind);
     }
     kinds.sort();
     kinds.dedup();
-    assert_eq!(kinds, (1..=9).collect::<Vec<u8>>(), "a vector for every kind");
+    assert_eq!(
+        kinds,
+        (1..=9).collect::<Vec<u8>>(),
+        "a vector for every kind"
+    );
 }
