@@ -9,11 +9,13 @@
 //! never sent on the new one, so a backend never sees DATA for a session it
 //! was not told about.
 
+pub mod breaker;
 pub mod conn;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use bytes::Bytes;
 use prometheus::IntCounter;
@@ -21,9 +23,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::BackendSettings;
+use crate::config::{BackendSettings, BreakerSettings};
 use crate::metrics::Metrics;
 use crate::session::SessionHandle;
+use breaker::Breaker;
 
 /// What a session asks of a backend connection.
 pub enum ToBackend {
@@ -58,6 +61,9 @@ pub enum SendError {
 pub struct Conn {
     tx: mpsc::Sender<Envelope>,
     state: AtomicU64,
+    /// Sessions bound to the current incarnation. Touched by this
+    /// connection's task, and rarely by admin calls; never held across an await.
+    bound: Mutex<HashMap<u64, SessionHandle>>,
 }
 
 impl Conn {
@@ -75,6 +81,20 @@ impl Conn {
         self.state.fetch_and(!1, Ordering::AcqRel);
     }
 
+    fn bound(&self) -> std::sync::MutexGuard<'_, HashMap<u64, SessionHandle>> {
+        self.bound.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sessions bound to this connection now.
+    pub fn sessions(&self) -> Vec<SessionHandle> {
+        self.bound().values().cloned().collect()
+    }
+
+    /// Frames queued toward the backend now.
+    pub fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
     /// Queues a message for `generation` without waiting.
     pub fn send(&self, generation: u64, msg: ToBackend) -> Result<(), SendError> {
         if self.live_generation() != Some(generation) {
@@ -89,6 +109,37 @@ impl Conn {
     }
 }
 
+/// Operator-set state of an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum AdminState {
+    /// Normal.
+    Ready = 0,
+    /// No new sessions; sessions already bound stay.
+    Drain = 1,
+    /// No new sessions; bound sessions move away on their next DATA.
+    Maint = 2,
+}
+
+impl AdminState {
+    pub fn parse(s: &str) -> Option<AdminState> {
+        match s {
+            "ready" => Some(AdminState::Ready),
+            "drain" => Some(AdminState::Drain),
+            "maint" => Some(AdminState::Maint),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            AdminState::Ready => "ready",
+            AdminState::Drain => "drain",
+            AdminState::Maint => "maint",
+        }
+    }
+}
+
 /// One backend address and its pooled connections.
 pub struct Endpoint {
     pub addr: Arc<str>,
@@ -96,6 +147,10 @@ pub struct Endpoint {
     pub conns: Box<[Conn]>,
     /// Frames the gateway could not queue because this endpoint's queue was full.
     pub queue_full: IntCounter,
+    /// Backend frames for sessions not bound on their connection.
+    pub unknown_session: IntCounter,
+    pub breaker: Breaker,
+    admin_state: AtomicU8,
 }
 
 impl Endpoint {
@@ -107,6 +162,48 @@ impl Endpoint {
     /// Whether at least one pooled connection is up.
     pub fn healthy(&self) -> bool {
         self.conns.iter().any(|c| c.live_generation().is_some())
+    }
+
+    /// Whether new sessions may be bound here: up, admin state `ready`, and
+    /// the circuit not open.
+    pub fn available(&self) -> bool {
+        self.healthy()
+            && self.admin_state() == AdminState::Ready
+            && self.breaker.allow(Instant::now())
+    }
+
+    pub fn admin_state(&self) -> AdminState {
+        match self.admin_state.load(Ordering::Acquire) {
+            1 => AdminState::Drain,
+            2 => AdminState::Maint,
+            _ => AdminState::Ready,
+        }
+    }
+
+    /// Sets the admin state; `maint` also tells every bound session to move.
+    pub fn set_admin_state(&self, state: AdminState) {
+        self.admin_state.store(state as u8, Ordering::Release);
+        if state == AdminState::Maint {
+            for c in self.conns.iter() {
+                for s in c.sessions() {
+                    s.deliver(crate::session::Outbound::Unbind {
+                        endpoint: Some(self.addr.clone()),
+                        service: None,
+                        reason: "backend in maintenance".into(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Sessions bound to this endpoint now.
+    pub fn sessions(&self) -> usize {
+        self.conns.iter().map(|c| c.bound().len()).sum()
+    }
+
+    /// Frames queued toward this endpoint now.
+    pub fn queued(&self) -> usize {
+        self.conns.iter().map(Conn::queued).sum()
     }
 
     /// Number of pooled connections up now.
@@ -139,6 +236,7 @@ impl BackendPool {
     pub fn new(
         gateway_id: String,
         settings: BackendSettings,
+        breaker: BreakerSettings,
         max_frame_bytes: u32,
         metrics: Arc<Metrics>,
         tracker: TaskTracker,
@@ -149,6 +247,7 @@ impl BackendPool {
             ctx: Arc::new(conn::ConnCtx {
                 gateway_id,
                 settings,
+                breaker,
                 max_frame_bytes,
                 metrics,
                 tracker,
@@ -172,6 +271,7 @@ impl BackendPool {
                 Conn {
                     tx,
                     state: AtomicU64::new(0),
+                    bound: Mutex::new(HashMap::new()),
                 }
             })
             .collect();
@@ -184,6 +284,13 @@ impl BackendPool {
                 .metrics
                 .backend_errors
                 .with_label_values(&[addr, "queue_full"]),
+            unknown_session: self
+                .ctx
+                .metrics
+                .backend_unknown_session
+                .with_label_values(&[addr]),
+            breaker: Breaker::new(self.ctx.breaker.clone()),
+            admin_state: AtomicU8::new(AdminState::Ready as u8),
         });
         for (slot, rx) in receivers.into_iter().enumerate() {
             let task = conn::run(ep.clone(), slot, rx, self.ctx.clone());
@@ -191,6 +298,15 @@ impl BackendPool {
         }
         map.insert(addr.to_string(), ep.clone());
         ep
+    }
+
+    /// The pool entry for `addr` if it exists.
+    pub fn get(&self, addr: &str) -> Option<Arc<Endpoint>> {
+        self.endpoints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(addr)
+            .cloned()
     }
 
     /// Snapshot of every endpoint, sorted by address.

@@ -27,9 +27,16 @@ pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 5_000;
 pub const DEFAULT_BACKOFF_INITIAL_MS: u64 = 100;
 pub const DEFAULT_BACKOFF_MAX_MS: u64 = 10_000;
 pub const DEFAULT_BACKEND_QUEUE: usize = 8_192;
+pub const DEFAULT_PING_INTERVAL_MS: u64 = 5_000;
 pub const DEFAULT_DRAIN_DEADLINE_MS: u64 = 30_000;
 pub const DEFAULT_DRAIN_SPREAD_MS: u64 = 10_000;
 pub const DEFAULT_RECONNECT_AFTER_MS: u64 = 1_000;
+pub const DEFAULT_RESUME_TTL_MS: u64 = 10 * 60 * 1000;
+pub const DEFAULT_BREAKER_THRESHOLD: u32 = 5;
+pub const DEFAULT_BREAKER_OPEN_MS: u64 = 5_000;
+pub const DEFAULT_BREAKER_OPEN_MAX_MS: u64 = 60_000;
+/// Shortest accepted bearer token / resume secret.
+pub const MIN_SECRET_BYTES: usize = 16;
 
 /// The YAML file as written by the operator.
 #[derive(Debug, Deserialize)]
@@ -49,6 +56,69 @@ pub struct FileConfig {
     pub backend: FileBackend,
     #[serde(default)]
     pub drain: FileDrain,
+    #[serde(default)]
+    pub admin: Option<FileAdmin>,
+    #[serde(default)]
+    pub resume: Option<FileResume>,
+    #[serde(default)]
+    pub breaker: FileBreaker,
+}
+
+/// `admin:` — the gRPC admin API. Absent = not served.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAdmin {
+    pub listen: String,
+    #[serde(default)]
+    pub tokens: Vec<FileToken>,
+}
+
+/// One bearer token: exactly one of `env`, `file` or `value`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileToken {
+    pub name: String,
+    pub scope: String,
+    #[serde(default)]
+    pub env: Option<String>,
+    #[serde(default)]
+    pub file: Option<String>,
+    #[serde(default)]
+    pub value: Option<String>,
+}
+
+/// `resume:` — session resume tokens (HMAC), shared by the fleet.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileResume {
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    #[serde(default)]
+    pub secret_file: Option<String>,
+    #[serde(default = "default_resume_ttl")]
+    pub ttl_ms: u64,
+}
+
+fn default_resume_ttl() -> u64 {
+    DEFAULT_RESUME_TTL_MS
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileBreaker {
+    pub failure_threshold: u32,
+    pub open_ms: u64,
+    pub open_max_ms: u64,
+}
+
+impl Default for FileBreaker {
+    fn default() -> Self {
+        FileBreaker {
+            failure_threshold: DEFAULT_BREAKER_THRESHOLD,
+            open_ms: DEFAULT_BREAKER_OPEN_MS,
+            open_max_ms: DEFAULT_BREAKER_OPEN_MAX_MS,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -106,6 +176,7 @@ pub struct FileBackend {
     pub backoff_initial_ms: u64,
     pub backoff_max_ms: u64,
     pub queue: usize,
+    pub ping_interval_ms: u64,
 }
 
 impl Default for FileBackend {
@@ -117,6 +188,7 @@ impl Default for FileBackend {
             backoff_initial_ms: DEFAULT_BACKOFF_INITIAL_MS,
             backoff_max_ms: DEFAULT_BACKOFF_MAX_MS,
             queue: DEFAULT_BACKEND_QUEUE,
+            ping_interval_ms: DEFAULT_PING_INTERVAL_MS,
         }
     }
 }
@@ -198,6 +270,7 @@ pub struct BackendSettings {
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
     pub queue: usize,
+    pub ping_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -205,6 +278,74 @@ pub struct DrainSettings {
     pub deadline: Duration,
     pub spread: Duration,
     pub reconnect_after: Duration,
+}
+
+/// Access level of an admin token; each level includes the ones below.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Scope {
+    Read,
+    Operate,
+    Admin,
+}
+
+impl Scope {
+    pub fn parse(s: &str) -> Option<Scope> {
+        match s {
+            "read" => Some(Scope::Read),
+            "operate" => Some(Scope::Operate),
+            "admin" => Some(Scope::Admin),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scope::Read => "read",
+            Scope::Operate => "operate",
+            Scope::Admin => "admin",
+        }
+    }
+}
+
+/// A resolved bearer token. `Debug` never prints the secret.
+#[derive(Clone)]
+pub struct Token {
+    pub name: String,
+    pub scope: Scope,
+    pub secret: Vec<u8>,
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Token({}, {})", self.name, self.scope.name())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminSettings {
+    pub listen: SocketAddr,
+    /// Empty only on a loopback address (then every caller is admin).
+    pub tokens: Vec<Token>,
+}
+
+/// Resume secret (never printed) and token lifetime.
+#[derive(Clone)]
+pub struct ResumeSettings {
+    pub secret: Vec<u8>,
+    pub ttl: Duration,
+}
+
+impl std::fmt::Debug for ResumeSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ResumeSettings(ttl={:?})", self.ttl)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BreakerSettings {
+    pub failure_threshold: u32,
+    pub open: Duration,
+    pub open_max: Duration,
 }
 
 /// The validated configuration the gateway runs with.
@@ -217,6 +358,9 @@ pub struct Config {
     pub limits: Limits,
     pub backend: BackendSettings,
     pub drain: DrainSettings,
+    pub admin: Option<AdminSettings>,
+    pub resume: Option<ResumeSettings>,
+    pub breaker: BreakerSettings,
 }
 
 /// Every problem found in a config file, one per line.
@@ -328,6 +472,7 @@ impl Config {
             ("backend.request_timeout_ms", b.request_timeout_ms),
             ("backend.backoff_initial_ms", b.backoff_initial_ms),
             ("backend.backoff_max_ms", b.backoff_max_ms),
+            ("backend.ping_interval_ms", b.ping_interval_ms),
         ] {
             positive(k, v, &mut errs);
         }
@@ -344,8 +489,53 @@ impl Config {
             ));
         }
 
+        let admin = file
+            .admin
+            .as_ref()
+            .and_then(|a| validate_admin(a, &mut errs));
+        if let (Some(a), Some(l), Some(o)) = (&admin, listen, ops_listen)
+            && (a.listen == l || a.listen == o)
+            && a.listen.port() != 0
+        {
+            errs.push(format!(
+                "admin.listen {} collides with listen/ops_listen",
+                a.listen
+            ));
+        }
+        let resume = file.resume.as_ref().and_then(|r| {
+            let secret = read_secret(
+                "resume",
+                r.secret_env.as_deref(),
+                r.secret_file.as_deref(),
+                None,
+                &mut errs,
+            )?;
+            positive("resume.ttl_ms", r.ttl_ms, &mut errs);
+            Some(ResumeSettings {
+                secret,
+                ttl: ms(r.ttl_ms),
+            })
+        });
+        let br = file.breaker;
+        positive(
+            "breaker.failure_threshold",
+            u64::from(br.failure_threshold),
+            &mut errs,
+        );
+        positive("breaker.open_ms", br.open_ms, &mut errs);
+        if br.open_max_ms < br.open_ms {
+            errs.push("breaker.open_max_ms must be >= breaker.open_ms".into());
+        }
+
         match (listen, ops_listen, errs.is_empty()) {
             (Some(listen), Some(ops_listen), true) => Ok(Config {
+                admin,
+                resume,
+                breaker: BreakerSettings {
+                    failure_threshold: br.failure_threshold,
+                    open: ms(br.open_ms),
+                    open_max: ms(br.open_max_ms),
+                },
                 gateway_id,
                 listen,
                 ops_listen,
@@ -371,6 +561,7 @@ impl Config {
                     backoff_initial: ms(b.backoff_initial_ms),
                     backoff_max: ms(b.backoff_max_ms),
                     queue: b.queue,
+                    ping_interval: ms(b.ping_interval_ms),
                 },
                 drain: DrainSettings {
                     deadline: ms(d.deadline_ms),
@@ -460,7 +651,85 @@ pub fn validate_routes(
     out
 }
 
-fn check_endpoint(at: &str, ep: &str, errs: &mut Vec<String>) {
+fn validate_admin(a: &FileAdmin, errs: &mut Vec<String>) -> Option<AdminSettings> {
+    let listen = parse_addr("admin.listen", &a.listen, errs)?;
+    let mut tokens = Vec::new();
+    let mut names = HashSet::new();
+    for t in &a.tokens {
+        let at = format!("admin.tokens[{}]", t.name);
+        if !names.insert(t.name.clone()) {
+            errs.push(format!("{at}: duplicate token name"));
+        }
+        let Some(scope) = Scope::parse(&t.scope) else {
+            errs.push(format!(
+                "{at}: scope {:?} must be read, operate or admin",
+                t.scope
+            ));
+            continue;
+        };
+        if let Some(secret) = read_secret(
+            &at,
+            t.env.as_deref(),
+            t.file.as_deref(),
+            t.value.as_deref(),
+            errs,
+        ) {
+            tokens.push(Token {
+                name: t.name.clone(),
+                scope,
+                secret,
+            });
+        }
+    }
+    // Safe default: an admin API reachable from the network needs auth.
+    if tokens.is_empty() && a.tokens.is_empty() && !listen.ip().is_loopback() {
+        errs.push(format!(
+            "admin.listen {listen} is not a loopback address and admin.tokens is empty: configure at least one token, or listen on 127.0.0.1"
+        ));
+    }
+    Some(AdminSettings { listen, tokens })
+}
+
+/// Reads a secret from exactly one of env / file / literal value. The
+/// secret itself never appears in an error message.
+fn read_secret(
+    at: &str,
+    env: Option<&str>,
+    file: Option<&str>,
+    value: Option<&str>,
+    errs: &mut Vec<String>,
+) -> Option<Vec<u8>> {
+    let secret = match (env, file, value) {
+        (Some(var), None, None) => match std::env::var(var) {
+            Ok(v) => v,
+            Err(_) => {
+                errs.push(format!("{at}: environment variable {var} is not set"));
+                return None;
+            }
+        },
+        (None, Some(path), None) => match std::fs::read_to_string(path) {
+            Ok(v) => v.trim_end_matches(['\n', '\r']).to_string(),
+            Err(e) => {
+                errs.push(format!("{at}: cannot read secret file {path}: {e}"));
+                return None;
+            }
+        },
+        (None, None, Some(v)) => v.to_string(),
+        _ => {
+            errs.push(format!("{at}: set exactly one of env, file or value"));
+            return None;
+        }
+    };
+    if secret.len() < MIN_SECRET_BYTES {
+        errs.push(format!(
+            "{at}: secret is shorter than {MIN_SECRET_BYTES} bytes"
+        ));
+        return None;
+    }
+    Some(secret.into_bytes())
+}
+
+pub fn check_endpoint(at: &str, ep: &str, errs: &mut Vec<String>) {
     let ok = ep
         .rsplit_once(':')
         .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0));

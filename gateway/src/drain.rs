@@ -1,70 +1,258 @@
-//! Drain: advise every session to leave (GOAWAY), spread over a window so a
-//! fleet is not hit by one reconnect storm, wait for them to go, and
-//! force-close whoever is left at the deadline. The caller has already made
-//! `/ready` false and stopped accepting.
+//! Drain as an observable, cancellable operation. Start → `/ready` false and
+//! no new sessions → GOAWAY to each session spread over the window (not all
+//! in one second) → wait → force-close at the deadline (counted) → done.
+//! Progress is published on a `watch` channel (identical updates are not
+//! pushed); cancel makes the gateway ready again. SIGTERM runs the same
+//! operation and exits when it is done.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gg_proto::CloseCode;
+use tokio::sync::watch;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::Gateway;
-use crate::config::DrainSettings;
+use crate::router::overrides::now_ms;
 use crate::session::Outbound;
 
-/// What a drain did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DrainReport {
-    /// Sessions sent a GOAWAY.
-    pub advised: u64,
-    /// Sessions that ended before the deadline.
-    pub closed: u64,
-    /// Sessions still open at the deadline and closed with `shutdown`.
-    pub force_closed: u64,
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Phase {
+    #[default]
+    Idle,
+    Advising,
+    Waiting,
+    ForceClosing,
+    Done,
+    Cancelled,
 }
 
-/// How often the drain checks whether every session has gone.
+impl Phase {
+    pub fn finished(self) -> bool {
+        matches!(self, Phase::Idle | Phase::Done | Phase::Cancelled)
+    }
+}
+
+/// A snapshot of the current (or last) drain.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DrainStatus {
+    pub phase: Phase,
+    pub request_id: String,
+    pub reason: String,
+    pub sessions_at_start: u64,
+    pub remaining: u64,
+    pub advised: u64,
+    pub closed: u64,
+    pub force_closed: u64,
+    pub started_at_ms: u64,
+    pub deadline_at_ms: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct DrainRequest {
+    pub request_id: String,
+    pub deadline: Duration,
+    pub spread: Duration,
+    pub reconnect_after: Duration,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DrainError {
+    #[error(
+        "a drain with request_id {request_id:?} is already running; watch it, or cancel it first"
+    )]
+    AlreadyRunning { request_id: String },
+    #[error("no drain is running")]
+    NotRunning,
+    #[error(
+        "spread ({spread_ms} ms) must not exceed the deadline ({deadline_ms} ms), and the deadline must be > 0"
+    )]
+    BadWindow { spread_ms: u64, deadline_ms: u64 },
+}
+
+pub struct DrainCtl {
+    status: watch::Sender<DrainStatus>,
+    /// Cancellation of the running drain, if any.
+    running: Mutex<Option<CancellationToken>>,
+}
+
+/// How often a drain samples the session count while waiting.
 const POLL: Duration = Duration::from_millis(20);
 
-pub async fn run(gw: &Gateway, s: &DrainSettings) -> DrainReport {
+impl DrainCtl {
+    pub fn new() -> DrainCtl {
+        DrainCtl {
+            status: watch::Sender::new(DrainStatus::default()),
+            running: Mutex::new(None),
+        }
+    }
+
+    pub fn status(&self) -> DrainStatus {
+        self.status.borrow().clone()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<DrainStatus> {
+        self.status.subscribe()
+    }
+
+    /// Resolves with the final status once the running drain (if any) ends.
+    pub async fn wait_finished(&self) -> DrainStatus {
+        let mut rx = self.subscribe();
+        // The sender lives as long as the gateway, so this cannot fail early.
+        let _ = rx.wait_for(|s| s.phase.finished()).await;
+        rx.borrow().clone()
+    }
+
+    /// Starts a drain. Idempotent: the same `request_id` while it runs
+    /// returns its status instead of starting another.
+    pub fn start(gw: &Arc<Gateway>, req: DrainRequest) -> Result<DrainStatus, DrainError> {
+        if req.deadline.is_zero() || req.spread > req.deadline {
+            return Err(DrainError::BadWindow {
+                spread_ms: req.spread.as_millis() as u64,
+                deadline_ms: req.deadline.as_millis() as u64,
+            });
+        }
+        let ctl = &gw.drain;
+        let mut running = ctl.running.lock().unwrap_or_else(|p| p.into_inner());
+        let current = ctl.status();
+        if running.is_some() && !current.phase.finished() {
+            return if current.request_id == req.request_id {
+                Ok(current)
+            } else {
+                Err(DrainError::AlreadyRunning {
+                    request_id: current.request_id,
+                })
+            };
+        }
+        let cancel = CancellationToken::new();
+        *running = Some(cancel.clone());
+        gw.set_draining(true);
+        let sessions = gw.sessions.all();
+        let start_ms = now_ms();
+        let status = DrainStatus {
+            phase: Phase::Advising,
+            request_id: req.request_id.clone(),
+            reason: req.reason.clone(),
+            sessions_at_start: sessions.len() as u64,
+            remaining: sessions.len() as u64,
+            started_at_ms: start_ms,
+            deadline_at_ms: start_ms + req.deadline.as_millis() as u64,
+            ..DrainStatus::default()
+        };
+        ctl.status.send_replace(status.clone());
+        info!(request_id = %req.request_id, sessions = sessions.len(), deadline_ms = req.deadline.as_millis() as u64, spread_ms = req.spread.as_millis() as u64, reason = %req.reason, "drain started");
+        let task_gw = gw.clone();
+        tokio::spawn(async move { run(task_gw, req, sessions, cancel).await });
+        Ok(status)
+    }
+
+    /// Cancels the running drain: the gateway takes sessions and reports
+    /// ready again; sessions already advised drop their GOAWAY deadline.
+    pub fn cancel(gw: &Arc<Gateway>) -> Result<DrainStatus, DrainError> {
+        let ctl = &gw.drain;
+        let mut running = ctl.running.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(token) = running.take() else {
+            return Err(DrainError::NotRunning);
+        };
+        if ctl.status().phase.finished() {
+            return Err(DrainError::NotRunning);
+        }
+        token.cancel();
+        gw.set_draining(false);
+        for s in gw.sessions.all() {
+            s.deliver(Outbound::GoAwayCancelled);
+        }
+        ctl.status.send_modify(|s| s.phase = Phase::Cancelled);
+        info!("drain cancelled; gateway ready again");
+        Ok(ctl.status())
+    }
+}
+
+impl Default for DrainCtl {
+    fn default() -> Self {
+        DrainCtl::new()
+    }
+}
+
+fn update(gw: &Gateway, f: impl FnOnce(&mut DrainStatus)) {
+    gw.drain.status.send_if_modified(|s| {
+        let before = s.clone();
+        f(s);
+        *s != before
+    });
+}
+
+async fn run(
+    gw: Arc<Gateway>,
+    req: DrainRequest,
+    sessions: Vec<crate::session::SessionHandle>,
+    cancel: CancellationToken,
+) {
     let start = Instant::now();
-    let deadline = start + s.deadline;
-    let sessions = gw.sessions.all();
+    let deadline = start + req.deadline;
     let total = sessions.len() as u64;
-    info!(
-        sessions = total,
-        deadline_ms = s.deadline.as_millis() as u64,
-        spread_ms = s.spread.as_millis() as u64,
-        "drain started"
-    );
-    let mut report = DrainReport::default();
+    let remaining = |gw: &Gateway| gw.sessions.len() as u64;
     for (i, session) in sessions.iter().enumerate() {
         // Session i is advised at start + spread * i / n.
-        let at = start + s.spread.mul_f64(i as f64 / total.max(1) as f64);
-        tokio::time::sleep_until(at).await;
+        let at = start + req.spread.mul_f64(i as f64 / total.max(1) as f64);
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep_until(at) => {}
+        }
         let now = Instant::now();
         if now >= deadline {
             break;
         }
         let delivered = session.deliver(Outbound::GoAway {
-            reason: "gateway draining".into(),
-            reconnect_after: s.reconnect_after,
+            reason: req.reason.clone(),
+            reconnect_after: req.reconnect_after,
             deadline: deadline - now,
         });
         if delivered {
-            report.advised += 1;
             gw.metrics.drain_goaway_sent.inc();
         }
+        update(&gw, |s| {
+            s.advised += u64::from(delivered);
+            s.remaining = remaining(&gw);
+        });
     }
+    update(&gw, |s| s.phase = Phase::Waiting);
     while !gw.sessions.is_empty() && Instant::now() < deadline {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(POLL) => {}
+        }
+        update(&gw, |s| {
+            s.remaining = remaining(&gw);
+            s.closed = s.sessions_at_start.saturating_sub(s.remaining);
+        });
+    }
+    if cancel.is_cancelled() {
+        return;
+    }
+    update(&gw, |s| s.phase = Phase::ForceClosing);
+    let left = gw.sessions.all();
+    for session in &left {
+        session.close(CloseCode::Shutdown);
+    }
+    gw.metrics.drain_force_closed.inc_by(left.len() as u64);
+    // Give the closed sessions a moment to leave the table.
+    let settle = Instant::now() + Duration::from_secs(2);
+    while !gw.sessions.is_empty() && Instant::now() < settle {
         tokio::time::sleep(POLL).await;
     }
-    for session in gw.sessions.all() {
-        session.close(CloseCode::Shutdown);
-        report.force_closed += 1;
-    }
-    gw.metrics.drain_force_closed.inc_by(report.force_closed);
-    report.closed = total.saturating_sub(report.force_closed);
-    report
+    let force_closed = left.len() as u64;
+    update(&gw, |s| {
+        s.force_closed = force_closed;
+        s.remaining = remaining(&gw);
+        s.closed = s.sessions_at_start.saturating_sub(force_closed);
+        s.phase = Phase::Done;
+    });
+    info!(
+        advised = gw.drain.status().advised,
+        force_closed, "drain done"
+    );
 }

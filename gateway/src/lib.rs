@@ -10,6 +10,7 @@
 //! [`serve`] takes already-bound listeners and a shutdown token so tests and
 //! embedders can run a real gateway on port 0.
 
+pub mod admin;
 pub mod backend;
 pub mod config;
 pub mod drain;
@@ -18,13 +19,14 @@ pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod ops;
+pub mod resume;
 pub mod router;
 pub mod session;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
@@ -34,9 +36,12 @@ use tracing::{info, warn};
 
 use crate::backend::BackendPool;
 use crate::config::Config;
+use crate::drain::DrainCtl;
 use crate::limits::ConnLimits;
 use crate::metrics::Metrics;
+use crate::resume::ResumeKeys;
 use crate::router::RouteTable;
+use crate::router::overrides::Overrides;
 use crate::session::SessionIds;
 use crate::session::table::SessionTable;
 
@@ -50,6 +55,15 @@ pub struct Gateway {
     pub backends: BackendPool,
     pub ids: SessionIds,
     pub limits: Arc<ConnLimits>,
+    /// Gateway-local route overrides (admin API).
+    pub overrides: Overrides,
+    /// Resume-token keys when `resume:` is configured.
+    pub resume: Option<ResumeKeys>,
+    /// The drain operation (admin API and SIGTERM).
+    pub drain: DrainCtl,
+    /// Bound addresses, set once by [`serve`].
+    pub addrs: OnceLock<BoundAddrs>,
+    pub started: Instant,
     routes_loaded: AtomicBool,
     draining: AtomicBool,
     /// Every connection and session task.
@@ -72,6 +86,7 @@ impl Gateway {
         let backends = BackendPool::new(
             cfg.gateway_id.clone(),
             cfg.backend.clone(),
+            cfg.breaker.clone(),
             cfg.limits.max_frame_bytes,
             metrics.clone(),
             backend_tracker,
@@ -86,6 +101,11 @@ impl Gateway {
             routes: ArcSwap::from_pointee(routes),
             sessions: SessionTable::new(),
             ids: SessionIds::new(),
+            overrides: Overrides::default(),
+            resume: cfg.resume.clone().map(ResumeKeys::new),
+            drain: DrainCtl::new(),
+            addrs: OnceLock::new(),
+            started: Instant::now(),
             // Standalone mode: the file's routes are the first snapshot.
             routes_loaded: AtomicBool::new(true),
             draining: AtomicBool::new(false),
@@ -114,30 +134,51 @@ impl Gateway {
         self.draining.load(Ordering::Acquire)
     }
 
-    fn set_draining(&self) {
-        self.draining.store(true, Ordering::Release);
+    /// Readiness and admission follow this flag (drain start / cancel).
+    pub fn set_draining(&self, on: bool) {
+        self.draining.store(on, Ordering::Release);
     }
+}
+
+/// Where a running gateway listens.
+#[derive(Debug, Clone, Copy)]
+pub struct BoundAddrs {
+    pub client: SocketAddr,
+    pub ops: SocketAddr,
+    pub admin: Option<SocketAddr>,
 }
 
 /// Listeners bound by the caller (port 0 welcome).
 pub struct Listeners {
     pub client: TcpListener,
     pub ops: TcpListener,
+    pub admin: Option<TcpListener>,
 }
 
 impl Listeners {
-    /// Binds both addresses of `cfg`, with a message that names the key.
+    /// Binds every configured address, with a message that names the key.
     pub async fn bind(cfg: &Config) -> anyhow::Result<Listeners> {
-        let client = listener::bind(cfg.listen)
-            .map_err(|e| anyhow::anyhow!("cannot listen on {} (listen): {e}", cfg.listen))?;
-        let ops = listener::bind(cfg.ops_listen).map_err(|e| {
-            anyhow::anyhow!("cannot listen on {} (ops_listen): {e}", cfg.ops_listen)
-        })?;
-        Ok(Listeners { client, ops })
+        let bind = |addr: SocketAddr, key: &str| {
+            listener::bind(addr)
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr} ({key}): {e}"))
+        };
+        Ok(Listeners {
+            client: bind(cfg.listen, "listen")?,
+            ops: bind(cfg.ops_listen, "ops_listen")?,
+            admin: cfg
+                .admin
+                .as_ref()
+                .map(|a| bind(a.listen, "admin.listen"))
+                .transpose()?,
+        })
     }
 
-    pub fn addrs(&self) -> std::io::Result<(SocketAddr, SocketAddr)> {
-        Ok((self.client.local_addr()?, self.ops.local_addr()?))
+    pub fn addrs(&self) -> std::io::Result<BoundAddrs> {
+        Ok(BoundAddrs {
+            client: self.client.local_addr()?,
+            ops: self.ops.local_addr()?,
+            admin: self.admin.as_ref().map(|a| a.local_addr()).transpose()?,
+        })
     }
 }
 
@@ -145,13 +186,30 @@ impl Listeners {
 /// every session spread over the window, wait up to the deadline, force-close
 /// the rest) and returns once every task has ended.
 pub async fn serve(gw: Arc<Gateway>, listeners: Listeners, shutdown: CancellationToken) {
+    if let Ok(a) = listeners.addrs() {
+        let _ = gw.addrs.set(a);
+    }
     let ops_stop = CancellationToken::new();
     let ops_task = tokio::spawn(ops::serve(gw.clone(), listeners.ops, ops_stop.clone()));
+    let admin_task = listeners
+        .admin
+        .map(|l| tokio::spawn(admin::serve(gw.clone(), l, ops_stop.clone())));
+    let sweeper = tokio::spawn(sweep_overrides(gw.clone(), ops_stop.clone()));
     listener::accept_loop(gw.clone(), listeners.client, shutdown).await;
 
-    gw.set_draining();
+    // SIGTERM: the same drain operation the admin API starts (joining one
+    // already running), repeated if an operator cancels it meanwhile.
+    let report = loop {
+        match drain::DrainCtl::start(&gw, gw.drain_request_from_config("shutdown")) {
+            Ok(_) | Err(drain::DrainError::AlreadyRunning { .. }) => {}
+            Err(e) => warn!(error = %e, "cannot start the shutdown drain"),
+        }
+        let status = gw.drain.wait_finished().await;
+        if status.phase == drain::Phase::Done {
+            break status;
+        }
+    };
     gw.drain_signal.cancel();
-    let report = drain::run(&gw, &gw.cfg.drain).await;
     info!(
         advised = report.advised,
         closed = report.closed,
@@ -170,4 +228,37 @@ pub async fn serve(gw: Arc<Gateway>, listeners: Listeners, shutdown: Cancellatio
     gw.backend_stop.cancel();
     ops_stop.cancel();
     let _ = ops_task.await;
+    if let Some(t) = admin_task {
+        let _ = t.await;
+    }
+    let _ = sweeper.await;
+}
+
+impl Gateway {
+    /// A drain with the config's deadline, spread and reconnect hint.
+    pub fn drain_request_from_config(&self, reason: &str) -> drain::DrainRequest {
+        drain::DrainRequest {
+            request_id: format!("{reason}-{}", std::process::id()),
+            deadline: self.cfg.drain.deadline,
+            spread: self.cfg.drain.spread,
+            reconnect_after: self.cfg.drain.reconnect_after,
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// Removes expired overrides once a second (lookups already ignore them;
+/// this keeps the list short and logs the expiry).
+async fn sweep_overrides(gw: Arc<Gateway>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {
+                for o in gw.overrides.sweep(router::overrides::now_ms()) {
+                    info!(id = %o.id, service = o.service, target = %o.target, "route override expired");
+                }
+            }
+        }
+    }
 }

@@ -88,14 +88,15 @@ fn main() -> ExitCode {
 
 async fn run(cfg: gateway::config::Config) -> anyhow::Result<()> {
     let listeners = gateway::Listeners::bind(&cfg).await?;
-    let (client, ops) = listeners.addrs()?;
+    let a = listeners.addrs()?;
+    let admin = a.admin.map_or_else(|| "-".to_string(), |x| x.to_string());
     // One machine-readable line on stdout so scripts and tests can find
     // ports chosen by the OS (`listen: 127.0.0.1:0`).
     println!(
-        "listening client={client} ops={ops} gateway_id={}",
-        cfg.gateway_id
+        "listening client={} ops={} admin={admin} gateway_id={}",
+        a.client, a.ops, cfg.gateway_id
     );
-    info!(%client, %ops, gateway_id = %cfg.gateway_id, "gateway listening");
+    info!(client = %a.client, ops = %a.ops, %admin, gateway_id = %cfg.gateway_id, "gateway listening");
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
     tokio::spawn(async move {

@@ -4,6 +4,7 @@
 //! so the table is consulted once per session and service, not per frame.
 
 pub mod hash;
+pub mod overrides;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use crate::backend::{BackendPool, Endpoint};
 use crate::config::{RoutesConfig, Strategy};
 use crate::error::RequestError;
+use overrides::Overrides;
 
 /// One service with its endpoints resolved to pool entries.
 pub struct Service {
@@ -89,13 +91,13 @@ impl RouteTable {
                 let start = svc.rr.fetch_add(1, Ordering::Relaxed);
                 (0..n)
                     .map(|i| &svc.endpoints[(start + i) % n])
-                    .find(|e| e.healthy())
+                    .find(|e| e.available())
                     .cloned()
                     .ok_or_else(unhealthy)
             }
             Strategy::ConsistentHash => hash::rank(user, &svc.endpoints, |e| e.key_hash())
                 .into_iter()
-                .find(|e| e.healthy())
+                .find(|e| e.available())
                 .cloned()
                 .ok_or_else(unhealthy),
             Strategy::Realm => {
@@ -107,7 +109,7 @@ impl RouteTable {
                         realm,
                     })?;
                 // A realm lives on exactly one game server: no fallback.
-                if ep.healthy() {
+                if ep.available() {
                     Ok(ep.clone())
                 } else {
                     Err(RequestError::BackendUnavailable {
@@ -117,4 +119,46 @@ impl RouteTable {
             }
         }
     }
+}
+
+/// The outcome of routing one binding, with the trail that explains it.
+pub struct Decision {
+    pub endpoint: Arc<Endpoint>,
+    pub override_id: Option<String>,
+    pub why: String,
+}
+
+/// Resolves a binding: a matching local override wins over the rule.
+pub fn resolve(
+    routes: &RouteTable,
+    overrides: &Overrides,
+    pool: &BackendPool,
+    service: u16,
+    realm: u32,
+    user: u64,
+    session: u64,
+) -> Result<Decision, RequestError> {
+    if let Some(o) = overrides.find(service, realm, user, session, overrides::now_ms()) {
+        let ep = pool.endpoint(&o.target);
+        if !ep.healthy() {
+            return Err(RequestError::BackendUnavailable {
+                endpoint: format!("{} (pinned by override {})", o.target, o.id),
+            });
+        }
+        return Ok(Decision {
+            endpoint: ep,
+            why: format!("override {} by {}: {}", o.id, o.author, o.reason),
+            override_id: Some(o.id.clone()),
+        });
+    }
+    let endpoint = routes.pick(service, realm, user)?;
+    let strategy = routes
+        .services
+        .get(&service)
+        .map_or("?", |s| s.strategy.name());
+    Ok(Decision {
+        why: format!("rule {strategy}"),
+        endpoint,
+        override_id: None,
+    })
 }

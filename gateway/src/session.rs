@@ -10,7 +10,7 @@ pub mod task;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -39,6 +39,17 @@ pub enum Outbound {
         reconnect_after: Duration,
         deadline: Duration,
     },
+    /// The drain was cancelled: forget the GOAWAY deadline.
+    GoAwayCancelled,
+    /// An operator closes the session with this code and reason.
+    Close { code: u16, reason: String },
+    /// Drop bindings matching `endpoint` and/or `service` (CLOSE "moved" to
+    /// the backend); the next DATA binds afresh (maintenance, overrides).
+    Unbind {
+        endpoint: Option<Arc<str>>,
+        service: Option<u16>,
+        reason: String,
+    },
 }
 
 struct Inner {
@@ -52,7 +63,9 @@ struct Inner {
     /// A close requested from outside the task (0 = none); first writer wins.
     close_code: AtomicU16,
     wake: Notify,
-    services_bound: AtomicU32,
+    /// (service_type, endpoint) of each binding, for admin lookups; written
+    /// only when bindings change.
+    bindings: std::sync::Mutex<Vec<(u16, Arc<str>)>>,
 }
 
 /// A cloneable reference to a live session.
@@ -86,7 +99,7 @@ impl SessionHandle {
             tx,
             close_code: AtomicU16::new(0),
             wake: Notify::new(),
-            services_bound: AtomicU32::new(0),
+            bindings: std::sync::Mutex::new(Vec::new()),
         };
         (SessionHandle(Arc::new(inner)), rx)
     }
@@ -109,12 +122,24 @@ impl SessionHandle {
     pub fn age(&self) -> Duration {
         self.0.opened.elapsed()
     }
-    /// Number of services this session is bound to now.
-    pub fn services_bound(&self) -> u32 {
-        self.0.services_bound.load(Ordering::Relaxed)
+    /// (service_type, endpoint) of each binding now.
+    pub fn bindings(&self) -> Vec<(u16, Arc<str>)> {
+        self.0
+            .bindings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
-    fn set_services_bound(&self, n: usize) {
-        self.0.services_bound.store(n as u32, Ordering::Relaxed);
+    fn set_bindings(&self, b: Vec<(u16, Arc<str>)>) {
+        *self.0.bindings.lock().unwrap_or_else(|p| p.into_inner()) = b;
+    }
+
+    /// Closes the session with an operator's code and reason (falls back to
+    /// `kicked` if the queue is full).
+    pub fn kick(&self, code: u16, reason: String) {
+        if !self.deliver(Outbound::Close { code, reason }) {
+            self.close(CloseCode::Kicked);
+        }
     }
 
     /// Queues a message without waiting. A full queue means the client is
@@ -142,7 +167,7 @@ impl SessionHandle {
     }
 
     /// The close requested from outside, if any.
-    fn requested_close(&self) -> Option<CloseCode> {
+    pub fn requested_close(&self) -> Option<CloseCode> {
         CloseCode::from_u16(self.0.close_code.load(Ordering::Acquire))
     }
 

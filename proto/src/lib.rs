@@ -11,3 +11,15 @@ pub mod frame;
 
 pub use codes::{CloseCode, ErrorCode};
 pub use frame::{Frame, FrameError, Header, Kind};
+
+/// gRPC contracts generated from `proto/proto/**.proto`.
+pub mod pb {
+    /// `gateway.admin.v1`: the gateway admin API.
+    pub mod admin {
+        #![allow(clippy::all, missing_docs)]
+        tonic::include_proto!("gateway.admin.v1");
+    }
+
+    /// Encoded `FileDescriptorSet` of every service, for server reflection.
+    pub const DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptor.bin"));
+}

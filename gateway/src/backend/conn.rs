@@ -4,10 +4,10 @@
 //! futures of the same task so a backend that is busy writing to us never
 //! blocks our writes to it (and the reverse).
 
-use std::collections::HashMap;
 use std::io;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use gg_proto::control::{self, BackendHello};
@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use super::{Endpoint, Envelope, ToBackend};
-use crate::config::BackendSettings;
+use crate::config::{BackendSettings, BreakerSettings};
 use crate::metrics::Metrics;
 use crate::session::{Outbound, SessionHandle};
 
@@ -29,16 +29,15 @@ use crate::session::{Outbound, SessionHandle};
 pub struct ConnCtx {
     pub gateway_id: String,
     pub settings: BackendSettings,
+    pub breaker: BreakerSettings,
     pub max_frame_bytes: u32,
     pub metrics: Arc<Metrics>,
     pub tracker: TaskTracker,
     pub shutdown: CancellationToken,
 }
 
-/// Sessions bound to the current incarnation of one connection. Only this
-/// connection's two futures touch it, so the lock is never contended across
-/// connections and never held across an await.
-type Bound = Mutex<HashMap<u64, SessionHandle>>;
+/// Missed heartbeats before a backend connection is declared dead.
+const MISSED_PONGS: u32 = 3;
 
 /// Most bytes gathered into one write syscall.
 const MAX_BATCH_BYTES: usize = 64 * 1024;
@@ -63,16 +62,13 @@ pub async fn run(
                 generation += 1;
                 backoff = ctx.settings.backoff_initial;
                 info!(endpoint = %ep.addr, slot, generation, "backend connected");
-                let bound = Bound::default();
                 ep.conns[slot].set_up(generation);
                 up_gauge.inc();
-                let res = relay(stream, &ep, slot, generation, &mut rx, &bound, &ctx).await;
+                let res = relay(stream, &ep, slot, generation, &mut rx, &ctx).await;
                 ep.conns[slot].set_down();
                 up_gauge.dec();
-                let lost: Vec<SessionHandle> = {
-                    let mut b = bound.lock().unwrap_or_else(|p| p.into_inner());
-                    b.drain().map(|(_, s)| s).collect()
-                };
+                let lost: Vec<SessionHandle> =
+                    ep.conns[slot].bound().drain().map(|(_, s)| s).collect();
                 match res {
                     Ok(()) => {
                         debug!(endpoint = %ep.addr, slot, "backend connection closed on shutdown");
@@ -144,9 +140,9 @@ async fn relay(
     slot: usize,
     generation: u64,
     rx: &mut mpsc::Receiver<Envelope>,
-    bound: &Bound,
     ctx: &ConnCtx,
 ) -> io::Result<()> {
+    let conn = &ep.conns[slot];
     let hello = control::control_frame(
         Kind::Hello,
         Header::new(Kind::Hello),
@@ -156,18 +152,16 @@ async fn relay(
     );
     stream.write_all(&hello.to_bytes()).await?;
     let (mut rd, mut wr) = stream.split();
-    let frames_out = ctx
+    let label = [&*ep.addr];
+    let frames_out = ctx.metrics.backend_frames_out.with_label_values(&label);
+    let frames_in = ctx.metrics.backend_frames_in.with_label_values(&label);
+    let protocol_errors = ctx
         .metrics
-        .backend_frames_out
-        .with_label_values(&[&*ep.addr]);
-    let frames_in = ctx
-        .metrics
-        .backend_frames_in
-        .with_label_values(&[&*ep.addr]);
-    let unknown = ctx
-        .metrics
-        .backend_unknown_session
-        .with_label_values(&[&*ep.addr]);
+        .backend_errors
+        .with_label_values(&[&*ep.addr, "protocol"]);
+    // Milliseconds since `epoch` of the last frame from the backend.
+    let epoch = Instant::now();
+    let last_rx = AtomicU64::new(0);
 
     let writer = async {
         let mut wbuf = BytesMut::with_capacity(8 * 1024);
@@ -182,18 +176,12 @@ async fn relay(
                     n += 1;
                     match env.msg {
                         ToBackend::Open { session, frame } => {
-                            bound
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .insert(session.id(), session);
+                            conn.bound().insert(session.id(), session);
                             wbuf.extend_from_slice(&frame);
                         }
                         ToBackend::Frame(frame) => wbuf.extend_from_slice(&frame),
                         ToBackend::Close { session_id, frame } => {
-                            bound
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .remove(&session_id);
+                            conn.bound().remove(&session_id);
                             wbuf.extend_from_slice(&frame);
                         }
                     }
@@ -214,6 +202,7 @@ async fn relay(
 
     let reader = async {
         let mut rbuf = BytesMut::with_capacity(16 * 1024);
+        let mut heard = false;
         loop {
             if rd.read_buf(&mut rbuf).await? == 0 {
                 return Err::<(), io::Error>(io::Error::new(
@@ -221,15 +210,19 @@ async fn relay(
                     "backend closed the connection",
                 ));
             }
+            last_rx.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+            if !heard {
+                // The first frame on a new connection proves the backend
+                // answers: it closes a half-open circuit.
+                heard = true;
+                ep.breaker.on_success();
+            }
             loop {
                 let raw = match frame::split_raw(&mut rbuf, ctx.max_frame_bytes) {
                     Ok(Some(raw)) => raw,
                     Ok(None) => break,
                     Err(e) => {
-                        ctx.metrics
-                            .backend_errors
-                            .with_label_values(&[&*ep.addr, "protocol"])
-                            .inc();
+                        protocol_errors.inc();
                         return Err(io::Error::new(io::ErrorKind::InvalidData, e));
                     }
                 };
@@ -239,58 +232,70 @@ async fn relay(
                     Err(e) => {
                         // In sync: skip the one frame and keep the connection.
                         warn!(endpoint = %ep.addr, error = %e, "backend sent a frame this gateway does not understand; dropped");
-                        ctx.metrics
-                            .backend_errors
-                            .with_label_values(&[&*ep.addr, "protocol"])
-                            .inc();
+                        protocol_errors.inc();
                         continue;
                     }
                 };
-                dispatch(header, raw.freeze(), ep, slot, generation, bound, &unknown);
+                dispatch(header, raw.freeze(), ep, slot, generation);
             }
+        }
+    };
+
+    // Heartbeat: PING every interval; a backend silent for MISSED_PONGS
+    // intervals (a blackholed link, a hung process) is declared dead.
+    let heartbeat = async {
+        let every = ctx.settings.ping_interval;
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let mut seq = 0u32;
+        loop {
+            tick.tick().await;
+            let last = Duration::from_millis(last_rx.load(Ordering::Relaxed));
+            let silent_for = epoch.elapsed().saturating_sub(last);
+            if silent_for >= every * MISSED_PONGS {
+                return Err::<(), io::Error>(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "no frame from the backend for {} ms (heartbeat)",
+                        silent_for.as_millis()
+                    ),
+                ));
+            }
+            seq = seq.wrapping_add(1);
+            let mut h = Header::new(Kind::Ping);
+            h.seq = seq;
+            let _ = conn.send(
+                generation,
+                ToBackend::Frame(Frame::new(h, Bytes::new()).to_bytes()),
+            );
         }
     };
 
     tokio::select! {
         r = writer => r,
         r = reader => r,
+        r = heartbeat => r,
         _ = ctx.shutdown.cancelled() => Ok(()),
     }
 }
 
 /// Routes one frame from the backend to its session.
-fn dispatch(
-    header: Header,
-    raw: Bytes,
-    ep: &Arc<Endpoint>,
-    slot: usize,
-    generation: u64,
-    bound: &Bound,
-    unknown: &prometheus::IntCounter,
-) {
+fn dispatch(header: Header, raw: Bytes, ep: &Arc<Endpoint>, slot: usize, generation: u64) {
+    let conn = &ep.conns[slot];
     match header.kind() {
         Some(Kind::Data | Kind::Error) => {
-            let session = bound
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&header.session_id)
-                .cloned();
+            let session = conn.bound().get(&header.session_id).cloned();
             match session {
                 Some(s) => {
                     s.deliver(Outbound::Frame(raw));
                 }
-                None => unknown.inc(),
+                None => ep.unknown_session.inc(),
             }
         }
         Some(Kind::Close) => {
             // Backend CLOSE = kick. The session is unbound here so no CLOSE
             // is echoed back for it.
-            let session = bound
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&header.session_id);
-            let Some(s) = session else {
-                unknown.inc();
+            let Some(s) = conn.bound().remove(&header.session_id) else {
+                ep.unknown_session.inc();
                 return;
             };
             let f = Frame::new(header, raw.slice(frame::HEADER_BYTES..));
@@ -309,9 +314,9 @@ fn dispatch(
             h.kind = Kind::Pong as u8;
             let pong = Frame::new(h, Bytes::new()).to_bytes();
             // Best effort: a full queue means the link is busy anyway.
-            let _ = ep.conns[slot].send(generation, ToBackend::Frame(pong));
+            let _ = conn.send(generation, ToBackend::Frame(pong));
         }
-        // WELCOME/PONG from a backend need no action.
+        // WELCOME/PONG from a backend need no action beyond liveness.
         _ => {}
     }
 }

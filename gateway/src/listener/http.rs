@@ -408,7 +408,15 @@ async fn wait_reply(
                         message: format!("backend closed the session: {reason}"),
                     });
                 }
-                Outbound::GoAway { .. } => continue,
+                Outbound::Close { code, reason } => {
+                    return Err(CallError::Backend {
+                        code,
+                        message: format!("session closed by an operator: {reason}"),
+                    });
+                }
+                Outbound::GoAway { .. } | Outbound::GoAwayCancelled | Outbound::Unbind { .. } => {
+                    continue;
+                }
             }
         }
         Err(RequestError::BackendUnavailable {

@@ -155,7 +155,16 @@ pub fn open_binding(
     resumed: bool,
 ) -> Result<Binding, RequestError> {
     let routes = gw.routes.load();
-    let endpoint = routes.pick(service, realm, session.user_id())?;
+    let endpoint = crate::router::resolve(
+        &routes,
+        &gw.overrides,
+        &gw.backends,
+        service,
+        realm,
+        session.user_id(),
+        session.id(),
+    )?
+    .endpoint;
     let realm_key = routes
         .services
         .get(&service)
@@ -230,7 +239,7 @@ pub async fn run(gw: Arc<Gateway>, mut io: ClientIo, remote: SocketAddr, protoco
         pm.bytes_in.inc_by(raw.len() as u64);
         accept_hello(&gw, raw)
     });
-    let (header, _hello) = match accepted {
+    let (header, resumed) = match accepted {
         Ok(h) => h,
         Err(c) => {
             if c.code == CloseCode::HelloTimeout.code() {
@@ -245,7 +254,19 @@ pub async fn run(gw: Arc<Gateway>, mut io: ClientIo, remote: SocketAddr, protoco
         }
     };
 
-    let id = gw.ids.next_id();
+    let id = if resumed {
+        header.session_id
+    } else {
+        gw.ids.next_id()
+    };
+    if resumed && let Some(old) = gw.sessions.get(id) {
+        // Resumed on the gateway that still holds it: the old connection yields.
+        old.close(CloseCode::Moved);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while gw.sessions.get(id).is_some() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
     let (handle, rx) = SessionHandle::new(
         id,
         header.user_id,
@@ -262,7 +283,7 @@ pub async fn run(gw: Arc<Gateway>, mut io: ClientIo, remote: SocketAddr, protoco
     }
     gw.metrics.sessions_opened.inc();
     gw.metrics.sessions_active.inc();
-    info!(session = id, user = header.user_id, realm = header.realm_id, %remote, protocol = protocol.name(), "session opened");
+    info!(session = id, user = header.user_id, realm = header.realm_id, %remote, protocol = protocol.name(), resumed, "session opened");
 
     let mut wh = header;
     wh.session_id = id;
@@ -272,7 +293,7 @@ pub async fn run(gw: Arc<Gateway>, mut io: ClientIo, remote: SocketAddr, protoco
         &Welcome {
             gateway_id: gw.cfg.gateway_id.clone(),
             session: format!("{}:{id}", gw.cfg.gateway_id),
-            resume_token: None,
+            resume_token: gw.resume.as_ref().map(|k| k.mint(id, header.user_id)),
             heartbeat_ms: gw.cfg.limits.heartbeat.as_millis() as u64,
         },
     );
@@ -292,6 +313,8 @@ pub async fn run(gw: Arc<Gateway>, mut io: ClientIo, remote: SocketAddr, protoco
         bindings: Vec::new(),
         last_rx: now,
         goaway_deadline: None,
+        goaway_sent: false,
+        resumed,
     };
     s.queue(welcome.to_bytes());
     let closing = match s.flush().await {
@@ -301,9 +324,12 @@ pub async fn run(gw: Arc<Gateway>, mut io: ClientIo, remote: SocketAddr, protoco
     s.finish(closing).await;
 }
 
-/// Validates the first frame: a v1 HELLO for a new session.
-fn accept_hello(gw: &Gateway, raw: BytesMut) -> Result<(Header, control::Hello), Closing> {
-    let header = frame::parse_raw(&raw).map_err(|e| Closing::from_read(ReadError::Frame(e), 0))?;
+/// Validates the first frame: a v1 HELLO opening a new session, or resuming
+/// one with a valid resume token. Returns the header (with the session's
+/// ids) and whether it is a resume.
+fn accept_hello(gw: &Gateway, raw: BytesMut) -> Result<(Header, bool), Closing> {
+    let mut header =
+        frame::parse_raw(&raw).map_err(|e| Closing::from_read(ReadError::Frame(e), 0))?;
     if header.kind() != Some(Kind::Hello) {
         return Err(Closing::new(
             CloseCode::ProtocolError,
@@ -320,12 +346,6 @@ fn accept_hello(gw: &Gateway, raw: BytesMut) -> Result<(Header, control::Hello),
             format!("HELLO payload is not a valid JSON object: {e}"),
         )
     })?;
-    if header.session_id != 0 || hello.resume_token.is_some() {
-        return Err(Closing::new(
-            CloseCode::BadResume,
-            "session resume is not enabled on this gateway; send HELLO with session_id 0",
-        ));
-    }
     if gw.draining() {
         gw.metrics.reject("draining");
         return Err(Closing::new(
@@ -333,7 +353,34 @@ fn accept_hello(gw: &Gateway, raw: BytesMut) -> Result<(Header, control::Hello),
             "gateway is draining; reconnect to another gateway",
         ));
     }
-    Ok((header, hello))
+    if header.session_id == 0 && hello.resume_token.is_none() {
+        return Ok((header, false));
+    }
+    let Some(keys) = &gw.resume else {
+        return Err(Closing::new(
+            CloseCode::BadResume,
+            "session resume is not enabled on this gateway; send HELLO with session_id 0",
+        ));
+    };
+    let (Some(token), true) = (hello.resume_token.as_deref(), header.session_id != 0) else {
+        return Err(Closing::new(
+            CloseCode::BadResume,
+            "a resume needs both session_id in the header and resume_token in the payload",
+        ));
+    };
+    match keys.verify(token, header.session_id, header.user_id) {
+        Ok(claims) => {
+            header.user_id = claims.user_id;
+            Ok((header, true))
+        }
+        Err(e) => {
+            gw.metrics.reject("bad_resume");
+            Err(Closing::new(
+                CloseCode::BadResume,
+                format!("{e}; open a new session (session_id 0)"),
+            ))
+        }
+    }
 }
 
 /// Writes the CLOSE frame (when possible) and ends the transport.
@@ -369,6 +416,10 @@ struct Session {
     /// Re-armed lazily: it fires at most once per idle period, not per frame.
     idle: Pin<Box<Sleep>>,
     goaway_deadline: Option<Instant>,
+    /// A client that closes after GOAWAY has moved: backends get "moved".
+    goaway_sent: bool,
+    /// Opened by resuming a session from another connection or gateway.
+    resumed: bool,
 }
 
 /// Most queued messages handled before a flush, so one busy session cannot
@@ -494,7 +545,7 @@ impl Session {
                     }
                     !gone
                 });
-                self.handle.set_services_bound(self.bindings.len());
+                self.publish_bindings();
                 for service in lost {
                     let mut h = Header::new(Kind::Error);
                     h.service_type = service;
@@ -532,16 +583,58 @@ impl Session {
                         reason,
                         reconnect_after_ms: reconnect_after.as_millis() as u64,
                         deadline_ms: deadline.as_millis() as u64,
-                        resume_token: None,
+                        resume_token: self
+                            .gw
+                            .resume
+                            .as_ref()
+                            .map(|k| k.mint(self.handle.id(), self.handle.user_id())),
                     },
                 );
                 self.queue(f.to_bytes());
+                self.goaway_sent = true;
                 // The drain controller force-closes (and counts) at the deadline;
                 // this timer is only a safety net if it cannot.
                 self.goaway_deadline = Some(Instant::now() + deadline + GOAWAY_GRACE);
             }
+            Outbound::GoAwayCancelled => {
+                self.goaway_deadline = None;
+                self.goaway_sent = false;
+            }
+            Outbound::Close { code, reason } => {
+                info!(session = self.handle.id(), code, %reason, "session closed by operator");
+                return Err(Closing {
+                    code,
+                    reason,
+                    notify_client: true,
+                });
+            }
+            Outbound::Unbind {
+                endpoint,
+                service,
+                reason,
+            } => {
+                let id = self.handle.id();
+                self.bindings.retain(|b| {
+                    let hit = endpoint.as_ref().is_none_or(|e| **e == *b.endpoint.addr)
+                        && service.is_none_or(|s| s == b.service);
+                    if hit {
+                        b.close(id, CloseCode::Moved.code(), &reason);
+                    }
+                    !hit
+                });
+                self.publish_bindings();
+            }
         }
         Ok(())
+    }
+
+    fn publish_bindings(&self) {
+        self.handle.set_bindings(
+            self.bindings
+                .iter()
+                .map(|b| (b.service, b.endpoint.addr.clone()))
+                .collect(),
+        );
     }
 
     fn on_client_frame(&mut self, mut raw: BytesMut) -> Result<(), Closing> {
@@ -650,17 +743,23 @@ impl Session {
             }
             // …or fall through to pick another endpoint.
         }
-        let b = open_binding(&self.gw, &self.handle, svc, realm, false)?;
+        let b = open_binding(&self.gw, &self.handle, svc, realm, self.resumed)?;
         let res = b.send(raw);
         self.bindings.push(b);
-        self.handle.set_services_bound(self.bindings.len());
+        self.publish_bindings();
         res
     }
 
     async fn finish(mut self, c: Closing) {
         let id = self.handle.id();
+        // A client that leaves after GOAWAY continues elsewhere (resume).
+        let (code, reason) = if self.goaway_sent && c.code == CloseCode::Normal.code() {
+            (CloseCode::Moved.code(), "moved".to_string())
+        } else {
+            (c.code, c.reason.clone())
+        };
         for b in &self.bindings {
-            b.close(id, c.code, &c.reason);
+            b.close(id, code, &reason);
         }
         self.gw.sessions.remove(id);
         self.gw.metrics.sessions_active.dec();

@@ -1,0 +1,152 @@
+//! Session resume tokens: `base64url(session_id ‖ user_id ‖ expires_ms ‖
+//! HMAC-SHA256(secret, those 24 bytes)[..16])`. Any gateway that shares the
+//! fleet secret can verify a token minted by another, so a client told to
+//! GOAWAY keeps its session id on the next gateway.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::config::ResumeSettings;
+
+const BODY: usize = 24;
+const TAG: usize = 16;
+
+/// What a valid token proves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claims {
+    pub session_id: u64,
+    pub user_id: u64,
+    pub expires_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ResumeError {
+    #[error("resume token is malformed")]
+    Malformed,
+    #[error("resume token signature is invalid (forged, or minted with another fleet secret)")]
+    BadSignature,
+    #[error("resume token expired")]
+    Expired,
+    #[error("resume token is for another session or user")]
+    Mismatch,
+}
+
+pub struct ResumeKeys {
+    settings: ResumeSettings,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl ResumeKeys {
+    pub fn new(settings: ResumeSettings) -> ResumeKeys {
+        ResumeKeys { settings }
+    }
+
+    fn mac(&self, body: &[u8]) -> Hmac<Sha256> {
+        // HMAC accepts keys of any length.
+        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(&self.settings.secret)
+            .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+        m.update(body);
+        m
+    }
+
+    /// Mints a token for `session_id`/`user_id`, valid for the configured TTL.
+    pub fn mint(&self, session_id: u64, user_id: u64) -> String {
+        let expires = now_ms() + self.settings.ttl.as_millis() as u64;
+        self.mint_at(session_id, user_id, expires)
+    }
+
+    fn mint_at(&self, session_id: u64, user_id: u64, expires_ms: u64) -> String {
+        let mut buf = Vec::with_capacity(BODY + TAG);
+        buf.extend_from_slice(&session_id.to_be_bytes());
+        buf.extend_from_slice(&user_id.to_be_bytes());
+        buf.extend_from_slice(&expires_ms.to_be_bytes());
+        let tag = self.mac(&buf).finalize().into_bytes();
+        buf.extend_from_slice(&tag[..TAG]);
+        URL_SAFE_NO_PAD.encode(buf)
+    }
+
+    /// Verifies a token for the session id (and, when non-zero, user id)
+    /// the client claims. The tag is compared in constant time.
+    pub fn verify(
+        &self,
+        token: &str,
+        session_id: u64,
+        user_id: u64,
+    ) -> Result<Claims, ResumeError> {
+        let raw = URL_SAFE_NO_PAD
+            .decode(token)
+            .map_err(|_| ResumeError::Malformed)?;
+        if raw.len() != BODY + TAG {
+            return Err(ResumeError::Malformed);
+        }
+        let (body, tag) = raw.split_at(BODY);
+        self.mac(body)
+            .verify_truncated_left(tag)
+            .map_err(|_| ResumeError::BadSignature)?;
+        let word = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&body[i * 8..i * 8 + 8]);
+            u64::from_be_bytes(b)
+        };
+        let claims = Claims {
+            session_id: word(0),
+            user_id: word(1),
+            expires_ms: word(2),
+        };
+        if claims.expires_ms < now_ms() {
+            return Err(ResumeError::Expired);
+        }
+        if claims.session_id != session_id || (user_id != 0 && claims.user_id != user_id) {
+            return Err(ResumeError::Mismatch);
+        }
+        Ok(claims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn keys(secret: &[u8]) -> ResumeKeys {
+        ResumeKeys::new(ResumeSettings {
+            secret: secret.to_vec(),
+            ttl: Duration::from_secs(60),
+        })
+    }
+
+    #[test]
+    fn round_trip_and_every_refusal() {
+        let k = keys(b"fleet-secret-0123456789");
+        let t = k.mint(7, 42);
+        assert_eq!(k.verify(&t, 7, 42).unwrap().user_id, 42);
+        assert_eq!(
+            k.verify(&t, 7, 0).unwrap().session_id,
+            7,
+            "user 0 = take the token's"
+        );
+        assert_eq!(k.verify(&t, 8, 42), Err(ResumeError::Mismatch));
+        assert_eq!(k.verify(&t, 7, 43), Err(ResumeError::Mismatch));
+        assert_eq!(
+            keys(b"another-secret-0123456").verify(&t, 7, 42),
+            Err(ResumeError::BadSignature)
+        );
+        assert_eq!(k.verify("not base64!", 7, 42), Err(ResumeError::Malformed));
+        let expired = k.mint_at(7, 42, 1);
+        assert_eq!(k.verify(&expired, 7, 42), Err(ResumeError::Expired));
+        // Flipping any byte breaks the signature.
+        let mut raw = URL_SAFE_NO_PAD.decode(&t).unwrap();
+        raw[3] ^= 1;
+        assert_eq!(
+            k.verify(&URL_SAFE_NO_PAD.encode(raw), 7, 42),
+            Err(ResumeError::BadSignature)
+        );
+    }
+}
