@@ -4,6 +4,7 @@
 
 mod support;
 
+mod admin;
 mod http;
 mod lifecycle;
 mod limits;

@@ -153,14 +153,20 @@ pub struct Gw {
     pub proc: Proc,
     pub client: SocketAddr,
     pub ops: SocketAddr,
+    pub admin: Option<SocketAddr>,
     pub config: PathBuf,
 }
 
 /// Starts a gateway whose config is `body` (YAML without the listen keys;
 /// both listeners use port 0).
 pub async fn gateway(body: &str) -> Gw {
+    gateway_named("gw-e2e", body).await
+}
+
+/// Like [`gateway`] with a chosen gateway id.
+pub async fn gateway_named(id: &str, body: &str) -> Gw {
     let config = scratch("gw", "yaml");
-    let yaml = format!("gateway_id: gw-e2e\nlisten: 127.0.0.1:0\nops_listen: 127.0.0.1:0\n{body}");
+    let yaml = format!("gateway_id: {id}\nlisten: 127.0.0.1:0\nops_listen: 127.0.0.1:0\n{body}");
     std::fs::write(&config, yaml).expect("write config");
     let (proc, line) = spawn(
         env!("CARGO_BIN_EXE_gateway"),
@@ -182,6 +188,10 @@ pub async fn gateway(body: &str) -> Gw {
     let gw = Gw {
         client: field("client="),
         ops: field("ops="),
+        admin: line
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("admin="))
+            .and_then(|a| a.parse().ok()),
         proc,
         config,
     };
@@ -435,6 +445,25 @@ impl Client {
         h.user_id = user;
         h.realm_id = realm;
         self.send(&Frame::new(h, &b"{}"[..])).await;
+        self.welcome(user).await
+    }
+
+    /// HELLO resuming `session_id` with `token` → WELCOME.
+    pub async fn resume(&mut self, user: u64, session_id: u64, token: &str) -> Welcome {
+        let mut h = Header::new(Kind::Hello);
+        h.user_id = user;
+        h.session_id = session_id;
+        let body = serde_json::json!({ "resume_token": token }).to_string();
+        self.send(&Frame::new(h, body)).await;
+        let w = self.welcome(user).await;
+        assert_eq!(
+            self.session_id, session_id,
+            "resume must keep the session id"
+        );
+        w
+    }
+
+    async fn welcome(&mut self, user: u64) -> Welcome {
         let f = self.recv().await;
         assert_eq!(
             f.header.kind(),
@@ -512,4 +541,64 @@ pub fn error_of(f: &Frame) -> control::Error {
         "expected ERROR, got {f:?}"
     );
     f.json().expect("error json")
+}
+
+/// Test tokens (config `value:`; real deployments use `env:` or `file:`).
+pub const READ_TOKEN: &str = "read-token-0123456789abcdef";
+pub const OPERATE_TOKEN: &str = "operate-token-0123456789abcdef";
+pub const ADMIN_TOKEN: &str = "admin-token-0123456789abcdef";
+
+/// YAML for an admin API on a free loopback port with the three test tokens.
+pub fn admin_yaml() -> String {
+    format!(
+        "admin:\n  listen: 127.0.0.1:0\n  tokens:\n    - {{ name: reader, scope: read, value: {READ_TOKEN} }}\n    - {{ name: op, scope: operate, value: {OPERATE_TOKEN} }}\n    - {{ name: root, scope: admin, value: {ADMIN_TOKEN} }}\n"
+    )
+}
+
+/// Adds `authorization: Bearer …` to every call.
+#[derive(Clone)]
+pub struct Bearer(Option<String>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(t) = &self.0 {
+            let v = format!("Bearer {t}").parse().expect("ascii token");
+            req.metadata_mut().insert("authorization", v);
+        }
+        Ok(req)
+    }
+}
+
+pub type Admin = gg_proto::pb::admin::gateway_admin_client::GatewayAdminClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>,
+>;
+
+pub async fn channel(addr: SocketAddr) -> tonic::transport::Channel {
+    tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect admin")
+}
+
+/// An admin client for `gw` presenting `token` (None = no credentials).
+pub async fn admin(gw: &Gw, token: Option<&str>) -> Admin {
+    let addr = gw.admin.expect("gateway has no admin listener");
+    gg_proto::pb::admin::gateway_admin_client::GatewayAdminClient::with_interceptor(
+        channel(addr).await,
+        Bearer(token.map(str::to_string)),
+    )
+}
+
+/// Polls `f` until it returns true (panics after `WAIT`).
+pub async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + WAIT;
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 }

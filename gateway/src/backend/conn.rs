@@ -76,10 +76,16 @@ pub async fn run(
                     }
                     Err(e) => {
                         warn!(endpoint = %ep.addr, slot, sessions = lost.len(), error = %e, "backend connection lost; sessions notified, reconnecting");
+                        let kind = if e.kind() == io::ErrorKind::TimedOut {
+                            "timeout"
+                        } else {
+                            "io"
+                        };
                         ctx.metrics
                             .backend_errors
-                            .with_label_values(&[&*ep.addr, "io"])
+                            .with_label_values(&[&*ep.addr, kind])
                             .inc();
+                        ep.breaker.on_failure(Instant::now());
                     }
                 }
                 for s in lost {
@@ -94,6 +100,7 @@ pub async fn run(
                     .backend_errors
                     .with_label_values(&[&*ep.addr, "connect"])
                     .inc();
+                ep.breaker.on_failure(Instant::now());
             }
         }
         // Full jitter: sleep uniformly in [backoff/2, backoff] so a fleet of

@@ -8,7 +8,12 @@
 //!    connection, CLOSE unbinds it; many sessions share one connection;
 //! 3. answer DATA on the connection it came from, with the request's
 //!    `session_id` and `seq` (the gateway finds the client by session id);
-//! 4. answer PING with PONG; send CLOSE `{code, reason}` to kick a session.
+//! 4. answer PING with PONG (gateways PING every pooled connection and drop
+//!    connections that stay silent); send CLOSE `{code, reason}` to kick;
+//! 5. keep session state across gateways: a session that moves (GOAWAY +
+//!    resume) arrives as OPEN `resumed: true` from the new gateway, and the
+//!    old gateway's CLOSE (reason `moved`) may come before or after it — so a
+//!    CLOSE only ends the session if it comes from the connection that owns it.
 //!
 //! DATA commands this sample understands (UTF-8 payload):
 //! - `whoami`           → replies with `--name`
@@ -20,7 +25,9 @@
 //! - anything else      → echoed back unchanged
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use clap::Parser;
@@ -54,25 +61,44 @@ async fn main() -> std::io::Result<()> {
     let listener = TcpListener::bind(&args.listen).await?;
     // Machine-readable: scripts and tests parse this line.
     println!("listening {}", listener.local_addr()?);
+    let sessions: Sessions = Arc::default();
+    let conn_ids = AtomicU64::new(0);
     loop {
         let (stream, peer) = listener.accept().await?;
         let name = args.name.clone();
         let max = args.max_frame_bytes;
+        let sessions = sessions.clone();
+        let conn = conn_ids.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
-            if let Err(e) = serve_gateway(stream, name, max).await {
+            if let Err(e) = serve_gateway(stream, conn, sessions, name, max).await {
                 eprintln!("sample-backend: gateway {peer}: {e}");
             }
         });
     }
 }
 
-/// Per-session state: here just a counter.
-#[derive(Default)]
+/// Per-session state: which gateway connection owns it, and a counter.
 struct SessionState {
+    owner: u64,
     data_frames: u64,
+    /// Set when the session moved away (CLOSE `moved`): the state waits for
+    /// the resumed OPEN from the next gateway, for at most `DETACHED_TTL`.
+    detached_at: Option<Instant>,
 }
 
-async fn serve_gateway(stream: TcpStream, name: String, max: u32) -> std::io::Result<()> {
+/// How long the state of a moved session waits for its resumed OPEN.
+const DETACHED_TTL: Duration = Duration::from_secs(60);
+
+/// Sessions of every gateway connection, by session id (ids are cluster-unique).
+type Sessions = Arc<Mutex<HashMap<u64, SessionState>>>;
+
+async fn serve_gateway(
+    stream: TcpStream,
+    conn: u64,
+    sessions: Sessions,
+    name: String,
+    max: u32,
+) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     let (mut rd, mut wr) = stream.into_split();
     // One writer task per connection: replies from delayed commands
@@ -94,7 +120,6 @@ async fn serve_gateway(stream: TcpStream, name: String, max: u32) -> std::io::Re
         Ok::<_, std::io::Error>(())
     });
 
-    let mut sessions: HashMap<u64, SessionState> = HashMap::new();
     let mut rbuf = BytesMut::with_capacity(16 * 1024);
     let mut greeted = false;
     'read: loop {
@@ -128,10 +153,39 @@ async fn serve_gateway(stream: TcpStream, name: String, max: u32) -> std::io::Re
                     break 'read;
                 }
                 Some(Kind::Open) => {
-                    sessions.insert(h.session_id, SessionState::default());
+                    let resumed = f.json::<control::Open>().is_ok_and(|o| o.resumed);
+                    let mut map = sessions.lock().unwrap_or_else(|p| p.into_inner());
+                    map.retain(|_, s| s.detached_at.is_none_or(|t| t.elapsed() < DETACHED_TTL));
+                    match map.get_mut(&h.session_id) {
+                        // Resumed (or re-opened after a reconnect): keep the state.
+                        Some(s) if resumed => {
+                            s.owner = conn;
+                            s.detached_at = None;
+                        }
+                        _ => {
+                            let fresh = SessionState {
+                                owner: conn,
+                                data_frames: 0,
+                                detached_at: None,
+                            };
+                            map.insert(h.session_id, fresh);
+                        }
+                    }
                 }
                 Some(Kind::Close) => {
-                    sessions.remove(&h.session_id);
+                    let moved = f
+                        .json::<control::Close>()
+                        .is_ok_and(|c| c.code == CloseCode::Moved.code());
+                    let mut map = sessions.lock().unwrap_or_else(|p| p.into_inner());
+                    // Only the owning connection can end or detach the session:
+                    // a resumed OPEN from the next gateway may already have arrived.
+                    if let Some(s) = map.get_mut(&h.session_id).filter(|s| s.owner == conn) {
+                        if moved {
+                            s.detached_at = Some(Instant::now());
+                        } else {
+                            map.remove(&h.session_id);
+                        }
+                    }
                 }
                 Some(Kind::Ping) => {
                     let mut r = h;
@@ -139,7 +193,14 @@ async fn serve_gateway(stream: TcpStream, name: String, max: u32) -> std::io::Re
                     send(&tx, Frame::new(r, Bytes::new())).await;
                 }
                 Some(Kind::Data) => {
-                    let Some(state) = sessions.get_mut(&h.session_id) else {
+                    let count = {
+                        let mut map = sessions.lock().unwrap_or_else(|p| p.into_inner());
+                        map.get_mut(&h.session_id).map(|s| {
+                            s.data_frames += 1;
+                            s.data_frames
+                        })
+                    };
+                    let Some(count) = count else {
                         // DATA for a session never opened here: tell the client.
                         let e = control::error_frame(
                             &h,
@@ -149,16 +210,22 @@ async fn serve_gateway(stream: TcpStream, name: String, max: u32) -> std::io::Re
                         send(&tx, e).await;
                         continue;
                     };
-                    state.data_frames += 1;
-                    let count = state.data_frames;
                     if handle_data(&tx, &name, h, f.payload, count).await {
-                        sessions.remove(&h.session_id);
+                        sessions
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&h.session_id);
                     }
                 }
                 _ => {}
             }
         }
     }
+    // The gateway connection is gone: so are the sessions it still owns.
+    sessions
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .retain(|_, s| s.owner != conn || s.detached_at.is_some());
     drop(tx);
     let _ = writer.await;
     Ok(())
