@@ -836,6 +836,52 @@ limits: { max_frame_bytes: 10, idle_timeout_ms: 5, heartbeat_ms: 10 }
     }
 
     #[test]
+    fn admin_and_resume_are_validated() {
+        let base = "listen: 127.0.0.1:7000\nops_listen: 127.0.0.1:9100\n";
+        let public = format!("{base}admin: {{ listen: 0.0.0.0:9200 }}\n");
+        let e = Config::parse(&public, Some("gw".into())).unwrap_err();
+        assert!(e.to_string().contains("not a loopback address"), "{e}");
+        let loopback = format!("{base}admin: {{ listen: 127.0.0.1:9200 }}\n");
+        assert!(
+            Config::parse(&loopback, Some("gw".into()))
+                .unwrap()
+                .admin
+                .unwrap()
+                .tokens
+                .is_empty()
+        );
+
+        let bad_tokens = format!(
+            "{base}admin:\n  listen: 0.0.0.0:9200\n  tokens:\n    - {{ name: a, scope: root, value: long-enough-secret-1 }}\n    - {{ name: b, scope: read, value: short }}\n    - {{ name: c, scope: read, value: long-enough-secret-2, env: X }}\n    - {{ name: d, scope: read, env: GG_TEST_SURELY_UNSET_VAR }}\n"
+        );
+        let all = Config::parse(&bad_tokens, Some("gw".into()))
+            .unwrap_err()
+            .0
+            .join("\n");
+        for needle in [
+            "scope \"root\"",
+            "shorter than 16",
+            "exactly one of env, file or value",
+            "GG_TEST_SURELY_UNSET_VAR is not set",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in {all}");
+        }
+        assert!(
+            !all.contains("long-enough-secret"),
+            "secrets must not appear in errors: {all}"
+        );
+
+        let resume = format!("{base}resume: {{ secret_file: /nonexistent/secret }}\n");
+        let e = Config::parse(&resume, Some("gw".into())).unwrap_err();
+        assert!(e.to_string().contains("cannot read secret file"), "{e}");
+        let dbg = format!("{:?}", Config::parse(&format!("{base}admin:\n  listen: 127.0.0.1:1\n  tokens: [{{ name: a, scope: read, value: long-enough-secret-1 }}]\n"), Some("gw".into())).unwrap());
+        assert!(
+            !dbg.contains("long-enough-secret"),
+            "Debug must not print secrets"
+        );
+    }
+
+    #[test]
     fn deploy_examples_parse() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
         let mut n = 0;
