@@ -5,7 +5,10 @@ use std::path::PathBuf;
 
 use prost::Message;
 
-const PROTOS: &[&str] = &["gateway/admin/v1/admin.proto"];
+const PROTOS: &[&str] = &[
+    "gateway/admin/v1/admin.proto",
+    "controlplane/v1/controlplane.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");

@@ -31,6 +31,8 @@ pub const DEFAULT_PING_INTERVAL_MS: u64 = 5_000;
 pub const DEFAULT_DRAIN_DEADLINE_MS: u64 = 30_000;
 pub const DEFAULT_DRAIN_SPREAD_MS: u64 = 10_000;
 pub const DEFAULT_RECONNECT_AFTER_MS: u64 = 1_000;
+pub const DEFAULT_SESSION_BATCH: usize = 500;
+pub const DEFAULT_SESSION_FLUSH_MS: u64 = 100;
 pub const DEFAULT_RESUME_TTL_MS: u64 = 10 * 60 * 1000;
 pub const DEFAULT_BREAKER_THRESHOLD: u32 = 5;
 pub const DEFAULT_BREAKER_OPEN_MS: u64 = 5_000;
@@ -62,6 +64,30 @@ pub struct FileConfig {
     pub resume: Option<FileResume>,
     #[serde(default)]
     pub breaker: FileBreaker,
+    #[serde(default)]
+    pub controlplane: Option<FileControlPlane>,
+}
+
+/// `controlplane:` — take routing config from the control plane.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileControlPlane {
+    pub url: String,
+    /// Bearer token with the `operate` scope: `{ env | file | value }`.
+    #[serde(default)]
+    pub token: Option<FileToken>,
+    pub snapshot_path: String,
+    #[serde(default = "default_batch")]
+    pub session_batch: usize,
+    #[serde(default = "default_flush")]
+    pub session_flush_ms: u64,
+}
+
+fn default_batch() -> usize {
+    DEFAULT_SESSION_BATCH
+}
+fn default_flush() -> u64 {
+    DEFAULT_SESSION_FLUSH_MS
 }
 
 /// `admin:` — the gRPC admin API. Absent = not served.
@@ -342,6 +368,15 @@ impl std::fmt::Debug for ResumeSettings {
 }
 
 #[derive(Debug, Clone)]
+pub struct ControlPlaneSettings {
+    pub url: String,
+    pub token: Option<Token>,
+    pub snapshot_path: std::path::PathBuf,
+    pub session_batch: usize,
+    pub session_flush: Duration,
+}
+
+#[derive(Debug, Clone)]
 pub struct BreakerSettings {
     pub failure_threshold: u32,
     pub open: Duration,
@@ -361,6 +396,7 @@ pub struct Config {
     pub admin: Option<AdminSettings>,
     pub resume: Option<ResumeSettings>,
     pub breaker: BreakerSettings,
+    pub controlplane: Option<ControlPlaneSettings>,
 }
 
 /// Every problem found in a config file, one per line.
@@ -516,6 +552,27 @@ impl Config {
                 ttl: ms(r.ttl_ms),
             })
         });
+        let controlplane = file.controlplane.as_ref().map(|c| {
+            if !file.services.is_empty() || !file.realms.is_empty() {
+                errs.push("services/realms must be empty when controlplane is set: routing comes from the control plane".into());
+            }
+            if !(c.url.starts_with("http://") || c.url.starts_with("https://")) {
+                errs.push(format!("controlplane.url {:?} must start with http:// or https://", c.url));
+            }
+            if c.session_batch == 0 || c.session_flush_ms == 0 {
+                errs.push("controlplane.session_batch and session_flush_ms must be > 0".into());
+            }
+            ControlPlaneSettings {
+                url: c.url.clone(),
+                token: c
+                    .token
+                    .as_ref()
+                    .and_then(|t| read_tokens("controlplane.token", std::slice::from_ref(t), &mut errs).pop()),
+                snapshot_path: c.snapshot_path.clone().into(),
+                session_batch: c.session_batch,
+                session_flush: ms(c.session_flush_ms),
+            }
+        });
         let br = file.breaker;
         positive(
             "breaker.failure_threshold",
@@ -529,6 +586,7 @@ impl Config {
 
         match (listen, ops_listen, errs.is_empty()) {
             (Some(listen), Some(ops_listen), true) => Ok(Config {
+                controlplane,
                 admin,
                 resume,
                 breaker: BreakerSettings {
@@ -653,10 +711,22 @@ pub fn validate_routes(
 
 fn validate_admin(a: &FileAdmin, errs: &mut Vec<String>) -> Option<AdminSettings> {
     let listen = parse_addr("admin.listen", &a.listen, errs)?;
+    let tokens = read_tokens("admin.tokens", &a.tokens, errs);
+    // Safe default: an admin API reachable from the network needs auth.
+    if tokens.is_empty() && a.tokens.is_empty() && !listen.ip().is_loopback() {
+        errs.push(format!(
+            "admin.listen {listen} is not a loopback address and admin.tokens is empty: configure at least one token, or listen on 127.0.0.1"
+        ));
+    }
+    Some(AdminSettings { listen, tokens })
+}
+
+/// Resolves bearer tokens (shared with the control plane's config).
+pub fn read_tokens(key: &str, list: &[FileToken], errs: &mut Vec<String>) -> Vec<Token> {
     let mut tokens = Vec::new();
     let mut names = HashSet::new();
-    for t in &a.tokens {
-        let at = format!("admin.tokens[{}]", t.name);
+    for t in list {
+        let at = format!("{key}[{}]", t.name);
         if !names.insert(t.name.clone()) {
             errs.push(format!("{at}: duplicate token name"));
         }
@@ -681,13 +751,7 @@ fn validate_admin(a: &FileAdmin, errs: &mut Vec<String>) -> Option<AdminSettings
             });
         }
     }
-    // Safe default: an admin API reachable from the network needs auth.
-    if tokens.is_empty() && a.tokens.is_empty() && !listen.ip().is_loopback() {
-        errs.push(format!(
-            "admin.listen {listen} is not a loopback address and admin.tokens is empty: configure at least one token, or listen on 127.0.0.1"
-        ));
-    }
-    Some(AdminSettings { listen, tokens })
+    tokens
 }
 
 /// Reads a secret from exactly one of env / file / literal value. The

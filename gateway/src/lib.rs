@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod backend;
 pub mod config;
+pub mod cpclient;
 pub mod drain;
 pub mod error;
 pub mod limits;
@@ -65,6 +66,11 @@ pub struct Gateway {
     pub addrs: OnceLock<BoundAddrs>,
     pub started: Instant,
     routes_loaded: AtomicBool,
+    /// (revision, epoch) of the control-plane config applied now.
+    applied: std::sync::Mutex<(u64, String)>,
+    /// Session open/close events for the control plane's directory.
+    session_events: Option<tokio::sync::mpsc::Sender<SessionEvent>>,
+    session_events_rx: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<SessionEvent>>>,
     draining: AtomicBool,
     /// Every connection and session task.
     pub tracker: TaskTracker,
@@ -92,7 +98,16 @@ impl Gateway {
             backend_tracker,
             backend_stop.clone(),
         );
-        let routes = RouteTable::build(&cfg.routes, &backends);
+        let routes = RouteTable::build(&cfg.routes, &backends, Vec::new());
+        // Standalone: the file's routes are the first snapshot. With a
+        // control plane: not ready until a snapshot (disk or stream) applies.
+        let standalone = cfg.controlplane.is_none();
+        let (events_tx, events_rx) = if standalone {
+            (None, None)
+        } else {
+            let (tx, rx) = tokio::sync::mpsc::channel(SESSION_EVENTS_QUEUE);
+            (Some(tx), Some(rx))
+        };
         Arc::new(Gateway {
             limits: Arc::new(ConnLimits::new(
                 cfg.limits.max_connections,
@@ -106,8 +121,10 @@ impl Gateway {
             drain: DrainCtl::new(),
             addrs: OnceLock::new(),
             started: Instant::now(),
-            // Standalone mode: the file's routes are the first snapshot.
-            routes_loaded: AtomicBool::new(true),
+            routes_loaded: AtomicBool::new(standalone),
+            applied: std::sync::Mutex::new((0, String::new())),
+            session_events: events_tx,
+            session_events_rx: std::sync::Mutex::new(events_rx),
             draining: AtomicBool::new(false),
             tracker: TaskTracker::new(),
             hard_stop: CancellationToken::new(),
@@ -137,6 +154,62 @@ impl Gateway {
     /// Readiness and admission follow this flag (drain start / cancel).
     pub fn set_draining(&self, on: bool) {
         self.draining.store(on, Ordering::Release);
+    }
+}
+
+/// Session events waiting for the control plane (beyond this, events are
+/// dropped and counted; a reconnect resends every live session anyway).
+const SESSION_EVENTS_QUEUE: usize = 65_536;
+
+/// A session opened or closed here, for the cluster directory.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionEvent {
+    pub session_id: u64,
+    pub user_id: u64,
+    pub open: bool,
+    /// Unix ms when this gateway opened (or resumed) the session.
+    pub epoch: u64,
+}
+
+impl Gateway {
+    /// Reports a session open/close to the control plane (no-op standalone).
+    pub fn session_event(&self, e: SessionEvent) {
+        if let Some(tx) = &self.session_events
+            && tx.try_send(e).is_err()
+        {
+            self.metrics.reject("session_events_queue_full");
+        }
+    }
+
+    /// Takes the receiving end of session events (the control-plane client).
+    pub fn take_session_events(&self) -> Option<tokio::sync::mpsc::Receiver<SessionEvent>> {
+        self.session_events_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
+    /// (revision, epoch) of the control-plane config in use.
+    pub fn applied(&self) -> (u64, String) {
+        self.applied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Validates a routes config and swaps it in atomically; sessions keep
+    /// their bindings (they re-resolve only when a binding fails or moves).
+    pub fn apply_routes(
+        &self,
+        routes: &crate::config::RoutesConfig,
+        cluster: Vec<router::overrides::Override>,
+        revision: u64,
+        epoch: &str,
+    ) {
+        let table = RouteTable::build(routes, &self.backends, cluster);
+        self.routes.store(Arc::new(table));
+        *self.applied.lock().unwrap_or_else(|p| p.into_inner()) = (revision, epoch.to_string());
+        self.routes_loaded.store(true, Ordering::Release);
     }
 }
 
@@ -189,12 +262,21 @@ pub async fn serve(gw: Arc<Gateway>, listeners: Listeners, shutdown: Cancellatio
     if let Ok(a) = listeners.addrs() {
         let _ = gw.addrs.set(a);
     }
+    // Before taking traffic: the last config saved from the control plane.
+    if let Some(c) = &gw.cfg.controlplane {
+        cpclient::load_saved(&gw, &c.snapshot_path);
+    }
     let ops_stop = CancellationToken::new();
     let ops_task = tokio::spawn(ops::serve(gw.clone(), listeners.ops, ops_stop.clone()));
     let admin_task = listeners
         .admin
         .map(|l| tokio::spawn(admin::serve(gw.clone(), l, ops_stop.clone())));
     let sweeper = tokio::spawn(sweep_overrides(gw.clone(), ops_stop.clone()));
+    let cp_task = gw
+        .cfg
+        .controlplane
+        .clone()
+        .map(|c| tokio::spawn(cpclient::run(gw.clone(), c, ops_stop.clone())));
     listener::accept_loop(gw.clone(), listeners.client, shutdown).await;
 
     // SIGTERM: the same drain operation the admin API starts (joining one
@@ -232,6 +314,9 @@ pub async fn serve(gw: Arc<Gateway>, listeners: Listeners, shutdown: Cancellatio
         let _ = t.await;
     }
     let _ = sweeper.await;
+    if let Some(t) = cp_task {
+        let _ = t.await;
+    }
 }
 
 impl Gateway {

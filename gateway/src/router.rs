@@ -30,12 +30,18 @@ pub struct RouteTable {
     pub realms: HashMap<u32, Arc<Endpoint>>,
     /// The config this table was built from (for diffing and display).
     pub source: RoutesConfig,
+    /// Cluster-wide overrides from the control plane (below local ones).
+    pub cluster_overrides: Vec<Arc<overrides::Override>>,
 }
 
 impl RouteTable {
     /// Resolves a validated routes config against the pool (creating pool
     /// entries, and their connections, for new endpoints).
-    pub fn build(cfg: &RoutesConfig, pool: &BackendPool) -> RouteTable {
+    pub fn build(
+        cfg: &RoutesConfig,
+        pool: &BackendPool,
+        cluster_overrides: Vec<overrides::Override>,
+    ) -> RouteTable {
         let services = cfg
             .services
             .iter()
@@ -55,11 +61,31 @@ impl RouteTable {
             .iter()
             .map(|(realm, ep)| (*realm, pool.endpoint(ep)))
             .collect();
+        for o in &cluster_overrides {
+            pool.endpoint(&o.target);
+        }
         RouteTable {
             services,
             realms,
             source: cfg.clone(),
+            cluster_overrides: cluster_overrides.into_iter().map(Arc::new).collect(),
         }
+    }
+
+    /// The most specific unexpired cluster override for a binding.
+    pub fn cluster_override(
+        &self,
+        service: u16,
+        realm: u32,
+        user: u64,
+        session: u64,
+        now_ms: u64,
+    ) -> Option<Arc<overrides::Override>> {
+        self.cluster_overrides
+            .iter()
+            .filter(|o| !o.expired(now_ms) && o.matches(service, realm, user, session))
+            .max_by_key(|o| o.specificity())
+            .cloned()
     }
 
     /// Looks up a service by its numeric id or by name (HTTP paths use either).
@@ -138,7 +164,15 @@ pub fn resolve(
     user: u64,
     session: u64,
 ) -> Result<Decision, RequestError> {
-    if let Some(o) = overrides.find(service, realm, user, session, overrides::now_ms()) {
+    let now = overrides::now_ms();
+    let (local, cluster) = (
+        overrides.find(service, realm, user, session, now),
+        routes.cluster_override(service, realm, user, session, now),
+    );
+    if let Some((o, scope)) = local
+        .map(|o| (o, "local"))
+        .or(cluster.map(|o| (o, "cluster")))
+    {
         let ep = pool.endpoint(&o.target);
         if !ep.healthy() {
             return Err(RequestError::BackendUnavailable {
@@ -147,7 +181,7 @@ pub fn resolve(
         }
         return Ok(Decision {
             endpoint: ep,
-            why: format!("override {} by {}: {}", o.id, o.author, o.reason),
+            why: format!("{scope} override {} by {}: {}", o.id, o.author, o.reason),
             override_id: Some(o.id.clone()),
         });
     }

@@ -59,6 +59,7 @@ struct Inner {
     protocol: Protocol,
     remote: SocketAddr,
     opened: Instant,
+    opened_ms: u64,
     tx: mpsc::Sender<Outbound>,
     /// A close requested from outside the task (0 = none); first writer wins.
     close_code: AtomicU16,
@@ -96,6 +97,7 @@ impl SessionHandle {
             protocol,
             remote,
             opened: Instant::now(),
+            opened_ms: crate::router::overrides::now_ms(),
             tx,
             close_code: AtomicU16::new(0),
             wake: Notify::new(),
@@ -118,6 +120,10 @@ impl SessionHandle {
     }
     pub fn remote(&self) -> SocketAddr {
         self.0.remote
+    }
+    /// Unix ms when this gateway opened (or resumed) the session.
+    pub fn opened_ms(&self) -> u64 {
+        self.0.opened_ms
     }
     pub fn age(&self) -> Duration {
         self.0.opened.elapsed()

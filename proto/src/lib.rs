@@ -20,6 +20,12 @@ pub mod pb {
         tonic::include_proto!("gateway.admin.v1");
     }
 
+    /// `controlplane.v1`: control plane, session directory and gateway sync.
+    pub mod controlplane {
+        #![allow(clippy::all, missing_docs)]
+        tonic::include_proto!("controlplane.v1");
+    }
+
     /// Encoded `FileDescriptorSet` of every service, for server reflection.
     pub const DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptor.bin"));
 }

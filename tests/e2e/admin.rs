@@ -97,7 +97,7 @@ async fn auth_scopes_and_refusals() {
 async fn refuses_a_public_admin_address_without_tokens() {
     let path = std::env::temp_dir().join(format!("gg-e2e-public-{}.yaml", std::process::id()));
     std::fs::write(&path, "gateway_id: gw\nlisten: 127.0.0.1:0\nops_listen: 127.0.0.1:0\nadmin: { listen: 0.0.0.0:0 }\n").expect("write");
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+    let out = tokio::process::Command::new(bin("gateway"))
         .args(["--config", path.to_str().expect("utf8")])
         .output()
         .await

@@ -15,7 +15,7 @@ async fn bad_config_exits_64_and_lists_every_error() {
         "listen: 127.0.0.1:0\nops_listen: nope\nservices:\n  - { name: a, id: 1, strategy: magic, endpoints: [] }\nlimits: { max_connections: 0 }\n",
     )
     .expect("write");
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+    let out = tokio::process::Command::new(bin("gateway"))
         .args([
             "--config",
             path.to_str().expect("utf8"),
@@ -40,7 +40,7 @@ async fn bad_config_exits_64_and_lists_every_error() {
         "listen: 127.0.0.1:0\nops_listen: 127.0.0.1:0\nsurprise: 1\n",
     )
     .expect("write");
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+    let out = tokio::process::Command::new(bin("gateway"))
         .args([
             "--config",
             path.to_str().expect("utf8"),

@@ -80,13 +80,58 @@ impl Drop for Proc {
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
-fn scratch(name: &str, ext: &str) -> PathBuf {
+pub fn scratch(name: &str, ext: &str) -> PathBuf {
     let n = SEQ.fetch_add(1, Ordering::Relaxed);
     std::env::temp_dir().join(format!("gg-e2e-{}-{n}-{name}.{ext}", std::process::id()))
 }
 
+/// Path of a workspace binary. Inside its own package's tests Cargo gives
+/// the path; elsewhere the binaries are (re)built once into the same target
+/// directory, so they are never stale.
+pub fn bin(name: &str) -> String {
+    let known = match name {
+        "gateway" => option_env!("CARGO_BIN_EXE_gateway"),
+        "sample-backend" => option_env!("CARGO_BIN_EXE_sample-backend"),
+        "controlplane" => option_env!("CARGO_BIN_EXE_controlplane"),
+        _ => None,
+    };
+    if let Some(p) = known {
+        return p.to_string();
+    }
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test exe path");
+        // target/<profile>/deps/<test> → target/<profile>
+        let profile_dir = exe
+            .parent()
+            .and_then(|d| d.parent())
+            .expect("target dir")
+            .to_path_buf();
+        let target_dir = profile_dir.parent().expect("target root").to_path_buf();
+        let mut cmd = std::process::Command::new(env!("CARGO"));
+        cmd.args([
+            "build",
+            "--quiet",
+            "-p",
+            "gateway",
+            "--bins",
+            "--target-dir",
+        ])
+        .arg(&target_dir);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let st = cmd
+            .status()
+            .expect("run cargo build for the gateway binaries");
+        assert!(st.success(), "building the gateway binaries failed");
+        profile_dir
+    });
+    dir.join(name).to_string_lossy().to_string()
+}
+
 /// Spawns `bin` and waits for its first stdout line.
-async fn spawn(bin: &str, name: &str, args: &[&str]) -> (Proc, String) {
+pub async fn spawn(bin: &str, name: &str, args: &[&str]) -> (Proc, String) {
     let log = scratch(name, "log");
     let mut child = Command::new(bin)
         .args(args)
@@ -123,7 +168,7 @@ pub struct Backend {
 /// Starts a sample backend on a free port (or on `addr` when given).
 pub async fn backend_at(name: &str, addr: &str) -> Backend {
     let (proc, line) = spawn(
-        env!("CARGO_BIN_EXE_sample-backend"),
+        &bin("sample-backend"),
         name,
         &["--listen", addr, "--name", name],
     )
@@ -169,7 +214,7 @@ pub async fn gateway_named(id: &str, body: &str) -> Gw {
     let yaml = format!("gateway_id: {id}\nlisten: 127.0.0.1:0\nops_listen: 127.0.0.1:0\n{body}");
     std::fs::write(&config, yaml).expect("write config");
     let (proc, line) = spawn(
-        env!("CARGO_BIN_EXE_gateway"),
+        &bin("gateway"),
         "gateway",
         &[
             "--config",
@@ -557,7 +602,7 @@ pub fn admin_yaml() -> String {
 
 /// Adds `authorization: Bearer …` to every call.
 #[derive(Clone)]
-pub struct Bearer(Option<String>);
+pub struct Bearer(pub Option<String>);
 
 impl tonic::service::Interceptor for Bearer {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {

@@ -162,6 +162,8 @@ impl GatewayAdmin for AdminService {
             connections: gw.limits.active() as u64,
             uptime_ms: gw.started.elapsed().as_millis() as u64,
             resume_enabled: gw.resume.is_some(),
+            config_revision: gw.applied().0,
+            config_epoch: gw.applied().1,
         }))
     }
 

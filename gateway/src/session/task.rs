@@ -283,6 +283,12 @@ pub async fn run(gw: Arc<Gateway>, mut io: ClientIo, remote: SocketAddr, protoco
     }
     gw.metrics.sessions_opened.inc();
     gw.metrics.sessions_active.inc();
+    gw.session_event(crate::SessionEvent {
+        session_id: id,
+        user_id: header.user_id,
+        open: true,
+        epoch: handle.opened_ms(),
+    });
     info!(session = id, user = header.user_id, realm = header.realm_id, %remote, protocol = protocol.name(), resumed, "session opened");
 
     let mut wh = header;
@@ -763,6 +769,14 @@ impl Session {
         }
         self.gw.sessions.remove(id);
         self.gw.metrics.sessions_active.dec();
+        // A session that moved is now owned elsewhere: the directory's epoch
+        // rule keeps the new owner even if this close arrives late.
+        self.gw.session_event(crate::SessionEvent {
+            session_id: id,
+            user_id: self.handle.user_id(),
+            open: false,
+            epoch: 0,
+        });
         self.gw
             .metrics
             .closes

@@ -1,0 +1,158 @@
+//! Control plane configuration: a YAML file (unknown keys rejected), with
+//! flag/env overrides for the Redis URL and the listen addresses.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use gateway::config::{FileToken, Token};
+use serde::Deserialize;
+
+pub const DEFAULT_RECONCILE_MS: u64 = 1_000;
+pub const DEFAULT_LEASE_MS: u64 = 15_000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub id: Option<String>,
+    pub listen: String,
+    pub ops_listen: String,
+    pub redis: FileRedis,
+    #[serde(default = "d_reconcile")]
+    pub reconcile_ms: u64,
+    #[serde(default = "d_lease")]
+    pub lease_ms: u64,
+    #[serde(default)]
+    pub tokens: Vec<FileToken>,
+    /// Token this control plane presents to gateways' admin APIs (DrainGateway).
+    #[serde(default)]
+    pub gateway_admin_token: Option<FileToken>,
+}
+
+fn d_reconcile() -> u64 {
+    DEFAULT_RECONCILE_MS
+}
+fn d_lease() -> u64 {
+    DEFAULT_LEASE_MS
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRedis {
+    /// `redis://[user:pass@]host:port/db` or `rediss://…` (TLS). One node.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Redis Cluster seed nodes.
+    #[serde(default)]
+    pub cluster: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum RedisTarget {
+    Single(String),
+    Cluster(Vec<String>),
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub id: String,
+    pub listen: SocketAddr,
+    pub ops_listen: SocketAddr,
+    pub redis: RedisTarget,
+    pub reconcile: Duration,
+    pub lease: Duration,
+    pub tokens: Vec<Token>,
+    pub gateway_admin_token: Option<Token>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+pub struct ConfigError(pub Vec<String>);
+
+/// Overrides from flags / env.
+#[derive(Debug, Default)]
+pub struct Overrides {
+    pub redis_url: Option<String>,
+    pub listen: Option<String>,
+    pub ops_listen: Option<String>,
+}
+
+impl Config {
+    pub fn load(path: &std::path::Path, o: Overrides) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(vec![format!("cannot read {}: {e}", path.display())]))?;
+        let file: FileConfig =
+            yaml_serde::from_str(&text).map_err(|e| ConfigError(vec![e.to_string()]))?;
+        Config::from_file(file, o)
+    }
+
+    pub fn from_file(mut f: FileConfig, o: Overrides) -> Result<Config, ConfigError> {
+        let mut errs = Vec::new();
+        if let Some(u) = o.redis_url {
+            f.redis = FileRedis {
+                url: Some(u),
+                cluster: Vec::new(),
+            };
+        }
+        let addr = |k: &str, v: &str, errs: &mut Vec<String>| match v.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                errs.push(format!("{k}: {v:?} is not an ip:port address"));
+                None
+            }
+        };
+        let listen = addr(
+            "listen",
+            o.listen.as_deref().unwrap_or(&f.listen),
+            &mut errs,
+        );
+        let ops_listen = addr(
+            "ops_listen",
+            o.ops_listen.as_deref().unwrap_or(&f.ops_listen),
+            &mut errs,
+        );
+        let redis = match (f.redis.url, f.redis.cluster.is_empty()) {
+            (Some(u), true) => Some(RedisTarget::Single(u)),
+            (None, false) => Some(RedisTarget::Cluster(f.redis.cluster)),
+            _ => {
+                errs.push("redis: set exactly one of url or cluster".into());
+                None
+            }
+        };
+        if f.reconcile_ms == 0 || f.lease_ms < 1000 {
+            errs.push("reconcile_ms must be > 0 and lease_ms >= 1000".into());
+        }
+        let tokens = gateway::config::read_tokens("tokens", &f.tokens, &mut errs);
+        if let Some(l) = listen
+            && f.tokens.is_empty()
+            && !l.ip().is_loopback()
+        {
+            errs.push(format!("listen {l} is not a loopback address and tokens is empty: configure tokens, or listen on 127.0.0.1"));
+        }
+        let gateway_admin_token = f.gateway_admin_token.as_ref().and_then(|t| {
+            gateway::config::read_tokens("gateway_admin_token", std::slice::from_ref(t), &mut errs)
+                .pop()
+        });
+        let id =
+            f.id.or_else(|| std::env::var("POD_NAME").ok())
+                .or_else(|| {
+                    std::fs::read_to_string("/proc/sys/kernel/hostname")
+                        .ok()
+                        .map(|h| h.trim().to_string())
+                })
+                .unwrap_or_else(|| "controlplane".into());
+        match (listen, ops_listen, redis, errs.is_empty()) {
+            (Some(listen), Some(ops_listen), Some(redis), true) => Ok(Config {
+                id,
+                listen,
+                ops_listen,
+                redis,
+                reconcile: Duration::from_millis(f.reconcile_ms),
+                lease: Duration::from_millis(f.lease_ms),
+                tokens,
+                gateway_admin_token,
+            }),
+            _ => Err(ConfigError(errs)),
+        }
+    }
+}

@@ -1,0 +1,335 @@
+//! Game Gateway control plane.
+//!
+//! Owns the routing config (services, realm map, cluster overrides) in Redis
+//! with revisions and history, fans it out to every gateway over the
+//! `GatewaySync` stream and records which gateway applied which revision,
+//! keeps the fleet registry (leases) and the session-ownership directory
+//! that backends query. It holds no state of its own: any number of replicas
+//! run against one Redis (single node or Cluster).
+//!
+//! It does not route client traffic and does not talk to backends.
+
+pub mod api;
+pub mod config;
+pub mod model;
+pub mod ops;
+pub mod store;
+pub mod sync;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use gg_proto::pb::controlplane as pb;
+use prometheus::{IntCounter, IntGauge, Registry};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::{Config, RedisTarget};
+use crate::store::{Conn, Store};
+
+/// Shared state of one replica.
+pub struct Cp {
+    pub cfg: Config,
+    pub store: Store,
+    /// The latest known config; gateways' streams follow it.
+    pub current: watch::Sender<Arc<pb::Versioned>>,
+    /// Wakes the reconcile loop (pub/sub nudge or a local write).
+    pub nudge: Notify,
+    store_ok: AtomicBool,
+    pub metrics: CpMetrics,
+    /// Serialises this replica's config writes (CAS protects across replicas).
+    pub write_lock: tokio::sync::Mutex<()>,
+}
+
+pub struct CpMetrics {
+    pub registry: Registry,
+    pub revision: IntGauge,
+    pub writes: IntCounter,
+    pub directory_events: IntCounter,
+    pub directory_roundtrips: IntCounter,
+    pub directory_commands: IntCounter,
+    pub sync_streams: IntGauge,
+    pub snapshots_sent: IntCounter,
+}
+
+impl CpMetrics {
+    #[allow(clippy::expect_used)]
+    fn new() -> CpMetrics {
+        let r = Registry::new();
+        let c = |n: &str, h: &str| {
+            let m = IntCounter::new(n, h).expect("valid metric");
+            r.register(Box::new(m.clone())).expect("registered once");
+            m
+        };
+        let g = |n: &str, h: &str| {
+            let m = IntGauge::new(n, h).expect("valid metric");
+            r.register(Box::new(m.clone())).expect("registered once");
+            m
+        };
+        CpMetrics {
+            revision: g("cp_config_revision", "Config revision this replica knows."),
+            writes: c(
+                "cp_config_writes_total",
+                "Config revisions written by this replica.",
+            ),
+            directory_events: c(
+                "cp_directory_events_total",
+                "Session open/close events written to the directory.",
+            ),
+            directory_roundtrips: c(
+                "cp_directory_roundtrips_total",
+                "Redis round trips used for directory writes (one per batch).",
+            ),
+            directory_commands: c(
+                "cp_directory_commands_total",
+                "Redis commands sent for directory writes.",
+            ),
+            sync_streams: g(
+                "cp_sync_streams",
+                "Gateway Sync streams open on this replica.",
+            ),
+            snapshots_sent: c(
+                "cp_snapshots_sent_total",
+                "Config snapshots sent to gateways.",
+            ),
+            registry: r,
+        }
+    }
+}
+
+impl Cp {
+    pub fn store_ok(&self) -> bool {
+        self.store_ok.load(Ordering::Relaxed)
+    }
+
+    fn set_store_ok(&self, ok: bool) {
+        if self.store_ok.swap(ok, Ordering::Relaxed) != ok {
+            if ok {
+                info!("redis reachable again");
+            } else {
+                warn!(
+                    "redis unreachable: serving the last known config, writes fail with UNAVAILABLE"
+                );
+            }
+        }
+    }
+
+    /// Publishes a newer config to this replica's gateway streams.
+    pub fn publish(&self, v: pb::Versioned) {
+        self.metrics.revision.set(v.revision as i64);
+        self.current.send_if_modified(|cur| {
+            if cur.revision == v.revision && cur.epoch == v.epoch {
+                false
+            } else {
+                *cur = Arc::new(v);
+                true
+            }
+        });
+    }
+}
+
+/// Connects to Redis (fails fast with a message that says what to check).
+pub async fn connect(target: &RedisTarget) -> anyhow::Result<Conn> {
+    let timeout = Duration::from_secs(5);
+    let conn = match target {
+        RedisTarget::Single(url) => {
+            let client = redis::Client::open(url.as_str())
+                .map_err(|e| anyhow::anyhow!("redis url {}: {e}", redact(url)))?;
+            let cfg = redis::aio::ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(timeout))
+                .set_response_timeout(Some(timeout));
+            let cm = tokio::time::timeout(
+                timeout,
+                redis::aio::ConnectionManager::new_with_config(client, cfg),
+            )
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "cannot reach Redis at {} (timed out after 5s) — is it running?",
+                    redact(url)
+                )
+            })?
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot reach Redis at {} ({e}) — is it running?",
+                    redact(url)
+                )
+            })?;
+            Conn::Single(cm)
+        }
+        RedisTarget::Cluster(nodes) => {
+            let client = redis::cluster::ClusterClient::new(nodes.clone())?;
+            let c = tokio::time::timeout(timeout, client.get_async_connection())
+                .await
+                .map_err(|_| {
+                    anyhow::anyhow!("cannot reach the Redis cluster at {nodes:?} (timed out)")
+                })?
+                .map_err(|e| {
+                    anyhow::anyhow!("cannot reach the Redis cluster at {nodes:?} ({e})")
+                })?;
+            Conn::Cluster(c)
+        }
+    };
+    Ok(conn)
+}
+
+/// A Redis URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
+
+/// Bound listeners (port 0 welcome).
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub ops: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(cfg: &Config) -> anyhow::Result<Listeners> {
+        let grpc = TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {} (listen): {e}", cfg.listen))?;
+        let ops = TcpListener::bind(cfg.ops_listen).await.map_err(|e| {
+            anyhow::anyhow!("cannot listen on {} (ops_listen): {e}", cfg.ops_listen)
+        })?;
+        Ok(Listeners { grpc, ops })
+    }
+
+    pub fn addrs(&self) -> std::io::Result<(SocketAddr, SocketAddr)> {
+        Ok((self.grpc.local_addr()?, self.ops.local_addr()?))
+    }
+}
+
+/// Runs a replica until `shutdown`: loads the config, serves gRPC and ops,
+/// reconciles with Redis, sweeps dead gateways.
+pub async fn run(
+    cfg: Config,
+    conn: Conn,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let store = Store::new(conn);
+    store
+        .ping()
+        .await
+        .map_err(|e| anyhow::anyhow!("redis: {e}"))?;
+    store.ensure_epoch().await?;
+    let first = store.load().await?;
+    info!(revision = first.revision, epoch = %first.epoch, "config loaded from redis");
+    let cp = Arc::new(Cp {
+        current: watch::Sender::new(Arc::new(first)),
+        store,
+        nudge: Notify::new(),
+        store_ok: AtomicBool::new(true),
+        metrics: CpMetrics::new(),
+        write_lock: tokio::sync::Mutex::new(()),
+        cfg,
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(reconcile(cp.clone(), shutdown.clone()));
+    tasks.spawn(sweep(cp.clone(), shutdown.clone()));
+    if let RedisTarget::Single(url) = &cp.cfg.redis {
+        tasks.spawn(subscribe(cp.clone(), url.clone(), shutdown.clone()));
+    }
+    tasks.spawn(ops::serve(cp.clone(), listeners.ops, shutdown.clone()));
+    let res = api::serve(cp.clone(), listeners.grpc, shutdown.clone()).await;
+    shutdown.cancel();
+    while tasks.join_next().await.is_some() {}
+    res
+}
+
+/// Periodic reconcile against the stored revision: catches every change
+/// even when a pub/sub nudge was missed, and notices a wiped store.
+async fn reconcile(cp: Arc<Cp>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(cp.cfg.reconcile) => {}
+            _ = cp.nudge.notified() => {}
+        }
+        let res = async {
+            let (rev, epoch) = cp.store.head().await?;
+            if epoch.is_empty() {
+                // The store was wiped: a new epoch tells gateways not to
+                // compare revisions with the old ones.
+                let e = cp.store.ensure_epoch().await?;
+                warn!(epoch = %e, "redis has no epoch (store wiped?): started a new epoch");
+            }
+            let cur = cp.current.borrow().clone();
+            if rev != cur.revision || epoch != cur.epoch || epoch.is_empty() {
+                let v = cp.store.load().await?;
+                info!(revision = v.revision, epoch = %v.epoch, "config changed in redis");
+                cp.publish(v);
+            }
+            Ok::<(), store::StoreError>(())
+        }
+        .await;
+        cp.set_store_ok(res.is_ok());
+    }
+}
+
+/// Pub/sub nudge (single node): wakes the reconcile loop at once. Missing
+/// a message only delays a change to the next reconcile tick.
+async fn subscribe(cp: Arc<Cp>, url: String, shutdown: CancellationToken) {
+    use futures_util::StreamExt;
+    loop {
+        let attempt = async {
+            let client = redis::Client::open(url.as_str())?;
+            let mut ps = client.get_async_pubsub().await?;
+            ps.subscribe(store::CHANNEL).await?;
+            let mut msgs = ps.on_message();
+            while msgs.next().await.is_some() {
+                cp.nudge.notify_one();
+            }
+            Ok::<(), redis::RedisError>(())
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = attempt => {}
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// Removes gateways whose lease expired, with the sessions they owned.
+async fn sweep(cp: Arc<Cp>, shutdown: CancellationToken) {
+    let every = cp.cfg.lease / 3;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let Ok((_, dead)) = cp.store.gateways().await else {
+            continue;
+        };
+        for id in dead {
+            match cp.store.sweep_gateway(&id).await {
+                Ok(n) => {
+                    info!(gateway = %id, sessions = n, "gateway lease expired: removed it and its sessions")
+                }
+                Err(e) => {
+                    warn!(gateway = %id, error = %e, "sweeping a dead gateway failed; will retry")
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redact_hides_passwords() {
+        assert_eq!(super::redact("redis://u:secret@h:1/0"), "redis://***@h:1/0");
+        assert_eq!(super::redact("redis://h:1"), "redis://h:1");
+    }
+}

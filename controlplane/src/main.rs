@@ -1,0 +1,90 @@
+//! `controlplane` binary: load config (exit 64 on errors), connect to Redis
+//! (fail fast with a clear message), serve until SIGTERM/SIGINT.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser, Debug)]
+#[command(name = "controlplane", version, about = "Game Gateway control plane")]
+struct Args {
+    /// YAML config file.
+    #[arg(long, env = "CP_CONFIG")]
+    config: PathBuf,
+    /// Redis URL (overrides `redis:` in the file), e.g. redis://127.0.0.1:6379/0.
+    #[arg(long, env = "CP_REDIS_URL")]
+    redis_url: Option<String>,
+    /// gRPC listen address (overrides `listen`).
+    #[arg(long, env = "CP_LISTEN")]
+    listen: Option<String>,
+    /// Ops HTTP listen address (overrides `ops_listen`).
+    #[arg(long, env = "CP_OPS_LISTEN")]
+    ops_listen: Option<String>,
+    /// Log filter (tracing EnvFilter syntax).
+    #[arg(long, env = "CP_LOG", default_value = "info")]
+    log: String,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let o = controlplane::config::Overrides {
+        redis_url: args.redis_url,
+        listen: args.listen,
+        ops_listen: args.ops_listen,
+    };
+    let cfg = match controlplane::config::Config::load(&args.config, o) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("controlplane: {}: {e}", args.config.display());
+            return ExitCode::from(64);
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("controlplane: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("controlplane: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cfg: controlplane::config::Config) -> anyhow::Result<()> {
+    let conn = controlplane::connect(&cfg.redis).await?;
+    let listeners = controlplane::Listeners::bind(&cfg).await?;
+    let (grpc, ops) = listeners.addrs()?;
+    println!("listening grpc={grpc} ops={ops} id={}", cfg.id);
+    let shutdown = CancellationToken::new();
+    let s = shutdown.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let (Ok(mut t), Ok(mut i)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            tokio::select! { _ = t.recv() => {}, _ = i.recv() => {} }
+        } else {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        s.cancel();
+    });
+    controlplane::run(cfg, conn, listeners, shutdown).await
+}

@@ -1,0 +1,528 @@
+//! Redis persistence. Redis is the source of truth; replicas keep no state
+//! that matters. Key layout (documented in docs/controlplane.md):
+//!
+//! | key | type | what |
+//! |---|---|---|
+//! | `{gg}:epoch` | string | random id of this store's lifetime; recreated after a wipe |
+//! | `{gg}:rev` | integer | current config revision (only grows within an epoch) |
+//! | `{gg}:config` | string | protobuf `ConfigBundle` at `{gg}:rev` |
+//! | `{gg}:hist` | hash | `r:<rev>` → protobuf `HistoryRecord`, `b:<rev>` → protobuf bundle |
+//! | `{gg}:gws` | set | gateway ids seen |
+//! | `{gg}:gw:<id>` | hash | one gateway's registration; expires with its lease |
+//! | `gg:s:{<sid>}` | hash | session ownership: `user`, `gw`, `epoch` |
+//! | `gg:u:{<uid>}` | hash | user index: session id → `gw|epoch` |
+//! | `gg:gs:{<gw>}` | set | session ids owned by a gateway (swept when its lease expires) |
+//!
+//! Config keys share the `{gg}` hash tag, so one Lua script writes rule,
+//! revision and history atomically even on Redis Cluster. Directory keys are
+//! tagged per session / user / gateway so they spread over the cluster;
+//! each is updated by its own single-key script, pipelined per batch.
+
+use std::time::Duration;
+
+use prost::Message;
+use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
+
+use gg_proto::pb::controlplane as pb;
+
+pub const K_EPOCH: &str = "{gg}:epoch";
+pub const K_REV: &str = "{gg}:rev";
+pub const K_CONFIG: &str = "{gg}:config";
+pub const K_HIST: &str = "{gg}:hist";
+pub const K_GWS: &str = "{gg}:gws";
+pub const CHANNEL: &str = "{gg}:changes";
+
+fn k_gw(id: &str) -> String {
+    format!("{{gg}}:gw:{id}")
+}
+fn k_sess(sid: u64) -> String {
+    format!("gg:s:{{{sid}}}")
+}
+fn k_user(uid: u64) -> String {
+    format!("gg:u:{{{uid}}}")
+}
+fn k_gwsess(gw: &str) -> String {
+    format!("gg:gs:{{{gw}}}")
+}
+
+/// History kept (older revisions are trimmed).
+pub const HISTORY_KEEP: u64 = 1000;
+
+/// A single-node (or Sentinel-resolved) connection, or a Cluster connection.
+#[derive(Clone)]
+pub enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        p: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(p, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(p, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("revision conflict: expected {expected}, current is {current}")]
+    Conflict { expected: u64, current: u64 },
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// What a config write stored.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub revision: u64,
+    pub epoch: String,
+}
+
+// Atomic config write: CAS on the revision, then config + revision +
+// history together, then a pub/sub nudge. Creates the epoch if missing.
+const WRITE_LUA: &str = r#"
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then
+  epoch = ARGV[5]
+  redis.call('SET', KEYS[1], epoch)
+end
+local cur = tonumber(redis.call('GET', KEYS[2]) or '0')
+local expected = tonumber(ARGV[1])
+if expected >= 0 and cur ~= expected then
+  return {'CAS', tostring(cur), epoch}
+end
+local rev = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[3], ARGV[2])
+redis.call('HSET', KEYS[4], 'r:' .. rev, ARGV[3], 'b:' .. rev, ARGV[2])
+local keep = tonumber(ARGV[4])
+if rev > keep then
+  redis.call('HDEL', KEYS[4], 'r:' .. (rev - keep), 'b:' .. (rev - keep))
+end
+redis.call('PUBLISH', ARGV[6], tostring(rev))
+return {'OK', tostring(rev), epoch}
+"#;
+
+// Ownership write for one session key: a stale owner (older epoch) cannot
+// overwrite a newer one; a close only removes the entry it owns.
+const SESS_LUA: &str = r#"
+local cur = redis.call('HMGET', KEYS[1], 'gw', 'epoch')
+local cur_epoch = tonumber(cur[2] or '0')
+if ARGV[1] == 'open' then
+  if cur_epoch > tonumber(ARGV[4]) then return 0 end
+  redis.call('HSET', KEYS[1], 'user', ARGV[2], 'gw', ARGV[3], 'epoch', ARGV[4])
+  return 1
+else
+  if cur[1] == ARGV[3] then redis.call('DEL', KEYS[1]) return 1 end
+  return 0
+end
+"#;
+
+// The same rule for one field of a user index hash (value `gw|epoch`).
+const USER_LUA: &str = r#"
+local v = redis.call('HGET', KEYS[1], ARGV[2])
+local gw, ep = nil, 0
+if v then
+  local sep = string.find(v, '|', 1, true)
+  gw = string.sub(v, 1, sep - 1)
+  ep = tonumber(string.sub(v, sep + 1))
+end
+if ARGV[1] == 'open' then
+  if ep > tonumber(ARGV[4]) then return 0 end
+  redis.call('HSET', KEYS[1], ARGV[2], ARGV[3] .. '|' .. ARGV[4])
+  return 1
+else
+  if gw == ARGV[3] then redis.call('HDEL', KEYS[1], ARGV[2]) return 1 end
+  return 0
+end
+"#;
+
+/// `EVALSHA <sha> 1 <key> <args…>` for a single-key script, so it can go
+/// into a pipeline.
+fn evalsha(script: &Script, key: &str, args: &[&str]) -> Cmd {
+    let mut c = redis::cmd("EVALSHA");
+    c.arg(script.get_hash()).arg(1).arg(key);
+    for a in args {
+        c.arg(*a);
+    }
+    c
+}
+
+pub struct Store {
+    conn: Conn,
+    write: Script,
+    sess: Script,
+    user: Script,
+}
+
+/// A gateway's registration as stored.
+#[derive(Debug, Clone, Default)]
+pub struct GatewayRecord {
+    pub id: String,
+    pub client_addr: String,
+    pub admin_addr: String,
+    pub version: String,
+    pub state: String,
+    pub applied_rev: u64,
+    pub applied_epoch: String,
+    pub last_error: String,
+    pub error_rev: u64,
+    pub sessions: u64,
+    pub last_seen_ms: u64,
+    pub connected_to: String,
+}
+
+impl Store {
+    pub fn new(conn: Conn) -> Store {
+        Store {
+            conn,
+            write: Script::new(WRITE_LUA),
+            sess: Script::new(SESS_LUA),
+            user: Script::new(USER_LUA),
+        }
+    }
+
+    fn c(&self) -> Conn {
+        self.conn.clone()
+    }
+
+    /// `PING`, for readiness.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let _: String = redis::cmd("PING").query_async(&mut self.c()).await?;
+        Ok(())
+    }
+
+    /// Current (revision, epoch) without the bundle; epoch is empty when the
+    /// store has never been written (or was wiped).
+    pub async fn head(&self) -> Result<(u64, String), StoreError> {
+        let (rev, epoch): (Option<u64>, Option<String>) = redis::pipe()
+            .get(K_REV)
+            .get(K_EPOCH)
+            .query_async(&mut self.c())
+            .await?;
+        Ok((rev.unwrap_or(0), epoch.unwrap_or_default()))
+    }
+
+    /// Makes sure an epoch exists (SET NX), so every replica agrees on it
+    /// after a wipe; returns it.
+    pub async fn ensure_epoch(&self) -> Result<String, StoreError> {
+        let fresh = uuid::Uuid::new_v4().to_string();
+        let _: Option<String> = redis::cmd("SET")
+            .arg(K_EPOCH)
+            .arg(&fresh)
+            .arg("NX")
+            .query_async(&mut self.c())
+            .await?;
+        let epoch: Option<String> = redis::cmd("GET")
+            .arg(K_EPOCH)
+            .query_async(&mut self.c())
+            .await?;
+        Ok(epoch.unwrap_or(fresh))
+    }
+
+    /// The current versioned bundle (revision 0 and an empty bundle when
+    /// nothing was written in this epoch). Read in one MULTI so revision and
+    /// bundle match.
+    pub async fn load(&self) -> Result<pb::Versioned, StoreError> {
+        let (rev, epoch, bytes): (Option<u64>, Option<String>, Option<Vec<u8>>) = redis::pipe()
+            .atomic()
+            .get(K_REV)
+            .get(K_EPOCH)
+            .get(K_CONFIG)
+            .query_async(&mut self.c())
+            .await?;
+        let bundle = match bytes {
+            Some(b) => pb::ConfigBundle::decode(&b[..])
+                .map_err(|e| StoreError::Corrupt(format!("{K_CONFIG}: {e}")))?,
+            None => pb::ConfigBundle::default(),
+        };
+        Ok(pb::Versioned {
+            revision: rev.unwrap_or(0),
+            epoch: epoch.unwrap_or_default(),
+            bundle: Some(bundle),
+        })
+    }
+
+    /// Writes a new revision if the current one is `expected` (CAS).
+    pub async fn write(
+        &self,
+        expected: u64,
+        bundle: &pb::ConfigBundle,
+        record: &pb::HistoryRecord,
+    ) -> Result<Written, StoreError> {
+        let fresh_epoch = uuid::Uuid::new_v4().to_string();
+        let (status, rev, epoch): (String, String, String) = self
+            .write
+            .key(K_EPOCH)
+            .key(K_REV)
+            .key(K_CONFIG)
+            .key(K_HIST)
+            .arg(expected as i64)
+            .arg(bundle.encode_to_vec())
+            .arg(record.encode_to_vec())
+            .arg(HISTORY_KEEP)
+            .arg(fresh_epoch)
+            .arg(CHANNEL)
+            .invoke_async(&mut self.c())
+            .await?;
+        let revision: u64 = rev
+            .parse()
+            .map_err(|_| StoreError::Corrupt(format!("{K_REV}: {rev}")))?;
+        if status == "CAS" {
+            return Err(StoreError::Conflict {
+                expected,
+                current: revision,
+            });
+        }
+        Ok(Written { revision, epoch })
+    }
+
+    /// History records, newest first.
+    pub async fn history(&self, limit: usize) -> Result<Vec<pb::HistoryRecord>, StoreError> {
+        let (rev, _) = self.head().await?;
+        let first = rev.saturating_sub(limit as u64 - 1).max(1);
+        if rev == 0 {
+            return Ok(Vec::new());
+        }
+        let revs: Vec<u64> = (first..=rev).rev().collect();
+        let mut p = redis::pipe();
+        for r in &revs {
+            p.hget(K_HIST, format!("r:{r}"));
+        }
+        let raw: Vec<Option<Vec<u8>>> = p.query_async(&mut self.c()).await?;
+        let mut out = Vec::new();
+        for (r, b) in revs.into_iter().zip(raw) {
+            let Some(b) = b else { continue };
+            let mut rec = pb::HistoryRecord::decode(&b[..])
+                .map_err(|e| StoreError::Corrupt(format!("history {r}: {e}")))?;
+            rec.revision = r;
+            out.push(rec);
+        }
+        Ok(out)
+    }
+
+    /// The bundle stored for one revision, if still in history.
+    pub async fn bundle_at(&self, rev: u64) -> Result<Option<pb::ConfigBundle>, StoreError> {
+        let b: Option<Vec<u8>> = redis::cmd("HGET")
+            .arg(K_HIST)
+            .arg(format!("b:{rev}"))
+            .query_async(&mut self.c())
+            .await?;
+        b.map(|b| {
+            pb::ConfigBundle::decode(&b[..])
+                .map_err(|e| StoreError::Corrupt(format!("history bundle {rev}: {e}")))
+        })
+        .transpose()
+    }
+
+    // ---------- fleet ----------
+
+    /// Registers or refreshes a gateway; `fields` are written, the lease is renewed.
+    pub async fn gateway_update(
+        &self,
+        id: &str,
+        fields: &[(&str, String)],
+        lease: Duration,
+    ) -> Result<(), StoreError> {
+        let key = k_gw(id);
+        let mut p = redis::pipe();
+        if !fields.is_empty() {
+            p.hset_multiple(&key, fields).ignore();
+        }
+        p.pexpire(&key, lease.as_millis() as i64).ignore();
+        p.sadd(K_GWS, id).ignore();
+        p.query_async::<()>(&mut self.c()).await?;
+        Ok(())
+    }
+
+    /// Every gateway whose lease is alive; ids whose lease expired are returned separately.
+    pub async fn gateways(&self) -> Result<(Vec<GatewayRecord>, Vec<String>), StoreError> {
+        let ids: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(K_GWS)
+            .query_async(&mut self.c())
+            .await?;
+        let mut p = redis::pipe();
+        for id in &ids {
+            p.hgetall(k_gw(id));
+        }
+        let maps: Vec<std::collections::HashMap<String, String>> =
+            p.query_async(&mut self.c()).await?;
+        let (mut alive, mut dead) = (Vec::new(), Vec::new());
+        for (id, m) in ids.into_iter().zip(maps) {
+            if m.is_empty() {
+                dead.push(id);
+                continue;
+            }
+            let get = |k: &str| m.get(k).cloned().unwrap_or_default();
+            let num = |k: &str| m.get(k).and_then(|v| v.parse().ok()).unwrap_or(0);
+            alive.push(GatewayRecord {
+                client_addr: get("client_addr"),
+                admin_addr: get("admin_addr"),
+                version: get("version"),
+                state: get("state"),
+                applied_rev: num("applied_rev"),
+                applied_epoch: get("applied_epoch"),
+                last_error: get("last_error"),
+                error_rev: num("error_rev"),
+                sessions: num("sessions"),
+                last_seen_ms: num("last_seen_ms"),
+                connected_to: get("connected_to"),
+                id,
+            });
+        }
+        alive.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok((alive, dead))
+    }
+
+    /// A live gateway's admin address (`None` when its lease expired).
+    pub async fn gateway_admin_addr(&self, id: &str) -> Result<Option<String>, StoreError> {
+        let alive: (u64, Option<String>) = redis::pipe()
+            .exists(k_gw(id))
+            .hget(k_gw(id), "admin_addr")
+            .query_async(&mut self.c())
+            .await?;
+        Ok((alive.0 == 1).then(|| alive.1.unwrap_or_default()))
+    }
+
+    /// Whether a gateway's lease is alive.
+    pub async fn gateway_alive(&self, id: &str) -> Result<bool, StoreError> {
+        let n: u64 = redis::cmd("EXISTS")
+            .arg(k_gw(id))
+            .query_async(&mut self.c())
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Removes a dead gateway and every session it still owns.
+    pub async fn sweep_gateway(&self, id: &str) -> Result<usize, StoreError> {
+        let sids: Vec<u64> = redis::cmd("SMEMBERS")
+            .arg(k_gwsess(id))
+            .query_async(&mut self.c())
+            .await?;
+        // Users are not known here: read them from the session entries.
+        let mut p = redis::pipe();
+        for sid in &sids {
+            p.hget(k_sess(*sid), "user");
+        }
+        let users: Vec<Option<u64>> = p.query_async(&mut self.c()).await?;
+        let events: Vec<pb::SessionEvent> = sids
+            .iter()
+            .zip(users)
+            .map(|(sid, user)| pb::SessionEvent {
+                session_id: *sid,
+                user_id: user.unwrap_or(0),
+                open: false,
+                epoch: 0,
+            })
+            .collect();
+        self.sessions_apply(id, &events).await?;
+        let _: () = redis::pipe()
+            .del(k_gwsess(id))
+            .ignore()
+            .srem(K_GWS, id)
+            .ignore()
+            .query_async(&mut self.c())
+            .await?;
+        Ok(sids.len())
+    }
+
+    // ---------- directory ----------
+
+    /// Applies a batch of session events from gateway `gw` in one pipeline
+    /// (one round trip). Returns the number of Redis commands sent.
+    pub async fn sessions_apply(
+        &self,
+        gw: &str,
+        events: &[pb::SessionEvent],
+    ) -> Result<usize, StoreError> {
+        if events.is_empty() {
+            return Ok(0);
+        }
+        let mut p = redis::pipe();
+        let mut cmds = 0;
+        for e in events {
+            let op = if e.open { "open" } else { "close" };
+            p.add_command(evalsha(
+                &self.sess,
+                &k_sess(e.session_id),
+                &[op, &e.user_id.to_string(), gw, &e.epoch.to_string()],
+            ))
+            .ignore();
+            if e.user_id != 0 {
+                p.add_command(evalsha(
+                    &self.user,
+                    &k_user(e.user_id),
+                    &[op, &e.session_id.to_string(), gw, &e.epoch.to_string()],
+                ))
+                .ignore();
+                cmds += 1;
+            }
+            if e.open {
+                p.sadd(k_gwsess(gw), e.session_id).ignore();
+            } else {
+                p.srem(k_gwsess(gw), e.session_id).ignore();
+            }
+            cmds += 2;
+        }
+        self.run_scripts(&mut p).await?;
+        Ok(cmds)
+    }
+
+    /// Runs a pipeline of EVALSHA; loads the scripts and retries once if
+    /// Redis does not know them (restart, failover, SCRIPT FLUSH).
+    async fn run_scripts(&self, p: &mut Pipeline) -> Result<(), StoreError> {
+        match p.query_async::<()>(&mut self.c()).await {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                self.sess.load_async(&mut self.c()).await?;
+                self.user.load_async(&mut self.c()).await?;
+                p.query_async::<()>(&mut self.c()).await?;
+                Ok(())
+            }
+            other => Ok(other?),
+        }
+    }
+
+    /// The owner of one session: (user, gateway, epoch), if present.
+    pub async fn session(&self, sid: u64) -> Result<Option<(u64, String, u64)>, StoreError> {
+        let m: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(k_sess(sid))
+            .query_async(&mut self.c())
+            .await?;
+        Ok(m.get("gw").map(|gw| {
+            let num = |k: &str| m.get(k).and_then(|v| v.parse().ok()).unwrap_or(0);
+            (num("user"), gw.clone(), num("epoch"))
+        }))
+    }
+
+    /// Session ids of one user from the index (callers re-check ownership).
+    pub async fn user_sessions(&self, uid: u64) -> Result<Vec<u64>, StoreError> {
+        let keys: Vec<u64> = redis::cmd("HKEYS")
+            .arg(k_user(uid))
+            .query_async(&mut self.c())
+            .await?;
+        Ok(keys)
+    }
+}

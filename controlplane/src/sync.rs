@@ -1,0 +1,211 @@
+//! `GatewaySync`: one bidi stream per gateway. The gateway says HELLO; the
+//! control plane registers it (lease), sends the lease period and the
+//! current snapshot, then a new snapshot whenever the config changes —
+//! coalesced, since a `watch` only ever holds the latest. The gateway acks
+//! or rejects each revision, heartbeats, and reports session open/close in
+//! batches that go to the directory in one Redis round trip each.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::Stream;
+use gateway::admin::require;
+use gateway::config::Scope;
+use gg_proto::pb::controlplane as pb;
+use gg_proto::pb::controlplane::control_message::Msg as Out;
+use gg_proto::pb::controlplane::gateway_message::Msg as In;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{info, warn};
+
+use crate::Cp;
+
+pub struct SyncService {
+    cp: Arc<Cp>,
+    stop: CancellationToken,
+}
+
+impl SyncService {
+    pub fn new(cp: Arc<Cp>, stop: CancellationToken) -> SyncService {
+        SyncService { cp, stop }
+    }
+}
+
+type OutStream = Pin<Box<dyn Stream<Item = Result<pb::ControlMessage, Status>> + Send>>;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[tonic::async_trait]
+impl pb::gateway_sync_server::GatewaySync for SyncService {
+    type SyncStream = OutStream;
+
+    async fn sync(
+        &self,
+        req: Request<Streaming<pb::GatewayMessage>>,
+    ) -> Result<Response<OutStream>, Status> {
+        require(&req, Scope::Operate)?;
+        let mut inbound = req.into_inner();
+        let first = tokio::time::timeout(Duration::from_secs(10), inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no HELLO within 10s"))??;
+        let Some(pb::GatewayMessage {
+            msg: Some(In::Hello(hello)),
+        }) = first
+        else {
+            return Err(Status::invalid_argument(
+                "the first message on Sync must be hello",
+            ));
+        };
+        if hello.gateway_id.is_empty() {
+            return Err(Status::invalid_argument("hello.gateway_id is required"));
+        }
+        let cp = self.cp.clone();
+        let id = hello.gateway_id.clone();
+        cp.store
+            .gateway_update(
+                &id,
+                &[
+                    ("client_addr", hello.client_addr.clone()),
+                    ("admin_addr", hello.admin_addr.clone()),
+                    ("version", hello.version.clone()),
+                    ("applied_rev", hello.revision.to_string()),
+                    ("applied_epoch", hello.epoch.clone()),
+                    ("last_seen_ms", now_ms().to_string()),
+                    ("connected_to", cp.cfg.id.clone()),
+                    ("state", "not_ready".into()),
+                ],
+                cp.cfg.lease,
+            )
+            .await
+            .map_err(crate::api::store_status)?;
+        info!(gateway = %id, revision = hello.revision, "gateway connected");
+        let (tx, rx) = mpsc::channel(8);
+        let stop = self.stop.clone();
+        tokio::spawn(async move {
+            cp.metrics.sync_streams.inc();
+            if let Err(e) = session(&cp, &id, &mut inbound, &tx, &stop).await {
+                warn!(gateway = %id, error = %e, "sync stream ended with an error");
+            }
+            cp.metrics.sync_streams.dec();
+            let _ = cp
+                .store
+                .gateway_update(&id, &[("connected_to", String::new())], cp.cfg.lease)
+                .await;
+            info!(gateway = %id, "gateway disconnected");
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+async fn session(
+    cp: &Arc<Cp>,
+    id: &str,
+    inbound: &mut Streaming<pb::GatewayMessage>,
+    tx: &mpsc::Sender<Result<pb::ControlMessage, Status>>,
+    stop: &CancellationToken,
+) -> Result<(), Status> {
+    let send = |m: Out| pb::ControlMessage { msg: Some(m) };
+    let gone = || Status::cancelled("gateway went away");
+    tx.send(Ok(send(Out::LeaseMs(cp.cfg.lease.as_millis() as u64))))
+        .await
+        .map_err(|_| gone())?;
+    let mut config = cp.current.subscribe();
+    let snapshot = (**config.borrow_and_update()).clone();
+    tx.send(Ok(send(Out::Snapshot(snapshot))))
+        .await
+        .map_err(|_| gone())?;
+    cp.metrics.snapshots_sent.inc();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            changed = config.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+                let snapshot = (**config.borrow_and_update()).clone();
+                tx.send(Ok(send(Out::Snapshot(snapshot)))).await.map_err(|_| gone())?;
+                cp.metrics.snapshots_sent.inc();
+            }
+            msg = inbound.message() => {
+                let Some(msg) = msg? else { return Ok(()) };
+                handle(cp, id, msg).await?;
+            }
+        }
+    }
+}
+
+async fn handle(cp: &Arc<Cp>, id: &str, msg: pb::GatewayMessage) -> Result<(), Status> {
+    let lease = cp.cfg.lease;
+    let seen = ("last_seen_ms", now_ms().to_string());
+    let connected = ("connected_to", cp.cfg.id.clone());
+    let res = match msg.msg {
+        Some(In::Ack(a)) if a.error.is_empty() => {
+            cp.store
+                .gateway_update(
+                    id,
+                    &[
+                        ("applied_rev", a.revision.to_string()),
+                        ("applied_epoch", a.epoch),
+                        ("last_error", String::new()),
+                        seen,
+                        connected,
+                    ],
+                    lease,
+                )
+                .await
+        }
+        Some(In::Ack(a)) => {
+            warn!(gateway = %id, revision = a.revision, error = %a.error, "gateway rejected a revision");
+            cp.store
+                .gateway_update(
+                    id,
+                    &[
+                        ("last_error", a.error),
+                        ("error_rev", a.revision.to_string()),
+                        seen,
+                        connected,
+                    ],
+                    lease,
+                )
+                .await
+        }
+        Some(In::Heartbeat(h)) => {
+            cp.store
+                .gateway_update(
+                    id,
+                    &[
+                        ("state", h.state),
+                        ("sessions", h.sessions.to_string()),
+                        seen,
+                        connected,
+                    ],
+                    lease,
+                )
+                .await
+        }
+        Some(In::Sessions(batch)) => {
+            let n = batch.events.len() as u64;
+            let r = cp.store.sessions_apply(id, &batch.events).await;
+            if let Ok(cmds) = &r {
+                cp.metrics.directory_events.inc_by(n);
+                cp.metrics.directory_roundtrips.inc();
+                cp.metrics.directory_commands.inc_by(*cmds as u64);
+            }
+            r.map(|_| ())
+        }
+        Some(In::Hello(_)) => {
+            return Err(Status::invalid_argument(
+                "hello may only be sent once per stream",
+            ));
+        }
+        None => Ok(()),
+    };
+    res.map_err(crate::api::store_status)
+}

@@ -1,0 +1,277 @@
+//! The gateway's side of `controlplane.v1.GatewaySync`: keep one stream to
+//! a control plane replica, apply each snapshot (validate, then swap
+//! atomically; sessions are not dropped), persist the last good one to disk
+//! so a restart without the control plane still serves, ack or reject each
+//! revision, heartbeat within the lease, and report session open/close in
+//! batches (size- and time-triggered).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gg_proto::pb::controlplane as pb;
+use gg_proto::pb::controlplane::control_message::Msg as In;
+use gg_proto::pb::controlplane::gateway_message::Msg as Out;
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::{ControlPlaneSettings, FileService};
+use crate::router::overrides::Override;
+use crate::{Gateway, SessionEvent};
+
+/// Why a snapshot was not applied.
+fn convert(v: &pb::Versioned) -> Result<(crate::config::RoutesConfig, Vec<Override>), String> {
+    let b = v.bundle.clone().unwrap_or_default();
+    let mut errs = Vec::new();
+    let services: Vec<FileService> = b
+        .services
+        .iter()
+        .filter_map(|s| match u16::try_from(s.id) {
+            Ok(id) => Some(FileService {
+                name: s.name.clone(),
+                id,
+                strategy: s.strategy.clone(),
+                endpoints: s.endpoints.clone(),
+            }),
+            Err(_) => {
+                errs.push(format!(
+                    "service {} id {} does not fit in u16",
+                    s.name, s.id
+                ));
+                None
+            }
+        })
+        .collect();
+    let realms = b
+        .realms
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    let routes = crate::config::validate_routes(&services, &realms, &mut errs);
+    let mut overrides = Vec::new();
+    for o in &b.overrides {
+        match u16::try_from(o.service_type) {
+            Ok(service) => overrides.push(Override {
+                id: o.id.clone(),
+                service,
+                user: o.user_id,
+                realm: o.realm_id,
+                session: 0,
+                target: o.target.clone(),
+                reason: o.reason.clone(),
+                author: o.author.clone(),
+                ttl_ms: 0,
+                expires_at_ms: o.expires_at_ms,
+                created_at_ms: 0,
+                move_existing: false,
+            }),
+            Err(_) => errs.push(format!("override {} service_type out of range", o.id)),
+        }
+    }
+    if errs.is_empty() {
+        Ok((routes, overrides))
+    } else {
+        Err(errs.join("; "))
+    }
+}
+
+/// Applies a snapshot if it is newer (same epoch) or from a new epoch.
+/// `Ok(true)` = applied, `Ok(false)` = already had it.
+pub fn apply(gw: &Gateway, v: &pb::Versioned, persist: Option<&Path>) -> Result<bool, String> {
+    let (rev, epoch) = gw.applied();
+    if v.revision == 0 {
+        return Err(format!(
+            "the control plane has no config in epoch {} (store empty or wiped); keeping revision {rev}",
+            v.epoch
+        ));
+    }
+    if v.epoch == epoch && v.revision <= rev {
+        return Ok(false);
+    }
+    let (routes, overrides) = convert(v)?;
+    gw.apply_routes(&routes, overrides, v.revision, &v.epoch);
+    info!(revision = v.revision, epoch = %v.epoch, services = routes.services.len(), "config applied");
+    if let Some(path) = persist
+        && let Err(e) = save(path, v)
+    {
+        warn!(path = %path.display(), error = %e, "cannot save the config snapshot; a restart without the control plane would not be ready");
+    }
+    Ok(true)
+}
+
+/// Writes the snapshot atomically (temp file + rename).
+fn save(path: &Path, v: &pb::Versioned) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, v.encode_to_vec())?;
+    std::fs::rename(tmp, path)
+}
+
+/// Loads and applies the snapshot saved by a previous run, if any.
+pub fn load_saved(gw: &Gateway, path: &Path) {
+    match std::fs::read(path) {
+        Ok(bytes) => match pb::Versioned::decode(&bytes[..]) {
+            Ok(v) => match apply(gw, &v, None) {
+                Ok(_) => {
+                    info!(revision = v.revision, path = %path.display(), "serving the last saved config until the control plane answers")
+                }
+                Err(e) => warn!(error = %e, "saved config snapshot rejected"),
+            },
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "saved config snapshot is unreadable; ignoring it")
+            }
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            warn!(path = %path.display(), error = %e, "cannot read the saved config snapshot")
+        }
+    }
+}
+
+/// Keeps the Sync stream up until `stop`.
+pub async fn run(gw: Arc<Gateway>, cfg: ControlPlaneSettings, stop: CancellationToken) {
+    let Some(mut events) = gw.take_session_events() else {
+        return;
+    };
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let res = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = stream_once(&gw, &cfg, &mut events) => r,
+        };
+        let (rev, _) = gw.applied();
+        match res {
+            Ok(()) => backoff = Duration::from_millis(100),
+            Err(e) => {
+                warn!(url = %cfg.url, error = %e, revision = rev, "control plane stream down — is it running? serving the last known config; reconnecting")
+            }
+        }
+        let jitter = Duration::from_millis(fastrand::u64(0..=backoff.as_millis() as u64 / 2));
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(backoff + jitter) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+fn state(gw: &Gateway) -> String {
+    match gw.readiness() {
+        Ok(()) => "ready".into(),
+        Err(_) if gw.draining() => "draining".into(),
+        Err(_) => "not_ready".into(),
+    }
+}
+
+async fn stream_once(
+    gw: &Arc<Gateway>,
+    cfg: &ControlPlaneSettings,
+    events: &mut mpsc::Receiver<SessionEvent>,
+) -> Result<(), String> {
+    let channel = tonic::transport::Endpoint::from_shared(cfg.url.clone())
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(3))
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let (tx, rx) = mpsc::channel::<pb::GatewayMessage>(64);
+    let send = |m: Out| pb::GatewayMessage { msg: Some(m) };
+    let addrs = gw.addrs.get();
+    let (rev, epoch) = gw.applied();
+    tx.send(send(Out::Hello(pb::GatewayHello {
+        gateway_id: gw.cfg.gateway_id.clone(),
+        client_addr: addrs.map(|a| a.client.to_string()).unwrap_or_default(),
+        admin_addr: addrs
+            .and_then(|a| a.admin)
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        revision: rev,
+        epoch,
+    })))
+    .await
+    .map_err(|_| "stream closed".to_string())?;
+    let mut req = tonic::Request::new(ReceiverStream::new(rx));
+    if let Some(t) = &cfg.token {
+        let v = format!("Bearer {}", String::from_utf8_lossy(&t.secret))
+            .parse()
+            .map_err(|_| "controlplane.token is not valid header text".to_string())?;
+        req.metadata_mut().insert("authorization", v);
+    }
+    let mut inbound = pb::gateway_sync_client::GatewaySyncClient::new(channel)
+        .sync(req)
+        .await
+        .map_err(|e| format!("{}: {}", e.code(), e.message()))?
+        .into_inner();
+    info!(url = %cfg.url, "control plane stream up");
+
+    // Everything open now, so the directory is right after any outage.
+    let mut pending: Vec<pb::SessionEvent> = gw
+        .sessions
+        .all()
+        .iter()
+        .filter(|s| s.protocol() != crate::metrics::Protocol::Http)
+        .map(|s| pb::SessionEvent {
+            session_id: s.id(),
+            user_id: s.user_id(),
+            open: true,
+            epoch: s.opened_ms(),
+        })
+        .collect();
+    let mut heartbeat = tokio::time::interval(Duration::from_secs(5));
+    let mut flush = tokio::time::interval(cfg.session_flush);
+    loop {
+        tokio::select! {
+            msg = inbound.message() => {
+                let msg = msg.map_err(|e| format!("{}: {}", e.code(), e.message()))?;
+                let Some(pb::ControlMessage { msg: Some(m) }) = msg else {
+                    return Err("control plane ended the stream".into());
+                };
+                match m {
+                    In::LeaseMs(ms) => {
+                        // Heartbeat three times per lease.
+                        let every = Duration::from_millis((ms / 3).max(100));
+                        heartbeat = tokio::time::interval(every);
+                    }
+                    In::Snapshot(v) => {
+                        let ack = match apply(gw, &v, Some(&cfg.snapshot_path)) {
+                            Ok(_) => pb::Ack { revision: v.revision, epoch: v.epoch.clone(), error: String::new() },
+                            Err(error) => {
+                                warn!(revision = v.revision, %error, "config rejected; keeping the previous one");
+                                pb::Ack { revision: v.revision, epoch: v.epoch.clone(), error }
+                            }
+                        };
+                        tx.send(send(Out::Ack(ack))).await.map_err(|_| "stream closed".to_string())?;
+                    }
+                }
+            }
+            _ = heartbeat.tick() => {
+                let hb = pb::Heartbeat { state: state(gw), sessions: gw.sessions.len() as u64 };
+                tx.send(send(Out::Heartbeat(hb))).await.map_err(|_| "stream closed".to_string())?;
+            }
+            Some(e) = events.recv(), if pending.len() < cfg.session_batch => {
+                pending.push(pb::SessionEvent { session_id: e.session_id, user_id: e.user_id, open: e.open, epoch: e.epoch });
+                while pending.len() < cfg.session_batch {
+                    match events.try_recv() {
+                        Ok(e) => pending.push(pb::SessionEvent { session_id: e.session_id, user_id: e.user_id, open: e.open, epoch: e.epoch }),
+                        Err(_) => break,
+                    }
+                }
+                if pending.len() >= cfg.session_batch {
+                    let batch = std::mem::take(&mut pending);
+                    tx.send(send(Out::Sessions(pb::SessionEvents { events: batch }))).await.map_err(|_| "stream closed".to_string())?;
+                }
+            }
+            _ = flush.tick(), if !pending.is_empty() => {
+                // Time-triggered: a quiet gateway still reports within session_flush_ms.
+                let n = pending.len().min(cfg.session_batch);
+                let batch: Vec<_> = pending.drain(..n).collect();
+                tx.send(send(Out::Sessions(pb::SessionEvents { events: batch }))).await.map_err(|_| "stream closed".to_string())?;
+            }
+        }
+    }
+}

@@ -1,0 +1,746 @@
+//! Control plane scenarios.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use gg_proto::pb::admin as gwpb;
+use gg_proto::pb::controlplane as pb;
+use tonic::Code;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+use crate::redis_proc::Redis;
+use crate::support::*;
+
+type CpClient = pb::control_plane_client::ControlPlaneClient<InterceptedService<Channel, Bearer>>;
+type DirClient =
+    pb::session_directory_client::SessionDirectoryClient<InterceptedService<Channel, Bearer>>;
+
+struct Cp {
+    proc: Proc,
+    grpc: SocketAddr,
+}
+
+async fn controlplane(id: &str, redis: &str, lease_ms: u64) -> Cp {
+    let config = scratch("cp", "yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "id: {id}\nlisten: 127.0.0.1:0\nops_listen: 127.0.0.1:0\nredis: {{ url: \"{redis}\" }}\nreconcile_ms: 200\nlease_ms: {lease_ms}\ntokens:\n  - {{ name: reader, scope: read, value: {READ_TOKEN} }}\n  - {{ name: op, scope: operate, value: {OPERATE_TOKEN} }}\n  - {{ name: root, scope: admin, value: {ADMIN_TOKEN} }}\ngateway_admin_token: {{ name: cp, scope: admin, value: {ADMIN_TOKEN} }}\n"
+        ),
+    )
+    .expect("write cp config");
+    let (proc, line) = spawn(
+        &bin("controlplane"),
+        id,
+        &["--config", config.to_str().expect("utf8")],
+    )
+    .await;
+    let grpc = line
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("grpc="))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("bad cp line {line:?}"));
+    Cp { proc, grpc }
+}
+
+async fn cp_client(cp: &Cp, token: Option<&str>) -> CpClient {
+    pb::control_plane_client::ControlPlaneClient::with_interceptor(
+        channel(cp.grpc).await,
+        Bearer(token.map(str::to_string)),
+    )
+}
+
+async fn dir_client(cp: &Cp) -> DirClient {
+    pb::session_directory_client::SessionDirectoryClient::with_interceptor(
+        channel(cp.grpc).await,
+        Bearer(Some(READ_TOKEN.into())),
+    )
+}
+
+/// A gateway following `cp`, with an admin API and a snapshot file.
+async fn cp_gateway(id: &str, cp: SocketAddr, snapshot: &PathBuf) -> Gw {
+    gateway_named(
+        id,
+        &format!(
+            "controlplane:\n  url: http://{cp}\n  token: {{ name: cp, scope: operate, value: {OPERATE_TOKEN} }}\n  snapshot_path: {}\n  session_flush_ms: 50\n{}",
+            snapshot.display(),
+            admin_yaml()
+        ),
+    )
+    .await
+}
+
+fn svc(name: &str, id: u32, strategy: &str, eps: &[SocketAddr]) -> pb::Service {
+    pb::Service {
+        name: name.into(),
+        id,
+        strategy: strategy.into(),
+        endpoints: eps.iter().map(|e| e.to_string()).collect(),
+    }
+}
+
+fn opts(expected: u64) -> Option<pb::WriteOptions> {
+    Some(pb::WriteOptions {
+        expected_revision: expected,
+        ..Default::default()
+    })
+}
+
+async fn put_service(c: &mut CpClient, s: pb::Service) -> pb::WriteResponse {
+    c.put_service(pb::PutServiceRequest {
+        service: Some(s),
+        options: None,
+    })
+    .await
+    .expect("put service")
+    .into_inner()
+}
+
+async fn gw_revision(gw: &Gw) -> u64 {
+    match admin(gw, Some(READ_TOKEN))
+        .await
+        .get_info(gwpb::GetInfoRequest {})
+        .await
+    {
+        Ok(i) => i.into_inner().config_revision,
+        Err(_) => 0,
+    }
+}
+
+async fn call(gw: &Gw, service: &str, body: &[u8]) -> (u16, String) {
+    http(gw.client, "POST", &format!("/v1/call/{service}"), &[], body).await
+}
+
+#[tokio::test]
+async fn rule_change_reaches_three_gateways_and_each_acks() {
+    let redis = Redis::start().await;
+    let cp = controlplane("cp-1", &redis.url(), 5000).await;
+    let b = backend("b1").await;
+    let mut c = cp_client(&cp, Some(ADMIN_TOKEN)).await;
+    let first = put_service(&mut c, svc("echo", 1, "round_robin", &[b.addr])).await;
+    assert_eq!(first.revision, 1);
+    assert_eq!(first.diff.len(), 1);
+
+    let mut gws = Vec::new();
+    for i in 0..3 {
+        gws.push(cp_gateway(&format!("gw-{i}"), cp.grpc, &scratch("snap", "pb")).await);
+    }
+    for gw in &gws {
+        eventually("gateway ready", || async {
+            http(gw.ops, "GET", "/ready", &[], b"").await.0 == 200
+        })
+        .await;
+        assert_eq!(call(gw, "echo", b"hi").await, (200, "hi".to_string()));
+    }
+
+    let b2 = backend("b2").await;
+    let w = put_service(&mut c, svc("version", 2, "round_robin", &[b2.addr])).await;
+    assert_eq!(w.revision, 2);
+    eventually("rollout applied on 3 gateways", || {
+        let mut c = c.clone();
+        async move {
+            let r = c
+                .rollout_status(pb::RolloutStatusRequest { revision: 2 })
+                .await
+                .expect("rollout")
+                .into_inner();
+            r.applied == 3 && r.pending == 0
+        }
+    })
+    .await;
+    for gw in &gws {
+        assert_eq!(
+            call(gw, "version", b"whoami").await,
+            (200, "b2".to_string())
+        );
+    }
+    let list = c
+        .list_gateways(pb::ListGatewaysRequest {})
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(list.gateways.len(), 3);
+    for g in &list.gateways {
+        assert_eq!(
+            (
+                g.sync_status.as_str(),
+                g.applied_revision,
+                g.connected_to.as_str()
+            ),
+            ("in_sync", 2, "cp-1"),
+            "{g:?}"
+        );
+        assert!(!g.admin_addr.is_empty());
+    }
+    let h = c
+        .history(pb::HistoryRequest { limit: 10 })
+        .await
+        .expect("history")
+        .into_inner();
+    assert_eq!(
+        h.records.iter().map(|r| r.revision).collect::<Vec<_>>(),
+        vec![2, 1]
+    );
+    assert_eq!(h.records[0].author, "root");
+}
+
+#[tokio::test]
+async fn validation_cas_auth_rollback_and_apply() {
+    let redis = Redis::start().await;
+    let cp = controlplane("cp-1", &redis.url(), 5000).await;
+    let b = backend("b1").await;
+    let mut c = cp_client(&cp, Some(ADMIN_TOKEN)).await;
+    put_service(&mut c, svc("echo", 1, "round_robin", &[b.addr])).await;
+
+    // Invalid rule: INVALID_ARGUMENT and nothing written.
+    let e = c
+        .put_service(pb::PutServiceRequest {
+            service: Some(svc("bad", 2, "random", &[])),
+            options: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("unknown strategy"), "{}", e.message());
+    let v = c
+        .get_config(pb::GetConfigRequest {})
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(v.revision, 1);
+
+    // CAS: a stale expected revision is refused.
+    let e = c
+        .put_realm(pb::PutRealmRequest {
+            realm_id: 1,
+            endpoint: b.addr.to_string(),
+            options: opts(7),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    let ok = c
+        .put_realm(pb::PutRealmRequest {
+            realm_id: 1,
+            endpoint: b.addr.to_string(),
+            options: opts(1),
+        })
+        .await
+        .expect("cas ok")
+        .into_inner();
+    assert_eq!(ok.revision, 2);
+
+    // Dry run: diff, no write.
+    let dry = c
+        .put_realm(pb::PutRealmRequest {
+            realm_id: 2,
+            endpoint: b.addr.to_string(),
+            options: Some(pb::WriteOptions {
+                dry_run: true,
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("dry")
+        .into_inner();
+    assert!(dry.dry_run);
+    assert_eq!(dry.diff, vec![format!("+ realm 2: {}", b.addr)]);
+    assert_eq!(
+        c.get_config(pb::GetConfigRequest {})
+            .await
+            .expect("get")
+            .into_inner()
+            .revision,
+        2
+    );
+
+    // Apply a whole bundle; an identical apply is a no-op.
+    let bundle = pb::ConfigBundle {
+        services: vec![svc("echo", 1, "consistent_hash", &[b.addr])],
+        ..Default::default()
+    };
+    let w = c
+        .apply(pb::ApplyRequest {
+            bundle: Some(bundle.clone()),
+            options: None,
+        })
+        .await
+        .expect("apply")
+        .into_inner();
+    assert_eq!(w.revision, 3);
+    assert!(
+        w.diff.iter().any(|l| l.starts_with("~ service echo")),
+        "{:?}",
+        w.diff
+    );
+    assert!(w.diff.iter().any(|l| l == "- realm 1"), "{:?}", w.diff);
+    let same = c
+        .apply(pb::ApplyRequest {
+            bundle: Some(bundle),
+            options: None,
+        })
+        .await
+        .expect("apply")
+        .into_inner();
+    assert!(same.unchanged);
+    assert_eq!(same.revision, 3);
+
+    // Rollback to revision 2 writes revision 4 with revision 2's bundle.
+    let rb = c
+        .rollback(pb::RollbackRequest {
+            to_revision: 2,
+            options: None,
+        })
+        .await
+        .expect("rollback")
+        .into_inner();
+    assert_eq!(rb.revision, 4);
+    let v = c
+        .get_config(pb::GetConfigRequest {})
+        .await
+        .expect("get")
+        .into_inner();
+    let bundle = v.bundle.expect("bundle");
+    assert_eq!(bundle.realms.get(&1), Some(&b.addr.to_string()));
+    assert_eq!(bundle.services[0].strategy, "round_robin");
+    let e = c
+        .rollback(pb::RollbackRequest {
+            to_revision: 99,
+            options: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let e = c
+        .delete_service(pb::DeleteServiceRequest {
+            name: "nope".into(),
+            options: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+
+    // Auth.
+    let e = cp_client(&cp, None)
+        .await
+        .get_config(pb::GetConfigRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    let e = cp_client(&cp, Some(READ_TOKEN))
+        .await
+        .apply(pb::ApplyRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+}
+
+#[tokio::test]
+async fn two_replicas_see_each_others_writes() {
+    let redis = Redis::start().await;
+    let (cp1, cp2) = (
+        controlplane("cp-1", &redis.url(), 5000).await,
+        controlplane("cp-2", &redis.url(), 5000).await,
+    );
+    let b = backend("b1").await;
+    let gw = cp_gateway("gw-0", cp2.grpc, &scratch("snap", "pb")).await;
+    let mut c1 = cp_client(&cp1, Some(ADMIN_TOKEN)).await;
+    let w = put_service(&mut c1, svc("echo", 1, "round_robin", &[b.addr])).await;
+    let mut c2 = cp_client(&cp2, Some(READ_TOKEN)).await;
+    let v = c2
+        .get_config(pb::GetConfigRequest {})
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(v.revision, w.revision, "reads go to redis");
+    // The gateway on replica 2 gets replica 1's write.
+    eventually("gateway on cp-2 applies cp-1's write", || async {
+        gw_revision(&gw).await == w.revision
+    })
+    .await;
+    assert_eq!(call(&gw, "echo", b"x").await.0, 200);
+    // And replica 1 sees the gateway registered through replica 2.
+    let list = c1
+        .list_gateways(pb::ListGatewaysRequest {})
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(list.gateways[0].connected_to, "cp-2");
+}
+
+#[tokio::test]
+async fn control_plane_down_gateways_keep_routing_and_restart_serves_from_disk() {
+    let redis = Redis::start().await;
+    let mut cp = controlplane("cp-1", &redis.url(), 5000).await;
+    let b = backend("b1").await;
+    let snap = scratch("snap", "pb");
+    let mut c = cp_client(&cp, Some(ADMIN_TOKEN)).await;
+    put_service(&mut c, svc("echo", 1, "round_robin", &[b.addr])).await;
+    let gw = cp_gateway("gw-0", cp.grpc, &snap).await;
+    eventually("config applied", || async { gw_revision(&gw).await == 1 }).await;
+    assert!(snap.exists(), "snapshot saved to disk");
+
+    // Control plane killed: the gateway keeps routing on its last config.
+    let _ = cp.proc.child.start_kill();
+    let _ = cp.proc.child.wait().await;
+    assert_eq!(
+        call(&gw, "echo", b"still").await,
+        (200, "still".to_string())
+    );
+
+    // A gateway restarted while the control plane is down serves from disk.
+    drop(gw);
+    let cp_addr = cp.grpc;
+    let gw = cp_gateway("gw-0", cp_addr, &snap).await;
+    assert_eq!(http(gw.ops, "GET", "/ready", &[], b"").await.0, 200);
+    assert_eq!(
+        call(&gw, "echo", b"from disk").await,
+        (200, "from disk".to_string())
+    );
+
+    // A new replica (same Redis) comes up; a write converges the gateway.
+    let cp2 = controlplane("cp-2", &redis.url(), 5000).await;
+    let gw2 = cp_gateway("gw-1", cp2.grpc, &scratch("snap", "pb")).await;
+    let mut c2 = cp_client(&cp2, Some(ADMIN_TOKEN)).await;
+    let w = put_service(&mut c2, svc("echo2", 2, "round_robin", &[b.addr])).await;
+    eventually("new gateway converges", || async {
+        gw_revision(&gw2).await == w.revision
+    })
+    .await;
+    assert_eq!(call(&gw2, "echo2", b"y").await.0, 200);
+}
+
+#[tokio::test]
+async fn wiped_store_changes_epoch_and_gateways_resync() {
+    let redis = Redis::start().await;
+    let cp = controlplane("cp-1", &redis.url(), 5000).await;
+    let b = backend("b1").await;
+    let mut c = cp_client(&cp, Some(ADMIN_TOKEN)).await;
+    for i in 0..3u32 {
+        put_service(
+            &mut c,
+            svc(&format!("s{i}"), i + 1, "round_robin", &[b.addr]),
+        )
+        .await;
+    }
+    let gw = cp_gateway("gw-0", cp.grpc, &scratch("snap", "pb")).await;
+    eventually("applied 3", || async { gw_revision(&gw).await == 3 }).await;
+    let old_epoch = c
+        .get_config(pb::GetConfigRequest {})
+        .await
+        .expect("get")
+        .into_inner()
+        .epoch;
+
+    assert!(redis.cmd(&["FLUSHALL"]).await.starts_with("+OK"));
+    eventually("new epoch", || {
+        let mut c = c.clone();
+        let old = old_epoch.clone();
+        async move {
+            let v = c
+                .get_config(pb::GetConfigRequest {})
+                .await
+                .expect("get")
+                .into_inner();
+            !v.epoch.is_empty() && v.epoch != old
+        }
+    })
+    .await;
+    // Revision 0 of a wiped store is not applied: the gateway keeps serving.
+    assert_eq!(call(&gw, "s1", b"kept").await.0, 200);
+
+    // Revision 1 of the new epoch is applied even though 1 < 3.
+    let w = put_service(&mut c, svc("fresh", 9, "round_robin", &[b.addr])).await;
+    assert_eq!(w.revision, 1);
+    eventually("resynced to the new epoch", || async {
+        let i = admin(&gw, Some(READ_TOKEN))
+            .await
+            .get_info(gwpb::GetInfoRequest {})
+            .await
+            .expect("info")
+            .into_inner();
+        i.config_revision == 1 && i.config_epoch == w.epoch
+    })
+    .await;
+    assert_eq!(call(&gw, "fresh", b"new").await.0, 200);
+    assert_eq!(call(&gw, "s1", b"gone").await.0, 404);
+}
+
+#[tokio::test]
+async fn acknowledged_writes_survive_a_redis_crash() {
+    let mut redis = Redis::start_durable().await;
+    let cp = controlplane("cp-1", &redis.url(), 5000).await;
+    let b = backend("b1").await;
+    let mut c = cp_client(&cp, Some(ADMIN_TOKEN)).await;
+    // The realm map first: a realm service needs a non-empty one.
+    c.put_realm(pb::PutRealmRequest {
+        realm_id: 1,
+        endpoint: b.addr.to_string(),
+        options: None,
+    })
+    .await
+    .expect("realm");
+    put_service(&mut c, svc("game", 3, "realm", &[])).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..4u32 {
+        let (mut c, stop, ep) = (c.clone(), stop.clone(), b.addr.to_string());
+        writers.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for i in 0..200u32 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let realm = 1000 + w * 1000 + i;
+                match c
+                    .put_realm(pb::PutRealmRequest {
+                        realm_id: realm,
+                        endpoint: ep.clone(),
+                        options: None,
+                    })
+                    .await
+                {
+                    Ok(r) => acked.push((realm, r.into_inner().revision)),
+                    Err(_) => break,
+                }
+            }
+            acked
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    redis.kill().await;
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for w in writers {
+        acked.extend(w.await.expect("writer"));
+    }
+    assert!(
+        acked.len() > 5,
+        "too few writes before the crash: {}",
+        acked.len()
+    );
+    redis.restart().await;
+
+    // Every acknowledged write is there, and the stored state is whole:
+    // the bundle's revision matches the newest history record.
+    eventually("control plane reads redis again", || {
+        let mut c = c.clone();
+        async move { c.get_config(pb::GetConfigRequest {}).await.is_ok() }
+    })
+    .await;
+    let v = c
+        .get_config(pb::GetConfigRequest {})
+        .await
+        .expect("get")
+        .into_inner();
+    let realms = v.bundle.expect("bundle").realms;
+    for (realm, rev) in &acked {
+        assert!(
+            realms.contains_key(realm),
+            "acknowledged realm {realm} (revision {rev}) lost"
+        );
+        assert!(*rev <= v.revision);
+    }
+    let h = c
+        .history(pb::HistoryRequest { limit: 1 })
+        .await
+        .expect("history")
+        .into_inner();
+    assert_eq!(
+        h.records[0].revision, v.revision,
+        "history and config disagree: partial write"
+    );
+    let revs: HashSet<u64> = acked.iter().map(|(_, r)| *r).collect();
+    assert_eq!(
+        revs.len(),
+        acked.len(),
+        "two writes acknowledged with the same revision"
+    );
+}
+
+#[tokio::test]
+async fn session_directory_lookup_and_lease_expiry() {
+    let redis = Redis::start().await;
+    let cp = controlplane("cp-1", &redis.url(), 1500).await;
+    let b = backend("b1").await;
+    let mut c = cp_client(&cp, Some(ADMIN_TOKEN)).await;
+    put_service(&mut c, svc("echo", 1, "round_robin", &[b.addr])).await;
+    let gw = cp_gateway("gw-dir", cp.grpc, &scratch("snap", "pb")).await;
+    eventually("ready", || async {
+        http(gw.ops, "GET", "/ready", &[], b"").await.0 == 200
+    })
+    .await;
+    let mut s1 = Client::tcp(gw.client).await;
+    s1.hello(31337, 0).await;
+    let mut s2 = Client::ws(gw.client).await;
+    s2.hello(31337, 0).await;
+
+    let mut d = dir_client(&cp).await;
+    let sid = s1.session_id;
+    eventually("session in the directory", || {
+        let mut d = d.clone();
+        async move {
+            d.lookup(pb::LookupRequest { session_id: sid })
+                .await
+                .is_ok()
+        }
+    })
+    .await;
+    let o = d
+        .lookup(pb::LookupRequest { session_id: sid })
+        .await
+        .expect("lookup")
+        .into_inner()
+        .ownership
+        .expect("owner");
+    assert_eq!((o.gateway_id.as_str(), o.user_id), ("gw-dir", 31337));
+    assert_eq!(o.gateway_admin_addr, gw.admin.expect("admin").to_string());
+    eventually("both sessions by user", || {
+        let mut d = d.clone();
+        async move {
+            d.lookup_user(pb::LookupUserRequest { user_id: 31337 })
+                .await
+                .map(|r| r.into_inner().sessions.len() == 2)
+                .unwrap_or(false)
+        }
+    })
+    .await;
+    let batch = d
+        .batch_lookup(pb::BatchLookupRequest {
+            session_ids: vec![sid, 42],
+        })
+        .await
+        .expect("batch")
+        .into_inner();
+    assert_eq!(
+        (batch.found.len(), batch.missing.as_slice()),
+        (1, &[42u64][..])
+    );
+    assert_eq!(
+        d.lookup(pb::LookupRequest { session_id: 42 })
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+
+    // A closed session leaves the directory.
+    let sid2 = s2.session_id;
+    drop(s2);
+    eventually("closed session removed", || {
+        let mut d = d.clone();
+        async move {
+            d.lookup(pb::LookupRequest { session_id: sid2 })
+                .await
+                .is_err()
+        }
+    })
+    .await;
+
+    // The gateway dies: its sessions are gone once its lease expires.
+    let mut gw = gw;
+    let _ = gw.proc.child.start_kill();
+    let _ = gw.proc.child.wait().await;
+    eventually("dead gateway's sessions expire with its lease", || {
+        let mut d = d.clone();
+        async move {
+            d.lookup(pb::LookupRequest { session_id: sid })
+                .await
+                .err()
+                .map(|e| e.code())
+                == Some(Code::NotFound)
+        }
+    })
+    .await;
+    let cpm = c
+        .list_gateways(pb::ListGatewaysRequest {})
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(
+        cpm.gateways.iter().all(|g| g.gateway_id != "gw-dir"),
+        "dead gateway still listed"
+    );
+}
+
+#[tokio::test]
+async fn drain_a_gateway_through_the_control_plane() {
+    let redis = Redis::start().await;
+    let cp = controlplane("cp-1", &redis.url(), 5000).await;
+    let b = backend("b1").await;
+    let mut c = cp_client(&cp, Some(ADMIN_TOKEN)).await;
+    put_service(&mut c, svc("echo", 1, "round_robin", &[b.addr])).await;
+    let gw = cp_gateway("gw-drain", cp.grpc, &scratch("snap", "pb")).await;
+    eventually("registered", || {
+        let mut c = c.clone();
+        async move {
+            c.list_gateways(pb::ListGatewaysRequest {})
+                .await
+                .map(|l| !l.into_inner().gateways.is_empty())
+                .unwrap_or(false)
+        }
+    })
+    .await;
+    let mut s = Client::tcp(gw.client).await;
+    s.hello(1, 0).await;
+    let r = c
+        .drain_gateway(pb::DrainGatewayRequest {
+            gateway_id: "gw-drain".into(),
+            request_id: "r1".into(),
+            deadline_ms: 60_000,
+            spread_ms: 0,
+            reason: "rollout".into(),
+        })
+        .await
+        .expect("drain")
+        .into_inner();
+    assert_eq!(r.sessions_at_start, 1);
+    s.recv_kind(gg_proto::Kind::GoAway).await;
+    assert_eq!(http(gw.ops, "GET", "/ready", &[], b"").await.0, 503);
+    let e = c
+        .drain_gateway(pb::DrainGatewayRequest {
+            gateway_id: "nope".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn fails_fast_when_redis_is_unreachable() {
+    let dead = dead_addr();
+    let config = scratch("cp", "yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:0\nops_listen: 127.0.0.1:0\nredis: {{ url: \"redis://{dead}/\" }}\n"
+        ),
+    )
+    .expect("write");
+    let out = tokio::process::Command::new(bin("controlplane"))
+        .args(["--config", config.to_str().expect("utf8")])
+        .output()
+        .await
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot reach Redis") && err.contains("is it running?"),
+        "{err}"
+    );
+
+    std::fs::write(&config, "listen: 0.0.0.0:0\nops_listen: 127.0.0.1:0\nredis: { url: \"redis://127.0.0.1:1/\" }\nbogus: 1\n").expect("write");
+    let out = tokio::process::Command::new(bin("controlplane"))
+        .args(["--config", config.to_str().expect("utf8")])
+        .output()
+        .await
+        .expect("run");
+    assert_eq!(out.status.code(), Some(64));
+}

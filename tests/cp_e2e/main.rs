@@ -1,0 +1,8 @@
+//! Control plane end to end: real `redis-server` processes on free ports,
+//! real `controlplane` and `gateway` processes, real gRPC clients.
+
+#[path = "../e2e/support.rs"]
+mod support;
+
+mod cp;
+mod redis_proc;

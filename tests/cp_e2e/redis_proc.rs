@@ -1,0 +1,151 @@
+//! A private `redis-server` per test, on a free port, killed on drop.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::{Proc, scratch};
+
+pub struct Redis {
+    pub proc: Proc,
+    pub port: u16,
+    pub dir: PathBuf,
+    extra: Vec<String>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+impl Redis {
+    /// A throwaway Redis (no persistence).
+    pub async fn start() -> Redis {
+        Redis::start_with(&["--save", "", "--appendonly", "no"]).await
+    }
+
+    /// A durable Redis: AOF with fsync on every write.
+    pub async fn start_durable() -> Redis {
+        Redis::start_with(&[
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+        ])
+        .await
+    }
+
+    pub async fn start_with(extra: &[&str]) -> Redis {
+        let dir = scratch("redis", "d");
+        std::fs::create_dir_all(&dir).expect("redis dir");
+        let mut r = Redis {
+            proc: spawn(free_port(), &dir, extra),
+            port: 0,
+            dir,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        r.port = port_of(&r.proc);
+        r.wait_up().await;
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// SIGKILL (no chance to flush anything not already fsynced).
+    pub async fn kill(&mut self) {
+        let _ = self.proc.child.start_kill();
+        let _ = self.proc.child.wait().await;
+    }
+
+    /// Starts again on the same port and directory (AOF replayed).
+    pub async fn restart(&mut self) {
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        self.proc = spawn(self.port, &self.dir, &extra);
+        self.wait_up().await;
+    }
+
+    pub async fn cmd(&self, args: &[&str]) -> String {
+        let mut s = TcpStream::connect(self.addr())
+            .await
+            .expect("connect redis");
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        s.write_all(req.as_bytes()).await.expect("write");
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("redis reply")
+            .expect("read");
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    }
+
+    async fn wait_up(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut s) = TcpStream::connect(self.addr()).await {
+                let _ = s.write_all(b"PING\r\n").await;
+                let mut b = [0u8; 16];
+                if let Ok(Ok(n)) =
+                    tokio::time::timeout(Duration::from_millis(500), s.read(&mut b)).await
+                    && b[..n].starts_with(b"+PONG")
+                {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis did not start; log: {}",
+                self.proc.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn port_of(p: &Proc) -> u16 {
+    p.name
+        .rsplit(':')
+        .next()
+        .and_then(|x| x.parse().ok())
+        .expect("port in name")
+}
+
+fn spawn(port: u16, dir: &std::path::Path, extra: &[&str]) -> Proc {
+    let log = dir.join("redis.log");
+    let child = tokio::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            dir.to_str().expect("utf8"),
+        ])
+        .args(extra)
+        .stdout(std::fs::File::create(&log).expect("log"))
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("redis-server must be installed (./.ci/test installs it)");
+    Proc {
+        child,
+        log,
+        name: format!("redis:{port}"),
+    }
+}
