@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -63,7 +63,7 @@ async fn dir_client(cp: &Cp) -> DirClient {
 }
 
 /// A gateway following `cp`, with an admin API and a snapshot file.
-async fn cp_gateway(id: &str, cp: SocketAddr, snapshot: &PathBuf) -> Gw {
+async fn cp_gateway(id: &str, cp: SocketAddr, snapshot: &Path) -> Gw {
     gateway_named(
         id,
         &format!(
