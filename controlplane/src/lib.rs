@@ -52,6 +52,7 @@ pub struct CpMetrics {
     pub directory_events: IntCounter,
     pub directory_roundtrips: IntCounter,
     pub directory_commands: IntCounter,
+    pub directory_errors: IntCounter,
     pub sync_streams: IntGauge,
     pub snapshots_sent: IntCounter,
 }
@@ -87,6 +88,10 @@ impl CpMetrics {
             directory_commands: c(
                 "cp_directory_commands_total",
                 "Redis commands sent for directory writes.",
+            ),
+            directory_errors: c(
+                "cp_directory_errors_total",
+                "Directory batches that failed to write (events dropped).",
             ),
             sync_streams: g(
                 "cp_sync_streams",

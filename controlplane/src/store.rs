@@ -423,11 +423,16 @@ impl Store {
             .query_async(&mut self.c())
             .await?;
         // Users are not known here: read them from the session entries.
-        let mut p = redis::pipe();
+        let mut users: Vec<Option<u64>> = Vec::with_capacity(sids.len());
         for sid in &sids {
-            p.hget(k_sess(*sid), "user");
+            users.push(
+                redis::cmd("HGET")
+                    .arg(k_sess(*sid))
+                    .arg("user")
+                    .query_async(&mut self.c())
+                    .await?,
+            );
         }
-        let users: Vec<Option<u64>> = p.query_async(&mut self.c()).await?;
         let events: Vec<pb::SessionEvent> = sids
             .iter()
             .zip(users)
@@ -439,11 +444,13 @@ impl Store {
             })
             .collect();
         self.sessions_apply(id, &events).await?;
-        let _: () = redis::pipe()
-            .del(k_gwsess(id))
-            .ignore()
-            .srem(K_GWS, id)
-            .ignore()
+        let _: () = redis::cmd("DEL")
+            .arg(k_gwsess(id))
+            .query_async(&mut self.c())
+            .await?;
+        let _: () = redis::cmd("SREM")
+            .arg(K_GWS)
+            .arg(id)
             .query_async(&mut self.c())
             .await?;
         Ok(sids.len())
@@ -451,8 +458,10 @@ impl Store {
 
     // ---------- directory ----------
 
-    /// Applies a batch of session events from gateway `gw` in one pipeline
-    /// (one round trip). Returns the number of Redis commands sent.
+    /// Applies a batch of session events from gateway `gw`: one pipeline
+    /// (one round trip) on a single node; on a cluster, where the keys live
+    /// in different slots, the same commands are sent concurrently over the
+    /// multiplexed connection. Returns the number of Redis commands sent.
     pub async fn sessions_apply(
         &self,
         gw: &str,
@@ -461,48 +470,64 @@ impl Store {
         if events.is_empty() {
             return Ok(0);
         }
-        let mut p = redis::pipe();
-        let mut cmds = 0;
+        let mut cmds = Vec::with_capacity(events.len() * 3);
         for e in events {
             let op = if e.open { "open" } else { "close" };
-            p.add_command(evalsha(
+            let (sid, uid, ep) = (
+                e.session_id.to_string(),
+                e.user_id.to_string(),
+                e.epoch.to_string(),
+            );
+            cmds.push(evalsha(
                 &self.sess,
                 &k_sess(e.session_id),
-                &[op, &e.user_id.to_string(), gw, &e.epoch.to_string()],
-            ))
-            .ignore();
+                &[op, &uid, gw, &ep],
+            ));
             if e.user_id != 0 {
-                p.add_command(evalsha(
+                cmds.push(evalsha(
                     &self.user,
                     &k_user(e.user_id),
-                    &[op, &e.session_id.to_string(), gw, &e.epoch.to_string()],
-                ))
-                .ignore();
-                cmds += 1;
+                    &[op, &sid, gw, &ep],
+                ));
             }
-            if e.open {
-                p.sadd(k_gwsess(gw), e.session_id).ignore();
-            } else {
-                p.srem(k_gwsess(gw), e.session_id).ignore();
-            }
-            cmds += 2;
+            let mut set = redis::cmd(if e.open { "SADD" } else { "SREM" });
+            set.arg(k_gwsess(gw)).arg(e.session_id);
+            cmds.push(set);
         }
-        self.run_scripts(&mut p).await?;
-        Ok(cmds)
-    }
-
-    /// Runs a pipeline of EVALSHA; loads the scripts and retries once if
-    /// Redis does not know them (restart, failover, SCRIPT FLUSH).
-    async fn run_scripts(&self, p: &mut Pipeline) -> Result<(), StoreError> {
-        match p.query_async::<()>(&mut self.c()).await {
-            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+        match self.send_all(&cmds).await {
+            Err(StoreError::Redis(e))
+                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+            {
+                // Redis restarted or failed over: load the scripts, retry once.
                 self.sess.load_async(&mut self.c()).await?;
                 self.user.load_async(&mut self.c()).await?;
-                p.query_async::<()>(&mut self.c()).await?;
-                Ok(())
+                self.send_all(&cmds).await?;
             }
-            other => Ok(other?),
+            other => other?,
         }
+        Ok(cmds.len())
+    }
+
+    async fn send_all(&self, cmds: &[Cmd]) -> Result<(), StoreError> {
+        match &self.conn {
+            Conn::Single(_) => {
+                let mut p = redis::pipe();
+                for c in cmds {
+                    p.add_command(c.clone()).ignore();
+                }
+                p.query_async::<()>(&mut self.c()).await?;
+            }
+            Conn::Cluster(_) => {
+                let futs = cmds.iter().map(|c| {
+                    let mut conn = self.c();
+                    async move { c.query_async::<redis::Value>(&mut conn).await }
+                });
+                for r in futures_util::future::join_all(futs).await {
+                    r?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The owner of one session: (user, gateway, epoch), if present.

@@ -192,13 +192,20 @@ async fn handle(cp: &Arc<Cp>, id: &str, msg: pb::GatewayMessage) -> Result<(), S
         }
         Some(In::Sessions(batch)) => {
             let n = batch.events.len() as u64;
-            let r = cp.store.sessions_apply(id, &batch.events).await;
-            if let Ok(cmds) = &r {
-                cp.metrics.directory_events.inc_by(n);
-                cp.metrics.directory_roundtrips.inc();
-                cp.metrics.directory_commands.inc_by(*cmds as u64);
+            match cp.store.sessions_apply(id, &batch.events).await {
+                Ok(cmds) => {
+                    cp.metrics.directory_events.inc_by(n);
+                    cp.metrics.directory_roundtrips.inc();
+                    cp.metrics.directory_commands.inc_by(cmds as u64);
+                }
+                Err(e) => {
+                    // Config sync matters more than the directory: keep the
+                    // stream; the gateway resends all sessions on reconnect.
+                    cp.metrics.directory_errors.inc();
+                    warn!(gateway = %id, events = n, error = %e, "directory write failed; events dropped");
+                }
             }
-            r.map(|_| ())
+            Ok(())
         }
         Some(In::Hello(_)) => {
             return Err(Status::invalid_argument(

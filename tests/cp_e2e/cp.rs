@@ -13,7 +13,7 @@ use tonic::Code;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-use crate::redis_proc::Redis;
+use crate::redis_proc::{Cluster, Redis};
 use crate::support::*;
 
 type CpClient = pb::control_plane_client::ControlPlaneClient<InterceptedService<Channel, Bearer>>;
@@ -26,11 +26,16 @@ struct Cp {
 }
 
 async fn controlplane(id: &str, redis: &str, lease_ms: u64) -> Cp {
+    controlplane_with(id, &format!("{{ url: \"{redis}\" }}"), lease_ms).await
+}
+
+/// `redis_yaml` is the `redis:` value (single url or cluster seeds).
+async fn controlplane_with(id: &str, redis_yaml: &str, lease_ms: u64) -> Cp {
     let config = scratch("cp", "yaml");
     std::fs::write(
         &config,
         format!(
-            "id: {id}\nlisten: 127.0.0.1:0\nops_listen: 127.0.0.1:0\nredis: {{ url: \"{redis}\" }}\nreconcile_ms: 200\nlease_ms: {lease_ms}\ntokens:\n  - {{ name: reader, scope: read, value: {READ_TOKEN} }}\n  - {{ name: op, scope: operate, value: {OPERATE_TOKEN} }}\n  - {{ name: root, scope: admin, value: {ADMIN_TOKEN} }}\ngateway_admin_token: {{ name: cp, scope: admin, value: {ADMIN_TOKEN} }}\n"
+            "id: {id}\nlisten: 127.0.0.1:0\nops_listen: 127.0.0.1:0\nredis: {redis_yaml}\nreconcile_ms: 200\nlease_ms: {lease_ms}\ntokens:\n  - {{ name: reader, scope: read, value: {READ_TOKEN} }}\n  - {{ name: op, scope: operate, value: {OPERATE_TOKEN} }}\n  - {{ name: root, scope: admin, value: {ADMIN_TOKEN} }}\ngateway_admin_token: {{ name: cp, scope: admin, value: {ADMIN_TOKEN} }}\n"
         ),
     )
     .expect("write cp config");
@@ -743,4 +748,72 @@ async fn fails_fast_when_redis_is_unreachable() {
         .await
         .expect("run");
     assert_eq!(out.status.code(), Some(64));
+}
+
+#[tokio::test]
+async fn works_against_a_real_redis_cluster() {
+    let cluster = Cluster::start().await;
+    let seeds: Vec<String> = cluster.seeds().iter().map(|s| format!("\"{s}\"")).collect();
+    let cp = controlplane_with(
+        "cp-c",
+        &format!("{{ cluster: [{}] }}", seeds.join(", ")),
+        5000,
+    )
+    .await;
+    let b = backend("b1").await;
+    let mut c = cp_client(&cp, Some(ADMIN_TOKEN)).await;
+    let w1 = put_service(&mut c, svc("echo", 1, "round_robin", &[b.addr])).await;
+    let w2 = c
+        .put_realm(pb::PutRealmRequest {
+            realm_id: 1,
+            endpoint: b.addr.to_string(),
+            options: opts(w1.revision),
+        })
+        .await
+        .expect("cas")
+        .into_inner();
+    assert_eq!(w2.revision, 2);
+    let gw = cp_gateway("gw-c", cp.grpc, &scratch("snap", "pb")).await;
+    eventually(
+        "gateway applies from the cluster-backed control plane",
+        || async { gw_revision(&gw).await == 2 },
+    )
+    .await;
+    assert_eq!(
+        call(&gw, "echo", b"cluster").await,
+        (200, "cluster".to_string())
+    );
+
+    // Directory keys spread over slots; lookups work across nodes.
+    let mut clients = Vec::new();
+    for u in 0..20u64 {
+        let mut s = Client::tcp(gw.client).await;
+        s.hello(5000 + u, 0).await;
+        clients.push(s);
+    }
+    let mut d = dir_client(&cp).await;
+    let ids: Vec<u64> = clients.iter().map(|c| c.session_id).collect();
+    eventually("all 20 sessions in the directory", || {
+        let mut d = d.clone();
+        let ids = ids.clone();
+        async move {
+            d.batch_lookup(pb::BatchLookupRequest { session_ids: ids })
+                .await
+                .map(|r| r.into_inner().found.len() == 20)
+                .unwrap_or(false)
+        }
+    })
+    .await;
+    let o = d
+        .lookup_user(pb::LookupUserRequest { user_id: 5007 })
+        .await
+        .expect("user")
+        .into_inner();
+    assert_eq!(o.sessions.len(), 1);
+    let h = c
+        .history(pb::HistoryRequest { limit: 5 })
+        .await
+        .expect("history")
+        .into_inner();
+    assert_eq!(h.records.len(), 2);
 }

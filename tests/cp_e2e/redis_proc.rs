@@ -149,3 +149,80 @@ fn spawn(port: u16, dir: &std::path::Path, extra: &[&str]) -> Proc {
         name: format!("redis:{port}"),
     }
 }
+
+/// A local Redis Cluster: three primaries joined with `redis-cli --cluster create`.
+pub struct Cluster {
+    pub nodes: Vec<Redis>,
+}
+
+/// A port whose cluster bus port (+10000) is free as well.
+fn cluster_port() -> u16 {
+    loop {
+        let p = free_port();
+        if p < 55_000 && std::net::TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok() {
+            return p;
+        }
+    }
+}
+
+impl Cluster {
+    pub async fn start() -> Cluster {
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            let dir = scratch("redis-cluster", "d");
+            std::fs::create_dir_all(&dir).expect("dir");
+            let extra = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ];
+            let port = cluster_port();
+            let mut r = Redis {
+                proc: spawn(port, &dir, &extra),
+                port,
+                dir,
+                extra: extra.iter().map(|s| s.to_string()).collect(),
+            };
+            r.port = port;
+            r.wait_up().await;
+            nodes.push(r);
+        }
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = tokio::process::Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .await
+            .expect("redis-cli must be installed (./.ci/test installs redis-tools)");
+        assert!(
+            out.status.success(),
+            "cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for n in &nodes {
+            while !n
+                .cmd(&["CLUSTER", "INFO"])
+                .await
+                .contains("cluster_state:ok")
+            {
+                assert!(Instant::now() < deadline, "cluster never became ok");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Cluster { nodes }
+    }
+
+    pub fn seeds(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.url()).collect()
+    }
+}
