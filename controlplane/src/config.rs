@@ -156,3 +156,28 @@ impl Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deploy_example_parses() {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/controlplane.local.yaml");
+        let c = Config::load(&p, Overrides::default()).unwrap();
+        assert!(matches!(c.redis, RedisTarget::Single(_)));
+    }
+
+    #[test]
+    fn public_listen_needs_tokens_and_redis_is_exclusive() {
+        let f: FileConfig = yaml_serde::from_str(
+            "listen: 0.0.0.0:1\nops_listen: 127.0.0.1:2\nredis: { url: redis://x/, cluster: [redis://y/] }\n",
+        )
+        .unwrap();
+        let e = Config::from_file(f, Overrides::default()).unwrap_err().0.join("\n");
+        assert!(e.contains("not a loopback address"), "{e}");
+        assert!(e.contains("exactly one of url or cluster"), "{e}");
+        let bad: Result<FileConfig, _> = yaml_serde::from_str("listen: a\nops_listen: b\nredis: {}\nextra: 1\n");
+        assert!(bad.is_err(), "unknown keys are rejected");
+    }
+}
