@@ -163,7 +163,8 @@ mod tests {
 
     #[test]
     fn deploy_example_parses() {
-        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/controlplane.local.yaml");
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/controlplane.local.yaml");
         let c = Config::load(&p, Overrides::default()).unwrap();
         assert!(matches!(c.redis, RedisTarget::Single(_)));
     }
@@ -174,10 +175,14 @@ mod tests {
             "listen: 0.0.0.0:1\nops_listen: 127.0.0.1:2\nredis: { url: redis://x/, cluster: [redis://y/] }\n",
         )
         .unwrap();
-        let e = Config::from_file(f, Overrides::default()).unwrap_err().0.join("\n");
+        let e = Config::from_file(f, Overrides::default())
+            .unwrap_err()
+            .0
+            .join("\n");
         assert!(e.contains("not a loopback address"), "{e}");
         assert!(e.contains("exactly one of url or cluster"), "{e}");
-        let bad: Result<FileConfig, _> = yaml_serde::from_str("listen: a\nops_listen: b\nredis: {}\nextra: 1\n");
+        let bad: Result<FileConfig, _> =
+            yaml_serde::from_str("listen: a\nops_listen: b\nredis: {}\nextra: 1\n");
         assert!(bad.is_err(), "unknown keys are rejected");
     }
 }

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use gg_proto::CloseCode;
-use tokio::sync::{Notify, mpsc};
+use std::collections::VecDeque;
+
+use tokio::sync::Notify;
 
 use crate::metrics::Protocol;
 
@@ -60,7 +62,11 @@ struct Inner {
     remote: SocketAddr,
     opened: Instant,
     opened_ms: u64,
-    tx: mpsc::Sender<Outbound>,
+    /// The session's bounded queue. A `VecDeque` rather than a channel: an
+    /// idle session's queue holds no allocation at all.
+    queue: std::sync::Mutex<VecDeque<Outbound>>,
+    queue_cap: usize,
+    ready: Notify,
     /// A close requested from outside the task (0 = none); first writer wins.
     close_code: AtomicU16,
     wake: Notify,
@@ -88,8 +94,7 @@ impl SessionHandle {
         protocol: Protocol,
         remote: SocketAddr,
         queue: usize,
-    ) -> (SessionHandle, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(queue);
+    ) -> (SessionHandle, Inbox) {
         let inner = Inner {
             id,
             user_id,
@@ -98,12 +103,15 @@ impl SessionHandle {
             remote,
             opened: Instant::now(),
             opened_ms: crate::router::overrides::now_ms(),
-            tx,
+            queue: std::sync::Mutex::new(VecDeque::new()),
+            queue_cap: queue.max(1),
+            ready: Notify::new(),
             close_code: AtomicU16::new(0),
             wake: Notify::new(),
             bindings: std::sync::Mutex::new(Vec::new()),
         };
-        (SessionHandle(Arc::new(inner)), rx)
+        let inner = Arc::new(inner);
+        (SessionHandle(inner.clone()), Inbox(inner))
     }
 
     pub fn id(&self) -> u64 {
@@ -152,14 +160,16 @@ impl SessionHandle {
     /// not reading fast enough: the session is closed as a slow consumer.
     /// Returns whether the message was queued.
     pub fn deliver(&self, msg: Outbound) -> bool {
-        match self.0.tx.try_send(msg) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.close(CloseCode::SlowConsumer);
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        let mut q = self.0.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if q.len() >= self.0.queue_cap {
+            drop(q);
+            self.close(CloseCode::SlowConsumer);
+            return false;
         }
+        q.push_back(msg);
+        drop(q);
+        self.0.ready.notify_one();
+        true
     }
 
     /// Asks the session task to close with `code` as soon as it can; works
@@ -185,6 +195,34 @@ impl SessionHandle {
             }
             self.0.wake.notified().await;
         }
+    }
+}
+
+/// The receiving end of a session's queue, owned by the session's task.
+pub struct Inbox(Arc<Inner>);
+
+impl Inbox {
+    /// Next message, waiting if there is none. Cancel-safe.
+    pub async fn recv(&mut self) -> Option<Outbound> {
+        loop {
+            if let Some(m) = self.try_recv() {
+                return Some(m);
+            }
+            // A push between the check and here leaves a permit, so no
+            // wake-up is lost.
+            self.0.ready.notified().await;
+        }
+    }
+
+    /// Next message if one is queued.
+    pub fn try_recv(&mut self) -> Option<Outbound> {
+        let mut q = self.0.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let m = q.pop_front();
+        // Give back memory after a burst.
+        if q.is_empty() && q.capacity() > 16 {
+            *q = VecDeque::new();
+        }
+        m
     }
 }
 

@@ -36,6 +36,9 @@ use crate::session::{Outbound, SessionHandle};
 pub const WS_PATH: &str = "/v1/ws";
 /// Prefix of one-shot call paths: `/v1/call/{service name or id}`.
 pub const CALL_PREFIX: &str = "/v1/call/";
+/// tungstenite's read chunk, allocated eagerly per WebSocket (its default is
+/// 128 KiB); messages larger than this are read in several chunks.
+const WS_READ_BUFFER: usize = 1024;
 /// The `seq` of the DATA frame an HTTP call sends (one request per session).
 const CALL_SEQ: u32 = 1;
 
@@ -185,7 +188,7 @@ fn upgrade(
     // A small read buffer keeps idle WebSocket sessions cheap (tungstenite's
     // default is 128 KiB per connection).
     let ws_cfg = WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(WS_READ_BUFFER)
         .write_buffer_size(0)
         .max_message_size(Some(max_msg))
         .max_frame_size(Some(max_msg));
@@ -363,10 +366,7 @@ async fn call_inner(
 
 /// Waits for the DATA (or ERROR) with the call's seq; other frames (pushes)
 /// are ignored.
-async fn wait_reply(
-    gw: &Gateway,
-    rx: &mut tokio::sync::mpsc::Receiver<Outbound>,
-) -> Result<Bytes, CallError> {
+async fn wait_reply(gw: &Gateway, rx: &mut crate::session::Inbox) -> Result<Bytes, CallError> {
     let timeout = gw.cfg.backend.request_timeout;
     let wait = async {
         while let Some(m) = rx.recv().await {

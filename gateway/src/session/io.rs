@@ -10,7 +10,7 @@ use futures_util::{SinkExt, StreamExt};
 use gg_proto::frame::{self, FrameError};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -35,8 +35,11 @@ pub enum ReadError {
 pub enum ClientIo {
     Tcp {
         stream: TcpStream,
+        /// Bytes read and not yet framed; released whenever it empties, so
+        /// an idle session holds no read buffer.
         rbuf: BytesMut,
-        wbuf: BytesMut,
+        /// Encoded frames waiting for `flush`.
+        pending: Vec<Bytes>,
     },
     Ws {
         ws: Box<WsStream>,
@@ -54,7 +57,7 @@ impl ClientIo {
         ClientIo::Tcp {
             stream,
             rbuf: prefix,
-            wbuf: BytesMut::new(),
+            pending: Vec::new(),
         }
     }
 
@@ -70,26 +73,41 @@ impl ClientIo {
         match self {
             ClientIo::Tcp { stream, rbuf, .. } => loop {
                 match frame::check(rbuf, max) {
-                    Ok(Some(total)) => return Ok(rbuf.split_to(total)),
-                    Ok(None) => {
-                        // Reserve exactly what the announced frame still
-                        // needs (bounded by `max` above), at least a chunk.
-                        let want = if rbuf.len() >= frame::LEN_BYTES {
-                            let len =
-                                u32::from_be_bytes([rbuf[0], rbuf[1], rbuf[2], rbuf[3]]) as usize;
-                            (frame::LEN_BYTES + len)
-                                .saturating_sub(rbuf.len())
-                                .max(READ_CHUNK)
-                        } else {
-                            READ_CHUNK
-                        };
-                        rbuf.reserve(want);
+                    Ok(Some(total)) => {
+                        let raw = rbuf.split_to(total);
+                        if rbuf.is_empty() {
+                            // The frame keeps the allocation alive until it is
+                            // forwarded; the session itself holds nothing.
+                            *rbuf = BytesMut::new();
+                        }
+                        return Ok(raw);
                     }
+                    Ok(None) => {}
                     Err(e) => return Err(ReadError::Frame(e)),
                 }
-                match stream.read_buf(rbuf).await {
+                // Wait for data before allocating (cancel-safe).
+                if let Err(e) = stream.readable().await {
+                    return Err(ReadError::Io(e));
+                }
+                // Reserve exactly what the announced frame still needs
+                // (bounded by `max` above), at least a chunk.
+                let want = if rbuf.len() >= frame::LEN_BYTES {
+                    let len = u32::from_be_bytes([rbuf[0], rbuf[1], rbuf[2], rbuf[3]]) as usize;
+                    (frame::LEN_BYTES + len)
+                        .saturating_sub(rbuf.len())
+                        .max(READ_CHUNK)
+                } else {
+                    READ_CHUNK
+                };
+                rbuf.reserve(want);
+                match stream.try_read_buf(rbuf) {
                     Ok(0) => return Err(ReadError::Closed),
                     Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        if rbuf.is_empty() {
+                            *rbuf = BytesMut::new();
+                        }
+                    }
                     Err(e) => return Err(ReadError::Io(e)),
                 }
             },
@@ -139,7 +157,7 @@ impl ClientIo {
     /// Queues an encoded frame; nothing is written until [`ClientIo::flush`].
     pub fn queue(&mut self, frame: Bytes) {
         match self {
-            ClientIo::Tcp { wbuf, .. } => wbuf.extend_from_slice(&frame),
+            ClientIo::Tcp { pending, .. } => pending.push(frame),
             ClientIo::Ws { pending, .. } => pending.push(frame),
         }
     }
@@ -147,7 +165,7 @@ impl ClientIo {
     /// Whether frames are queued.
     pub fn has_pending(&self) -> bool {
         match self {
-            ClientIo::Tcp { wbuf, .. } => !wbuf.is_empty(),
+            ClientIo::Tcp { pending, .. } => !pending.is_empty(),
             ClientIo::Ws { pending, .. } => !pending.is_empty(),
         }
     }
@@ -155,14 +173,26 @@ impl ClientIo {
     /// Writes every queued frame (one syscall for TCP when the socket keeps up).
     pub async fn flush(&mut self) -> io::Result<()> {
         match self {
-            ClientIo::Tcp { stream, wbuf, .. } => {
-                if !wbuf.is_empty() {
-                    stream.write_all(wbuf).await?;
-                    wbuf.clear();
-                    // Large one-off bursts should not pin memory on an idle session.
-                    if wbuf.capacity() > 64 * 1024 {
-                        *wbuf = BytesMut::new();
+            ClientIo::Tcp {
+                stream, pending, ..
+            } => {
+                match pending.len() {
+                    0 => {}
+                    // One frame: write it as is, no copy.
+                    1 => stream.write_all(&pending[0]).await?,
+                    // Several: one buffer, one syscall (when the socket keeps up).
+                    _ => {
+                        let total = pending.iter().map(Bytes::len).sum();
+                        let mut batch = BytesMut::with_capacity(total);
+                        for f in pending.iter() {
+                            batch.extend_from_slice(f);
+                        }
+                        stream.write_all(&batch).await?;
                     }
+                }
+                pending.clear();
+                if pending.capacity() > 4 {
+                    *pending = Vec::new();
                 }
                 Ok(())
             }

@@ -13,7 +13,6 @@ use bytes::{Bytes, BytesMut};
 use gg_proto::control::{self, Open, Welcome};
 use gg_proto::frame::{self, FrameError, Header, Kind};
 use gg_proto::{CloseCode, ErrorCode, Frame};
-use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep};
 use tracing::{debug, info};
 
@@ -413,7 +412,7 @@ async fn end_transport(io: &mut ClientIo, session_id: u64, c: &Closing, pm: &Pro
 struct Session {
     gw: Arc<Gateway>,
     handle: SessionHandle,
-    rx: mpsc::Receiver<Outbound>,
+    rx: super::Inbox,
     io: ClientIo,
     pm: ProtoMetrics,
     bindings: Vec<Binding>,
@@ -530,8 +529,8 @@ impl Session {
         self.on_outbound(first)?;
         for _ in 1..MAX_BATCH {
             match self.rx.try_recv() {
-                Ok(m) => self.on_outbound(m)?,
-                Err(_) => break,
+                Some(m) => self.on_outbound(m)?,
+                None => break,
             }
         }
         Ok(())

@@ -1,0 +1,309 @@
+//! `cpbench`: control-plane fan-out benchmark. Starts a private
+//! `redis-server`, one `controlplane`, N gateways (control-plane mode) and a
+//! sample backend, all on free loopback ports, then measures:
+//! - the time from a write acknowledged by the control plane to that revision
+//!   applied on all N gateways (p50/p99 over `--writes` writes), polling each
+//!   gateway's admin `GetInfo` every millisecond;
+//! - directory efficiency: session events written per Redis round trip while
+//!   `--sessions` clients connect at once.
+//!
+//! Every child is killed when the program exits.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use gg_proto::frame::{Frame, Header, Kind};
+use gg_proto::pb::admin as gwpb;
+use gg_proto::pb::controlplane as pb;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "cpbench",
+    about = "Control-plane fan-out and directory benchmark"
+)]
+struct Args {
+    #[arg(long, default_value_t = 4)]
+    gateways: usize,
+    #[arg(long, default_value_t = 50)]
+    writes: usize,
+    #[arg(long, default_value_t = 2000)]
+    sessions: usize,
+    /// Directory with the gateway, controlplane and sample-backend binaries
+    /// (default: this program's directory).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+}
+
+struct Kids(Vec<Child>);
+
+impl Drop for Kids {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.start_kill();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+async fn spawn(kids: &mut Kids, bin: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let mut c = Command::new(bin)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let out = c
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    kids.0.push(c);
+    let mut lines = BufReader::new(out).lines();
+    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await??
+        .unwrap_or_default();
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok(line)
+}
+
+fn field(line: &str, key: &str) -> anyhow::Result<SocketAddr> {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key))
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no {key} in {line:?}"))
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[(((sorted.len() - 1) as f64) * p).round() as usize]
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let dir = match args.bin_dir {
+        Some(d) => d,
+        None => std::env::current_exe()?
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default(),
+    };
+    let tmp = std::env::temp_dir().join(format!("cpbench-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp)?;
+    let mut kids = Kids(Vec::new());
+
+    let rport = free_port();
+    let redis = Command::new("redis-server")
+        .args([
+            "--port",
+            &rport.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    kids.0.push(redis);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", rport)).await.is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "redis-server did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let cp_cfg = tmp.join("cp.yaml");
+    std::fs::write(
+        &cp_cfg,
+        format!(
+            "id: cp-bench\nlisten: 127.0.0.1:0\nops_listen: 127.0.0.1:0\nredis: {{ url: \"redis://127.0.0.1:{rport}/\" }}\nreconcile_ms: 1000\nlease_ms: 15000\n"
+        ),
+    )?;
+    let line = spawn(
+        &mut kids,
+        &dir.join("controlplane"),
+        &[
+            "--config",
+            cp_cfg.to_str().unwrap_or_default(),
+            "--log",
+            "warn",
+        ],
+    )
+    .await?;
+    let (cp_grpc, cp_ops) = (field(&line, "grpc=")?, field(&line, "ops=")?);
+    let line = spawn(
+        &mut kids,
+        &dir.join("sample-backend"),
+        &["--listen", "127.0.0.1:0", "--name", "b"],
+    )
+    .await?;
+    let backend: SocketAddr = line.trim_start_matches("listening ").parse()?;
+
+    let channel = tonic::transport::Channel::from_shared(format!("http://{cp_grpc}"))?
+        .connect()
+        .await?;
+    let mut cp = pb::control_plane_client::ControlPlaneClient::new(channel);
+    cp.put_service(pb::PutServiceRequest {
+        service: Some(pb::Service {
+            name: "echo".into(),
+            id: 1,
+            strategy: "round_robin".into(),
+            endpoints: vec![backend.to_string()],
+        }),
+        options: None,
+    })
+    .await?;
+
+    let mut gws = Vec::new();
+    for i in 0..args.gateways {
+        let cfg = tmp.join(format!("gw{i}.yaml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "gateway_id: bench-gw-{i}\nlisten: 127.0.0.1:0\nops_listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\nlimits: {{ max_connections_per_ip: 100000 }}\ncontrolplane:\n  url: http://{cp_grpc}\n  snapshot_path: {}\n",
+                tmp.join(format!("gw{i}.pb")).display()
+            ),
+        )?;
+        let line = spawn(
+            &mut kids,
+            &dir.join("gateway"),
+            &[
+                "--config",
+                cfg.to_str().unwrap_or_default(),
+                "--log",
+                "warn",
+            ],
+        )
+        .await?;
+        let admin = field(&line, "admin=")?;
+        let client = field(&line, "client=")?;
+        let ch = tonic::transport::Channel::from_shared(format!("http://{admin}"))?
+            .connect()
+            .await?;
+        gws.push((
+            client,
+            gwpb::gateway_admin_client::GatewayAdminClient::new(ch),
+        ));
+    }
+    // Wait until every gateway serves revision 1.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for (_, a) in &mut gws {
+        while a
+            .get_info(gwpb::GetInfoRequest {})
+            .await?
+            .into_inner()
+            .config_revision
+            < 1
+        {
+            anyhow::ensure!(Instant::now() < deadline, "gateways did not sync");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    let (mut all, mut first) = (Vec::new(), Vec::new());
+    for i in 0..args.writes {
+        let w = cp
+            .put_realm(pb::PutRealmRequest {
+                realm_id: 10 + i as u32,
+                endpoint: backend.to_string(),
+                options: None,
+            })
+            .await?
+            .into_inner();
+        let acked = Instant::now();
+        let mut waits = Vec::new();
+        for (_, a) in &gws {
+            let mut a = a.clone();
+            waits.push(tokio::spawn(async move {
+                loop {
+                    if let Ok(i) = a.get_info(gwpb::GetInfoRequest {}).await
+                        && i.into_inner().config_revision >= w.revision
+                    {
+                        return acked.elapsed();
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }));
+        }
+        let mut times = Vec::new();
+        for t in waits {
+            times.push(t.await?.as_secs_f64() * 1000.0);
+        }
+        times.sort_by(f64::total_cmp);
+        first.push(times[0]);
+        all.push(times[times.len() - 1]);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    all.sort_by(f64::total_cmp);
+    first.sort_by(f64::total_cmp);
+    println!(
+        "fan-out: {} writes, {} gateways: ack → applied on all: p50 {:.2} ms, p99 {:.2} ms (first gateway: p50 {:.2} ms)",
+        args.writes,
+        args.gateways,
+        pct(&all, 0.5),
+        pct(&all, 0.99),
+        pct(&first, 0.5)
+    );
+
+    // Directory: a burst of sessions across the gateways.
+    let before = metric(cp_ops, "cp_directory_events_total").await?;
+    let before_rt = metric(cp_ops, "cp_directory_roundtrips_total").await?;
+    let mut conns = Vec::new();
+    for i in 0..args.sessions {
+        let (client, _) = &gws[i % gws.len()];
+        let mut s = TcpStream::connect(client).await?;
+        let mut h = Header::new(Kind::Hello);
+        h.user_id = i as u64 + 1;
+        s.write_all(&Frame::new(h, &b"{}"[..]).to_bytes()).await?;
+        conns.push(s);
+    }
+    let t0 = Instant::now();
+    loop {
+        let ev = metric(cp_ops, "cp_directory_events_total").await? - before;
+        if ev >= args.sessions as f64 || t0.elapsed() > Duration::from_secs(30) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let events = metric(cp_ops, "cp_directory_events_total").await? - before;
+    let rts = metric(cp_ops, "cp_directory_roundtrips_total").await? - before_rt;
+    println!(
+        "directory: {} session opens → {:.0} events in {:.0} Redis round trips = {:.1} events per round trip (all in directory after {:.0} ms)",
+        args.sessions,
+        events,
+        rts,
+        events / rts.max(1.0),
+        t0.elapsed().as_secs_f64() * 1000.0
+    );
+    drop(conns);
+    drop(kids);
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
+}
+
+async fn metric(ops: SocketAddr, name: &str) -> anyhow::Result<f64> {
+    let mut s = TcpStream::connect(ops).await?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).await?;
+    Ok(body
+        .lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0))
+}
