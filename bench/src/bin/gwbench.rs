@@ -566,8 +566,8 @@ async fn session_open(
 ) -> anyhow::Result<(u64, Vec<u32>)> {
     let every = Duration::from_secs_f64(1.0 / rate.max(0.001));
     // Random phase so sessions do not all fire together.
-    let phase = Duration::from_nanos(sid.wrapping_mul(0x9e37_79b9_7f4a_7c15) % (every.as_nanos().max(1) as u64));
-        (sid.wrapping_mul(0x9e37_79b9_7f4a_7c15) % every.as_nanos().max(1) as u64) as u64,
+    let phase = Duration::from_nanos(
+        sid.wrapping_mul(0x9e37_79b9_7f4a_7c15) % (every.as_nanos().max(1) as u64),
     );
     let mut next = Instant::now() + phase;
     let mut scheduled = std::collections::HashMap::new();
