@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use gateway::admin::{authenticate, require};
+use gateway::admin::{auth_interceptor, require};
 use gateway::config::{Scope, Token};
 use gg_proto::pb::admin as gwpb;
 use gg_proto::pb::controlplane as pb;
@@ -53,15 +53,7 @@ pub async fn serve(
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let tokens: Arc<[Token]> = cp.cfg.tokens.clone().into();
-    let auth = move |mut req: Request<()>| {
-        let header = req
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok());
-        let caller = authenticate(&tokens, header)?;
-        req.extensions_mut().insert(caller);
-        Ok(req)
-    };
+    let auth = auth_interceptor(tokens);
     let (health, health_svc) = tonic_health::server::health_reporter();
     health.set_serving::<ControlPlaneServer<Api>>().await;
     let reflection = || {

@@ -2,63 +2,15 @@
 //! own file, so a bundle the control plane accepts is one every gateway
 //! accepts) and a human-readable diff between two bundles.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
-use gateway::config::{FileService, RoutesConfig, check_endpoint, validate_routes};
+use gateway::config::RoutesConfig;
 use gg_proto::pb::controlplane as pb;
 
-/// Validates a bundle; every problem is reported at once.
+/// Validates a bundle; every problem is reported at once. This is the
+/// gateway's own check, so a bundle written here is one every gateway applies.
 pub fn validate(b: &pb::ConfigBundle) -> Result<RoutesConfig, Vec<String>> {
-    let mut errs = Vec::new();
-    let services: Vec<FileService> = b
-        .services
-        .iter()
-        .filter_map(|s| match u16::try_from(s.id) {
-            Ok(id) => Some(FileService {
-                name: s.name.clone(),
-                id,
-                strategy: s.strategy.clone(),
-                endpoints: s.endpoints.clone(),
-            }),
-            Err(_) => {
-                errs.push(format!(
-                    "services[{}]: id {} does not fit in u16",
-                    s.name, s.id
-                ));
-                None
-            }
-        })
-        .collect();
-    let realms: BTreeMap<String, String> = b
-        .realms
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.clone()))
-        .collect();
-    let routes = validate_routes(&services, &realms, &mut errs);
-    let mut ids = HashSet::new();
-    for o in &b.overrides {
-        let at = format!("overrides[{}]", o.id);
-        if o.id.is_empty() {
-            errs.push("overrides[]: every override needs an id".into());
-        } else if !ids.insert(&o.id) {
-            errs.push(format!("{at}: duplicate id"));
-        }
-        if !services.iter().any(|s| u32::from(s.id) == o.service_type) {
-            errs.push(format!(
-                "{at}: no service with service_type {}",
-                o.service_type
-            ));
-        }
-        check_endpoint(&format!("{at}.target"), &o.target, &mut errs);
-        if o.reason.trim().is_empty() {
-            errs.push(format!("{at}: reason is required"));
-        }
-    }
-    if errs.is_empty() {
-        Ok(routes)
-    } else {
-        Err(errs)
-    }
+    gateway::cpclient::routes_from_bundle(b).map(|(routes, _)| routes)
 }
 
 /// A canonical form so equal bundles compare equal whatever their order.

@@ -72,6 +72,22 @@ pub fn authenticate(tokens: &[Token], header: Option<&str>) -> Result<Caller, St
         .ok_or_else(|| Status::unauthenticated("invalid token: check the token for this gateway"))
 }
 
+/// A tonic interceptor that authenticates every call and attaches the
+/// [`Caller`] for [`require`]. Shared by the gateway and the control plane.
+pub fn auth_interceptor(
+    tokens: Arc<[Token]>,
+) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone {
+    move |mut req: Request<()>| {
+        let header = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        let caller = authenticate(&tokens, header)?;
+        req.extensions_mut().insert(caller);
+        Ok(req)
+    }
+}
+
 /// Fails with PERMISSION_DENIED unless the caller's scope covers `need`.
 pub fn require<T>(req: &Request<T>, need: Scope) -> Result<Caller, Status> {
     let caller = req
@@ -102,15 +118,7 @@ pub async fn serve(gw: Arc<Gateway>, listener: TcpListener, stop: CancellationTo
     if tokens.is_empty() {
         warn!("admin API has no tokens: every local caller has the admin scope (loopback only)");
     }
-    let interceptor = move |mut req: Request<()>| {
-        let header = req
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok());
-        let caller = authenticate(&tokens, header)?;
-        req.extensions_mut().insert(caller);
-        Ok(req)
-    };
+    let interceptor = auth_interceptor(tokens);
     let svc = service::AdminService::new(gw.clone(), stop.clone());
     let (health, health_svc) = tonic_health::server::health_reporter();
     health

@@ -22,9 +22,12 @@ use crate::config::{ControlPlaneSettings, FileService};
 use crate::router::overrides::Override;
 use crate::{Gateway, SessionEvent};
 
-/// Why a snapshot was not applied.
-fn convert(v: &pb::Versioned) -> Result<(crate::config::RoutesConfig, Vec<Override>), String> {
-    let b = v.bundle.clone().unwrap_or_default();
+/// Validates a control-plane bundle with the same rules as a config file
+/// and converts it; every problem is reported. The control plane runs this
+/// very function before writing, so what it accepts every gateway accepts.
+pub fn routes_from_bundle(
+    b: &pb::ConfigBundle,
+) -> Result<(crate::config::RoutesConfig, Vec<Override>), Vec<String>> {
     let mut errs = Vec::new();
     let services: Vec<FileService> = b
         .services
@@ -38,7 +41,7 @@ fn convert(v: &pb::Versioned) -> Result<(crate::config::RoutesConfig, Vec<Overri
             }),
             Err(_) => {
                 errs.push(format!(
-                    "service {} id {} does not fit in u16",
+                    "services[{}]: id {} does not fit in u16",
                     s.name, s.id
                 ));
                 None
@@ -52,9 +55,26 @@ fn convert(v: &pb::Versioned) -> Result<(crate::config::RoutesConfig, Vec<Overri
         .collect();
     let routes = crate::config::validate_routes(&services, &realms, &mut errs);
     let mut overrides = Vec::new();
+    let mut ids = std::collections::HashSet::new();
     for o in &b.overrides {
-        match u16::try_from(o.service_type) {
-            Ok(service) => overrides.push(Override {
+        let at = format!("overrides[{}]", o.id);
+        if o.id.is_empty() {
+            errs.push("overrides[]: every override needs an id".into());
+        } else if !ids.insert(o.id.as_str()) {
+            errs.push(format!("{at}: duplicate id"));
+        }
+        if !services.iter().any(|s| u32::from(s.id) == o.service_type) {
+            errs.push(format!(
+                "{at}: no service with service_type {}",
+                o.service_type
+            ));
+        }
+        crate::config::check_endpoint(&format!("{at}.target"), &o.target, &mut errs);
+        if o.reason.trim().is_empty() {
+            errs.push(format!("{at}: reason is required"));
+        }
+        if let Ok(service) = u16::try_from(o.service_type) {
+            overrides.push(Override {
                 id: o.id.clone(),
                 service,
                 user: o.user_id,
@@ -67,14 +87,13 @@ fn convert(v: &pb::Versioned) -> Result<(crate::config::RoutesConfig, Vec<Overri
                 expires_at_ms: o.expires_at_ms,
                 created_at_ms: 0,
                 move_existing: false,
-            }),
-            Err(_) => errs.push(format!("override {} service_type out of range", o.id)),
+            });
         }
     }
     if errs.is_empty() {
         Ok((routes, overrides))
     } else {
-        Err(errs.join("; "))
+        Err(errs)
     }
 }
 
@@ -91,7 +110,8 @@ pub fn apply(gw: &Gateway, v: &pb::Versioned, persist: Option<&Path>) -> Result<
     if v.epoch == epoch && v.revision <= rev {
         return Ok(false);
     }
-    let (routes, overrides) = convert(v)?;
+    let (routes, overrides) =
+        routes_from_bundle(&v.bundle.clone().unwrap_or_default()).map_err(|e| e.join("; "))?;
     gw.apply_routes(&routes, overrides, v.revision, &v.epoch);
     info!(revision = v.revision, epoch = %v.epoch, services = routes.services.len(), "config applied");
     if let Some(path) = persist

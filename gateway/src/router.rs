@@ -81,11 +81,14 @@ impl RouteTable {
         session: u64,
         now_ms: u64,
     ) -> Option<Arc<overrides::Override>> {
-        self.cluster_overrides
-            .iter()
-            .filter(|o| !o.expired(now_ms) && o.matches(service, realm, user, session))
-            .max_by_key(|o| o.specificity())
-            .cloned()
+        overrides::most_specific(
+            &self.cluster_overrides,
+            service,
+            realm,
+            user,
+            session,
+            now_ms,
+        )
     }
 
     /// Looks up a service by its numeric id or by name (HTTP paths use either).

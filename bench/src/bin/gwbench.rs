@@ -189,22 +189,46 @@ fn print(r: &Report, worker: bool) {
 }
 
 /// Runs `procs` copies of this process, each with a share of the sessions.
+/// For `idle`, the SUT's RSS is read once every worker reports its sessions
+/// open (a line `OPEN` on its stdout) and before any of them closes.
 async fn fan_out(args: &Args, common: &Common) -> anyhow::Result<Report> {
+    use tokio::io::AsyncBufReadExt;
     let exe = std::env::current_exe()?;
     let raw: Vec<String> = std::env::args().skip(1).collect();
     let before = sut_snapshot(&common.sut_pids);
-    let t0 = Instant::now();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(usize, String)>(64);
     let mut children = Vec::new();
     for w in 0..common.procs {
         let mut cmd = tokio::process::Command::new(&exe);
         cmd.args(&raw).arg("--worker").arg(w.to_string());
         cmd.stdout(std::process::Stdio::piped());
-        children.push(cmd.spawn()?);
+        let mut child = cmd.spawn()?;
+        let out = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(out).lines();
+            while let Ok(Some(l)) = lines.next_line().await {
+                let _ = tx.send((w, l)).await;
+            }
+        });
+        children.push(child);
     }
+    drop(tx);
+    let mut opened = 0;
+    let mut idle_after = None;
     let mut merged = Report::default();
-    for c in children {
-        let out = c.wait_with_output().await?;
-        let line = String::from_utf8_lossy(&out.stdout);
+    while let Some((_, line)) = rx.recv().await {
+        if line == "OPEN" {
+            opened += 1;
+            if opened == common.procs {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                idle_after = Some(sut_snapshot(&common.sut_pids));
+            }
+            continue;
+        }
         let r: Report = serde_json::from_str(line.trim())?;
         merged.scenario = r.scenario;
         merged.sessions += r.sessions;
@@ -213,14 +237,16 @@ async fn fan_out(args: &Args, common: &Common) -> anyhow::Result<Report> {
         merged.throughput += r.throughput;
         merged.seconds = merged.seconds.max(r.seconds);
         merged.samples.extend(r.samples);
-        merged.rss_per_session = r.rss_per_session.max(merged.rss_per_session);
+    }
+    for mut c in children {
+        c.wait().await?;
     }
     let after = sut_snapshot(&common.sut_pids);
-    let _ = (t0, args);
     finish(&mut merged, before, after);
-    if matches!(args.cmd, Cmd::Idle(_)) {
+    if let (Cmd::Idle(_), Some(at)) = (&args.cmd, idle_after) {
         merged.rss_per_session =
-            (after.1.saturating_sub(before.1) * 1024) as f64 / merged.sessions.max(1) as f64;
+            (at.1.saturating_sub(before.1) * 1024) as f64 / merged.sessions.max(1) as f64;
+        merged.sut_rss_kb = at.1;
     }
     merged.samples.clear();
     Ok(merged)
@@ -310,7 +336,14 @@ enum Conn {
 impl Conn {
     async fn connect(common: &Common, index: u64) -> anyhow::Result<(Conn, u64)> {
         let sock = TcpSocket::new_v4()?;
-        sock.bind(SocketAddr::new(source_ip(common), 0))?;
+        // Without SO_REUSEADDR, bind(port 0) searches for a port that is not
+        // even in TIME_WAIT and takes milliseconds under churn.
+        sock.set_reuseaddr(true)?;
+        // A single process lets connect() pick the source (fastest); workers
+        // each take their own 127.0.0.x for more ports and per-IP limits.
+        if common.worker.is_some() {
+            sock.bind(SocketAddr::new(source_ip(common), 0))?;
+        }
         let s = sock.connect(common.target).await?;
         s.set_nodelay(true)?;
         let mut conn = match common.proto {
@@ -613,6 +646,10 @@ async fn idle(a: &IdleArgs) -> anyhow::Result<Report> {
             Ok(c) => conns.push(c),
             Err(_) => errors += 1,
         }
+    }
+    if common.worker.is_some() {
+        // Tell the parent; it reads the SUT's RSS while every worker holds.
+        println!("OPEN");
     }
     tokio::time::sleep(Duration::from_secs_f64(a.hold)).await;
     let after = sut_snapshot(&common.sut_pids);

@@ -82,6 +82,21 @@ fn session_pb(gw: &Gateway, s: &SessionHandle) -> pb::Session {
     }
 }
 
+fn backend_pb(ep: &crate::backend::Endpoint) -> pb::Backend {
+    let now = std::time::Instant::now();
+    pb::Backend {
+        endpoint: ep.addr.to_string(),
+        connections_up: ep.connections_up() as u32,
+        connections: ep.conns.len() as u32,
+        sessions: ep.sessions() as u64,
+        in_flight: ep.queued() as u64,
+        circuit: ep.breaker.state_name(now).to_string(),
+        state: ep.admin_state().name().to_string(),
+        unknown_session_replies: ep.unknown_session.get(),
+        consecutive_failures: ep.breaker.consecutive_failures(),
+    }
+}
+
 fn override_pb(o: &Override) -> pb::RouteOverride {
     pb::RouteOverride {
         id: o.id.clone(),
@@ -648,23 +663,12 @@ impl GatewayAdmin for AdminService {
         req: Request<pb::ListBackendsRequest>,
     ) -> Result<Response<pb::ListBackendsResponse>, Status> {
         require(&req, Scope::Read)?;
-        let now = std::time::Instant::now();
         let backends = self
             .gw
             .backends
             .endpoints()
             .iter()
-            .map(|ep| pb::Backend {
-                endpoint: ep.addr.to_string(),
-                connections_up: ep.connections_up() as u32,
-                connections: ep.conns.len() as u32,
-                sessions: ep.sessions() as u64,
-                in_flight: ep.queued() as u64,
-                circuit: ep.breaker.state_name(now).to_string(),
-                state: ep.admin_state().name().to_string(),
-                unknown_session_replies: ep.unknown_session.get(),
-                consecutive_failures: ep.breaker.consecutive_failures(),
-            })
+            .map(|ep| backend_pb(ep))
             .collect();
         Ok(Response::new(pb::ListBackendsResponse { backends }))
     }
@@ -686,17 +690,6 @@ impl GatewayAdmin for AdminService {
         })?;
         ep.set_admin_state(state);
         info!(caller = %caller.name, endpoint = %ep.addr, state = state.name(), "backend state set");
-        let now = std::time::Instant::now();
-        Ok(Response::new(pb::Backend {
-            endpoint: ep.addr.to_string(),
-            connections_up: ep.connections_up() as u32,
-            connections: ep.conns.len() as u32,
-            sessions: ep.sessions() as u64,
-            in_flight: ep.queued() as u64,
-            circuit: ep.breaker.state_name(now).to_string(),
-            state: state.name().to_string(),
-            unknown_session_replies: ep.unknown_session.get(),
-            consecutive_failures: ep.breaker.consecutive_failures(),
-        }))
+        Ok(Response::new(backend_pb(&ep)))
     }
 }

@@ -56,6 +56,21 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// The most specific unexpired override in `list` for a binding (newest on ties).
+pub fn most_specific(
+    list: &[Arc<Override>],
+    service: u16,
+    realm: u32,
+    user: u64,
+    session: u64,
+    now_ms: u64,
+) -> Option<Arc<Override>> {
+    list.iter()
+        .filter(|o| !o.expired(now_ms) && o.matches(service, realm, user, session))
+        .max_by_key(|o| (o.specificity(), o.created_at_ms))
+        .cloned()
+}
+
 #[derive(Default)]
 pub struct Overrides {
     list: ArcSwap<Vec<Arc<Override>>>,
@@ -115,12 +130,7 @@ impl Overrides {
         session: u64,
         now_ms: u64,
     ) -> Option<Arc<Override>> {
-        self.list
-            .load()
-            .iter()
-            .filter(|o| !o.expired(now_ms) && o.matches(service, realm, user, session))
-            .max_by_key(|o| (o.specificity(), o.created_at_ms))
-            .cloned()
+        most_specific(&self.list.load(), service, realm, user, session, now_ms)
     }
 
     /// Drops expired overrides; returns them (for logging).

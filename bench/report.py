@@ -1,0 +1,115 @@
+#!/usr/bin/env python3
+"""Turns bench/compare's results (JSON lines) into docs/benchmarks.md and an SVG chart.
+
+usage: report.py RESULTS.jsonl OUT.md OUT.svg MACHINE PEERS COMMAND
+Medians over rounds; ratios against the peers measured in the same run.
+"""
+import json
+import statistics
+import sys
+
+results_path, md_path, svg_path, machine, peers, command = sys.argv[1:7]
+rows = [json.loads(l) for l in open(results_path) if l.strip()]
+TARGETS = ["direct", "gateway", "nginx", "haproxy"]
+
+
+def med(target, scenario, key):
+    vals = [r[key] for r in rows if r["target"] == target and r["scenario"] == scenario]
+    return statistics.median(vals) if vals else None
+
+
+def syscalls_per_rt(target):
+    vals = []
+    for r in rows:
+        if r["target"] == target and r["scenario"] == "closed1" and r.get("syscalls") and r["throughput"]:
+            # perf counted over warm-up + measured window; requests over the window.
+            window = r["seconds"] + 1.0
+            vals.append(r["syscalls"] / (r["throughput"] * window))
+    return statistics.median(vals) if vals else None
+
+
+def fmt(v, spec="{:.0f}"):
+    return "n/a" if v is None else spec.format(v)
+
+
+def ratio(a, b):
+    return None if a is None or b in (None, 0) else a / b
+
+
+lines = ["# Benchmarks", ""]
+lines += [
+    "Produced by `bench/compare` (load generator: `gwbench`; the report: `bench/report.py`). "
+    "All paths were measured in the same run, interleaved round by round, with the same echo backend "
+    "(`sample-backend`) behind them. The gateway speaks the client protocol (HELLO/WELCOME, then DATA). "
+    "Direct, nginx and HAProxy carry the backend protocol (HELLO and OPEN, then DATA), so every path runs "
+    "the same DATA echo. Figures are medians over the rounds.",
+    "",
+    f"- Machine: {machine}. The load generator, the backend and the proxy share these cores.",
+    f"- Peers: nginx {peers.split(',')[0].strip()} (`stream`, 1 worker), HAProxy {peers.split(',')[1].strip()} (`mode tcp`, `nbthread 1`).",
+    f"- Command: `{command}`",
+    "- The raw results are in `docs/benchmarks.jsonl`.",
+    "",
+    "![throughput](benchmarks.svg)",
+    "",
+    "## Results",
+    "",
+    "| scenario | metric | direct | gateway | nginx | haproxy |",
+    "|---|---|---|---|---|---|",
+]
+for sc, label in [("closed1", "closed loop, 100 sessions × 1 in flight, 64 B"), ("closed16", "closed loop, 100 sessions × 16 in flight"), ("open20k", "open loop, 20k msg/s"), ("churn", "connect churn (new session + 1 round trip)")]:
+    for key, name, spec in [("throughput", "throughput /s", "{:.0f}"), ("p50_us", "p50 µs", "{:.0f}"), ("p99_us", "p99 µs", "{:.0f}"), ("p999_us", "p99.9 µs", "{:.0f}"), ("sut_cpu_us_per_req", "CPU µs/req (proxy)", "{:.1f}")]:
+        if sc == "churn" and key == "p999_us":
+            continue
+        vals = [fmt(med(t, sc, key), spec) for t in TARGETS]
+        lines.append(f"| {label} | {name} | " + " | ".join(vals) + " |")
+vals = [fmt(syscalls_per_rt(t), "{:.2f}") if t != "direct" else "—" for t in TARGETS]
+lines.append("| closed loop, 1 in flight | syscalls per round trip (proxy process) | " + " | ".join(vals) + " |")
+for sc, label in [("idle", "idle TCP sessions"), ("idle_ws", "idle WebSocket sessions")]:
+    vals = [fmt(med(t, sc, "rss_per_session"), "{:.0f} B") if med(t, sc, "rss_per_session") is not None else "—" for t in TARGETS]
+    lines.append(f"| {label} | RSS per session | " + " | ".join(vals) + " |")
+
+# Goals from the issue, measured against the peers of this run.
+gw1, ng1, ha1 = (med(t, "closed1", "throughput") for t in ("gateway", "nginx", "haproxy"))
+gw16 = med("gateway", "closed16", "throughput")
+best16 = max(v for v in (med("nginx", "closed16", "throughput"), med("haproxy", "closed16", "throughput")) if v is not None) if rows else None
+d99 = med("direct", "open20k", "p99_us")
+add = lambda t: (None if med(t, "open20k", "p99_us") is None or d99 is None else max(med(t, "open20k", "p99_us") - d99, 1.0))
+sys_gw, sys_ng = syscalls_per_rt("gateway"), syscalls_per_rt("nginx")
+churn_gw, churn_ha = med("gateway", "churn", "throughput"), med("haproxy", "churn", "throughput")
+goals = [
+    ("closed 1 in flight: throughput ≥ 1.5× nginx", ratio(gw1, ng1), 1.5, True),
+    ("closed 1 in flight: throughput ≥ 1.2× HAProxy", ratio(gw1, ha1), 1.2, True),
+    ("closed 1 in flight: syscalls per round trip ≤ 0.6× nginx", ratio(sys_gw, sys_ng), 0.6, False),
+    ("closed 16 in flight: throughput ≥ 1.0× best peer", ratio(gw16, best16), 1.0, True),
+    ("open 20k/s: added p99 ≤ 0.7× nginx's added p99", ratio(add("gateway"), add("nginx")), 0.7, False),
+    ("idle TCP: ≤ 2 KB per session", (med("gateway", "idle", "rss_per_session") or 0) / 1024, 2.0, False),
+    ("idle WebSocket: ≤ 4 KB per session", (med("gateway", "idle_ws", "rss_per_session") or 0) / 1024, 4.0, False),
+    ("connect churn: new sessions/s ≥ 1.0× HAProxy", ratio(churn_gw, churn_ha), 1.0, True),
+]
+lines += ["", "## Goals", "", "| goal | measured | met |", "|---|---|---|"]
+for name, v, target, higher in goals:
+    met = "n/a" if v is None else ("yes" if (v >= target if higher else v <= target) else "no")
+    lines.append(f"| {name} | {fmt(v, '{:.2f}')} | {met} |")
+lines.append("")
+open(md_path, "w").write("\n".join(lines) + "\n")
+
+# Grouped bar chart: closed-loop throughput per path.
+groups = [("closed1", "1 in flight"), ("closed16", "16 in flight")]
+colors = {"direct": "#999999", "gateway": "#2b7bb9", "nginx": "#3a9d23", "haproxy": "#d9822b"}
+vmax = max([med(t, g, "throughput") or 0 for t in TARGETS for g, _ in groups] + [1])
+W, H, pad, bw = 640, 320, 50, 28
+svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">',
+       f'<text x="{W/2}" y="18" text-anchor="middle" font-size="14">Closed-loop throughput (median, requests/s)</text>']
+for gi, (g, label) in enumerate(groups):
+    x0 = pad + gi * (W - pad) / len(groups)
+    for ti, t in enumerate(TARGETS):
+        v = med(t, g, "throughput") or 0
+        h = (H - 90) * v / vmax
+        x = x0 + ti * (bw + 8)
+        svg.append(f'<rect x="{x:.0f}" y="{H - 50 - h:.0f}" width="{bw}" height="{h:.0f}" fill="{colors[t]}"/>')
+        svg.append(f'<text x="{x + bw/2:.0f}" y="{H - 54 - h:.0f}" text-anchor="middle" font-size="10">{v/1000:.0f}k</text>')
+    svg.append(f'<text x="{x0 + 2*(bw+8):.0f}" y="{H - 32}" text-anchor="middle">{label}</text>')
+for ti, t in enumerate(TARGETS):
+    svg.append(f'<rect x="{pad + ti*120}" y="{H - 18}" width="10" height="10" fill="{colors[t]}"/><text x="{pad + ti*120 + 14}" y="{H - 9}">{t}</text>')
+svg.append("</svg>")
+open(svg_path, "w").write("\n".join(svg) + "\n")
