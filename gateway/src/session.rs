@@ -69,7 +69,6 @@ struct Inner {
     ready: Notify,
     /// A close requested from outside the task (0 = none); first writer wins.
     close_code: AtomicU16,
-    wake: Notify,
     /// (service_type, endpoint) of each binding, for admin lookups; written
     /// only when bindings change.
     bindings: std::sync::Mutex<Vec<(u16, Arc<str>)>>,
@@ -107,7 +106,6 @@ impl SessionHandle {
             queue_cap: queue.max(1),
             ready: Notify::new(),
             close_code: AtomicU16::new(0),
-            wake: Notify::new(),
             bindings: std::sync::Mutex::new(Vec::new()),
         };
         let inner = Arc::new(inner);
@@ -179,22 +177,14 @@ impl SessionHandle {
             self.0
                 .close_code
                 .compare_exchange(0, code.code(), Ordering::AcqRel, Ordering::Acquire);
-        self.0.wake.notify_one();
+        // The same wake-up as the queue: one Notify per session, one
+        // branch in the session's select loop.
+        self.0.ready.notify_one();
     }
 
     /// The close requested from outside, if any.
     pub fn requested_close(&self) -> Option<CloseCode> {
         CloseCode::from_u16(self.0.close_code.load(Ordering::Acquire))
-    }
-
-    /// Resolves when [`SessionHandle::close`] was called.
-    async fn close_requested(&self) {
-        loop {
-            if self.requested_close().is_some() {
-                return;
-            }
-            self.0.wake.notified().await;
-        }
     }
 }
 
@@ -202,9 +192,13 @@ impl SessionHandle {
 pub struct Inbox(Arc<Inner>);
 
 impl Inbox {
-    /// Next message, waiting if there is none. Cancel-safe.
+    /// Next message, waiting if there is none; `None` once a close was
+    /// requested (it takes priority over queued messages). Cancel-safe.
     pub async fn recv(&mut self) -> Option<Outbound> {
         loop {
+            if self.0.close_code.load(Ordering::Acquire) != 0 {
+                return None;
+            }
             if let Some(m) = self.try_recv() {
                 return Some(m);
             }
@@ -273,7 +267,7 @@ mod tests {
     #[tokio::test]
     async fn full_queue_closes_as_slow_consumer() {
         let addr = "127.0.0.1:1".parse().unwrap();
-        let (h, _rx) = SessionHandle::new(1, 2, 0, Protocol::Tcp, addr, 2);
+        let (h, mut rx) = SessionHandle::new(1, 2, 0, Protocol::Tcp, addr, 2);
         assert!(h.deliver(Outbound::Frame(Bytes::new())));
         assert!(h.deliver(Outbound::Frame(Bytes::new())));
         assert!(!h.deliver(Outbound::Frame(Bytes::new())));
@@ -281,6 +275,9 @@ mod tests {
         // A later close does not override the first reason.
         h.close(CloseCode::Shutdown);
         assert_eq!(h.requested_close(), Some(CloseCode::SlowConsumer));
-        h.close_requested().await;
+        assert!(
+            rx.recv().await.is_none(),
+            "a requested close ends the inbox"
+        );
     }
 }

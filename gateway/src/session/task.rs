@@ -441,21 +441,20 @@ impl Session {
             let goaway = self.goaway_deadline;
             let step: Result<(), Closing> = tokio::select! {
                 biased;
-                _ = self.handle.close_requested() => {
-                    let code = self.handle.requested_close().unwrap_or(CloseCode::Internal);
-                    let reason = match code {
-                        CloseCode::SlowConsumer => format!(
-                            "client did not read fast enough; outbound queue of {} frames is full",
-                            self.gw.cfg.limits.session_queue
-                        ),
-                        CloseCode::Shutdown => "gateway shutting down".to_string(),
-                        other => other.name().to_string(),
-                    };
-                    Err(Closing::new(code, reason))
-                }
                 m = self.rx.recv() => match m {
                     Some(m) => self.on_outbound_batch(m),
-                    None => Err(Closing::new(CloseCode::Internal, "session queue closed")),
+                    None => {
+                        let code = self.handle.requested_close().unwrap_or(CloseCode::Internal);
+                        let reason = match code {
+                            CloseCode::SlowConsumer => format!(
+                                "client did not read fast enough; outbound queue of {} frames is full",
+                                self.gw.cfg.limits.session_queue
+                            ),
+                            CloseCode::Shutdown => "gateway shutting down".to_string(),
+                            other => other.name().to_string(),
+                        };
+                        Err(Closing::new(code, reason))
+                    }
                 },
                 r = self.io.read_frame(max) => match r {
                     Ok(raw) => self.on_client_frame(raw),
