@@ -817,3 +817,62 @@ async fn works_against_a_real_redis_cluster() {
         .into_inner();
     assert_eq!(h.records.len(), 2);
 }
+
+#[tokio::test]
+async fn redis_acl_user_is_required_and_works() {
+    let redis = Redis::start().await;
+    // A dedicated ACL user; the default user is switched off.
+    let set = redis
+        .cmd(&[
+            "ACL",
+            "SETUSER",
+            "gg",
+            "on",
+            ">cp-secret-0123456789",
+            "~*",
+            "&*",
+            "+@all",
+        ])
+        .await;
+    assert!(set.starts_with("+OK"), "{set}");
+    let off = redis.cmd(&["ACL", "SETUSER", "default", "off"]).await;
+    assert!(off.starts_with("+OK"), "{off}");
+
+    // Without credentials the control plane refuses to start, with a clear message.
+    let config = scratch("cp", "yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:0\nops_listen: 127.0.0.1:0\nredis: {{ url: \"{}\" }}\n",
+            redis.url()
+        ),
+    )
+    .expect("write");
+    let out = tokio::process::Command::new(bin("controlplane"))
+        .args(["--config", config.to_str().expect("utf8")])
+        .output()
+        .await
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot reach Redis") || err.contains("NOAUTH") || err.contains("auth"),
+        "{err}"
+    );
+
+    // With the ACL user it serves, and the password never appears in its log.
+    let url = format!("redis://gg:cp-secret-0123456789@127.0.0.1:{}/", redis.port);
+    let cp = controlplane("cp-acl", &url, 5000).await;
+    let b = backend("b1").await;
+    let mut c = cp_client(&cp, Some(ADMIN_TOKEN)).await;
+    assert_eq!(
+        put_service(&mut c, svc("echo", 1, "round_robin", &[b.addr]))
+            .await
+            .revision,
+        1
+    );
+    assert!(
+        !cp.proc.log_text().contains("cp-secret-0123456789"),
+        "redis password leaked into the log"
+    );
+}
