@@ -69,6 +69,10 @@ struct Common {
     /// service_type of the DATA frames.
     #[arg(long, default_value_t = 1)]
     service: u16,
+    /// Offset of the 127.0.x.y source addresses, so several gwbench runs at
+    /// once do not share source ports.
+    #[arg(long, default_value_t = 0)]
+    ip_offset: usize,
     /// Internal: worker index (set by the parent process).
     #[arg(long, hide = true)]
     worker: Option<usize>,
@@ -298,7 +302,7 @@ fn finish(r: &mut Report, before: (u64, u64), after: (u64, u64)) {
 
 fn source_ip(common: &Common) -> IpAddr {
     // Worker w uses 127.0.0.(w+2): per-IP limits and ephemeral ports per source.
-    let w = common.worker.unwrap_or(0);
+    let w = common.worker.unwrap_or(0) + common.ip_offset;
     IpAddr::V4(Ipv4Addr::new(
         127,
         0,
