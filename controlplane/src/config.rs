@@ -45,6 +45,10 @@ pub struct FileRedis {
     /// Redis Cluster seed nodes.
     #[serde(default)]
     pub cluster: Vec<String>,
+    /// PEM CA bundle that signed the Redis server certificate (`rediss://`
+    /// URLs); without it the system trust store is used.
+    #[serde(default)]
+    pub tls_ca_file: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -59,6 +63,8 @@ pub struct Config {
     pub listen: SocketAddr,
     pub ops_listen: SocketAddr,
     pub redis: RedisTarget,
+    /// PEM CA for `rediss://` (read at start).
+    pub redis_tls_ca: Option<Vec<u8>>,
     pub reconcile: Duration,
     pub lease: Duration,
     pub tokens: Vec<Token>,
@@ -89,11 +95,20 @@ impl Config {
     pub fn from_file(mut f: FileConfig, o: Overrides) -> Result<Config, ConfigError> {
         let mut errs = Vec::new();
         if let Some(u) = o.redis_url {
-            f.redis = FileRedis {
-                url: Some(u),
-                cluster: Vec::new(),
-            };
+            f.redis.url = Some(u);
+            f.redis.cluster.clear();
         }
+        let redis_tls_ca = f
+            .redis
+            .tls_ca_file
+            .as_ref()
+            .and_then(|p| match std::fs::read(p) {
+                Ok(pem) => Some(pem),
+                Err(e) => {
+                    errs.push(format!("redis.tls_ca_file: cannot read {p}: {e}"));
+                    None
+                }
+            });
         let addr = |k: &str, v: &str, errs: &mut Vec<String>| match v.parse::<SocketAddr>() {
             Ok(a) => Some(a),
             Err(_) => {
@@ -147,6 +162,7 @@ impl Config {
                 listen,
                 ops_listen,
                 redis,
+                redis_tls_ca,
                 reconcile: Duration::from_millis(f.reconcile_ms),
                 lease: Duration::from_millis(f.lease_ms),
                 tokens,

@@ -137,13 +137,28 @@ impl Cp {
     }
 }
 
+/// A client for one Redis node; `rediss://` URLs verify the server against
+/// `tls_ca` (PEM) when given, else against the system trust store.
+pub fn client(url: &str, tls_ca: Option<&[u8]>) -> anyhow::Result<redis::Client> {
+    let res = match tls_ca {
+        Some(ca) if url.starts_with("rediss://") => redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(ca.to_vec()),
+            },
+        ),
+        _ => redis::Client::open(url),
+    };
+    res.map_err(|e| anyhow::anyhow!("redis url {}: {e}", redact(url)))
+}
+
 /// Connects to Redis (fails fast with a message that says what to check).
-pub async fn connect(target: &RedisTarget) -> anyhow::Result<Conn> {
+pub async fn connect(target: &RedisTarget, tls_ca: Option<&[u8]>) -> anyhow::Result<Conn> {
     let timeout = Duration::from_secs(5);
     let conn = match target {
         RedisTarget::Single(url) => {
-            let client = redis::Client::open(url.as_str())
-                .map_err(|e| anyhow::anyhow!("redis url {}: {e}", redact(url)))?;
+            let client = client(url, tls_ca)?;
             let cfg = redis::aio::ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(timeout))
                 .set_response_timeout(Some(timeout));
@@ -240,8 +255,10 @@ pub async fn run(
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(reconcile(cp.clone(), shutdown.clone()));
     tasks.spawn(sweep(cp.clone(), shutdown.clone()));
-    if let RedisTarget::Single(url) = &cp.cfg.redis {
-        tasks.spawn(subscribe(cp.clone(), url.clone(), shutdown.clone()));
+    if let RedisTarget::Single(url) = &cp.cfg.redis
+        && let Ok(c) = client(url, cp.cfg.redis_tls_ca.as_deref())
+    {
+        tasks.spawn(subscribe(cp.clone(), c, shutdown.clone()));
     }
     tasks.spawn(ops::serve(cp.clone(), listeners.ops, shutdown.clone()));
     let res = api::serve(cp.clone(), listeners.grpc, shutdown.clone()).await;
@@ -282,11 +299,10 @@ async fn reconcile(cp: Arc<Cp>, shutdown: CancellationToken) {
 
 /// Pub/sub nudge (single node): wakes the reconcile loop at once. Missing
 /// a message only delays a change to the next reconcile tick.
-async fn subscribe(cp: Arc<Cp>, url: String, shutdown: CancellationToken) {
+async fn subscribe(cp: Arc<Cp>, client: redis::Client, shutdown: CancellationToken) {
     use futures_util::StreamExt;
     loop {
         let attempt = async {
-            let client = redis::Client::open(url.as_str())?;
             let mut ps = client.get_async_pubsub().await?;
             ps.subscribe(store::CHANNEL).await?;
             let mut msgs = ps.on_message();

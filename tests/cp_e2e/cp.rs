@@ -876,3 +876,162 @@ async fn redis_acl_user_is_required_and_works() {
         "redis password leaked into the log"
     );
 }
+
+/// A CA and a server certificate for 127.0.0.1, made with the openssl CLI.
+fn make_certs(dir: &Path) {
+    let run = |args: &[&str]| {
+        let st = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl must be installed");
+        assert!(st.success(), "openssl {args:?} failed");
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=gg-test-ca",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").expect("ext");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+}
+
+#[tokio::test]
+async fn redis_over_tls() {
+    let dir = scratch("tls", "d");
+    std::fs::create_dir_all(&dir).expect("dir");
+    make_certs(&dir);
+    let p = |f: &str| dir.join(f).to_string_lossy().to_string();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let mut redis = tokio::process::Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .args([
+            "--tls-cert-file",
+            &p("server.crt"),
+            "--tls-key-file",
+            &p("server.key"),
+            "--tls-ca-cert-file",
+            &p("ca.crt"),
+            "--tls-auth-clients",
+            "no",
+        ])
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("redis-server");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "TLS redis did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let cp = controlplane_with(
+        "cp-tls",
+        &format!(
+            "{{ url: \"rediss://127.0.0.1:{port}/\", tls_ca_file: \"{}\" }}",
+            p("ca.crt")
+        ),
+        5000,
+    )
+    .await;
+    let b = backend("b1").await;
+    let mut c = cp_client(&cp, Some(ADMIN_TOKEN)).await;
+    assert_eq!(
+        put_service(&mut c, svc("echo", 1, "round_robin", &[b.addr]))
+            .await
+            .revision,
+        1
+    );
+    let gw = cp_gateway("gw-tls", cp.grpc, &scratch("snap", "pb")).await;
+    eventually(
+        "gateway syncs through a TLS-backed control plane",
+        || async { gw_revision(&gw).await == 1 },
+    )
+    .await;
+
+    // Plain text to the TLS port, or TLS without trusting the CA: refused at start.
+    for redis_yaml in [
+        format!("{{ url: \"redis://127.0.0.1:{port}/\" }}"),
+        format!("{{ url: \"rediss://127.0.0.1:{port}/\" }}"),
+    ] {
+        let config = scratch("cp", "yaml");
+        std::fs::write(
+            &config,
+            format!("listen: 127.0.0.1:0\nops_listen: 127.0.0.1:0\nredis: {redis_yaml}\n"),
+        )
+        .expect("write");
+        let out = tokio::process::Command::new(bin("controlplane"))
+            .args(["--config", config.to_str().expect("utf8")])
+            .output()
+            .await
+            .expect("run");
+        assert!(!out.status.success(), "started with {redis_yaml}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("cannot reach Redis"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let _ = redis.start_kill();
+}
