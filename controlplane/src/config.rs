@@ -45,16 +45,28 @@ pub struct FileRedis {
     /// Redis Cluster seed nodes.
     #[serde(default)]
     pub cluster: Vec<String>,
+    /// Redis Sentinel: the sentinels and the master name; the control plane
+    /// asks them for the master and again after a failover.
+    #[serde(default)]
+    pub sentinel: Option<FileSentinel>,
     /// PEM CA bundle that signed the Redis server certificate (`rediss://`
     /// URLs); without it the system trust store is used.
     #[serde(default)]
     pub tls_ca_file: Option<String>,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSentinel {
+    pub nodes: Vec<String>,
+    pub master: String,
+}
+
 #[derive(Debug, Clone)]
 pub enum RedisTarget {
     Single(String),
     Cluster(Vec<String>),
+    Sentinel { nodes: Vec<String>, master: String },
 }
 
 #[derive(Debug, Clone)]
@@ -126,11 +138,21 @@ impl Config {
             o.ops_listen.as_deref().unwrap_or(&f.ops_listen),
             &mut errs,
         );
-        let redis = match (f.redis.url, f.redis.cluster.is_empty()) {
-            (Some(u), true) => Some(RedisTarget::Single(u)),
-            (None, false) => Some(RedisTarget::Cluster(f.redis.cluster)),
+        let redis = match (f.redis.url, f.redis.cluster.is_empty(), f.redis.sentinel) {
+            (Some(u), true, None) => Some(RedisTarget::Single(u)),
+            (None, false, None) => Some(RedisTarget::Cluster(f.redis.cluster)),
+            (None, true, Some(s)) if !s.nodes.is_empty() && !s.master.is_empty() => {
+                Some(RedisTarget::Sentinel {
+                    nodes: s.nodes,
+                    master: s.master,
+                })
+            }
+            (None, true, Some(_)) => {
+                errs.push("redis.sentinel needs nodes and a master name".into());
+                None
+            }
             _ => {
-                errs.push("redis: set exactly one of url or cluster".into());
+                errs.push("redis: set exactly one of url, cluster or sentinel".into());
                 None
             }
         };
@@ -196,7 +218,7 @@ mod tests {
             .0
             .join("\n");
         assert!(e.contains("not a loopback address"), "{e}");
-        assert!(e.contains("exactly one of url or cluster"), "{e}");
+        assert!(e.contains("exactly one of url, cluster or sentinel"), "{e}");
         let bad: Result<FileConfig, _> =
             yaml_serde::from_str("listen: a\nops_listen: b\nredis: {}\nextra: 1\n");
         assert!(bad.is_err(), "unknown keys are rejected");

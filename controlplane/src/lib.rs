@@ -181,6 +181,20 @@ pub async fn connect(target: &RedisTarget, tls_ca: Option<&[u8]>) -> anyhow::Res
             })?;
             Conn::Single(cm)
         }
+        RedisTarget::Sentinel { nodes, master } => {
+            let sc = redis::sentinel::SentinelClient::build(
+                nodes.clone(),
+                master.clone(),
+                None,
+                redis::sentinel::SentinelServerType::Master,
+            )
+            .map_err(|e| anyhow::anyhow!("redis sentinel {nodes:?}: {e}"))?;
+            let c = tokio::time::timeout(timeout, store::SentinelConn::connect(sc))
+                .await
+                .map_err(|_| anyhow::anyhow!("cannot reach Redis through sentinels {nodes:?} (timed out) — are they running?"))?
+                .map_err(|e| anyhow::anyhow!("cannot reach Redis master {master:?} through sentinels {nodes:?} ({e}) — is it running?"))?;
+            Conn::Sentinel(Arc::new(c))
+        }
         RedisTarget::Cluster(nodes) => {
             let client = redis::cluster::ClusterClient::new(nodes.clone())?;
             let c = tokio::time::timeout(timeout, client.get_async_connection())

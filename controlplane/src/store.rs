@@ -18,6 +18,7 @@
 //! tagged per session / user / gateway so they spread over the cluster;
 //! each is updated by its own single-key script, pipelined per batch.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use prost::Message;
@@ -50,11 +51,68 @@ fn k_gwsess(gw: &str) -> String {
 /// History kept (older revisions are trimmed).
 pub const HISTORY_KEEP: u64 = 1000;
 
-/// A single-node (or Sentinel-resolved) connection, or a Cluster connection.
+/// A single-node connection, a Cluster connection, or a connection to the
+/// master that Sentinel names (re-resolved after a failover).
 #[derive(Clone)]
 pub enum Conn {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
+    Sentinel(Arc<SentinelConn>),
+}
+
+/// The master's connection plus the Sentinel client that finds it again.
+pub struct SentinelConn {
+    client: tokio::sync::Mutex<redis::sentinel::SentinelClient>,
+    current: std::sync::RwLock<ConnectionManager>,
+}
+
+/// Errors after which the master may have moved.
+fn failover_error(e: &redis::RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || e.to_string().contains("READONLY")
+}
+
+impl SentinelConn {
+    /// Asks the sentinels for the master and connects to it.
+    pub async fn connect(
+        mut client: redis::sentinel::SentinelClient,
+    ) -> redis::RedisResult<SentinelConn> {
+        let cm = Self::master(&mut client).await?;
+        Ok(SentinelConn {
+            client: tokio::sync::Mutex::new(client),
+            current: std::sync::RwLock::new(cm),
+        })
+    }
+
+    async fn master(
+        client: &mut redis::sentinel::SentinelClient,
+    ) -> redis::RedisResult<ConnectionManager> {
+        let master = client.async_get_client().await?;
+        let cfg = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(1);
+        ConnectionManager::new_with_config(master, cfg).await
+    }
+
+    fn current(&self) -> ConnectionManager {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Finds the (possibly new) master and makes it current.
+    async fn reresolve(&self) -> redis::RedisResult<ConnectionManager> {
+        let mut client = self.client.lock().await;
+        let cm = Self::master(&mut client).await?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = cm.clone();
+        tracing::warn!("redis master re-resolved through sentinel");
+        Ok(cm)
+    }
 }
 
 impl ConnectionLike for Conn {
@@ -62,6 +120,14 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.req_packed_command(cmd),
             Conn::Cluster(c) => c.req_packed_command(cmd),
+            Conn::Sentinel(s) => Box::pin(async move {
+                match s.current().req_packed_command(cmd).await {
+                    Err(e) if failover_error(&e) => {
+                        s.reresolve().await?.req_packed_command(cmd).await
+                    }
+                    other => other,
+                }
+            }),
         }
     }
 
@@ -74,6 +140,17 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.req_packed_commands(p, offset, count),
             Conn::Cluster(c) => c.req_packed_commands(p, offset, count),
+            Conn::Sentinel(s) => Box::pin(async move {
+                match s.current().req_packed_commands(p, offset, count).await {
+                    Err(e) if failover_error(&e) => {
+                        s.reresolve()
+                            .await?
+                            .req_packed_commands(p, offset, count)
+                            .await
+                    }
+                    other => other,
+                }
+            }),
         }
     }
 
@@ -81,6 +158,7 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.get_db(),
             Conn::Cluster(c) => c.get_db(),
+            Conn::Sentinel(s) => s.current().get_db(),
         }
     }
 }
@@ -510,7 +588,7 @@ impl Store {
 
     async fn send_all(&self, cmds: &[Cmd]) -> Result<(), StoreError> {
         match &self.conn {
-            Conn::Single(_) => {
+            Conn::Single(_) | Conn::Sentinel(_) => {
                 let mut p = redis::pipe();
                 for c in cmds {
                     p.add_command(c.clone()).ignore();

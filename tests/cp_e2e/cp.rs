@@ -13,7 +13,7 @@ use tonic::Code;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-use crate::redis_proc::{Cluster, Redis};
+use crate::redis_proc::{Cluster, Redis, SentinelSetup};
 use crate::support::*;
 
 type CpClient = pb::control_plane_client::ControlPlaneClient<InterceptedService<Channel, Bearer>>;
@@ -1034,4 +1034,69 @@ async fn redis_over_tls() {
         );
     }
     let _ = redis.start_kill();
+}
+
+#[tokio::test]
+async fn sentinel_failover_after_a_master_crash_moves_writes_to_the_new_master() {
+    let setup = SentinelSetup::start().await;
+    let nodes: Vec<String> = setup.urls().iter().map(|u| format!("\"{u}\"")).collect();
+    let cp = controlplane_with(
+        "cp-sentinel",
+        &format!(
+            "{{ sentinel: {{ nodes: [{}], master: gg-master }} }}",
+            nodes.join(", ")
+        ),
+        5000,
+    )
+    .await;
+    let b = backend("b1").await;
+    let mut c = cp_client(&cp, Some(ADMIN_TOKEN)).await;
+    assert_eq!(
+        put_service(&mut c, svc("echo", 1, "round_robin", &[b.addr]))
+            .await
+            .revision,
+        1
+    );
+    assert_eq!(setup.master_port().await, Some(setup.master.port));
+    // Replication is asynchronous: let revision 1 reach the replica first.
+    eventually("revision 1 replicated", || async {
+        setup.replica.cmd(&["GET", "{gg}:rev"]).await == "$1\r\n1\r\n"
+    })
+    .await;
+
+    // The master crashes; the sentinels promote the replica.
+    let mut setup = setup;
+    setup.master.kill().await;
+    let replica_port = setup.replica.port;
+    eventually("sentinel promotes the replica", || async {
+        setup.master_port().await == Some(replica_port)
+    })
+    .await;
+
+    // Writes follow the new master (the old one is now a read-only replica).
+    eventually("a write succeeds on the new master", || {
+        let mut c = c.clone();
+        let ep = b.addr.to_string();
+        async move {
+            c.put_realm(pb::PutRealmRequest {
+                realm_id: 7,
+                endpoint: ep,
+                options: None,
+            })
+            .await
+            .is_ok()
+        }
+    })
+    .await;
+    let rev = setup.replica.cmd(&["GET", "{gg}:rev"]).await;
+    assert_eq!(
+        rev, "$1\r\n2\r\n",
+        "the write did not land on the new master"
+    );
+    let v = c
+        .get_config(pb::GetConfigRequest {})
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(v.revision, 2);
 }

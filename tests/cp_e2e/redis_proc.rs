@@ -226,3 +226,115 @@ impl Cluster {
         self.nodes.iter().map(|n| n.url()).collect()
     }
 }
+
+/// A master, one replica and three sentinels watching them as `gg-master`.
+pub struct SentinelSetup {
+    pub master: Redis,
+    pub replica: Redis,
+    pub sentinels: Vec<(Proc, u16)>,
+}
+
+impl SentinelSetup {
+    pub async fn start() -> SentinelSetup {
+        let master = Redis::start().await;
+        let replica_of = master.port.to_string();
+        let replica = Redis::start_with(&[
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--replicaof",
+            "127.0.0.1",
+            &replica_of,
+        ])
+        .await;
+        let mut sentinels = Vec::new();
+        for _ in 0..3 {
+            let dir = scratch("sentinel", "d");
+            std::fs::create_dir_all(&dir).expect("dir");
+            let port = free_port();
+            let conf = dir.join("sentinel.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\nsentinel monitor gg-master 127.0.0.1 {} 2\nsentinel down-after-milliseconds gg-master 1000\nsentinel failover-timeout gg-master 5000\n",
+                    master.port
+                ),
+            )
+            .expect("conf");
+            let log = dir.join("sentinel.log");
+            let child = tokio::process::Command::new("redis-server")
+                .arg(&conf)
+                .arg("--sentinel")
+                .stdout(std::fs::File::create(&log).expect("log"))
+                .kill_on_drop(true)
+                .spawn()
+                .expect("redis-server --sentinel");
+            sentinels.push((
+                Proc {
+                    child,
+                    log,
+                    name: format!("sentinel:{port}"),
+                },
+                port,
+            ));
+        }
+        let setup = SentinelSetup {
+            master,
+            replica,
+            sentinels,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut ok = 0;
+            for (_, p) in &setup.sentinels {
+                let r = sentinel_cmd(*p, &["SENTINEL", "replicas", "gg-master"]).await;
+                if r.contains(&setup.replica.port.to_string()) {
+                    ok += 1;
+                }
+            }
+            if ok == 3 {
+                return setup;
+            }
+            assert!(Instant::now() < deadline, "sentinels never saw the replica");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.sentinels
+            .iter()
+            .map(|(_, p)| format!("redis://127.0.0.1:{p}/"))
+            .collect()
+    }
+
+    /// The port Sentinel reports as master now.
+    pub async fn master_port(&self) -> Option<u16> {
+        let r = sentinel_cmd(
+            self.sentinels[0].1,
+            &["SENTINEL", "get-master-addr-by-name", "gg-master"],
+        )
+        .await;
+        r.lines()
+            .filter_map(|l| l.trim().parse::<u16>().ok())
+            .next()
+    }
+}
+
+async fn sentinel_cmd(port: u16, args: &[&str]) -> String {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await else {
+        return String::new();
+    };
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return String::new();
+    }
+    let mut buf = vec![0u8; 8192];
+    match tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await {
+        Ok(Ok(n)) => String::from_utf8_lossy(&buf[..n]).to_string(),
+        _ => String::new(),
+    }
+}
