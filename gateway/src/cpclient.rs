@@ -112,13 +112,15 @@ pub fn apply(gw: &Gateway, v: &pb::Versioned, persist: Option<&Path>) -> Result<
     }
     let (routes, overrides) =
         routes_from_bundle(&v.bundle.clone().unwrap_or_default()).map_err(|e| e.join("; "))?;
-    gw.apply_routes(&routes, overrides, v.revision, &v.epoch);
-    info!(revision = v.revision, epoch = %v.epoch, services = routes.services.len(), "config applied");
+    // Saved before it is swapped in: whatever a gateway serves (and acks)
+    // survives its restart.
     if let Some(path) = persist
         && let Err(e) = save(path, v)
     {
         warn!(path = %path.display(), error = %e, "cannot save the config snapshot; a restart without the control plane would not be ready");
     }
+    gw.apply_routes(&routes, overrides, v.revision, &v.epoch);
+    info!(revision = v.revision, epoch = %v.epoch, services = routes.services.len(), "config applied");
     Ok(true)
 }
 
