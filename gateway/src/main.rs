@@ -30,6 +30,10 @@ struct Args {
     /// Validate the config, print the result and exit (0 valid, 64 invalid).
     #[arg(long)]
     check: bool,
+    /// Runtime worker threads (default: one per CPU). 1 runs everything on
+    /// one thread: no cross-thread wake-ups, like a single nginx worker.
+    #[arg(long, env = "GATEWAY_WORKER_THREADS")]
+    worker_threads: Option<usize>,
 }
 
 fn main() -> ExitCode {

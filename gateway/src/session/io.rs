@@ -10,7 +10,7 @@ use futures_util::{SinkExt, StreamExt};
 use gg_proto::frame::{self, FrameError};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -100,14 +100,12 @@ impl ClientIo {
                     READ_CHUNK
                 };
                 rbuf.reserve(want);
-                match stream.try_read_buf(rbuf) {
+                // `read_buf` (not `try_read_buf`): tokio clears the
+                // readiness after a short read, which saves the spurious
+                // EAGAIN read per frame that `try_read` would cost.
+                match stream.read_buf(rbuf).await {
                     Ok(0) => return Err(ReadError::Closed),
                     Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        if rbuf.is_empty() {
-                            *rbuf = BytesMut::new();
-                        }
-                    }
                     Err(e) => return Err(ReadError::Io(e)),
                 }
             },
