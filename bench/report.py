@@ -91,7 +91,15 @@ for name, v, target, higher in goals:
     met = "n/a" if v is None else ("yes" if (v >= target if higher else v <= target) else "no")
     lines.append(f"| {name} | {fmt(v, '{:.2f}')} | {met} |")
 lines.append("")
-open(md_path, "w").write("\n".join(lines) + "\n")
+# Hand-written sections (before/after, control plane, scale-out) live below
+# this marker in the existing file and are kept.
+MARKER = "<!-- hand-written below: kept by bench/report.py -->"
+try:
+    old = open(md_path).read()
+    kept = old[old.index(MARKER):] if MARKER in old else MARKER + "\n"
+except FileNotFoundError:
+    kept = MARKER + "\n"
+open(md_path, "w").write("\n".join(lines) + "\n" + kept)
 
 # Grouped bar chart: closed-loop throughput per path.
 groups = [("closed1", "1 in flight"), ("closed16", "16 in flight")]
