@@ -791,3 +791,32 @@ async fn sleep_until_opt(t: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The session future is most of an idle session's memory: keep it small.
+    #[tokio::test]
+    async fn session_future_stays_small() {
+        let cfg = crate::config::Config::parse(
+            "listen: 127.0.0.1:0\nops_listen: 127.0.0.1:0\n",
+            Some("gw".into()),
+        )
+        .unwrap();
+        let gw = Gateway::new(cfg);
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (server, remote) = l.accept().await.unwrap();
+        let fut = run(
+            gw,
+            ClientIo::tcp(server, BytesMut::new()),
+            remote,
+            Protocol::Tcp,
+        );
+        let size = std::mem::size_of_val(&fut);
+        eprintln!("session future: {size} bytes");
+        assert!(size < 4096, "session future grew to {size} bytes");
+    }
+}
