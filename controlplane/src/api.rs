@@ -173,7 +173,11 @@ impl ControlPlane for Api {
         req: Request<pb::GetConfigRequest>,
     ) -> Result<Response<pb::Versioned>, Status> {
         require(&req, Scope::Read)?;
-        // Read from Redis when it is up; the last known config otherwise.
+        // Read from Redis when it is up; the last known config otherwise
+        // (without waiting on a Redis that the reconcile loop knows is down).
+        if !self.cp.store_ok() {
+            return Ok(Response::new((**self.cp.current.borrow()).clone()));
+        }
         match self.cp.store.load().await {
             Ok(v) => Ok(Response::new(v)),
             Err(_) => Ok(Response::new((**self.cp.current.borrow()).clone())),

@@ -23,6 +23,7 @@ type DirClient =
 struct Cp {
     proc: Proc,
     grpc: SocketAddr,
+    ops: SocketAddr,
 }
 
 async fn controlplane(id: &str, redis: &str, lease_ms: u64) -> Cp {
@@ -45,12 +46,17 @@ async fn controlplane_with(id: &str, redis_yaml: &str, lease_ms: u64) -> Cp {
         &["--config", config.to_str().expect("utf8")],
     )
     .await;
-    let grpc = line
-        .split_whitespace()
-        .find_map(|kv| kv.strip_prefix("grpc="))
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("bad cp line {line:?}"));
-    Cp { proc, grpc }
+    let field = |k: &str| -> SocketAddr {
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(k))
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("bad cp line {line:?}"))
+    };
+    Cp {
+        grpc: field("grpc="),
+        ops: field("ops="),
+        proc,
+    }
 }
 
 async fn cp_client(cp: &Cp, token: Option<&str>) -> CpClient {
@@ -1099,4 +1105,61 @@ async fn sentinel_failover_after_a_master_crash_moves_writes_to_the_new_master()
         .expect("get")
         .into_inner();
     assert_eq!(v.revision, 2);
+}
+
+#[tokio::test]
+async fn readiness_without_config_and_with_redis_down() {
+    let mut redis = Redis::start().await;
+    let cp = controlplane("cp-1", &redis.url(), 5000).await;
+    assert_eq!(
+        http(cp.ops, "GET", "/ready", &[], b"").await,
+        (200, "ready store=up\n".to_string())
+    );
+
+    // A gateway with no config anywhere (empty store, no snapshot) is not ready.
+    let gw = cp_gateway("gw-0", cp.grpc, &scratch("snap", "pb")).await;
+    let (st, body) = http(gw.ops, "GET", "/ready", &[], b"").await;
+    assert_eq!(st, 503);
+    assert!(body.contains("no routing config"), "{body}");
+
+    let b = backend("b1").await;
+    let mut c = cp_client(&cp, Some(ADMIN_TOKEN)).await;
+    put_service(&mut c, svc("echo", 1, "round_robin", &[b.addr])).await;
+    eventually("gateway ready once a config arrives", || async {
+        http(gw.ops, "GET", "/ready", &[], b"").await.0 == 200
+    })
+    .await;
+
+    // Redis down: the control plane says so, keeps serving reads, refuses writes.
+    redis.kill().await;
+    eventually("store=down", || async {
+        http(cp.ops, "GET", "/ready", &[], b"").await
+            == (503, "not ready: store=down\n".to_string())
+    })
+    .await;
+    let v = c
+        .get_config(pb::GetConfigRequest {})
+        .await
+        .expect("reads still served")
+        .into_inner();
+    assert_eq!(v.revision, 1);
+    let e = c
+        .put_realm(pb::PutRealmRequest {
+            realm_id: 1,
+            endpoint: b.addr.to_string(),
+            options: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable);
+    assert!(
+        e.message().contains("nothing was written"),
+        "{}",
+        e.message()
+    );
+    // The gateway keeps routing.
+    assert_eq!(
+        call(&gw, "echo", b"still").await,
+        (200, "still".to_string())
+    );
 }
