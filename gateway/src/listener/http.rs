@@ -38,7 +38,7 @@ pub const WS_PATH: &str = "/v1/ws";
 pub const CALL_PREFIX: &str = "/v1/call/";
 /// tungstenite's read chunk, allocated eagerly per WebSocket (its default is
 /// 128 KiB); messages larger than this are read in several chunks.
-const WS_READ_BUFFER: usize = 1024;
+const WS_READ_BUFFER: usize = 512;
 /// The `seq` of the DATA frame an HTTP call sends (one request per session).
 const CALL_SEQ: u32 = 1;
 
