@@ -4,8 +4,8 @@
 //! period `half_open` (bindings allowed again as probes) → the first success
 //! closes it, a failure re-opens it for twice as long (capped).
 //!
-//! Failures: connect errors, lost connections, missed backend heartbeats,
-//! HTTP call timeouts. Successes: any frame received from the backend (its
+//! Failures: connect errors, lost connections and missed backend heartbeats.
+//! Success: the first frame received on a new connection (the backend's
 //! PONG to the gateway's heartbeat PING counts, so recovery needs no client
 //! traffic).
 
