@@ -462,8 +462,21 @@ async fn wiped_store_changes_epoch_and_gateways_resync() {
         }
     })
     .await;
-    // Revision 0 of a wiped store is not applied: the gateway keeps serving.
+    // Revision 0 of a wiped store is not applied: the gateway keeps serving,
+    // and the rollout shows the rejection with the gateway's reason.
     assert_eq!(call(&gw, "s1", b"kept").await.0, 200);
+    eventually("rollout shows the rejection", || {
+        let mut c = c.clone();
+        async move {
+            let r = c
+                .rollout_status(pb::RolloutStatusRequest { revision: 0 })
+                .await
+                .expect("rollout")
+                .into_inner();
+            r.rejected == 1 && r.gateways[0].error.contains("no config")
+        }
+    })
+    .await;
 
     // Revision 1 of the new epoch is applied even though 1 < 3.
     let w = put_service(&mut c, svc("fresh", 9, "round_robin", &[b.addr])).await;

@@ -273,6 +273,36 @@ async fn sessions_lookup_push_and_kick() {
         .into_inner();
     assert_eq!((k.kicked, k.not_found.as_slice()), (1, &[42u64][..]));
     assert_eq!(c3.expect_close().await.code, CloseCode::Kicked.code());
+
+    // Paced kicks: 3 sessions at 10 per second take at least ~200 ms.
+    let mut paced = Vec::new();
+    for u in 0..3 {
+        let mut c = Client::tcp(gw.client).await;
+        c.hello(800, u).await;
+        paced.push(c);
+    }
+    let t0 = std::time::Instant::now();
+    let k = a
+        .kick_sessions(pb::KickSessionsRequest {
+            selector: Some(pb::SessionSelector {
+                user_id: 800,
+                ..Default::default()
+            }),
+            rate_per_sec: 10,
+            ..Default::default()
+        })
+        .await
+        .expect("paced kick")
+        .into_inner();
+    assert_eq!(k.kicked, 3);
+    assert!(
+        t0.elapsed() >= Duration::from_millis(190),
+        "not paced: {:?}",
+        t0.elapsed()
+    );
+    for c in &mut paced {
+        assert_eq!(c.expect_close().await.code, CloseCode::Kicked.code());
+    }
     let e = a
         .kick_sessions(pb::KickSessionsRequest::default())
         .await
