@@ -8,6 +8,8 @@
 pub mod codes;
 pub mod control;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
 
 pub use codes::{CloseCode, ErrorCode};
 pub use frame::{Frame, FrameError, Header, Kind};
