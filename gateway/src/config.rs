@@ -963,6 +963,46 @@ limits: { max_frame_bytes: 10, idle_timeout_ms: 5, heartbeat_ms: 10 }
     }
 
     #[test]
+    fn dockerfile_copies_binaries_the_workspace_builds() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let docker = std::fs::read_to_string(root.join("deploy/Dockerfile")).unwrap();
+        let manifests = ["gateway/Cargo.toml", "controlplane/Cargo.toml"]
+            .map(|m| std::fs::read_to_string(root.join(m)).unwrap())
+            .join("\n");
+        let known = [
+            "FROM",
+            "WORKDIR",
+            "COPY",
+            "RUN",
+            "USER",
+            "EXPOSE",
+            "ENTRYPOINT",
+            "CMD",
+        ];
+        let mut copied = 0;
+        for line in docker
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        {
+            let word = line.split_whitespace().next().unwrap();
+            assert!(
+                known.contains(&word),
+                "unexpected Dockerfile instruction: {line}"
+            );
+            if let Some(bin) = line.strip_prefix("COPY --from=build /src/target/release/") {
+                let name = bin.split_whitespace().next().unwrap();
+                assert!(
+                    manifests.contains(&format!("name = \"{name}\"")),
+                    "Dockerfile copies {name}, which no [[bin]] builds"
+                );
+                copied += 1;
+            }
+        }
+        assert_eq!(copied, 3);
+    }
+
+    #[test]
     fn k8s_manifests_parse_and_mount_the_config_the_args_name() {
         use serde::Deserialize as _;
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/k8s.yaml");
