@@ -8,7 +8,7 @@
 # Try:  curl -s -XPOST localhost:7000/v1/call/account -H 'x-user-id: 42' -d whoami
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/game-gateway/target}"
+. .ci/env
 cargo build --release --locked -p gateway --bins
 BIN="$CARGO_TARGET_DIR/release"
 
