@@ -553,9 +553,10 @@ async fn acknowledged_writes_survive_a_redis_crash() {
 
     // Every acknowledged write is there, and the stored state is whole:
     // the bundle's revision matches the newest history record.
-    eventually("control plane reads redis again", || {
-        let mut c = c.clone();
-        async move { c.get_config(pb::GetConfigRequest {}).await.is_ok() }
+    // GetConfig answers from memory while the store is down, so wait for the
+    // control plane to report the store up before reading.
+    eventually("control plane reads redis again", || async {
+        http(cp.ops, "GET", "/ready", &[], b"").await.0 == 200
     })
     .await;
     let v = c
