@@ -741,33 +741,27 @@ async fn drain_a_gateway_through_the_control_plane() {
 #[tokio::test]
 async fn fails_fast_when_redis_is_unreachable() {
     let dead = dead_addr();
-    let config = scratch("cp", "yaml");
-    std::fs::write(
-        &config,
-        format!(
+    let (code, err) = run_to_exit(
+        "controlplane",
+        &format!(
             "listen: 127.0.0.1:0\nops_listen: 127.0.0.1:0\nredis: {{ url: \"redis://{dead}/\" }}\n"
         ),
+        &[],
     )
-    .expect("write");
-    let out = tokio::process::Command::new(bin("controlplane"))
-        .args(["--config", config.to_str().expect("utf8")])
-        .output()
-        .await
-        .expect("run");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    .await;
+    assert_ne!(code, Some(0));
     assert!(
         err.contains("cannot reach Redis") && err.contains("is it running?"),
         "{err}"
     );
 
-    std::fs::write(&config, "listen: 0.0.0.0:0\nops_listen: 127.0.0.1:0\nredis: { url: \"redis://127.0.0.1:1/\" }\nbogus: 1\n").expect("write");
-    let out = tokio::process::Command::new(bin("controlplane"))
-        .args(["--config", config.to_str().expect("utf8")])
-        .output()
-        .await
-        .expect("run");
-    assert_eq!(out.status.code(), Some(64));
+    let (code, _) = run_to_exit(
+        "controlplane",
+        "listen: 0.0.0.0:0\nops_listen: 127.0.0.1:0\nredis: { url: \"redis://127.0.0.1:1/\" }\nbogus: 1\n",
+        &[],
+    )
+    .await;
+    assert_eq!(code, Some(64));
 }
 
 #[tokio::test]
@@ -859,22 +853,16 @@ async fn redis_acl_user_is_required_and_works() {
     assert!(off.starts_with("+OK"), "{off}");
 
     // Without credentials the control plane refuses to start, with a clear message.
-    let config = scratch("cp", "yaml");
-    std::fs::write(
-        &config,
-        format!(
+    let (code, err) = run_to_exit(
+        "controlplane",
+        &format!(
             "listen: 127.0.0.1:0\nops_listen: 127.0.0.1:0\nredis: {{ url: \"{}\" }}\n",
             redis.url()
         ),
+        &[],
     )
-    .expect("write");
-    let out = tokio::process::Command::new(bin("controlplane"))
-        .args(["--config", config.to_str().expect("utf8")])
-        .output()
-        .await
-        .expect("run");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    .await;
+    assert_ne!(code, Some(0));
     assert!(
         err.contains("cannot reach Redis") || err.contains("NOAUTH") || err.contains("auth"),
         "{err}"
@@ -1035,23 +1023,14 @@ async fn redis_over_tls() {
         format!("{{ url: \"redis://127.0.0.1:{port}/\" }}"),
         format!("{{ url: \"rediss://127.0.0.1:{port}/\" }}"),
     ] {
-        let config = scratch("cp", "yaml");
-        std::fs::write(
-            &config,
-            format!("listen: 127.0.0.1:0\nops_listen: 127.0.0.1:0\nredis: {redis_yaml}\n"),
+        let (code, err) = run_to_exit(
+            "controlplane",
+            &format!("listen: 127.0.0.1:0\nops_listen: 127.0.0.1:0\nredis: {redis_yaml}\n"),
+            &[],
         )
-        .expect("write");
-        let out = tokio::process::Command::new(bin("controlplane"))
-            .args(["--config", config.to_str().expect("utf8")])
-            .output()
-            .await
-            .expect("run");
-        assert!(!out.status.success(), "started with {redis_yaml}");
-        assert!(
-            String::from_utf8_lossy(&out.stderr).contains("cannot reach Redis"),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        .await;
+        assert_ne!(code, Some(0), "started with {redis_yaml}");
+        assert!(err.contains("cannot reach Redis"), "{err}");
     }
     let _ = redis.start_kill();
 }

@@ -95,16 +95,14 @@ async fn auth_scopes_and_refusals() {
 
 #[tokio::test]
 async fn refuses_a_public_admin_address_without_tokens() {
-    let path = std::env::temp_dir().join(format!("gg-e2e-public-{}.yaml", std::process::id()));
-    std::fs::write(&path, "gateway_id: gw\nlisten: 127.0.0.1:0\nops_listen: 127.0.0.1:0\nadmin: { listen: 0.0.0.0:0 }\n").expect("write");
-    let out = tokio::process::Command::new(bin("gateway"))
-        .args(["--config", path.to_str().expect("utf8")])
-        .output()
-        .await
-        .expect("run");
-    assert_eq!(out.status.code(), Some(64));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not a loopback address"));
-    let _ = std::fs::remove_file(path);
+    let (code, err) = run_to_exit(
+        "gateway",
+        "gateway_id: gw\nlisten: 127.0.0.1:0\nops_listen: 127.0.0.1:0\nadmin: { listen: 0.0.0.0:0 }\n",
+        &[],
+    )
+    .await;
+    assert_eq!(code, Some(64));
+    assert!(err.contains("not a loopback address"));
 }
 
 #[tokio::test]

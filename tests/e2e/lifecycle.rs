@@ -9,24 +9,13 @@ use crate::support::*;
 
 #[tokio::test]
 async fn bad_config_exits_64_and_lists_every_error() {
-    let path = std::env::temp_dir().join(format!("gg-e2e-bad-{}.yaml", std::process::id()));
-    std::fs::write(
-        &path,
+    let (code, err) = run_to_exit(
+        "gateway",
         "listen: 127.0.0.1:0\nops_listen: nope\nservices:\n  - { name: a, id: 1, strategy: magic, endpoints: [] }\nlimits: { max_connections: 0 }\n",
+        &["--gateway-id", "gw-bad"],
     )
-    .expect("write");
-    let out = tokio::process::Command::new(bin("gateway"))
-        .args([
-            "--config",
-            path.to_str().expect("utf8"),
-            "--gateway-id",
-            "gw-bad",
-        ])
-        .output()
-        .await
-        .expect("run gateway");
-    assert_eq!(out.status.code(), Some(64));
-    let err = String::from_utf8_lossy(&out.stderr);
+    .await;
+    assert_eq!(code, Some(64));
     for needle in [
         "ops_listen",
         "unknown strategy \"magic\"",
@@ -35,24 +24,14 @@ async fn bad_config_exits_64_and_lists_every_error() {
         assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
     }
 
-    std::fs::write(
-        &path,
+    let (code, err) = run_to_exit(
+        "gateway",
         "listen: 127.0.0.1:0\nops_listen: 127.0.0.1:0\nsurprise: 1\n",
+        &["--gateway-id", "gw-bad"],
     )
-    .expect("write");
-    let out = tokio::process::Command::new(bin("gateway"))
-        .args([
-            "--config",
-            path.to_str().expect("utf8"),
-            "--gateway-id",
-            "gw-bad",
-        ])
-        .output()
-        .await
-        .expect("run gateway");
-    assert_eq!(out.status.code(), Some(64));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("surprise"));
-    let _ = std::fs::remove_file(&path);
+    .await;
+    assert_eq!(code, Some(64));
+    assert!(err.contains("surprise"));
 }
 
 #[tokio::test]

@@ -130,6 +130,26 @@ pub fn bin(name: &str) -> String {
     dir.join(name).to_string_lossy().to_string()
 }
 
+/// Runs binary `name` with `--config` (`yaml` written to a scratch file) and
+/// `extra` arguments until it exits; returns its exit code and stderr. For
+/// the "refuses to start" cases.
+pub async fn run_to_exit(name: &str, yaml: &str, extra: &[&str]) -> (Option<i32>, String) {
+    let config = scratch(name, "yaml");
+    std::fs::write(&config, yaml).expect("write config");
+    let out = tokio::process::Command::new(bin(name))
+        .arg("--config")
+        .arg(&config)
+        .args(extra)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("run {name}: {e}"));
+    let _ = std::fs::remove_file(&config);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
 /// Spawns `bin` and waits for its first stdout line.
 pub async fn spawn(bin: &str, name: &str, args: &[&str]) -> (Proc, String) {
     let log = scratch(name, "log");
