@@ -152,6 +152,17 @@ pub fn load_saved(gw: &Gateway, path: &Path) {
     }
 }
 
+impl From<SessionEvent> for pb::SessionEvent {
+    fn from(e: SessionEvent) -> Self {
+        pb::SessionEvent {
+            session_id: e.session_id,
+            user_id: e.user_id,
+            open: e.open,
+            epoch: e.epoch,
+        }
+    }
+}
+
 /// Keeps the Sync stream up until `stop`.
 pub async fn run(gw: Arc<Gateway>, cfg: ControlPlaneSettings, stop: CancellationToken) {
     let Some(mut events) = gw.take_session_events() else {
@@ -237,11 +248,14 @@ async fn stream_once(
         .all()
         .iter()
         .filter(|s| s.protocol() != crate::metrics::Protocol::Http)
-        .map(|s| pb::SessionEvent {
-            session_id: s.id(),
-            user_id: s.user_id(),
-            open: true,
-            epoch: s.opened_ms(),
+        .map(|s| {
+            SessionEvent {
+                session_id: s.id(),
+                user_id: s.user_id(),
+                open: true,
+                epoch: s.opened_ms(),
+            }
+            .into()
         })
         .collect();
     let mut heartbeat = tokio::time::interval(Duration::from_secs(5));
@@ -276,10 +290,10 @@ async fn stream_once(
                 tx.send(send(Out::Heartbeat(hb))).await.map_err(|_| "stream closed".to_string())?;
             }
             Some(e) = events.recv(), if pending.len() < cfg.session_batch => {
-                pending.push(pb::SessionEvent { session_id: e.session_id, user_id: e.user_id, open: e.open, epoch: e.epoch });
+                pending.push(e.into());
                 while pending.len() < cfg.session_batch {
                     match events.try_recv() {
-                        Ok(e) => pending.push(pb::SessionEvent { session_id: e.session_id, user_id: e.user_id, open: e.open, epoch: e.epoch }),
+                        Ok(e) => pending.push(e.into()),
                         Err(_) => break,
                     }
                 }

@@ -28,8 +28,6 @@ pub struct Service {
 pub struct RouteTable {
     pub services: HashMap<u16, Service>,
     pub realms: HashMap<u32, Arc<Endpoint>>,
-    /// The config this table was built from (for diffing and display).
-    pub source: RoutesConfig,
     /// Cluster-wide overrides from the control plane (below local ones).
     pub cluster_overrides: Vec<Arc<overrides::Override>>,
 }
@@ -67,7 +65,6 @@ impl RouteTable {
         RouteTable {
             services,
             realms,
-            source: cfg.clone(),
             cluster_overrides: cluster_overrides.into_iter().map(Arc::new).collect(),
         }
     }

@@ -499,11 +499,7 @@ async fn load(l: &Load, open_loop: bool) -> anyhow::Result<Report> {
         sessions: n,
         ..Default::default()
     };
-    let mut sampled_before = false;
     for t in tasks {
-        if !sampled_before {
-            sampled_before = true;
-        }
         match t.await? {
             Ok((count, samples)) => {
                 r.requests += count;

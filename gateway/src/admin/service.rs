@@ -161,6 +161,7 @@ impl GatewayAdmin for AdminService {
         let gw = &self.gw;
         let addrs = gw.addrs.get();
         let ready = gw.readiness();
+        let (config_revision, config_epoch) = gw.applied();
         Ok(Response::new(pb::GatewayInfo {
             gateway_id: gw.cfg.gateway_id.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -177,8 +178,8 @@ impl GatewayAdmin for AdminService {
             connections: gw.limits.active() as u64,
             uptime_ms: gw.started.elapsed().as_millis() as u64,
             resume_enabled: gw.resume.is_some(),
-            config_revision: gw.applied().0,
-            config_epoch: gw.applied().1,
+            config_revision,
+            config_epoch,
         }))
     }
 

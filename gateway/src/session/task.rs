@@ -500,7 +500,7 @@ impl Session {
             .errors_sent
             .with_label_values(&[code.name()])
             .inc();
-        debug!(session = self.handle.id(), service = req.service_type, seq = req.seq, error = %e, "request refused");
+        debug!(session = self.handle.id(), service = req.service_type, seq = req.seq, side = ?e.side(), retryable = e.retryable(), error = %e, "request refused");
         let mut h = *req;
         h.session_id = self.handle.id();
         h.user_id = self.handle.user_id();
