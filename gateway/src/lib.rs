@@ -272,6 +272,7 @@ pub async fn serve(gw: Arc<Gateway>, listeners: Listeners, shutdown: Cancellatio
         .admin
         .map(|l| tokio::spawn(admin::serve(gw.clone(), l, ops_stop.clone())));
     let sweeper = tokio::spawn(sweep_overrides(gw.clone(), ops_stop.clone()));
+    let timers = tokio::spawn(session::task::sweep_timers(gw.clone(), ops_stop.clone()));
     let cp_task = gw
         .cfg
         .controlplane
@@ -314,6 +315,7 @@ pub async fn serve(gw: Arc<Gateway>, listeners: Listeners, shutdown: Cancellatio
         let _ = t.await;
     }
     let _ = sweeper.await;
+    let _ = timers.await;
     if let Some(t) = cp_task {
         let _ = t.await;
     }

@@ -18,6 +18,7 @@ use crate::Gateway;
 use crate::limits::ConnGuard;
 use crate::metrics::Protocol;
 use crate::session::io::ClientIo;
+use crate::session::task::{Admission, start};
 use sniff::Sniffed;
 
 /// Listen backlog; the kernel caps it at `net.core.somaxconn`.
@@ -82,15 +83,12 @@ async fn handle_conn(gw: Arc<Gateway>, stream: TcpStream, remote: SocketAddr, gu
             let pm = gw.metrics.proto(Protocol::Tcp);
             pm.connections.inc();
             pm.active.inc();
-            crate::session::task::run(
-                gw.clone(),
-                ClientIo::tcp(stream, prefix),
-                remote,
-                Protocol::Tcp,
-            )
-            .await;
-            gw.metrics.proto(Protocol::Tcp).active.dec();
-            drop(guard);
+            let admission = Admission {
+                guard: Some(guard),
+                active: pm.active.clone(),
+            };
+            let io = ClientIo::tcp(stream, prefix);
+            start(gw.clone(), io, remote, Protocol::Tcp, admission).await;
         }
         Sniffed::Http => {
             let io = prefixed::PrefixedIo::new(prefix, stream);

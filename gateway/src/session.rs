@@ -8,16 +8,16 @@ pub mod io;
 pub mod table;
 pub mod task;
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use gg_proto::CloseCode;
-use std::collections::VecDeque;
-
-use tokio::sync::Notify;
 
 use crate::metrics::Protocol;
 
@@ -66,9 +66,18 @@ struct Inner {
     /// idle session's queue holds no allocation at all.
     queue: std::sync::Mutex<VecDeque<Outbound>>,
     queue_cap: usize,
-    ready: Notify,
+    /// The session task, woken by a queued message or a close request. One
+    /// waker, not a `Notify`: the task polls its sources by hand, and an
+    /// `AtomicWaker` costs neither a waiter list nor a future per poll.
+    waker: AtomicWaker,
     /// A close requested from outside the task (0 = none); first writer wins.
     close_code: AtomicU16,
+    /// Milliseconds after `opened` of the last frame from the client, for
+    /// the idle sweep ([`SessionHandle::check_timers`]).
+    last_rx_ms: AtomicU64,
+    /// Milliseconds after `opened` at which a session told to GOAWAY is
+    /// closed if it is still here (0 = no deadline).
+    goaway_deadline_ms: AtomicU64,
     /// (service_type, endpoint) of each binding, for admin lookups; written
     /// only when bindings change.
     bindings: std::sync::Mutex<Vec<(u16, Arc<str>)>>,
@@ -104,8 +113,10 @@ impl SessionHandle {
             opened_ms: crate::router::overrides::now_ms(),
             queue: std::sync::Mutex::new(VecDeque::new()),
             queue_cap: queue.max(1),
-            ready: Notify::new(),
+            waker: AtomicWaker::new(),
             close_code: AtomicU16::new(0),
+            last_rx_ms: AtomicU64::new(0),
+            goaway_deadline_ms: AtomicU64::new(0),
             bindings: std::sync::Mutex::new(Vec::new()),
         };
         let inner = Arc::new(inner);
@@ -166,7 +177,7 @@ impl SessionHandle {
         }
         q.push_back(msg);
         drop(q);
-        self.0.ready.notify_one();
+        self.0.waker.wake();
         true
     }
 
@@ -177,14 +188,51 @@ impl SessionHandle {
             self.0
                 .close_code
                 .compare_exchange(0, code.code(), Ordering::AcqRel, Ordering::Acquire);
-        // The same wake-up as the queue: one Notify per session, one
-        // branch in the session's select loop.
-        self.0.ready.notify_one();
+        // The same wake-up as the queue.
+        self.0.waker.wake();
     }
 
     /// The close requested from outside, if any.
     pub fn requested_close(&self) -> Option<CloseCode> {
         CloseCode::from_u16(self.0.close_code.load(Ordering::Acquire))
+    }
+
+    fn ms_since_open(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.0.opened).as_millis() as u64
+    }
+
+    /// Records a frame from the client at `now` (one relaxed store).
+    pub fn touch(&self, now: Instant) {
+        self.0
+            .last_rx_ms
+            .store(self.ms_since_open(now), Ordering::Relaxed);
+    }
+
+    /// Sets (or with `None` clears) the time after which a session told to
+    /// GOAWAY is closed.
+    pub fn set_goaway_deadline(&self, at: Option<Instant>) {
+        let ms = at.map_or(0, |t| self.ms_since_open(t).max(1));
+        self.0.goaway_deadline_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// The session's timers, checked by a sweep over the table instead of a
+    /// timer per session (which would cost every idle session a timer entry
+    /// and a future). Asks the session to close — `heartbeat_timeout` when
+    /// no frame came for `idle_timeout`, `shutdown` past a GOAWAY deadline —
+    /// and returns the code it asked for.
+    pub fn check_timers(&self, now: Instant, idle_timeout: Duration) -> Option<CloseCode> {
+        let age = self.ms_since_open(now);
+        let idle = age.saturating_sub(self.0.last_rx_ms.load(Ordering::Relaxed));
+        let goaway = self.0.goaway_deadline_ms.load(Ordering::Relaxed);
+        let code = if idle >= idle_timeout.as_millis() as u64 {
+            CloseCode::HeartbeatTimeout
+        } else if goaway != 0 && age >= goaway {
+            CloseCode::Shutdown
+        } else {
+            return None;
+        };
+        self.close(code);
+        Some(code)
     }
 }
 
@@ -192,20 +240,31 @@ impl SessionHandle {
 pub struct Inbox(Arc<Inner>);
 
 impl Inbox {
-    /// Next message, waiting if there is none; `None` once a close was
-    /// requested (it takes priority over queued messages). Cancel-safe.
-    pub async fn recv(&mut self) -> Option<Outbound> {
-        loop {
-            if self.0.close_code.load(Ordering::Acquire) != 0 {
-                return None;
-            }
-            if let Some(m) = self.try_recv() {
-                return Some(m);
-            }
-            // A push between the check and here leaves a permit, so no
-            // wake-up is lost.
-            self.0.ready.notified().await;
+    /// Next message, or `Pending` with the task's waker registered; `None`
+    /// once a close was requested (it takes priority over queued messages).
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Outbound>> {
+        if let Some(r) = self.ready() {
+            return Poll::Ready(r);
         }
+        self.0.waker.register(cx.waker());
+        // Checked again: a push between the first check and the register
+        // woke the previous waker, not this one.
+        match self.ready() {
+            Some(r) => Poll::Ready(r),
+            None => Poll::Pending,
+        }
+    }
+
+    fn ready(&mut self) -> Option<Option<Outbound>> {
+        if self.0.close_code.load(Ordering::Acquire) != 0 {
+            return Some(None);
+        }
+        self.try_recv().map(Some)
+    }
+
+    /// Next message, waiting if there is none (see [`Inbox::poll_recv`]).
+    pub async fn recv(&mut self) -> Option<Outbound> {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
     }
 
     /// Next message if one is queued.
@@ -279,5 +338,49 @@ mod tests {
             rx.recv().await.is_none(),
             "a requested close ends the inbox"
         );
+    }
+
+    #[tokio::test]
+    async fn a_delivery_wakes_a_waiting_inbox() {
+        let addr = "127.0.0.1:1".parse().unwrap();
+        let (h, mut rx) = SessionHandle::new(1, 2, 0, Protocol::Tcp, addr, 4);
+        let waiter = tokio::spawn(async move { rx.recv().await.map(|m| format!("{m:?}")) });
+        tokio::task::yield_now().await;
+        assert!(h.deliver(Outbound::GoAwayCancelled));
+        let got = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken")
+            .unwrap();
+        assert_eq!(got.as_deref(), Some("GoAwayCancelled"));
+    }
+
+    #[test]
+    fn timers_close_idle_sessions_and_overdue_goaways() {
+        let addr = "127.0.0.1:1".parse().unwrap();
+        let idle = Duration::from_secs(10);
+        let (h, _rx) = SessionHandle::new(1, 2, 0, Protocol::Tcp, addr, 4);
+        let t0 = h.0.opened;
+        assert_eq!(h.check_timers(t0 + Duration::from_secs(9), idle), None);
+        // A frame at 5 s pushes the idle deadline to 15 s.
+        h.touch(t0 + Duration::from_secs(5));
+        assert_eq!(h.check_timers(t0 + Duration::from_secs(14), idle), None);
+        // A GOAWAY deadline at 12 s closes it first.
+        h.set_goaway_deadline(Some(t0 + Duration::from_secs(12)));
+        assert_eq!(h.check_timers(t0 + Duration::from_secs(11), idle), None);
+        h.set_goaway_deadline(None);
+        assert_eq!(h.check_timers(t0 + Duration::from_secs(13), idle), None);
+        h.set_goaway_deadline(Some(t0 + Duration::from_secs(12)));
+        assert_eq!(
+            h.check_timers(t0 + Duration::from_secs(13), idle),
+            Some(CloseCode::Shutdown)
+        );
+        let (h, _rx) = SessionHandle::new(3, 2, 0, Protocol::Tcp, addr, 4);
+        let t0 = h.0.opened;
+        h.touch(t0 + Duration::from_secs(5));
+        assert_eq!(
+            h.check_timers(t0 + Duration::from_secs(15), idle),
+            Some(CloseCode::HeartbeatTimeout)
+        );
+        assert_eq!(h.requested_close(), Some(CloseCode::HeartbeatTimeout));
     }
 }

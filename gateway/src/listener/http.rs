@@ -29,6 +29,7 @@ use crate::error::RequestError;
 use crate::limits::ConnGuard;
 use crate::metrics::Protocol;
 use crate::session::io::ClientIo;
+use crate::session::task::{Admission, start};
 use crate::session::task::{close_label, open_binding};
 use crate::session::{Outbound, SessionHandle};
 
@@ -207,9 +208,11 @@ fn upgrade(
         let pm = task_gw.metrics.proto(Protocol::Ws);
         pm.connections.inc();
         pm.active.inc();
-        crate::session::task::run(task_gw.clone(), ClientIo::ws(ws), remote, Protocol::Ws).await;
-        task_gw.metrics.proto(Protocol::Ws).active.dec();
-        drop(guard);
+        let admission = Admission {
+            guard,
+            active: pm.active.clone(),
+        };
+        start(task_gw, ClientIo::ws(ws), remote, Protocol::Ws, admission).await;
     });
     let mut r = Response::new(Full::new(Bytes::new()));
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

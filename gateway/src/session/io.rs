@@ -1,16 +1,20 @@
 //! The client transport of a session: raw TCP carrying frames back to back,
 //! or WebSocket carrying exactly one frame per binary message. Both read
-//! whole raw frames (cancel-safe, so the session can `select!` on them) and
-//! batch outgoing frames until [`ClientIo::flush`].
+//! whole raw frames and batch outgoing frames until flushed. Reads and
+//! writes are `poll_*` functions so the session task can drive them by hand,
+//! without a future per source in its (long-lived, per-session) state.
 
-use std::io;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 
-use bytes::{Bytes, BytesMut};
-use futures_util::{SinkExt, StreamExt};
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::{Sink, Stream};
 use gg_proto::frame::{self, FrameError};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use smallvec::SmallVec;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -32,23 +36,30 @@ pub enum ReadError {
     Protocol(&'static str),
 }
 
+/// Encoded frames waiting for a flush. Two fit inline, so a session that
+/// answers one request at a time never allocates here; a burst spills to
+/// the heap and gives it back once written.
+type Pending = SmallVec<[Bytes; 2]>;
+
 pub enum ClientIo {
     Tcp {
         stream: TcpStream,
         /// Bytes read and not yet framed; released whenever it empties, so
         /// an idle session holds no read buffer.
         rbuf: BytesMut,
-        /// Encoded frames waiting for `flush`.
-        pending: Vec<Bytes>,
+        pending: Pending,
     },
     Ws {
         ws: Box<WsStream>,
-        pending: Vec<Bytes>,
+        pending: Pending,
     },
 }
 
 /// Read-buffer growth step for TCP.
 const READ_CHUNK: usize = 4 * 1024;
+
+/// Most frames handed to one `writev`.
+const MAX_IOVECS: usize = 64;
 
 impl ClientIo {
     /// A TCP transport whose first bytes (already read while sniffing) are
@@ -57,19 +68,24 @@ impl ClientIo {
         ClientIo::Tcp {
             stream,
             rbuf: prefix,
-            pending: Vec::new(),
+            pending: Pending::new(),
         }
     }
 
     pub fn ws(ws: WsStream) -> ClientIo {
         ClientIo::Ws {
             ws: Box::new(ws),
-            pending: Vec::new(),
+            pending: Pending::new(),
         }
     }
 
-    /// Reads one whole raw frame (length prefix included). Cancel-safe.
-    pub async fn read_frame(&mut self, max: u32) -> Result<BytesMut, ReadError> {
+    /// Reads one whole raw frame (length prefix included), or registers the
+    /// task's waker and returns `Pending`.
+    pub fn poll_read_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+        max: u32,
+    ) -> Poll<Result<BytesMut, ReadError>> {
         match self {
             ClientIo::Tcp { stream, rbuf, .. } => loop {
                 match frame::check(rbuf, max) {
@@ -80,14 +96,14 @@ impl ClientIo {
                             // forwarded; the session itself holds nothing.
                             *rbuf = BytesMut::new();
                         }
-                        return Ok(raw);
+                        return Poll::Ready(Ok(raw));
                     }
                     Ok(None) => {}
-                    Err(e) => return Err(ReadError::Frame(e)),
+                    Err(e) => return Poll::Ready(Err(ReadError::Frame(e))),
                 }
-                // Wait for data before allocating (cancel-safe).
-                if let Err(e) = stream.readable().await {
-                    return Err(ReadError::Io(e));
+                // Wait for data before allocating.
+                if let Err(e) = ready!(stream.poll_read_ready(cx)) {
+                    return Poll::Ready(Err(ReadError::Io(e)));
                 }
                 // Reserve exactly what the announced frame still needs
                 // (bounded by `max` above), at least a chunk.
@@ -100,107 +116,88 @@ impl ClientIo {
                     READ_CHUNK
                 };
                 rbuf.reserve(want);
-                // `read_buf` (not `try_read_buf`): tokio clears the
-                // readiness after a short read, which saves the spurious
-                // EAGAIN read per frame that `try_read` would cost.
-                match stream.read_buf(rbuf).await {
-                    Ok(0) => return Err(ReadError::Closed),
+                // `poll_read` (not `try_read`): tokio clears the readiness
+                // after a short read, which saves the spurious EAGAIN read
+                // per frame that `try_read` would cost.
+                match ready!(tokio_util::io::poll_read_buf(
+                    Pin::new(&mut *stream),
+                    cx,
+                    rbuf
+                )) {
+                    Ok(0) => return Poll::Ready(Err(ReadError::Closed)),
                     Ok(_) => {}
-                    Err(e) => return Err(ReadError::Io(e)),
+                    Err(e) => return Poll::Ready(Err(ReadError::Io(e))),
                 }
             },
             ClientIo::Ws { ws, .. } => loop {
-                let msg = match ws.next().await {
-                    None => return Err(ReadError::Closed),
+                let msg = match ready!(Pin::new(&mut **ws).poll_next(cx)) {
+                    None => return Poll::Ready(Err(ReadError::Closed)),
                     Some(Ok(m)) => m,
-                    Some(Err(tungstenite::Error::Capacity(_))) => {
-                        return Err(ReadError::Frame(FrameError::TooLarge {
-                            len: u32::MAX,
-                            max,
-                        }));
-                    }
-                    Some(Err(
-                        tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed,
-                    )) => {
-                        return Err(ReadError::Closed);
-                    }
-                    Some(Err(tungstenite::Error::Io(e))) => return Err(ReadError::Io(e)),
-                    Some(Err(_)) => return Err(ReadError::Protocol("invalid WebSocket framing")),
+                    Some(Err(e)) => return Poll::Ready(Err(ws_read_error(e, max))),
                 };
-                match msg {
-                    Message::Binary(b) => {
-                        return match frame::check(&b, max) {
-                            Ok(Some(total)) if total == b.len() => {
-                                Ok(b.try_into_mut().unwrap_or_else(|b| BytesMut::from(&b[..])))
-                            }
-                            Ok(_) => Err(ReadError::Protocol(
-                                "a WebSocket binary message must carry exactly one whole frame",
-                            )),
-                            Err(e) => Err(ReadError::Frame(e)),
-                        };
-                    }
-                    Message::Text(_) => {
-                        return Err(ReadError::Protocol(
-                            "text WebSocket messages are not accepted; send frames as binary messages",
-                        ));
-                    }
-                    Message::Close(_) => return Err(ReadError::Closed),
+                return Poll::Ready(match msg {
+                    Message::Binary(b) => match frame::check(&b, max) {
+                        Ok(Some(total)) if total == b.len() => {
+                            Ok(b.try_into_mut().unwrap_or_else(|b| BytesMut::from(&b[..])))
+                        }
+                        Ok(_) => Err(ReadError::Protocol(
+                            "a WebSocket binary message must carry exactly one whole frame",
+                        )),
+                        Err(e) => Err(ReadError::Frame(e)),
+                    },
+                    Message::Text(_) => Err(ReadError::Protocol(
+                        "text WebSocket messages are not accepted; send frames as binary messages",
+                    )),
+                    Message::Close(_) => Err(ReadError::Closed),
                     // Pings are answered by tungstenite itself.
                     Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
-                }
+                });
             },
         }
     }
 
-    /// Queues an encoded frame; nothing is written until [`ClientIo::flush`].
+    /// Reads one whole raw frame (see [`ClientIo::poll_read_frame`]).
+    pub async fn read_frame(&mut self, max: u32) -> Result<BytesMut, ReadError> {
+        std::future::poll_fn(|cx| self.poll_read_frame(cx, max)).await
+    }
+
+    /// Queues an encoded frame; nothing is written until a flush.
     pub fn queue(&mut self, frame: Bytes) {
+        self.pending().push(frame);
+    }
+
+    fn pending(&mut self) -> &mut Pending {
         match self {
-            ClientIo::Tcp { pending, .. } => pending.push(frame),
-            ClientIo::Ws { pending, .. } => pending.push(frame),
+            ClientIo::Tcp { pending, .. } | ClientIo::Ws { pending, .. } => pending,
         }
     }
 
     /// Whether frames are queued.
     pub fn has_pending(&self) -> bool {
         match self {
-            ClientIo::Tcp { pending, .. } => !pending.is_empty(),
-            ClientIo::Ws { pending, .. } => !pending.is_empty(),
+            ClientIo::Tcp { pending, .. } | ClientIo::Ws { pending, .. } => !pending.is_empty(),
         }
     }
 
-    /// Writes every queued frame (one syscall for TCP when the socket keeps up).
-    pub async fn flush(&mut self) -> io::Result<()> {
-        match self {
+    /// Writes every queued frame: one `writev` for TCP when the socket keeps
+    /// up, with no copy. Makes what progress it can before `Pending`.
+    pub fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let res = match self {
             ClientIo::Tcp {
                 stream, pending, ..
-            } => {
-                match pending.len() {
-                    0 => {}
-                    // One frame: write it as is, no copy.
-                    1 => stream.write_all(&pending[0]).await?,
-                    // Several: one buffer, one syscall (when the socket keeps up).
-                    _ => {
-                        let total = pending.iter().map(Bytes::len).sum();
-                        let mut batch = BytesMut::with_capacity(total);
-                        for f in pending.iter() {
-                            batch.extend_from_slice(f);
-                        }
-                        stream.write_all(&batch).await?;
-                    }
-                }
-                pending.clear();
-                if pending.capacity() > 4 {
-                    *pending = Vec::new();
-                }
-                Ok(())
-            }
-            ClientIo::Ws { ws, pending } => {
-                for f in pending.drain(..) {
-                    ws.feed(Message::Binary(f)).await.map_err(ws_io)?;
-                }
-                ws.flush().await.map_err(ws_io)
-            }
+            } => poll_writev(stream, pending, cx),
+            ClientIo::Ws { ws, pending } => poll_ws_send(ws, pending, cx),
+        };
+        let pending = self.pending();
+        if pending.is_empty() && pending.spilled() {
+            *pending = Pending::new();
         }
+        res
+    }
+
+    /// Writes every queued frame (see [`ClientIo::poll_flush`]).
+    pub async fn flush(&mut self) -> io::Result<()> {
+        std::future::poll_fn(|cx| self.poll_flush(cx)).await
     }
 
     /// Ends the transport: TCP half-close, or a WebSocket close frame with
@@ -231,4 +228,86 @@ fn ws_io(e: tungstenite::Error) -> io::Error {
         tungstenite::Error::Io(e) => e,
         other => io::Error::other(other),
     }
+}
+
+fn ws_read_error(e: tungstenite::Error, max: u32) -> ReadError {
+    match e {
+        tungstenite::Error::Capacity(_) => {
+            ReadError::Frame(FrameError::TooLarge { len: u32::MAX, max })
+        }
+        tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => {
+            ReadError::Closed
+        }
+        tungstenite::Error::Io(e) => ReadError::Io(e),
+        _ => ReadError::Protocol("invalid WebSocket framing"),
+    }
+}
+
+/// Writes `pending` with vectored writes, dropping what was written.
+fn poll_writev(
+    stream: &mut TcpStream,
+    pending: &mut Pending,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<()>> {
+    while !pending.is_empty() {
+        let n = {
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let k = pending.len().min(MAX_IOVECS);
+            for (s, f) in slices.iter_mut().zip(pending.iter()) {
+                *s = IoSlice::new(f);
+            }
+            ready!(Pin::new(&mut *stream).poll_write_vectored(cx, &slices[..k]))?
+        };
+        if n == 0 {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
+        // Drop whole frames written; advance into a partly written one.
+        let mut left = n;
+        let whole = pending
+            .iter()
+            .take_while(|f| {
+                let fits = f.len() <= left;
+                if fits {
+                    left -= f.len();
+                }
+                fits
+            })
+            .count();
+        pending.drain(..whole);
+        if left > 0 {
+            pending[0].advance(left);
+        }
+    }
+    Poll::Ready(Ok(()))
+}
+
+/// Sends `pending` as one binary message each, then flushes the socket.
+fn poll_ws_send(
+    ws: &mut WsStream,
+    pending: &mut Pending,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<()>> {
+    let mut ws = Pin::new(ws);
+    let mut sent = 0;
+    let res = loop {
+        if sent == pending.len() {
+            break Ok(());
+        }
+        match ws.as_mut().poll_ready(cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => break Err(ws_io(e)),
+            Poll::Pending => {
+                pending.drain(..sent);
+                return Poll::Pending;
+            }
+        }
+        let f = std::mem::take(&mut pending[sent]);
+        sent += 1;
+        if let Err(e) = ws.as_mut().start_send(Message::Binary(f)) {
+            break Err(ws_io(e));
+        }
+    };
+    pending.drain(..sent);
+    res?;
+    ws.poll_flush(cx).map_err(ws_io)
 }

@@ -129,6 +129,19 @@ impl SessionTable {
         }
         out
     }
+
+    /// Calls `f` on every session, one shard read-locked at a time, without
+    /// copying the table (`f` must be quick and must not block).
+    pub fn for_each(&self, mut f: impl FnMut(&SessionHandle)) {
+        for shard in self.ids.iter() {
+            shard
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .by_id
+                .values()
+                .for_each(&mut f);
+        }
+    }
 }
 
 impl Default for SessionTable {
@@ -169,6 +182,10 @@ mod tests {
         assert!(t.remove(1).is_none());
         assert_eq!(t.by_user(10).len(), 1);
         assert_eq!(t.all().len(), 2);
+        let mut seen = Vec::new();
+        t.for_each(|s| seen.push(s.id()));
+        seen.sort();
+        assert_eq!(seen, vec![2, 3]);
         assert_eq!(t.get(3).map(|s| s.user_id()), Some(11));
     }
 }

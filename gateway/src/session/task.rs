@@ -5,15 +5,16 @@
 //! are stamped in place); frames for the client are written in batches.
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use gg_proto::control::{self, Open, Welcome};
 use gg_proto::frame::{self, FrameError, Header, Kind};
 use gg_proto::{CloseCode, ErrorCode, Frame};
-use tokio::time::{Instant, Sleep};
+use prometheus::IntGauge;
+use tokio::time::Instant;
 use tracing::{debug, info};
 
 use super::io::{ClientIo, ReadError};
@@ -22,7 +23,7 @@ use crate::Gateway;
 use crate::backend::{Endpoint, SendError, ToBackend};
 use crate::config::Strategy;
 use crate::error::RequestError;
-use crate::limits::TokenBucket;
+use crate::limits::{ConnGuard, TokenBucket};
 use crate::metrics::{ProtoMetrics, Protocol};
 
 /// How a session ends: the code, a reason for humans, and whether a CLOSE
@@ -218,9 +219,31 @@ fn bind_on(
     })
 }
 
-/// Runs one TCP or WebSocket session from its first byte to its end.
-pub async fn run(gw: Arc<Gateway>, mut io: ClientIo, remote: SocketAddr, protocol: Protocol) {
-    let pm = gw.metrics.proto(protocol).clone();
+/// What a client connection holds while it lives: its slot under the
+/// connection limits, and its place in the active-connections gauge.
+pub struct Admission {
+    pub guard: Option<ConnGuard>,
+    pub active: IntGauge,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.active.dec();
+    }
+}
+
+/// Runs the HELLO phase of a TCP or WebSocket connection and, if it is
+/// accepted, spawns the session's own task and returns. The session task
+/// starts with only the session's state: nothing of the accept, sniff and
+/// HELLO futures stays in the memory an idle session holds.
+pub async fn start(
+    gw: Arc<Gateway>,
+    mut io: ClientIo,
+    remote: SocketAddr,
+    protocol: Protocol,
+    admission: Admission,
+) {
+    let pm = gw.metrics.proto(protocol);
     let max = gw.cfg.limits.max_frame_bytes;
     let first = match tokio::time::timeout(gw.cfg.limits.hello_timeout, io.read_frame(max)).await {
         Err(_) => Err(Closing::new(
@@ -248,7 +271,7 @@ pub async fn run(gw: Arc<Gateway>, mut io: ClientIo, remote: SocketAddr, protoco
                 .closes
                 .with_label_values(&[close_label(c.code)])
                 .inc();
-            end_transport(&mut io, 0, &c, &pm).await;
+            end_transport(&mut io, 0, &c, pm).await;
             return;
         }
     };
@@ -277,7 +300,7 @@ pub async fn run(gw: Arc<Gateway>, mut io: ClientIo, remote: SocketAddr, protoco
     if !gw.sessions.insert(handle.clone()) {
         // Only possible if the id space wrapped onto a live session.
         let c = Closing::new(CloseCode::Internal, "session id collision, reconnect");
-        end_transport(&mut io, 0, &c, &pm).await;
+        end_transport(&mut io, 0, &c, pm).await;
         return;
     }
     gw.metrics.sessions_opened.inc();
@@ -302,31 +325,41 @@ pub async fn run(gw: Arc<Gateway>, mut io: ClientIo, remote: SocketAddr, protoco
             heartbeat_ms: gw.cfg.limits.heartbeat.as_millis() as u64,
         },
     );
-    let now = Instant::now();
     let mut s = Session {
-        idle: Box::pin(tokio::time::sleep_until(now + gw.cfg.limits.idle_timeout)),
         bucket: TokenBucket::new(
             gw.cfg.limits.msg_rate_per_sec,
             gw.cfg.limits.msg_burst,
-            now.into_std(),
+            std::time::Instant::now(),
         ),
         gw: gw.clone(),
         handle,
         rx,
         io,
-        pm,
         bindings: Vec::new(),
-        last_rx: now,
-        goaway_deadline: None,
+        protocol,
         goaway_sent: false,
         resumed,
+        _admission: admission,
     };
     s.queue(welcome.to_bytes());
-    let closing = match s.flush().await {
-        Ok(()) => s.run().await,
-        Err(c) => c,
-    };
-    s.finish(closing).await;
+    gw.tracker.spawn(live(s));
+}
+
+/// The session task: every idle session holds one of these futures.
+/// (An `async` block, not an `async fn`: a function's argument would be
+/// stored twice in its state.)
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn would store the session twice"
+)]
+fn live(mut s: Session) -> impl Future<Output = ()> + Send {
+    async move {
+        let closing = match s.flush().await {
+            Ok(()) => s.run().await,
+            Err(c) => c,
+        };
+        s.finish(closing).await;
+    }
 }
 
 /// Validates the first frame: a v1 HELLO opening a new session, or resuming
@@ -414,17 +447,14 @@ struct Session {
     handle: SessionHandle,
     rx: super::Inbox,
     io: ClientIo,
-    pm: ProtoMetrics,
     bindings: Vec<Binding>,
     bucket: TokenBucket,
-    last_rx: Instant,
-    /// Re-armed lazily: it fires at most once per idle period, not per frame.
-    idle: Pin<Box<Sleep>>,
-    goaway_deadline: Option<Instant>,
+    protocol: Protocol,
     /// A client that closes after GOAWAY has moved: backends get "moved".
     goaway_sent: bool,
     /// Opened by resuming a session from another connection or gateway.
     resumed: bool,
+    _admission: Admission,
 }
 
 /// Most queued messages handled before a flush, so one busy session cannot
@@ -434,49 +464,19 @@ const MAX_BATCH: usize = 128;
 /// Extra time after a GOAWAY deadline before the session closes itself.
 const GOAWAY_GRACE: Duration = Duration::from_secs(2);
 
+/// Most client frames handled per wake-up, so a client that streams
+/// frames cannot starve the session's queue (or the flush) for long.
+const MAX_READS: usize = 32;
+
 impl Session {
+    /// The session loop: handle what the queue and the client have ready,
+    /// flush, repeat. One hand-written poll over both sources keeps the
+    /// suspended state to a few words (no `select!` futures), and handles
+    /// both in the same wake-up so neither starves the other. Timers (idle,
+    /// GOAWAY deadline) are swept across the table by [`sweep_timers`].
     async fn run(&mut self) -> Closing {
-        let max = self.gw.cfg.limits.max_frame_bytes;
         loop {
-            let goaway = self.goaway_deadline;
-            let step: Result<(), Closing> = tokio::select! {
-                biased;
-                m = self.rx.recv() => match m {
-                    Some(m) => self.on_outbound_batch(m),
-                    None => {
-                        let code = self.handle.requested_close().unwrap_or(CloseCode::Internal);
-                        let reason = match code {
-                            CloseCode::SlowConsumer => format!(
-                                "client did not read fast enough; outbound queue of {} frames is full",
-                                self.gw.cfg.limits.session_queue
-                            ),
-                            CloseCode::Shutdown => "gateway shutting down".to_string(),
-                            other => other.name().to_string(),
-                        };
-                        Err(Closing::new(code, reason))
-                    }
-                },
-                r = self.io.read_frame(max) => match r {
-                    Ok(raw) => self.on_client_frame(raw),
-                    Err(e) => Err(Closing::from_read(e, max)),
-                },
-                _ = &mut self.idle => {
-                    let due = self.last_rx + self.gw.cfg.limits.idle_timeout;
-                    if due <= Instant::now() {
-                        Err(Closing::new(
-                            CloseCode::HeartbeatTimeout,
-                            format!("no frame for {} ms; send PING every heartbeat_ms", self.gw.cfg.limits.idle_timeout.as_millis()),
-                        ))
-                    } else {
-                        self.idle.as_mut().reset(due);
-                        Ok(())
-                    }
-                }
-                _ = sleep_until_opt(goaway) => {
-                    Err(Closing::new(CloseCode::Shutdown, "drain deadline reached; reconnect to another gateway"))
-                }
-            };
-            if let Err(c) = step {
+            if let Err(c) = std::future::poll_fn(|cx| self.poll_step(cx)).await {
                 return c;
             }
             if self.io.has_pending()
@@ -487,9 +487,61 @@ impl Session {
         }
     }
 
+    /// `Ready` once something was handled (or the session must close).
+    fn poll_step(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Closing>> {
+        let mut progress = false;
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(m)) => {
+                self.on_outbound_batch(m)?;
+                progress = true;
+            }
+            Poll::Ready(None) => return Poll::Ready(Err(self.requested_closing())),
+            Poll::Pending => {}
+        }
+        let max = self.gw.cfg.limits.max_frame_bytes;
+        for _ in 0..MAX_READS {
+            match self.io.poll_read_frame(cx, max) {
+                Poll::Ready(Ok(raw)) => {
+                    self.on_client_frame(raw)?;
+                    progress = true;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(Closing::from_read(e, max))),
+                Poll::Pending => break,
+            }
+        }
+        if progress {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Why the task was asked to close from outside.
+    fn requested_closing(&self) -> Closing {
+        let limits = &self.gw.cfg.limits;
+        let code = self.handle.requested_close().unwrap_or(CloseCode::Internal);
+        let reason = match code {
+            CloseCode::SlowConsumer => format!(
+                "client did not read fast enough; outbound queue of {} frames is full",
+                limits.session_queue
+            ),
+            CloseCode::HeartbeatTimeout => format!(
+                "no frame for {} ms; send PING every heartbeat_ms",
+                limits.idle_timeout.as_millis()
+            ),
+            CloseCode::Shutdown if self.goaway_sent => {
+                "drain deadline reached; reconnect to another gateway".to_string()
+            }
+            CloseCode::Shutdown => "gateway shutting down".to_string(),
+            other => other.name().to_string(),
+        };
+        Closing::new(code, reason)
+    }
+
     fn queue(&mut self, frame: Bytes) {
-        self.pm.frames_out.inc();
-        self.pm.bytes_out.inc_by(frame.len() as u64);
+        let pm = self.gw.metrics.proto(self.protocol);
+        pm.frames_out.inc();
+        pm.bytes_out.inc_by(frame.len() as u64);
         self.io.queue(frame);
     }
 
@@ -507,8 +559,23 @@ impl Session {
         self.queue(control::error_frame(&h, code, e.to_string()).to_bytes());
     }
 
+    /// Writes what is queued for the client. The common case (the socket
+    /// takes it all now) needs no timer; only a write that must wait gets a
+    /// boxed future with the write timeout, so the timer is not part of
+    /// every session's state.
     async fn flush(&mut self) -> Result<(), Closing> {
-        match tokio::time::timeout(self.gw.cfg.limits.write_timeout, self.io.flush()).await {
+        let first = std::future::poll_fn(|cx| Poll::Ready(self.io.poll_flush(cx))).await;
+        let res = match first {
+            Poll::Ready(r) => Ok(r),
+            Poll::Pending => {
+                Box::pin(tokio::time::timeout(
+                    self.gw.cfg.limits.write_timeout,
+                    self.io.flush(),
+                ))
+                .await
+            }
+        };
+        match res {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(Closing::silent(
                 CloseCode::Normal,
@@ -598,10 +665,11 @@ impl Session {
                 self.goaway_sent = true;
                 // The drain controller force-closes (and counts) at the deadline;
                 // this timer is only a safety net if it cannot.
-                self.goaway_deadline = Some(Instant::now() + deadline + GOAWAY_GRACE);
+                self.handle
+                    .set_goaway_deadline(Some(std::time::Instant::now() + deadline + GOAWAY_GRACE));
             }
             Outbound::GoAwayCancelled => {
-                self.goaway_deadline = None;
+                self.handle.set_goaway_deadline(None);
                 self.goaway_sent = false;
             }
             Outbound::Close { code, reason } => {
@@ -642,9 +710,11 @@ impl Session {
     }
 
     fn on_client_frame(&mut self, mut raw: BytesMut) -> Result<(), Closing> {
-        self.last_rx = Instant::now();
-        self.pm.frames_in.inc();
-        self.pm.bytes_in.inc_by(raw.len() as u64);
+        let now = std::time::Instant::now();
+        self.handle.touch(now);
+        let pm = self.gw.metrics.proto(self.protocol);
+        pm.frames_in.inc();
+        pm.bytes_in.inc_by(raw.len() as u64);
         let header = match frame::parse_raw(&raw) {
             Ok(h) => h,
             Err(FrameError::UnknownKind { header }) => {
@@ -680,7 +750,7 @@ impl Session {
         }
         match header.kind() {
             Some(Kind::Data) => {
-                if !self.bucket.take(self.last_rx.into_std()) {
+                if !self.bucket.take(now) {
                     self.gw.metrics.reject("msg_rate");
                     self.queue_error(&header, &RequestError::RateLimited);
                     return Ok(());
@@ -754,7 +824,7 @@ impl Session {
         res
     }
 
-    async fn finish(mut self, c: Closing) {
+    async fn finish(&mut self, c: Closing) {
         let id = self.handle.id();
         // A client that leaves after GOAWAY continues elsewhere (resume).
         let (code, reason) = if self.goaway_sent && c.code == CloseCode::Normal.code() {
@@ -781,15 +851,39 @@ impl Session {
             .with_label_values(&[close_label(c.code)])
             .inc();
         info!(session = id, code = c.code, reason = %c.reason, age_ms = self.handle.age().as_millis() as u64, "session closed");
-        end_transport(&mut self.io, id, &c, &self.pm).await;
+        // Boxed: needed once, at the end, so not part of the state every
+        // live session holds.
+        let pm = self.gw.metrics.proto(self.protocol);
+        Box::pin(end_transport(&mut self.io, id, &c, pm)).await;
     }
 }
 
-async fn sleep_until_opt(t: Option<Instant>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
+/// Checks every streaming session's idle timeout and GOAWAY deadline
+/// ([`SessionHandle::check_timers`]) a few times per idle timeout, instead
+/// of one timer per session: a session closes between `idle_timeout` and
+/// `idle_timeout` plus one sweep interval after its last frame.
+pub async fn sweep_timers(gw: Arc<Gateway>, stop: tokio_util::sync::CancellationToken) {
+    let idle = gw.cfg.limits.idle_timeout;
+    let mut tick = tokio::time::interval(sweep_interval(idle));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = std::time::Instant::now();
+        gw.sessions.for_each(|s| {
+            // HTTP calls are bounded by the request timeout instead.
+            if s.protocol() != Protocol::Http {
+                s.check_timers(now, idle);
+            }
+        });
     }
+}
+
+/// An eighth of the idle timeout, between 10 ms and 1 s.
+fn sweep_interval(idle: Duration) -> Duration {
+    (idle / 8).clamp(Duration::from_millis(10), Duration::from_secs(1))
 }
 
 #[cfg(test)]
@@ -809,14 +903,41 @@ mod tests {
         let addr = l.local_addr().unwrap();
         let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
         let (server, remote) = l.accept().await.unwrap();
-        let fut = run(
+        let (handle, rx) = SessionHandle::new(1, 2, 0, Protocol::Tcp, remote, 8);
+        let s = Session {
+            bucket: TokenBucket::new(1, 1, std::time::Instant::now()),
+            handle,
+            rx,
+            io: ClientIo::tcp(server, BytesMut::new()),
+            bindings: Vec::new(),
+            protocol: Protocol::Tcp,
+            goaway_sent: false,
+            resumed: false,
+            _admission: Admission {
+                guard: gw.limits.try_acquire(remote.ip()).ok(),
+                active: gw.metrics.proto(Protocol::Tcp).active.clone(),
+            },
             gw,
-            ClientIo::tcp(server, BytesMut::new()),
-            remote,
-            Protocol::Tcp,
-        );
+        };
+        let fut = live(s);
         let size = std::mem::size_of_val(&fut);
         eprintln!("session future: {size} bytes");
-        assert!(size < 4096, "session future grew to {size} bytes");
+        assert!(size < 1024, "session future grew to {size} bytes");
+    }
+
+    #[test]
+    fn sweeps_a_few_times_per_idle_timeout() {
+        assert_eq!(
+            sweep_interval(Duration::from_secs(45)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            sweep_interval(Duration::from_millis(400)),
+            Duration::from_millis(50)
+        );
+        assert_eq!(
+            sweep_interval(Duration::from_millis(20)),
+            Duration::from_millis(10)
+        );
     }
 }
