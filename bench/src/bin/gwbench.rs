@@ -162,6 +162,9 @@ fn main() -> anyhow::Result<()> {
             Cmd::Idle(i) => &i.common,
             Cmd::Churn(c) => &c.common,
         };
+        if common.worker.is_some() {
+            exit_with_parent();
+        }
         let report = if common.procs > 1 && common.worker.is_none() {
             fan_out(&args, common).await?
         } else {
@@ -193,6 +196,17 @@ fn print(r: &Report, worker: bool) {
 }
 
 /// Runs `procs` copies of this process, each with a share of the sessions.
+/// A worker exits as soon as its stdin (a pipe from the parent) closes, so
+/// killing the parent never leaves workers holding connections.
+fn exit_with_parent() {
+    std::thread::spawn(|| {
+        use std::io::Read;
+        let mut b = [0u8; 64];
+        while matches!(std::io::stdin().read(&mut b), Ok(n) if n > 0) {}
+        std::process::exit(0);
+    });
+}
+
 /// For `idle`, the SUT's RSS is read once every worker reports its sessions
 /// open (a line `OPEN` on its stdout) and before any of them closes.
 async fn fan_out(args: &Args, common: &Common) -> anyhow::Result<Report> {
@@ -206,6 +220,10 @@ async fn fan_out(args: &Args, common: &Common) -> anyhow::Result<Report> {
         let mut cmd = tokio::process::Command::new(&exe);
         cmd.args(&raw).arg("--worker").arg(w.to_string());
         cmd.stdout(std::process::Stdio::piped());
+        // The worker watches this pipe: it exits when the parent goes away,
+        // even if the parent was killed.
+        cmd.stdin(std::process::Stdio::piped());
+        cmd.kill_on_drop(true);
         let mut child = cmd.spawn()?;
         let out = child
             .stdout
