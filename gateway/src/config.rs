@@ -966,9 +966,13 @@ limits: { max_frame_bytes: 10, idle_timeout_ms: 5, heartbeat_ms: 10 }
     fn dockerfile_copies_binaries_the_workspace_builds() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let docker = std::fs::read_to_string(root.join("deploy/Dockerfile")).unwrap();
-        let manifests = ["gateway/Cargo.toml", "controlplane/Cargo.toml"]
-            .map(|m| std::fs::read_to_string(root.join(m)).unwrap())
-            .join("\n");
+        let manifests = [
+            "gateway/Cargo.toml",
+            "controlplane/Cargo.toml",
+            "gwctl/Cargo.toml",
+        ]
+        .map(|m| std::fs::read_to_string(root.join(m)).unwrap())
+        .join("\n");
         let known = [
             "FROM",
             "WORKDIR",
@@ -999,7 +1003,7 @@ limits: { max_frame_bytes: 10, idle_timeout_ms: 5, heartbeat_ms: 10 }
                 copied += 1;
             }
         }
-        assert_eq!(copied, 3);
+        assert_eq!(copied, 4);
     }
 
     #[test]

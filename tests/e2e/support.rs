@@ -93,6 +93,7 @@ pub fn bin(name: &str) -> String {
         "gateway" => option_env!("CARGO_BIN_EXE_gateway"),
         "sample-backend" => option_env!("CARGO_BIN_EXE_sample-backend"),
         "controlplane" => option_env!("CARGO_BIN_EXE_controlplane"),
+        "gwctl" => option_env!("CARGO_BIN_EXE_gwctl"),
         _ => None,
     };
     if let Some(p) = known {
@@ -114,6 +115,8 @@ pub fn bin(name: &str) -> String {
             "--quiet",
             "-p",
             "gateway",
+            "-p",
+            "controlplane",
             "--bins",
             "--target-dir",
         ])
@@ -123,8 +126,11 @@ pub fn bin(name: &str) -> String {
         }
         let st = cmd
             .status()
-            .expect("run cargo build for the gateway binaries");
-        assert!(st.success(), "building the gateway binaries failed");
+            .expect("run cargo build for the gateway and control plane binaries");
+        assert!(
+            st.success(),
+            "building the gateway and control plane binaries failed"
+        );
         profile_dir
     });
     dir.join(name).to_string_lossy().to_string()

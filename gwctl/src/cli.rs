@@ -1,0 +1,407 @@
+//! The command line: noun → verb, global flags with env fallbacks.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "gwctl",
+    version,
+    about = "Operate Game Gateway: routes, overrides, drains, sessions and the fleet",
+    after_help = "Exit codes: 0 ok, 1 error, 2 a diff (diff) or an operation not complete (--wait, rollout status).\n\
+                  Targets and credentials come from flags, then env, then the current context of the config file."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// Config file with contexts [default: $XDG_CONFIG_HOME/gwctl/config.yaml or ~/.config/gwctl/config.yaml].
+    #[arg(long, env = "GWCTL_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Context to use instead of the file's `current_context`.
+    #[arg(long, env = "GWCTL_CONTEXT", global = true)]
+    pub context: Option<String>,
+    /// Control plane gRPC address (host:port or http://host:port).
+    #[arg(long, env = "GWCTL_CONTROLPLANE", global = true)]
+    pub controlplane: Option<String>,
+    /// A gateway's admin gRPC address (host:port or http://host:port).
+    #[arg(long, env = "GWCTL_GATEWAY", global = true)]
+    pub gateway: Option<String>,
+    /// File holding the bearer token. The token itself can be given in
+    /// GWCTL_TOKEN; there is no flag for it, so it never shows in `ps`.
+    #[arg(long, env = "GWCTL_TOKEN_FILE", global = true)]
+    pub token_file: Option<PathBuf>,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Format::Table, global = true)]
+    pub output: Format,
+    /// Time limit of each call, e.g. 10s, 500ms, 2m.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, global = true)]
+    pub timeout: std::time::Duration,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Json,
+    Yaml,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Routing rules (services) in the control plane; `explain` asks a gateway.
+    #[command(subcommand)]
+    Routes(Routes),
+    /// Realm → game server map in the control plane.
+    #[command(subcommand)]
+    Realms(Realms),
+    /// Route overrides: cluster-wide (control plane) or `--local` to one gateway.
+    #[command(subcommand)]
+    Overrides(Overrides),
+    /// Replace the whole routing bundle with a file (declarative).
+    Apply(ApplyArgs),
+    /// Show what `apply -f` would change; exit 2 when it would change something.
+    Diff(FileArg),
+    /// Print the current bundle in the format `apply -f` reads.
+    Dump,
+    /// Change records, newest first.
+    History {
+        /// How many records (at most 1000).
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Write the bundle of an earlier revision as a new revision.
+    Rollback {
+        revision: u64,
+        #[command(flatten)]
+        write: WriteArgs,
+    },
+    /// Which gateway applied which revision.
+    #[command(subcommand)]
+    Rollout(Rollout),
+    /// The gateway fleet the control plane knows.
+    #[command(subcommand)]
+    Fleet(Fleet),
+    /// Drain a gateway before a rollout (GOAWAY, then close at the deadline).
+    #[command(subcommand)]
+    Drain(Drain),
+    /// Sessions on a gateway, and who owns a session cluster-wide.
+    #[command(subcommand)]
+    Sessions(Sessions),
+    /// A gateway's backend endpoints.
+    #[command(subcommand)]
+    Backends(Backends),
+    /// A gateway's identity and state.
+    Info,
+    /// Print shell completions.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct WriteArgs {
+    /// Fail unless the current revision is this one (compare-and-set).
+    #[arg(long)]
+    pub expected_revision: Option<u64>,
+    /// Validate and show the diff; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Recorded in the history.
+    #[arg(long)]
+    pub comment: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct FileArg {
+    /// Bundle file (YAML or JSON): services, realms, overrides.
+    #[arg(short = 'f', long = "file")]
+    pub file: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct ApplyArgs {
+    #[command(flatten)]
+    pub file: FileArg,
+    #[command(flatten)]
+    pub write: WriteArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Routes {
+    /// Every service.
+    List,
+    /// One service by name.
+    Get { name: String },
+    /// Create or replace a service.
+    Set {
+        name: String,
+        /// The `service_type` clients put in frames.
+        #[arg(long)]
+        id: u32,
+        /// round_robin, consistent_hash or realm.
+        #[arg(long)]
+        strategy: String,
+        /// host:port; repeat for several.
+        #[arg(long = "endpoint")]
+        endpoints: Vec<String>,
+        #[command(flatten)]
+        write: WriteArgs,
+    },
+    /// Delete a service.
+    Delete {
+        name: String,
+        #[command(flatten)]
+        write: WriteArgs,
+    },
+    /// Ask a gateway where a request would go, and why.
+    Explain {
+        #[arg(long)]
+        service: u32,
+        #[arg(long, default_value_t = 0)]
+        user: u64,
+        #[arg(long, default_value_t = 0)]
+        realm: u32,
+        #[arg(long, default_value_t = 0)]
+        session: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Realms {
+    List,
+    /// Map a realm to a game server.
+    Set {
+        realm: u32,
+        endpoint: String,
+        #[command(flatten)]
+        write: WriteArgs,
+    },
+    Delete {
+        realm: u32,
+        #[command(flatten)]
+        write: WriteArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Overrides {
+    List {
+        /// A gateway's local overrides instead of the cluster's.
+        #[arg(long)]
+        local: bool,
+    },
+    /// Send matching traffic to `--target`.
+    Set(OverrideSet),
+    Delete {
+        id: String,
+        #[arg(long)]
+        local: bool,
+        #[command(flatten)]
+        write: WriteArgs,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct OverrideSet {
+    #[arg(long)]
+    pub service: u32,
+    /// Only this user (0 = any).
+    #[arg(long, default_value_t = 0)]
+    pub user: u64,
+    /// Only this realm (0 = any).
+    #[arg(long, default_value_t = 0)]
+    pub realm: u32,
+    /// Only this session (local overrides only; 0 = any).
+    #[arg(long, default_value_t = 0)]
+    pub session: u64,
+    /// Endpoint host:port.
+    #[arg(long)]
+    pub target: String,
+    /// Why (shown in lists and in explain).
+    #[arg(long, default_value = "")]
+    pub reason: String,
+    /// Expire after this long (e.g. 30m); none by default.
+    #[arg(long, value_parser = parse_duration)]
+    pub ttl: Option<std::time::Duration>,
+    /// Set it on one gateway (`--gateway`) instead of cluster-wide.
+    #[arg(long)]
+    pub local: bool,
+    /// Local only: move sessions already bound elsewhere.
+    #[arg(long)]
+    pub move_existing: bool,
+    #[command(flatten)]
+    pub write: WriteArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Rollout {
+    /// Per gateway: applied, rejected or pending. Exit 2 while any is pending.
+    Status {
+        /// Revision (default: the current one).
+        #[arg(long, default_value_t = 0)]
+        revision: u64,
+        /// Wait until no gateway is pending.
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this long (exit 2).
+        #[arg(long, default_value = "2m", value_parser = parse_duration)]
+        wait_timeout: std::time::Duration,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Fleet {
+    /// Every gateway with its sync status.
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Drain {
+    /// Start a drain: of GATEWAY_ID through the control plane, or of the
+    /// `--gateway` admin address directly.
+    Start {
+        gateway_id: Option<String>,
+        /// Close sessions still open after this long (default: the gateway's).
+        #[arg(long, value_parser = parse_duration)]
+        deadline: Option<std::time::Duration>,
+        /// Spread GOAWAYs over this long (default: the gateway's).
+        #[arg(long, value_parser = parse_duration)]
+        spread: Option<std::time::Duration>,
+        #[arg(long, default_value = "gwctl")]
+        reason: String,
+        /// Makes a retried start join the same drain.
+        #[arg(long)]
+        request_id: Option<String>,
+        /// Follow the drain until it finishes.
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this long (exit 2).
+        #[arg(long, default_value = "30m", value_parser = parse_duration)]
+        wait_timeout: std::time::Duration,
+    },
+    /// The drain of the `--gateway` gateway.
+    Status,
+    /// Cancel it: the gateway becomes ready again.
+    Cancel,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Sessions {
+    Get {
+        id: u64,
+    },
+    List {
+        #[arg(long, default_value_t = 0)]
+        user: u64,
+        #[arg(long, default_value_t = 0)]
+        realm: u32,
+        #[arg(long, default_value_t = 0)]
+        service: u32,
+        /// tcp, ws or http.
+        #[arg(long, default_value = "")]
+        protocol: String,
+        /// Most sessions to show (pages are followed).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Close sessions by id, or every session matching the filters.
+    Kick {
+        ids: Vec<u64>,
+        #[arg(long, default_value_t = 0)]
+        user: u64,
+        #[arg(long, default_value_t = 0)]
+        realm: u32,
+        #[arg(long, default_value_t = 0)]
+        service: u32,
+        #[arg(long, default_value = "")]
+        protocol: String,
+        /// Close code sent to the client (default: the `kicked` code).
+        #[arg(long, default_value_t = 0)]
+        code: u32,
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Count what would be kicked; kick nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Kicks per second (0 = all at once).
+        #[arg(long, default_value_t = 0)]
+        rate: u32,
+    },
+    /// Send a DATA frame to a session or to every session of a user.
+    Push {
+        #[arg(long, default_value_t = 0)]
+        session: u64,
+        #[arg(long, default_value_t = 0)]
+        user: u64,
+        #[arg(long)]
+        service: u32,
+        #[arg(long, default_value_t = 0)]
+        seq: u32,
+        /// Payload text, or @path to read it from a file.
+        #[arg(long)]
+        payload: String,
+    },
+    /// Which gateway owns a session (or, with --user, a user's sessions).
+    Lookup {
+        id: Option<u64>,
+        #[arg(long)]
+        user: Option<u64>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Backends {
+    List,
+    /// ready, drain (no new sessions) or maint (also moves bound sessions).
+    SetState {
+        endpoint: String,
+        state: String,
+    },
+}
+
+/// `90s`, `500ms`, `5m`, `1h`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration; use e.g. 500ms, 30s, 5m or 1h"))?;
+    let ms = match unit {
+        "ms" => n,
+        "" | "s" => n * 1000,
+        "m" => n * 60_000,
+        "h" => n * 3_600_000,
+        _ => return Err(format!("unknown unit {unit:?} in {s:?}; use ms, s, m or h")),
+    };
+    Ok(std::time::Duration::from_millis(ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+    use std::time::Duration;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("5 minutes").is_err());
+        assert!(parse_duration("m").is_err());
+    }
+}

@@ -1,0 +1,609 @@
+//! gwctl end to end: the real `gwctl` binary against a real `redis-server`,
+//! `controlplane`, `gateway` and backend, all on free loopback ports.
+
+#[path = "../e2e/support.rs"]
+mod support;
+
+// Shared with the control plane's tests, which use all of it.
+#[allow(dead_code)]
+#[path = "../cp_e2e/redis_proc.rs"]
+mod redis_proc;
+
+use std::net::SocketAddr;
+
+use serde_json::Value;
+
+use redis_proc::Redis;
+use support::*;
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Out {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", self.stdout, self.stderr))
+    }
+
+    #[track_caller]
+    fn ok(self) -> Out {
+        assert_eq!(
+            self.code, 0,
+            "stdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+/// The planes gwctl talks to, and how it finds them.
+struct Stack {
+    cp: SocketAddr,
+    gw: Gw,
+    _redis: Redis,
+    _cp_proc: Proc,
+    backend: Backend,
+    home: std::path::PathBuf,
+}
+
+impl Stack {
+    async fn start() -> Stack {
+        let redis = Redis::start().await;
+        let config = scratch("cp", "yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "id: cp-gwctl\nlisten: 127.0.0.1:0\nops_listen: 127.0.0.1:0\nredis: {{ url: \"{}\" }}\nreconcile_ms: 200\nlease_ms: 5000\ntokens:\n  - {{ name: reader, scope: read, value: {READ_TOKEN} }}\n  - {{ name: op, scope: operate, value: {OPERATE_TOKEN} }}\n  - {{ name: root, scope: admin, value: {ADMIN_TOKEN} }}\ngateway_admin_token: {{ name: cp, scope: admin, value: {ADMIN_TOKEN} }}\n",
+                redis.url()
+            ),
+        )
+        .expect("write cp config");
+        let (cp_proc, line) = spawn(
+            &bin("controlplane"),
+            "cp-gwctl",
+            &["--config", config.to_str().expect("utf8")],
+        )
+        .await;
+        let cp: SocketAddr = line
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("grpc="))
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("bad cp line {line:?}"));
+        let backend = backend("b1").await;
+        let gw = gateway_named(
+            "gw-ctl",
+            &format!(
+                "controlplane:\n  url: http://{cp}\n  token: {{ name: cp, scope: operate, value: {OPERATE_TOKEN} }}\n  snapshot_path: {}\n  session_flush_ms: 50\n{}",
+                scratch("snap", "pb").display(),
+                admin_yaml()
+            ),
+        )
+        .await;
+        let home = scratch("home", "d");
+        std::fs::create_dir_all(&home).expect("home");
+        Stack {
+            cp,
+            gw,
+            _redis: redis,
+            _cp_proc: cp_proc,
+            backend,
+            home,
+        }
+    }
+
+    /// Runs gwctl with `token` in GWCTL_TOKEN and both addresses in env.
+    async fn gwctl(&self, token: Option<&str>, args: &[&str]) -> Out {
+        let mut env = vec![
+            ("GWCTL_CONTROLPLANE", self.cp.to_string()),
+            (
+                "GWCTL_GATEWAY",
+                self.gw.admin.expect("admin listener").to_string(),
+            ),
+        ];
+        if let Some(t) = token {
+            env.push(("GWCTL_TOKEN", t.to_string()));
+        }
+        run_gwctl(&self.home, &env, args).await
+    }
+}
+
+/// Runs gwctl with a clean environment (HOME = `home`, so no user config).
+async fn run_gwctl(home: &std::path::Path, env: &[(&str, String)], args: &[&str]) -> Out {
+    let mut cmd = tokio::process::Command::new(bin("gwctl"));
+    cmd.env_clear().env("HOME", home).args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let o = tokio::time::timeout(WAIT * 3, cmd.output())
+        .await
+        .expect("gwctl finished")
+        .expect("run gwctl");
+    Out {
+        code: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+async fn revision(s: &Stack) -> u64 {
+    s.gwctl(Some(READ_TOKEN), &["-o", "json", "routes", "list"])
+        .await
+        .ok()
+        .json()["revision"]
+        .as_u64()
+        .expect("revision")
+}
+
+#[tokio::test]
+async fn routes_apply_diff_rollout_and_fleet() {
+    let s = Stack::start().await;
+    let b = s.backend.addr.to_string();
+
+    // Imperative write, then the fleet converges on it.
+    let out = s
+        .gwctl(
+            Some(ADMIN_TOKEN),
+            &[
+                "routes",
+                "set",
+                "echo",
+                "--id",
+                "1",
+                "--strategy",
+                "round_robin",
+                "--endpoint",
+                &b,
+                "--comment",
+                "first",
+            ],
+        )
+        .await
+        .ok();
+    assert!(out.stdout.contains("written: revision 1"), "{}", out.stdout);
+    let list = s
+        .gwctl(Some(READ_TOKEN), &["-o", "json", "routes", "list"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(list["services"][0]["name"], "echo");
+    assert_eq!(list["services"][0]["endpoints"][0], b.as_str());
+    let r = s
+        .gwctl(
+            Some(READ_TOKEN),
+            &[
+                "-o",
+                "json",
+                "rollout",
+                "status",
+                "--wait",
+                "--wait-timeout",
+                "20s",
+            ],
+        )
+        .await
+        .ok()
+        .json();
+    assert_eq!(r["pending"], 0, "{r}");
+    assert_eq!(r["gateways"][0]["gateway_id"], "gw-ctl");
+    assert_eq!(r["gateways"][0]["status"], "applied");
+    let fleet = s
+        .gwctl(Some(READ_TOKEN), &["-o", "yaml", "fleet", "list"])
+        .await
+        .ok();
+    assert!(
+        fleet.stdout.contains("gateway_id: gw-ctl"),
+        "{}",
+        fleet.stdout
+    );
+    let table = s.gwctl(Some(READ_TOKEN), &["fleet", "list"]).await.ok();
+    assert!(table.stdout.starts_with("GATEWAY"), "{}", table.stdout);
+
+    // Declarative: dump → diff (none, exit 0) → edit → diff (exit 2) → apply.
+    let dump = s.gwctl(Some(READ_TOKEN), &["dump"]).await.ok();
+    let file = scratch("bundle", "yaml");
+    std::fs::write(&file, &dump.stdout).expect("write dump");
+    let f = file.to_str().expect("utf8");
+    let same = s.gwctl(Some(ADMIN_TOKEN), &["diff", "-f", f]).await;
+    assert_eq!(same.code, 0, "{} {}", same.stdout, same.stderr);
+    let edited = dump
+        .stdout
+        .replace("realms: {}", &format!("realms:\n  7: {b}"));
+    assert_ne!(
+        edited, dump.stdout,
+        "the dump has an empty realm map: {}",
+        dump.stdout
+    );
+    std::fs::write(&file, &edited).expect("write edit");
+    let diff = s.gwctl(Some(ADMIN_TOKEN), &["diff", "-f", f]).await;
+    assert_eq!(
+        diff.code, 2,
+        "a pending change exits 2: {} {}",
+        diff.stdout, diff.stderr
+    );
+    assert!(diff.stdout.contains("realm 7"), "{}", diff.stdout);
+    assert_eq!(revision(&s).await, 1, "diff writes nothing");
+    s.gwctl(Some(ADMIN_TOKEN), &["apply", "-f", f]).await.ok();
+    assert_eq!(revision(&s).await, 2);
+    let again = s.gwctl(Some(ADMIN_TOKEN), &["diff", "-f", f]).await;
+    assert_eq!(again.code, 0, "{} {}", again.stdout, again.stderr);
+    let realms = s
+        .gwctl(Some(READ_TOKEN), &["-o", "json", "realms", "list"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(realms["realms"]["7"], b.as_str());
+    let history = s
+        .gwctl(Some(READ_TOKEN), &["-o", "json", "history", "--limit", "5"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(history["records"][0]["revision"], 2);
+    assert_eq!(history["records"][1]["comment"], "first");
+
+    // Bad input: a typo in the file, an invalid rule, a stale CAS. Each is
+    // a clear error (exit 1) and writes nothing.
+    std::fs::write(
+        &file,
+        format!("services:\n  - {{ name: echo, id: 1, strategy: round_robin, endpoint: [{b}] }}\n"),
+    )
+    .expect("write typo");
+    let typo = s.gwctl(Some(ADMIN_TOKEN), &["apply", "-f", f]).await;
+    assert_eq!(typo.code, 1);
+    assert!(typo.stderr.contains("endpoint"), "{}", typo.stderr);
+    let invalid = s
+        .gwctl(
+            Some(ADMIN_TOKEN),
+            &[
+                "routes",
+                "set",
+                "x",
+                "--id",
+                "9",
+                "--strategy",
+                "bogus",
+                "--endpoint",
+                &b,
+            ],
+        )
+        .await;
+    assert_eq!(invalid.code, 1);
+    assert!(
+        invalid.stderr.contains("invalid argument"),
+        "{}",
+        invalid.stderr
+    );
+    assert!(invalid.stderr.contains("bogus"), "{}", invalid.stderr);
+    let stale = s
+        .gwctl(
+            Some(ADMIN_TOKEN),
+            &["realms", "delete", "7", "--expected-revision", "1"],
+        )
+        .await;
+    assert_eq!(stale.code, 1);
+    assert!(
+        stale.stderr.contains("failed precondition"),
+        "{}",
+        stale.stderr
+    );
+    assert_eq!(revision(&s).await, 2);
+
+    // Rollback writes revision 1's bundle as revision 3.
+    s.gwctl(Some(ADMIN_TOKEN), &["rollback", "1"]).await.ok();
+    assert_eq!(revision(&s).await, 3);
+    let realms = s
+        .gwctl(Some(READ_TOKEN), &["-o", "json", "realms", "list"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(realms["realms"], serde_json::json!({}));
+}
+
+#[tokio::test]
+async fn auth_and_target_errors_say_what_to_do() {
+    let s = Stack::start().await;
+    let none = s.gwctl(None, &["routes", "list"]).await;
+    assert_eq!(none.code, 1);
+    assert!(none.stderr.contains("unauthenticated"), "{}", none.stderr);
+    assert!(none.stderr.contains("GWCTL_TOKEN"), "{}", none.stderr);
+    let low = s
+        .gwctl(Some(READ_TOKEN), &["routes", "delete", "echo"])
+        .await;
+    assert_eq!(low.code, 1);
+    assert!(low.stderr.contains("permission denied"), "{}", low.stderr);
+    // No address anywhere.
+    let bare = run_gwctl(&s.home, &[], &["fleet", "list"]).await;
+    assert_eq!(bare.code, 1);
+    assert!(bare.stderr.contains("--controlplane"), "{}", bare.stderr);
+    // A context that does not exist, and a config with a typo.
+    let cfg = scratch("gwctl", "yaml");
+    std::fs::write(
+        &cfg,
+        format!("current_context: local\ncontexts:\n  - {{ name: local, controlplane: {}, token_file: /nonexistent/token }}\n", s.cp),
+    )
+    .expect("write config");
+    let c = cfg.to_str().expect("utf8");
+    let missing = run_gwctl(
+        &s.home,
+        &[],
+        &["--config", c, "--context", "prod", "fleet", "list"],
+    )
+    .await;
+    assert_eq!(missing.code, 1);
+    assert!(
+        missing.stderr.contains("no context named \"prod\""),
+        "{}",
+        missing.stderr
+    );
+    assert!(missing.stderr.contains("local"), "{}", missing.stderr);
+    let no_token = run_gwctl(&s.home, &[], &["--config", c, "fleet", "list"]).await;
+    assert_eq!(no_token.code, 1);
+    assert!(
+        no_token.stderr.contains("/nonexistent/token"),
+        "{}",
+        no_token.stderr
+    );
+    // The context's token file works.
+    let token = scratch("token", "txt");
+    std::fs::write(&token, format!("{READ_TOKEN}\n")).expect("token");
+    std::fs::write(
+        &cfg,
+        format!("current_context: local\ncontexts:\n  - {{ name: local, controlplane: {}, token_file: {} }}\n", s.cp, token.display()),
+    )
+    .expect("write config");
+    run_gwctl(&s.home, &[], &["--config", c, "fleet", "list"])
+        .await
+        .ok();
+    std::fs::write(&cfg, "contexts:\n  - { name: local, controlplne: x }\n").expect("typo");
+    let typo = run_gwctl(&s.home, &[], &["--config", c, "fleet", "list"]).await;
+    assert_eq!(typo.code, 1);
+    assert!(typo.stderr.contains("controlplne"), "{}", typo.stderr);
+    // Nothing listening.
+    let dead = dead_addr().to_string();
+    let down = run_gwctl(
+        &s.home,
+        &[("GWCTL_CONTROLPLANE", dead.clone())],
+        &["--timeout", "2s", "fleet", "list"],
+    )
+    .await;
+    assert_eq!(down.code, 1);
+    assert!(
+        down.stderr.contains("cannot reach the control plane"),
+        "{}",
+        down.stderr
+    );
+    // A usage error is exit 1 too (2 means "diff" or "not complete").
+    let usage = run_gwctl(&s.home, &[], &["routes", "frobnicate"]).await;
+    assert_eq!(usage.code, 1, "{}", usage.stderr);
+    let completions = run_gwctl(&s.home, &[], &["completions", "bash"]).await.ok();
+    assert!(
+        completions.stdout.contains("gwctl"),
+        "{}",
+        completions.stdout
+    );
+}
+
+#[tokio::test]
+async fn sessions_overrides_and_a_drain_with_wait() {
+    let s = Stack::start().await;
+    let b = s.backend.addr.to_string();
+    s.gwctl(
+        Some(ADMIN_TOKEN),
+        &[
+            "routes",
+            "set",
+            "echo",
+            "--id",
+            "1",
+            "--strategy",
+            "round_robin",
+            "--endpoint",
+            &b,
+        ],
+    )
+    .await
+    .ok();
+    s.gwctl(Some(READ_TOKEN), &["rollout", "status", "--wait"])
+        .await
+        .ok();
+
+    let mut c = Client::tcp(s.gw.client).await;
+    let w = c.hello(42, 0).await;
+    assert_eq!(c.call_text(1, 1, "hi").await, "hi");
+    let id = w.session.rsplit(':').next().expect("id").to_string();
+
+    let list = s
+        .gwctl(
+            Some(READ_TOKEN),
+            &["-o", "json", "sessions", "list", "--user", "42"],
+        )
+        .await
+        .ok()
+        .json();
+    assert_eq!(list["total"], 1);
+    assert_eq!(list["sessions"][0]["session_id"].to_string(), id);
+    assert_eq!(list["sessions"][0]["bindings"][0]["endpoint"], b.as_str());
+    let get = s
+        .gwctl(Some(READ_TOKEN), &["sessions", "get", &id])
+        .await
+        .ok();
+    assert!(get.stdout.contains("user:"), "{}", get.stdout);
+    let unknown = s
+        .gwctl(Some(READ_TOKEN), &["sessions", "get", "12345"])
+        .await;
+    assert_eq!(unknown.code, 1);
+    assert!(unknown.stderr.contains("not found"), "{}", unknown.stderr);
+
+    // The cluster directory knows the owner.
+    eventually("directory has the session", || async {
+        let o = s
+            .gwctl(Some(READ_TOKEN), &["-o", "json", "sessions", "lookup", &id])
+            .await;
+        o.code == 0 && o.json()["sessions"][0]["gateway_id"] == "gw-ctl"
+    })
+    .await;
+
+    // Push reaches the client.
+    let push = s
+        .gwctl(
+            Some(OPERATE_TOKEN),
+            &[
+                "-o",
+                "json",
+                "sessions",
+                "push",
+                "--user",
+                "42",
+                "--service",
+                "1",
+                "--payload",
+                "hello",
+            ],
+        )
+        .await
+        .ok()
+        .json();
+    assert_eq!(push["delivered"].as_array().map(Vec::len), Some(1));
+    let f = c.recv_kind(gg_proto::Kind::Data).await;
+    assert_eq!(&f.payload[..], b"hello");
+
+    // A local override, seen by explain; then deleted.
+    let o = s
+        .gwctl(
+            Some(ADMIN_TOKEN),
+            &[
+                "-o",
+                "json",
+                "overrides",
+                "set",
+                "--local",
+                "--service",
+                "1",
+                "--user",
+                "7",
+                "--target",
+                &b,
+                "--reason",
+                "debug",
+                "--ttl",
+                "10m",
+            ],
+        )
+        .await
+        .ok()
+        .json();
+    let oid = o["id"].as_str().expect("override id").to_string();
+    let why = s
+        .gwctl(
+            Some(READ_TOKEN),
+            &[
+                "-o",
+                "json",
+                "routes",
+                "explain",
+                "--service",
+                "1",
+                "--user",
+                "7",
+            ],
+        )
+        .await
+        .ok()
+        .json();
+    assert_eq!(why["override_id"], oid.as_str());
+    s.gwctl(Some(ADMIN_TOKEN), &["overrides", "delete", "--local", &oid])
+        .await
+        .ok();
+    let gone = s
+        .gwctl(
+            Some(READ_TOKEN),
+            &["-o", "json", "overrides", "list", "--local"],
+        )
+        .await
+        .ok()
+        .json();
+    assert_eq!(gone["overrides"], serde_json::json!([]));
+    let backends = s
+        .gwctl(Some(READ_TOKEN), &["-o", "json", "backends", "list"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(backends["backends"][0]["endpoint"], b.as_str());
+
+    // Kick needs a target; a dry run kicks nothing.
+    let vague = s.gwctl(Some(OPERATE_TOKEN), &["sessions", "kick"]).await;
+    assert_eq!(vague.code, 1);
+    let dry = s
+        .gwctl(
+            Some(OPERATE_TOKEN),
+            &[
+                "-o",
+                "json",
+                "sessions",
+                "kick",
+                "--user",
+                "42",
+                "--dry-run",
+            ],
+        )
+        .await
+        .ok()
+        .json();
+    assert_eq!(dry["matched"], 1);
+    assert_eq!(dry["kicked"], 0);
+
+    // Drain through the control plane and follow it to the end: the client
+    // is told to go away, does not, and is closed at the deadline.
+    let drain = s
+        .gwctl(
+            Some(ADMIN_TOKEN),
+            &[
+                "-o",
+                "json",
+                "drain",
+                "start",
+                "gw-ctl",
+                "--deadline",
+                "1s",
+                "--spread",
+                "0s",
+                "--wait",
+                "--wait-timeout",
+                "20s",
+            ],
+        )
+        .await
+        .ok();
+    let d = drain.json();
+    assert_eq!(d["phase"], "done", "{d}");
+    assert_eq!(d["sessions_at_start"], 1);
+    assert_eq!(d["force_closed"], 1);
+    assert!(
+        drain.stderr.contains("sessions left"),
+        "progress on stderr: {}",
+        drain.stderr
+    );
+    c.recv_kind(gg_proto::Kind::GoAway).await;
+    let status = s
+        .gwctl(Some(READ_TOKEN), &["-o", "json", "drain", "status"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(status["phase"], "done");
+    let info = s
+        .gwctl(Some(READ_TOKEN), &["-o", "json", "info"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(info["draining"], true);
+    // A finished drain cannot be cancelled: a clear error, exit 1.
+    let cancel = s.gwctl(Some(OPERATE_TOKEN), &["drain", "cancel"]).await;
+    assert_eq!(cancel.code, 1);
+    assert!(
+        cancel.stderr.contains("no drain is running"),
+        "{}",
+        cancel.stderr
+    );
+}
