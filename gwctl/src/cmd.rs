@@ -288,26 +288,21 @@ fn service_json(s: &cp::Service) -> Value {
 
 fn services_view(mut list: Vec<cp::Service>, revision: u64) -> View {
     list.sort_by_key(|s| s.id);
-    View {
-        data: json!({
-            "revision": revision,
-            "services": list.iter().map(service_json).collect::<Vec<_>>(),
-        }),
-        table: Table::Rows {
-            headers: vec!["NAME", "ID", "STRATEGY", "ENDPOINTS"],
-            rows: list
-                .iter()
-                .map(|s| {
-                    vec![
-                        s.name.clone(),
-                        s.id.to_string(),
-                        s.strategy.clone(),
-                        s.endpoints.join(","),
-                    ]
-                })
-                .collect(),
+    View::list(
+        "services",
+        &list,
+        vec!["NAME", "ID", "STRATEGY", "ENDPOINTS"],
+        service_json,
+        |s| {
+            vec![
+                s.name.clone(),
+                s.id.to_string(),
+                s.strategy.clone(),
+                s.endpoints.join(","),
+            ]
         },
-    }
+    )
+    .with("revision", revision)
 }
 
 async fn routes(ctx: &Ctx, c: cli::Routes) -> anyhow::Result<View> {
@@ -489,10 +484,32 @@ fn local_override_json(o: &gw::RouteOverride) -> Value {
     })
 }
 
+/// Local and cluster overrides, shown the same way (cluster ones have no
+/// session and no creation time).
+fn overrides_view(list: &[gw::RouteOverride]) -> View {
+    View::list(
+        "overrides",
+        list,
+        vec![
+            "ID", "SERVICE", "USER", "REALM", "SESSION", "TARGET", "EXPIRES", "REASON",
+        ],
+        local_override_json,
+        |o| {
+            vec![
+                o.id.clone(),
+                o.service_type.to_string(),
+                opt(o.user_id),
+                opt(o.realm_id.into()),
+                opt(o.session_id),
+                o.target.clone(),
+                time(o.expires_at_ms),
+                o.reason.clone(),
+            ]
+        },
+    )
+}
+
 async fn overrides(ctx: &Ctx, c: cli::Overrides) -> anyhow::Result<View> {
-    let headers = vec![
-        "ID", "SERVICE", "USER", "REALM", "SESSION", "TARGET", "EXPIRES", "REASON",
-    ];
     match c {
         cli::Overrides::List { local: true } => {
             let list = ctx
@@ -503,56 +520,28 @@ async fn overrides(ctx: &Ctx, c: cli::Overrides) -> anyhow::Result<View> {
                 .map_err(explain)?
                 .into_inner()
                 .overrides;
-            Ok(View {
-                data: json!({"overrides": list.iter().map(local_override_json).collect::<Vec<_>>()}),
-                table: Table::Rows {
-                    headers,
-                    rows: list
-                        .iter()
-                        .map(|o| {
-                            vec![
-                                o.id.clone(),
-                                o.service_type.to_string(),
-                                opt(o.user_id),
-                                opt(o.realm_id.into()),
-                                opt(o.session_id),
-                                o.target.clone(),
-                                time(o.expires_at_ms),
-                                o.reason.clone(),
-                            ]
-                        })
-                        .collect(),
-                },
-            })
+            Ok(overrides_view(&list))
         }
         cli::Overrides::List { local: false } => {
             let v = get_config(ctx).await?;
-            let list = v.bundle.unwrap_or_default().overrides;
-            let file = BundleFile::from(cp::ConfigBundle {
-                overrides: list.clone(),
-                ..Default::default()
-            });
-            Ok(View {
-                data: json!({"revision": v.revision, "overrides": file.overrides}),
-                table: Table::Rows {
-                    headers,
-                    rows: list
-                        .iter()
-                        .map(|o| {
-                            vec![
-                                o.id.clone(),
-                                o.service_type.to_string(),
-                                opt(o.user_id),
-                                opt(o.realm_id.into()),
-                                "-".into(),
-                                o.target.clone(),
-                                time(o.expires_at_ms),
-                                o.reason.clone(),
-                            ]
-                        })
-                        .collect(),
-                },
-            })
+            let list: Vec<gw::RouteOverride> = v
+                .bundle
+                .unwrap_or_default()
+                .overrides
+                .into_iter()
+                .map(|o| gw::RouteOverride {
+                    id: o.id,
+                    service_type: o.service_type,
+                    user_id: o.user_id,
+                    realm_id: o.realm_id,
+                    target: o.target,
+                    reason: o.reason,
+                    author: o.author,
+                    expires_at_ms: o.expires_at_ms,
+                    ..Default::default()
+                })
+                .collect();
+            Ok(overrides_view(&list).with("revision", v.revision))
         }
         cli::Overrides::Set(s) if s.local => {
             let o = ctx
@@ -647,27 +636,26 @@ async fn history(ctx: &Ctx, limit: u32) -> anyhow::Result<View> {
         .map_err(explain)?
         .into_inner()
         .records;
-    Ok(View {
-        data: json!({"records": recs.iter().map(|r| json!({
-            "revision": r.revision, "author": r.author, "at_ms": r.at_ms,
-            "comment": r.comment, "diff": r.diff,
-        })).collect::<Vec<_>>()}),
-        table: Table::Rows {
-            headers: vec!["REVISION", "AT", "AUTHOR", "COMMENT", "CHANGES"],
-            rows: recs
-                .iter()
-                .map(|r| {
-                    vec![
-                        r.revision.to_string(),
-                        time(r.at_ms),
-                        r.author.clone(),
-                        r.comment.clone(),
-                        r.diff.join("; "),
-                    ]
-                })
-                .collect(),
+    Ok(View::list(
+        "records",
+        &recs,
+        vec!["REVISION", "AT", "AUTHOR", "COMMENT", "CHANGES"],
+        |r| {
+            json!({
+                "revision": r.revision, "author": r.author, "at_ms": r.at_ms,
+                "comment": r.comment, "diff": r.diff,
+            })
         },
-    })
+        |r| {
+            vec![
+                r.revision.to_string(),
+                time(r.at_ms),
+                r.author.clone(),
+                r.comment.clone(),
+                r.diff.join("; "),
+            ]
+        },
+    ))
 }
 
 // ---------- fleet and rollout ----------
@@ -684,49 +672,47 @@ async fn list_gateways(ctx: &Ctx) -> anyhow::Result<cp::ListGatewaysResponse> {
 
 async fn fleet(ctx: &Ctx) -> anyhow::Result<View> {
     let r = list_gateways(ctx).await?;
-    Ok(View {
-        data: json!({
-            "revision": r.revision, "epoch": r.epoch,
-            "gateways": r.gateways.iter().map(|g| json!({
+    let current = r.revision;
+    Ok(View::list(
+        "gateways",
+        &r.gateways,
+        vec![
+            "GATEWAY",
+            "STATE",
+            "SYNC",
+            "REVISION",
+            "SESSIONS",
+            "ADMIN",
+            "VERSION",
+            "CONTROLPLANE",
+        ],
+        |g| {
+            json!({
                 "gateway_id": g.gateway_id, "client_addr": g.client_addr, "admin_addr": g.admin_addr,
                 "version": g.version, "state": g.state, "applied_revision": g.applied_revision,
                 "sync_status": g.sync_status, "last_error": g.last_error, "sessions": g.sessions,
                 "last_seen_ms": g.last_seen_ms, "connected_to": g.connected_to,
-            })).collect::<Vec<_>>(),
-        }),
-        table: Table::Rows {
-            headers: vec![
-                "GATEWAY",
-                "STATE",
-                "SYNC",
-                "REVISION",
-                "SESSIONS",
-                "ADMIN",
-                "VERSION",
-                "CONTROLPLANE",
-            ],
-            rows: r
-                .gateways
-                .iter()
-                .map(|g| {
-                    vec![
-                        g.gateway_id.clone(),
-                        g.state.clone(),
-                        if g.last_error.is_empty() {
-                            g.sync_status.clone()
-                        } else {
-                            format!("{} ({})", g.sync_status, g.last_error)
-                        },
-                        format!("{}/{}", g.applied_revision, r.revision),
-                        g.sessions.to_string(),
-                        g.admin_addr.clone(),
-                        g.version.clone(),
-                        g.connected_to.clone(),
-                    ]
-                })
-                .collect(),
+            })
         },
-    })
+        |g| {
+            vec![
+                g.gateway_id.clone(),
+                g.state.clone(),
+                if g.last_error.is_empty() {
+                    g.sync_status.clone()
+                } else {
+                    format!("{} ({})", g.sync_status, g.last_error)
+                },
+                format!("{}/{current}", g.applied_revision),
+                g.sessions.to_string(),
+                g.admin_addr.clone(),
+                g.version.clone(),
+                g.connected_to.clone(),
+            ]
+        },
+    )
+    .with("revision", r.revision)
+    .with("epoch", r.epoch))
 }
 
 async fn rollout(
@@ -771,33 +757,30 @@ async fn rollout(
     } else {
         Status::Ok
     };
-    Ok((
-        View {
-            data: json!({
-                "revision": r.revision, "applied": r.applied, "rejected": r.rejected, "pending": r.pending,
-                "gateways": r.gateways.iter().map(|g| json!({
-                    "gateway_id": g.gateway_id, "status": g.status,
-                    "applied_revision": g.applied_revision, "error": g.error,
-                })).collect::<Vec<_>>(),
-            }),
-            table: Table::Rows {
-                headers: vec!["GATEWAY", "STATUS", "APPLIED", "ERROR"],
-                rows: r
-                    .gateways
-                    .iter()
-                    .map(|g| {
-                        vec![
-                            g.gateway_id.clone(),
-                            g.status.clone(),
-                            g.applied_revision.to_string(),
-                            g.error.clone(),
-                        ]
-                    })
-                    .collect(),
-            },
+    let view = View::list(
+        "gateways",
+        &r.gateways,
+        vec!["GATEWAY", "STATUS", "APPLIED", "ERROR"],
+        |g| {
+            json!({
+                "gateway_id": g.gateway_id, "status": g.status,
+                "applied_revision": g.applied_revision, "error": g.error,
+            })
         },
-        status,
-    ))
+        |g| {
+            vec![
+                g.gateway_id.clone(),
+                g.status.clone(),
+                g.applied_revision.to_string(),
+                g.error.clone(),
+            ]
+        },
+    )
+    .with("revision", r.revision)
+    .with("applied", r.applied)
+    .with("rejected", r.rejected)
+    .with("pending", r.pending);
+    Ok((view, status))
 }
 
 // ---------- drain ----------
@@ -1090,13 +1073,20 @@ async fn sessions(ctx: &Ctx, c: cli::Sessions) -> anyhow::Result<View> {
                 }
             }
             all.truncate(limit);
-            let mut lines_after = Vec::new();
             if total as usize > all.len() {
-                lines_after.push(format!("… {} of {total} shown; raise --limit", all.len()));
+                eprintln!(
+                    "{} of {total} sessions shown; raise --limit for more",
+                    all.len()
+                );
             }
-            let mut rows: Vec<Vec<String>> = all
-                .iter()
-                .map(|s| {
+            Ok(View::list(
+                "sessions",
+                &all,
+                vec![
+                    "SESSION", "USER", "REALM", "PROTO", "REMOTE", "AGE", "BINDINGS",
+                ],
+                session_json,
+                |s| {
                     vec![
                         s.session_id.to_string(),
                         s.user_id.to_string(),
@@ -1106,20 +1096,9 @@ async fn sessions(ctx: &Ctx, c: cli::Sessions) -> anyhow::Result<View> {
                         dur(s.age_ms),
                         bindings(s),
                     ]
-                })
-                .collect();
-            for l in lines_after {
-                rows.push(vec![l]);
-            }
-            Ok(View {
-                data: json!({"total": total, "sessions": all.iter().map(session_json).collect::<Vec<_>>()}),
-                table: Table::Rows {
-                    headers: vec![
-                        "SESSION", "USER", "REALM", "PROTO", "REMOTE", "AGE", "BINDINGS",
-                    ],
-                    rows,
                 },
-            })
+            )
+            .with("total", total))
         }
         cli::Sessions::Kick {
             ids,
@@ -1230,27 +1209,26 @@ async fn sessions(ctx: &Ctx, c: cli::Sessions) -> anyhow::Result<View> {
                 }
                 _ => bail!("look up either a session id or --user, not both"),
             };
-            Ok(View {
-                data: json!({"sessions": owners.iter().map(|o| json!({
-                    "session_id": o.session_id, "user_id": o.user_id, "gateway_id": o.gateway_id,
-                    "gateway_admin_addr": o.gateway_admin_addr, "epoch": o.epoch,
-                })).collect::<Vec<_>>()}),
-                table: Table::Rows {
-                    headers: vec!["SESSION", "USER", "GATEWAY", "ADMIN", "SINCE"],
-                    rows: owners
-                        .iter()
-                        .map(|o| {
-                            vec![
-                                o.session_id.to_string(),
-                                o.user_id.to_string(),
-                                o.gateway_id.clone(),
-                                o.gateway_admin_addr.clone(),
-                                time(o.epoch),
-                            ]
-                        })
-                        .collect(),
+            Ok(View::list(
+                "sessions",
+                &owners,
+                vec!["SESSION", "USER", "GATEWAY", "ADMIN", "SINCE"],
+                |o| {
+                    json!({
+                        "session_id": o.session_id, "user_id": o.user_id, "gateway_id": o.gateway_id,
+                        "gateway_admin_addr": o.gateway_admin_addr, "epoch": o.epoch,
+                    })
                 },
-            })
+                |o| {
+                    vec![
+                        o.session_id.to_string(),
+                        o.user_id.to_string(),
+                        o.gateway_id.clone(),
+                        o.gateway_admin_addr.clone(),
+                        time(o.epoch),
+                    ]
+                },
+            ))
         }
     }
 }
@@ -1275,28 +1253,25 @@ async fn backends(ctx: &Ctx, c: cli::Backends) -> anyhow::Result<View> {
                 .map_err(explain)?
                 .into_inner()
                 .backends;
-            Ok(View {
-                data: json!({"backends": list.iter().map(backend_json).collect::<Vec<_>>()}),
-                table: Table::Rows {
-                    headers: vec![
-                        "ENDPOINT", "STATE", "CIRCUIT", "CONNS", "SESSIONS", "QUEUED", "FAILURES",
-                    ],
-                    rows: list
-                        .iter()
-                        .map(|b| {
-                            vec![
-                                b.endpoint.clone(),
-                                b.state.clone(),
-                                b.circuit.clone(),
-                                format!("{}/{}", b.connections_up, b.connections),
-                                b.sessions.to_string(),
-                                b.in_flight.to_string(),
-                                b.consecutive_failures.to_string(),
-                            ]
-                        })
-                        .collect(),
+            Ok(View::list(
+                "backends",
+                &list,
+                vec![
+                    "ENDPOINT", "STATE", "CIRCUIT", "CONNS", "SESSIONS", "QUEUED", "FAILURES",
+                ],
+                backend_json,
+                |b| {
+                    vec![
+                        b.endpoint.clone(),
+                        b.state.clone(),
+                        b.circuit.clone(),
+                        format!("{}/{}", b.connections_up, b.connections),
+                        b.sessions.to_string(),
+                        b.in_flight.to_string(),
+                        b.consecutive_failures.to_string(),
+                    ]
                 },
-            })
+            ))
         }
         cli::Backends::SetState { endpoint, state } => {
             let b = admin

@@ -23,6 +23,34 @@ pub struct View {
 }
 
 impl View {
+    /// A list: `data[key]` holds one JSON value per item, the table one row
+    /// per item.
+    pub fn list<T>(
+        key: &str,
+        items: &[T],
+        headers: Vec<&'static str>,
+        json: impl Fn(&T) -> Value,
+        row: impl Fn(&T) -> Vec<String>,
+    ) -> View {
+        let mut data = serde_json::Map::new();
+        data.insert(key.into(), items.iter().map(json).collect());
+        View {
+            data: Value::Object(data),
+            table: Table::Rows {
+                headers,
+                rows: items.iter().map(row).collect(),
+            },
+        }
+    }
+
+    /// Adds a top-level field to the JSON / YAML form.
+    pub fn with(mut self, key: &str, v: impl Into<Value>) -> View {
+        if let Value::Object(m) = &mut self.data {
+            m.insert(key.into(), v.into());
+        }
+        self
+    }
+
     pub fn render(&self, format: Format) -> anyhow::Result<String> {
         Ok(match format {
             Format::Json => format!("{}\n", serde_json::to_string_pretty(&self.data)?),

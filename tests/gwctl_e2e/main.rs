@@ -94,6 +94,31 @@ impl Stack {
         }
     }
 
+    /// `routes set echo` (service 1, round robin) to the test backend.
+    async fn route_echo(&self, extra: &[&str]) -> Out {
+        let b = self.backend.addr.to_string();
+        let mut args = vec![
+            "routes",
+            "set",
+            "echo",
+            "--id",
+            "1",
+            "--strategy",
+            "round_robin",
+            "--endpoint",
+            &b,
+        ];
+        args.extend_from_slice(extra);
+        self.gwctl(Some(ADMIN_TOKEN), &args).await.ok()
+    }
+
+    /// Runs `gwctl -o json ARGS`, expects success and parses the output.
+    async fn json(&self, token: &str, args: &[&str]) -> Value {
+        let mut all = vec!["-o", "json"];
+        all.extend_from_slice(args);
+        self.gwctl(Some(token), &all).await.ok().json()
+    }
+
     /// Runs gwctl with `token` in GWCTL_TOKEN and both addresses in env.
     async fn gwctl(&self, token: Option<&str>, args: &[&str]) -> Out {
         let mut env = vec![
@@ -129,10 +154,7 @@ async fn run_gwctl(home: &std::path::Path, env: &[(&str, String)], args: &[&str]
 }
 
 async fn revision(s: &Stack) -> u64 {
-    s.gwctl(Some(READ_TOKEN), &["-o", "json", "routes", "list"])
-        .await
-        .ok()
-        .json()["revision"]
+    s.json(READ_TOKEN, &["routes", "list"]).await["revision"]
         .as_u64()
         .expect("revision")
 }
@@ -143,49 +165,17 @@ async fn routes_apply_diff_rollout_and_fleet() {
     let b = s.backend.addr.to_string();
 
     // Imperative write, then the fleet converges on it.
-    let out = s
-        .gwctl(
-            Some(ADMIN_TOKEN),
-            &[
-                "routes",
-                "set",
-                "echo",
-                "--id",
-                "1",
-                "--strategy",
-                "round_robin",
-                "--endpoint",
-                &b,
-                "--comment",
-                "first",
-            ],
-        )
-        .await
-        .ok();
+    let out = s.route_echo(&["--comment", "first"]).await;
     assert!(out.stdout.contains("written: revision 1"), "{}", out.stdout);
-    let list = s
-        .gwctl(Some(READ_TOKEN), &["-o", "json", "routes", "list"])
-        .await
-        .ok()
-        .json();
+    let list = s.json(READ_TOKEN, &["routes", "list"]).await;
     assert_eq!(list["services"][0]["name"], "echo");
     assert_eq!(list["services"][0]["endpoints"][0], b.as_str());
     let r = s
-        .gwctl(
-            Some(READ_TOKEN),
-            &[
-                "-o",
-                "json",
-                "rollout",
-                "status",
-                "--wait",
-                "--wait-timeout",
-                "20s",
-            ],
+        .json(
+            READ_TOKEN,
+            &["rollout", "status", "--wait", "--wait-timeout", "20s"],
         )
-        .await
-        .ok()
-        .json();
+        .await;
     assert_eq!(r["pending"], 0, "{r}");
     assert_eq!(r["gateways"][0]["gateway_id"], "gw-ctl");
     assert_eq!(r["gateways"][0]["status"], "applied");
@@ -229,17 +219,9 @@ async fn routes_apply_diff_rollout_and_fleet() {
     assert_eq!(revision(&s).await, 2);
     let again = s.gwctl(Some(ADMIN_TOKEN), &["diff", "-f", f]).await;
     assert_eq!(again.code, 0, "{} {}", again.stdout, again.stderr);
-    let realms = s
-        .gwctl(Some(READ_TOKEN), &["-o", "json", "realms", "list"])
-        .await
-        .ok()
-        .json();
+    let realms = s.json(READ_TOKEN, &["realms", "list"]).await;
     assert_eq!(realms["realms"]["7"], b.as_str());
-    let history = s
-        .gwctl(Some(READ_TOKEN), &["-o", "json", "history", "--limit", "5"])
-        .await
-        .ok()
-        .json();
+    let history = s.json(READ_TOKEN, &["history", "--limit", "5"]).await;
     assert_eq!(history["records"][0]["revision"], 2);
     assert_eq!(history["records"][1]["comment"], "first");
 
@@ -293,12 +275,55 @@ async fn routes_apply_diff_rollout_and_fleet() {
     // Rollback writes revision 1's bundle as revision 3.
     s.gwctl(Some(ADMIN_TOKEN), &["rollback", "1"]).await.ok();
     assert_eq!(revision(&s).await, 3);
-    let realms = s
-        .gwctl(Some(READ_TOKEN), &["-o", "json", "realms", "list"])
-        .await
-        .ok()
-        .json();
+    let realms = s.json(READ_TOKEN, &["realms", "list"]).await;
     assert_eq!(realms["realms"], serde_json::json!({}));
+
+    // Cluster overrides: written as a revision, listed with their expiry.
+    s.gwctl(
+        Some(OPERATE_TOKEN),
+        &[
+            "overrides",
+            "set",
+            "--service",
+            "1",
+            "--user",
+            "9",
+            "--target",
+            &b,
+            "--ttl",
+            "10m",
+            "--reason",
+            "vip",
+        ],
+    )
+    .await
+    .ok();
+    let o = s.json(READ_TOKEN, &["overrides", "list"]).await;
+    assert_eq!(o["revision"], 4);
+    assert_eq!(o["overrides"][0]["user_id"], 9);
+    assert_eq!(o["overrides"][0]["reason"], "vip");
+    assert!(o["overrides"][0]["expires_at_ms"].as_u64() > Some(0), "{o}");
+    let local_only = s
+        .gwctl(
+            Some(OPERATE_TOKEN),
+            &[
+                "overrides",
+                "set",
+                "--service",
+                "1",
+                "--session",
+                "5",
+                "--target",
+                &b,
+            ],
+        )
+        .await;
+    assert_eq!(local_only.code, 1);
+    assert!(
+        local_only.stderr.contains("--local"),
+        "{}",
+        local_only.stderr
+    );
 }
 
 #[tokio::test]
@@ -389,22 +414,7 @@ async fn auth_and_target_errors_say_what_to_do() {
 async fn sessions_overrides_and_a_drain_with_wait() {
     let s = Stack::start().await;
     let b = s.backend.addr.to_string();
-    s.gwctl(
-        Some(ADMIN_TOKEN),
-        &[
-            "routes",
-            "set",
-            "echo",
-            "--id",
-            "1",
-            "--strategy",
-            "round_robin",
-            "--endpoint",
-            &b,
-        ],
-    )
-    .await
-    .ok();
+    s.route_echo(&[]).await;
     s.gwctl(Some(READ_TOKEN), &["rollout", "status", "--wait"])
         .await
         .ok();
@@ -415,13 +425,8 @@ async fn sessions_overrides_and_a_drain_with_wait() {
     let id = w.session.rsplit(':').next().expect("id").to_string();
 
     let list = s
-        .gwctl(
-            Some(READ_TOKEN),
-            &["-o", "json", "sessions", "list", "--user", "42"],
-        )
-        .await
-        .ok()
-        .json();
+        .json(READ_TOKEN, &["sessions", "list", "--user", "42"])
+        .await;
     assert_eq!(list["total"], 1);
     assert_eq!(list["sessions"][0]["session_id"].to_string(), id);
     assert_eq!(list["sessions"][0]["bindings"][0]["endpoint"], b.as_str());
@@ -447,11 +452,9 @@ async fn sessions_overrides_and_a_drain_with_wait() {
 
     // Push reaches the client.
     let push = s
-        .gwctl(
-            Some(OPERATE_TOKEN),
+        .json(
+            OPERATE_TOKEN,
             &[
-                "-o",
-                "json",
                 "sessions",
                 "push",
                 "--user",
@@ -462,20 +465,16 @@ async fn sessions_overrides_and_a_drain_with_wait() {
                 "hello",
             ],
         )
-        .await
-        .ok()
-        .json();
+        .await;
     assert_eq!(push["delivered"].as_array().map(Vec::len), Some(1));
     let f = c.recv_kind(gg_proto::Kind::Data).await;
     assert_eq!(&f.payload[..], b"hello");
 
     // A local override, seen by explain; then deleted.
     let o = s
-        .gwctl(
-            Some(ADMIN_TOKEN),
+        .json(
+            ADMIN_TOKEN,
             &[
-                "-o",
-                "json",
                 "overrides",
                 "set",
                 "--local",
@@ -491,66 +490,32 @@ async fn sessions_overrides_and_a_drain_with_wait() {
                 "10m",
             ],
         )
-        .await
-        .ok()
-        .json();
+        .await;
     let oid = o["id"].as_str().expect("override id").to_string();
     let why = s
-        .gwctl(
-            Some(READ_TOKEN),
-            &[
-                "-o",
-                "json",
-                "routes",
-                "explain",
-                "--service",
-                "1",
-                "--user",
-                "7",
-            ],
+        .json(
+            READ_TOKEN,
+            &["routes", "explain", "--service", "1", "--user", "7"],
         )
-        .await
-        .ok()
-        .json();
+        .await;
     assert_eq!(why["override_id"], oid.as_str());
     s.gwctl(Some(ADMIN_TOKEN), &["overrides", "delete", "--local", &oid])
         .await
         .ok();
-    let gone = s
-        .gwctl(
-            Some(READ_TOKEN),
-            &["-o", "json", "overrides", "list", "--local"],
-        )
-        .await
-        .ok()
-        .json();
+    let gone = s.json(READ_TOKEN, &["overrides", "list", "--local"]).await;
     assert_eq!(gone["overrides"], serde_json::json!([]));
-    let backends = s
-        .gwctl(Some(READ_TOKEN), &["-o", "json", "backends", "list"])
-        .await
-        .ok()
-        .json();
+    let backends = s.json(READ_TOKEN, &["backends", "list"]).await;
     assert_eq!(backends["backends"][0]["endpoint"], b.as_str());
 
     // Kick needs a target; a dry run kicks nothing.
     let vague = s.gwctl(Some(OPERATE_TOKEN), &["sessions", "kick"]).await;
     assert_eq!(vague.code, 1);
     let dry = s
-        .gwctl(
-            Some(OPERATE_TOKEN),
-            &[
-                "-o",
-                "json",
-                "sessions",
-                "kick",
-                "--user",
-                "42",
-                "--dry-run",
-            ],
+        .json(
+            OPERATE_TOKEN,
+            &["sessions", "kick", "--user", "42", "--dry-run"],
         )
-        .await
-        .ok()
-        .json();
+        .await;
     assert_eq!(dry["matched"], 1);
     assert_eq!(dry["kicked"], 0);
 
@@ -586,17 +551,9 @@ async fn sessions_overrides_and_a_drain_with_wait() {
         drain.stderr
     );
     c.recv_kind(gg_proto::Kind::GoAway).await;
-    let status = s
-        .gwctl(Some(READ_TOKEN), &["-o", "json", "drain", "status"])
-        .await
-        .ok()
-        .json();
+    let status = s.json(READ_TOKEN, &["drain", "status"]).await;
     assert_eq!(status["phase"], "done");
-    let info = s
-        .gwctl(Some(READ_TOKEN), &["-o", "json", "info"])
-        .await
-        .ok()
-        .json();
+    let info = s.json(READ_TOKEN, &["info"]).await;
     assert_eq!(info["draining"], true);
     // A finished drain cannot be cancelled: a clear error, exit 1.
     let cancel = s.gwctl(Some(OPERATE_TOKEN), &["drain", "cancel"]).await;
