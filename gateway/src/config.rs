@@ -66,6 +66,42 @@ pub struct FileConfig {
     pub breaker: FileBreaker,
     #[serde(default)]
     pub controlplane: Option<FileControlPlane>,
+    #[serde(default)]
+    pub telemetry: Option<FileTelemetry>,
+}
+
+/// `telemetry:` — OpenTelemetry trace export (OTLP over gRPC). Absent = no
+/// export (W3C trace context is still passed on to backends).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTelemetry {
+    pub otlp_endpoint: String,
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    #[serde(default = "default_sample_ratio")]
+    pub sample_ratio: f64,
+    #[serde(default = "default_export_timeout")]
+    pub export_timeout_ms: u64,
+    #[serde(default = "default_export_interval")]
+    pub export_interval_ms: u64,
+    #[serde(default = "default_export_queue")]
+    pub export_queue: usize,
+}
+
+fn default_service_name() -> String {
+    "game-gateway".into()
+}
+fn default_sample_ratio() -> f64 {
+    0.01
+}
+fn default_export_timeout() -> u64 {
+    5000
+}
+fn default_export_interval() -> u64 {
+    5000
+}
+fn default_export_queue() -> usize {
+    2048
 }
 
 /// `controlplane:` — take routing config from the control plane.
@@ -397,6 +433,22 @@ pub struct Config {
     pub resume: Option<ResumeSettings>,
     pub breaker: BreakerSettings,
     pub controlplane: Option<ControlPlaneSettings>,
+    pub telemetry: Option<TelemetrySettings>,
+}
+
+/// Where and how much to trace.
+#[derive(Debug, Clone)]
+pub struct TelemetrySettings {
+    pub otlp_endpoint: String,
+    pub service_name: String,
+    /// Fraction of new traces sampled; a sampled parent (`traceparent`) is
+    /// always followed.
+    pub sample_ratio: f64,
+    pub export_timeout: Duration,
+    /// Spans are sent at least this often.
+    pub export_interval: Duration,
+    /// Finished spans waiting for export; beyond it they are dropped.
+    pub export_queue: usize,
 }
 
 /// Every problem found in a config file, one per line.
@@ -573,6 +625,34 @@ impl Config {
                 session_flush: ms(c.session_flush_ms),
             }
         });
+        let telemetry = file.telemetry.as_ref().map(|t| {
+            if !(t.otlp_endpoint.starts_with("http://") || t.otlp_endpoint.starts_with("https://")) {
+                errs.push(format!(
+                    "telemetry.otlp_endpoint {:?} must start with http:// or https:// (an OTLP/gRPC collector, usually port 4317)",
+                    t.otlp_endpoint
+                ));
+            }
+            if !(0.0..=1.0).contains(&t.sample_ratio) {
+                errs.push(format!(
+                    "telemetry.sample_ratio {} must be between 0 and 1",
+                    t.sample_ratio
+                ));
+            }
+            if t.service_name.is_empty() {
+                errs.push("telemetry.service_name must not be empty".into());
+            }
+            positive("telemetry.export_timeout_ms", t.export_timeout_ms, &mut errs);
+            positive("telemetry.export_interval_ms", t.export_interval_ms, &mut errs);
+            positive("telemetry.export_queue", t.export_queue as u64, &mut errs);
+            TelemetrySettings {
+                otlp_endpoint: t.otlp_endpoint.clone(),
+                service_name: t.service_name.clone(),
+                sample_ratio: t.sample_ratio,
+                export_timeout: ms(t.export_timeout_ms),
+                export_interval: ms(t.export_interval_ms),
+                export_queue: t.export_queue,
+            }
+        });
         let br = file.breaker;
         positive(
             "breaker.failure_threshold",
@@ -587,6 +667,7 @@ impl Config {
         match (listen, ops_listen, errs.is_empty()) {
             (Some(listen), Some(ops_listen), true) => Ok(Config {
                 controlplane,
+                telemetry,
                 admin,
                 resume,
                 breaker: BreakerSettings {
@@ -897,6 +978,29 @@ limits: { max_frame_bytes: 10, idle_timeout_ms: 5, heartbeat_ms: 10 }
         ] {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }
+    }
+
+    #[test]
+    fn telemetry_is_validated() {
+        let base = "listen: 127.0.0.1:7000\nops_listen: 127.0.0.1:9100\n";
+        let ok = format!("{base}telemetry: {{ otlp_endpoint: \"http://127.0.0.1:4317\" }}\n");
+        let t = Config::parse(&ok, Some("gw".into()))
+            .unwrap()
+            .telemetry
+            .unwrap();
+        assert_eq!(t.service_name, "game-gateway");
+        assert_eq!(t.sample_ratio, 0.01);
+        let bad = format!(
+            "{base}telemetry: {{ otlp_endpoint: \"127.0.0.1:4317\", sample_ratio: 1.5, export_timeout_ms: 0 }}\n"
+        );
+        let e = Config::parse(&bad, Some("gw".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("must start with http://"), "{e}");
+        assert!(e.contains("sample_ratio 1.5"), "{e}");
+        assert!(e.contains("telemetry.export_timeout_ms"), "{e}");
+        let typo = format!("{base}telemetry: {{ otlp_endpont: x }}\n");
+        assert!(Config::parse(&typo, Some("gw".into())).is_err());
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod ops;
 pub mod resume;
 pub mod router;
 pub mod session;
+pub mod telemetry;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};

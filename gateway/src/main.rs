@@ -8,6 +8,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 /// Exit code for a bad config or bad flags (BSD EX_USAGE-adjacent EX_DATAERR).
 const EXIT_CONFIG: u8 = 64;
@@ -61,15 +64,6 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let sub = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    if args.log_format == "json" {
-        sub.json().init();
-    } else {
-        sub.init();
-    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -80,7 +74,40 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(cfg)) {
+    // Logs go to stderr through `--log`; spans for OpenTelemetry through
+    // their own filter, so `--log warn` does not turn tracing off.
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let fmt = if args.log_format == "json" {
+        fmt.json().boxed()
+    } else {
+        fmt.boxed()
+    };
+    let (telemetry, otel) = match &cfg.telemetry {
+        None => (None, None),
+        Some(t) => {
+            let _in_runtime = rt.enter();
+            match gateway::telemetry::Telemetry::start(t, &cfg.gateway_id) {
+                Ok((tel, layer)) => (Some(tel), Some(layer)),
+                Err(e) => {
+                    eprintln!("gateway: {e:#}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            }
+        }
+    };
+    tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
+        .with(otel)
+        .init();
+    let res = rt.block_on(run(cfg));
+    if let Some(t) = telemetry {
+        // Flushes buffered spans; the exporter needs the runtime.
+        let _in_runtime = rt.enter();
+        t.shutdown();
+    }
+    match res {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e:#}");

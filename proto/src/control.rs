@@ -15,6 +15,10 @@ pub struct Hello {
     /// Resume token from a previous WELCOME or GOAWAY.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume_token: Option<String>,
+    /// W3C trace context of the client: the gateway's `session.open` span
+    /// continues this trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// HELLO gateway→backend: first frame on each pooled connection.
@@ -43,6 +47,10 @@ pub struct Open {
     pub remote_addr: String,
     #[serde(default)]
     pub resumed: bool,
+    /// W3C trace context for the backend to continue (the gateway's
+    /// `session.open` or `http.call` span, or the caller's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// CLOSE, any direction.

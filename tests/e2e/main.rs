@@ -10,4 +10,5 @@ mod lifecycle;
 mod limits;
 mod routing;
 mod tcp;
+mod telemetry;
 mod ws;

@@ -519,6 +519,15 @@ impl Client {
         self.welcome(user).await
     }
 
+    /// HELLO with a W3C `traceparent` in its payload → WELCOME.
+    pub async fn hello_traced(&mut self, user: u64, traceparent: &str) -> Welcome {
+        let mut h = Header::new(Kind::Hello);
+        h.user_id = user;
+        let body = serde_json::json!({ "traceparent": traceparent }).to_string();
+        self.send(&Frame::new(h, body)).await;
+        self.welcome(user).await
+    }
+
     /// HELLO resuming `session_id` with `token` → WELCOME.
     pub async fn resume(&mut self, user: u64, session_id: u64, token: &str) -> Welcome {
         let mut h = Header::new(Kind::Hello);

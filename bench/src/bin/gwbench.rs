@@ -414,6 +414,7 @@ impl Conn {
                     &Open {
                         protocol: "tcp".into(),
                         remote_addr: "gwbench".into(),
+                        traceparent: None,
                         resumed: false,
                     },
                 );

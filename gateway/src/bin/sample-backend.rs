@@ -22,6 +22,7 @@
 //! - `flood:N:BYTES`    → N DATA frames of BYTES bytes each (load/slow-consumer tests)
 //! - `sleep:MS`         → replies `slept` after MS milliseconds
 //! - `error`            → ERROR frame `{code: 100, message}` with the request's seq
+//! - `trace`            → the W3C `traceparent` the session's OPEN carried (`-` if none)
 //! - anything else      → echoed back unchanged
 
 use std::collections::HashMap;
@@ -81,6 +82,8 @@ async fn main() -> std::io::Result<()> {
 struct SessionState {
     owner: u64,
     data_frames: u64,
+    /// From OPEN: continue the gateway's trace in your own spans.
+    traceparent: Option<String>,
     /// Set when the session moved away (CLOSE `moved`): the state waits for
     /// the resumed OPEN from the next gateway, for at most `DETACHED_TTL`.
     detached_at: Option<Instant>,
@@ -153,7 +156,9 @@ async fn serve_gateway(
                     break 'read;
                 }
                 Some(Kind::Open) => {
-                    let resumed = f.json::<control::Open>().is_ok_and(|o| o.resumed);
+                    let open = f.json::<control::Open>().ok();
+                    let resumed = open.as_ref().is_some_and(|o| o.resumed);
+                    let traceparent = open.and_then(|o| o.traceparent);
                     let mut map = sessions.lock().unwrap_or_else(|p| p.into_inner());
                     map.retain(|_, s| s.detached_at.is_none_or(|t| t.elapsed() < DETACHED_TTL));
                     match map.get_mut(&h.session_id) {
@@ -161,12 +166,14 @@ async fn serve_gateway(
                         Some(s) if resumed => {
                             s.owner = conn;
                             s.detached_at = None;
+                            s.traceparent = traceparent;
                         }
                         _ => {
                             let fresh = SessionState {
                                 owner: conn,
                                 data_frames: 0,
                                 detached_at: None,
+                                traceparent,
                             };
                             map.insert(h.session_id, fresh);
                         }
@@ -193,14 +200,14 @@ async fn serve_gateway(
                     send(&tx, Frame::new(r, Bytes::new())).await;
                 }
                 Some(Kind::Data) => {
-                    let count = {
+                    let state = {
                         let mut map = sessions.lock().unwrap_or_else(|p| p.into_inner());
                         map.get_mut(&h.session_id).map(|s| {
                             s.data_frames += 1;
-                            s.data_frames
+                            (s.data_frames, s.traceparent.clone())
                         })
                     };
-                    let Some(count) = count else {
+                    let Some((count, trace)) = state else {
                         // DATA for a session never opened here: tell the client.
                         let e = control::error_frame(
                             &h,
@@ -210,7 +217,7 @@ async fn serve_gateway(
                         send(&tx, e).await;
                         continue;
                     };
-                    if handle_data(&tx, &name, h, f.payload, count).await {
+                    if handle_data(&tx, &name, h, f.payload, count, trace).await {
                         sessions
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
@@ -238,11 +245,15 @@ async fn handle_data(
     h: Header,
     payload: Bytes,
     count: u64,
+    trace: Option<String>,
 ) -> bool {
     let reply = |body: Bytes| Frame::new(h, body);
     let text = std::str::from_utf8(&payload).unwrap_or("");
     if text == "whoami" {
         send(tx, reply(Bytes::from(name.to_string()))).await;
+    } else if text == "trace" {
+        let tp = trace.unwrap_or_else(|| "-".into());
+        send(tx, reply(Bytes::from(tp))).await;
     } else if text == "count" {
         send(tx, reply(Bytes::from(count.to_string()))).await;
     } else if text == "error" {

@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use tracing::debug;
+use tracing::{Instrument, debug};
 
 use super::prefixed::PrefixedIo;
 use crate::Gateway;
@@ -245,7 +245,37 @@ async fn call(
     service_key: &str,
     req: Request<Incoming>,
 ) -> Response<Body> {
-    match call_inner(gw, remote, service_key, req).await {
+    let span = tracing::info_span!(
+        target: crate::telemetry::TARGET,
+        "http.call",
+        otel.kind = "server",
+        service = service_key,
+        client.address = %remote,
+        session_id = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+    );
+    let incoming = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    crate::telemetry::set_parent(&span, incoming.as_deref());
+    let trace = crate::telemetry::traceparent(&span, incoming.as_deref());
+    let r = call_response(gw, remote, service_key, req, trace.as_deref())
+        .instrument(span.clone())
+        .await;
+    span.record("http.response.status_code", r.status().as_u16());
+    r
+}
+
+async fn call_response(
+    gw: &Arc<Gateway>,
+    remote: SocketAddr,
+    service_key: &str,
+    req: Request<Incoming>,
+    trace: Option<&str>,
+) -> Response<Body> {
+    match call_inner(gw, remote, service_key, req, trace).await {
         Ok((session, body)) => {
             let mut r = Response::new(Full::new(body));
             r.headers_mut().insert(
@@ -300,6 +330,7 @@ async fn call_inner(
     remote: SocketAddr,
     service_key: &str,
     req: Request<Incoming>,
+    trace: Option<&str>,
 ) -> Result<(String, Bytes), CallError> {
     if gw.draining() {
         return Err(RequestError::Draining.into());
@@ -337,7 +368,8 @@ async fn call_inner(
     gw.metrics.sessions_opened.inc();
     gw.metrics.sessions_active.inc();
     let result = async {
-        let binding = open_binding(gw, &session, service, realm, false)?;
+        tracing::Span::current().record("session_id", id);
+        let binding = open_binding(gw, &session, service, realm, false, trace)?;
         let mut hd = Header::new(Kind::Data);
         hd.service_type = service;
         hd.realm_id = realm;

@@ -153,6 +153,7 @@ pub fn open_binding(
     service: u16,
     realm: u32,
     resumed: bool,
+    traceparent: Option<&str>,
 ) -> Result<Binding, RequestError> {
     let routes = gw.routes.load();
     let endpoint = crate::router::resolve(
@@ -170,7 +171,15 @@ pub fn open_binding(
         .get(&service)
         .is_some_and(|s| s.strategy == Strategy::Realm)
         .then_some(realm);
-    bind_on(session, service, realm, realm_key, endpoint, resumed)
+    bind_on(
+        session,
+        service,
+        realm,
+        realm_key,
+        endpoint,
+        resumed,
+        traceparent,
+    )
 }
 
 fn bind_on(
@@ -180,6 +189,7 @@ fn bind_on(
     realm_key: Option<u32>,
     endpoint: Arc<Endpoint>,
     resumed: bool,
+    traceparent: Option<&str>,
 ) -> Result<Binding, RequestError> {
     let (slot, generation) =
         endpoint
@@ -199,6 +209,7 @@ fn bind_on(
             protocol: session.protocol().name().to_string(),
             remote_addr: session.remote().to_string(),
             resumed,
+            traceparent: traceparent.map(str::to_string),
         },
     );
     endpoint.conns[slot]
@@ -256,14 +267,26 @@ pub async fn start(
         Ok(Err(e)) => Err(Closing::from_read(e, max)),
         Ok(Ok(raw)) => Ok(raw),
     };
+    let span = tracing::info_span!(
+        target: crate::telemetry::TARGET,
+        "session.open",
+        otel.kind = "server",
+        protocol = protocol.name(),
+        client.address = %remote,
+        session_id = tracing::field::Empty,
+        user_id = tracing::field::Empty,
+        resumed = tracing::field::Empty,
+        close.code = tracing::field::Empty,
+    );
     let accepted = first.and_then(|raw| {
         pm.frames_in.inc();
         pm.bytes_in.inc_by(raw.len() as u64);
         accept_hello(&gw, raw)
     });
-    let (header, resumed) = match accepted {
+    let (header, resumed, trace) = match accepted {
         Ok(h) => h,
         Err(c) => {
+            span.record("close.code", c.code);
             if c.code == CloseCode::HelloTimeout.code() {
                 gw.metrics.reject("hello_timeout");
             }
@@ -281,6 +304,13 @@ pub async fn start(
     } else {
         gw.ids.next_id()
     };
+    crate::telemetry::set_parent(&span, trace.as_deref());
+    span.record("session_id", id);
+    span.record("user_id", header.user_id);
+    span.record("resumed", resumed);
+    // The backend continues this trace (OPEN carries it); kept only when
+    // there is one.
+    let trace = crate::telemetry::traceparent(&span, trace.as_deref()).map(String::into_boxed_str);
     if resumed && let Some(old) = gw.sessions.get(id) {
         // Resumed on the gateway that still holds it: the old connection yields.
         old.close(CloseCode::Moved);
@@ -339,9 +369,11 @@ pub async fn start(
         protocol,
         goaway_sent: false,
         resumed,
+        trace,
         _admission: admission,
     };
     s.queue(welcome.to_bytes());
+    drop(span);
     gw.tracker.spawn(live(s));
 }
 
@@ -364,8 +396,8 @@ fn live(mut s: Session) -> impl Future<Output = ()> + Send {
 
 /// Validates the first frame: a v1 HELLO opening a new session, or resuming
 /// one with a valid resume token. Returns the header (with the session's
-/// ids) and whether it is a resume.
-fn accept_hello(gw: &Gateway, raw: BytesMut) -> Result<(Header, bool), Closing> {
+/// ids), whether it is a resume, and the client's trace context.
+fn accept_hello(gw: &Gateway, raw: BytesMut) -> Result<(Header, bool, Option<String>), Closing> {
     let mut header =
         frame::parse_raw(&raw).map_err(|e| Closing::from_read(ReadError::Frame(e), 0))?;
     if header.kind() != Some(Kind::Hello) {
@@ -392,7 +424,7 @@ fn accept_hello(gw: &Gateway, raw: BytesMut) -> Result<(Header, bool), Closing> 
         ));
     }
     if header.session_id == 0 && hello.resume_token.is_none() {
-        return Ok((header, false));
+        return Ok((header, false, hello.traceparent));
     }
     let Some(keys) = &gw.resume else {
         return Err(Closing::new(
@@ -409,7 +441,7 @@ fn accept_hello(gw: &Gateway, raw: BytesMut) -> Result<(Header, bool), Closing> 
     match keys.verify(token, header.session_id, header.user_id) {
         Ok(claims) => {
             header.user_id = claims.user_id;
-            Ok((header, true))
+            Ok((header, true, hello.traceparent))
         }
         Err(e) => {
             gw.metrics.reject("bad_resume");
@@ -454,6 +486,8 @@ struct Session {
     goaway_sent: bool,
     /// Opened by resuming a session from another connection or gateway.
     resumed: bool,
+    /// W3C trace context handed to backends in OPEN.
+    trace: Option<Box<str>>,
     _admission: Admission,
 }
 
@@ -810,6 +844,7 @@ impl Session {
                 old.realm,
                 old.endpoint.clone(),
                 true,
+                self.trace.as_deref(),
             ) {
                 b.send(raw.clone())?;
                 self.bindings.push(b);
@@ -817,7 +852,14 @@ impl Session {
             }
             // …or fall through to pick another endpoint.
         }
-        let b = open_binding(&self.gw, &self.handle, svc, realm, self.resumed)?;
+        let b = open_binding(
+            &self.gw,
+            &self.handle,
+            svc,
+            realm,
+            self.resumed,
+            self.trace.as_deref(),
+        )?;
         let res = b.send(raw);
         self.bindings.push(b);
         self.publish_bindings();
@@ -913,6 +955,7 @@ mod tests {
             protocol: Protocol::Tcp,
             goaway_sent: false,
             resumed: false,
+            trace: None,
             _admission: Admission {
                 guard: gw.limits.try_acquire(remote.ip()).ok(),
                 active: gw.metrics.proto(Protocol::Tcp).active.clone(),
