@@ -12,6 +12,8 @@ use serde::Deserialize;
 pub const DEFAULT_MAX_FRAME_BYTES: u32 = gg_proto::frame::DEFAULT_MAX_FRAME_BYTES;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
 pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 1_000;
+pub const DEFAULT_CONN_RATE_PER_IP: u32 = 100;
+pub const DEFAULT_CONN_BURST_PER_IP: u32 = 200;
 pub const DEFAULT_SNIFF_TIMEOUT_MS: u64 = 5_000;
 pub const DEFAULT_HELLO_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_HEARTBEAT_MS: u64 = 15_000;
@@ -199,6 +201,8 @@ pub struct FileLimits {
     pub max_frame_bytes: u32,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
+    pub conn_rate_per_ip: u32,
+    pub conn_burst_per_ip: u32,
     pub sniff_timeout_ms: u64,
     pub hello_timeout_ms: u64,
     pub heartbeat_ms: u64,
@@ -216,6 +220,8 @@ impl Default for FileLimits {
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+            conn_rate_per_ip: DEFAULT_CONN_RATE_PER_IP,
+            conn_burst_per_ip: DEFAULT_CONN_BURST_PER_IP,
             sniff_timeout_ms: DEFAULT_SNIFF_TIMEOUT_MS,
             hello_timeout_ms: DEFAULT_HELLO_TIMEOUT_MS,
             heartbeat_ms: DEFAULT_HEARTBEAT_MS,
@@ -313,6 +319,9 @@ pub struct Limits {
     pub max_frame_bytes: u32,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
+    /// New connections per second per source address (token bucket).
+    pub conn_rate_per_ip: u32,
+    pub conn_burst_per_ip: u32,
     pub sniff_timeout: Duration,
     pub hello_timeout: Duration,
     pub heartbeat: Duration,
@@ -517,6 +526,16 @@ impl Config {
             l.max_connections_per_ip as u64,
             &mut errs,
         );
+        positive(
+            "limits.conn_rate_per_ip",
+            u64::from(l.conn_rate_per_ip),
+            &mut errs,
+        );
+        positive(
+            "limits.conn_burst_per_ip",
+            u64::from(l.conn_burst_per_ip),
+            &mut errs,
+        );
         positive("limits.session_queue", l.session_queue as u64, &mut errs);
         positive(
             "limits.msg_rate_per_sec",
@@ -683,6 +702,8 @@ impl Config {
                     max_frame_bytes: l.max_frame_bytes,
                     max_connections: l.max_connections,
                     max_connections_per_ip: l.max_connections_per_ip,
+                    conn_rate_per_ip: l.conn_rate_per_ip,
+                    conn_burst_per_ip: l.conn_burst_per_ip,
                     sniff_timeout: ms(l.sniff_timeout_ms),
                     hello_timeout: ms(l.hello_timeout_ms),
                     heartbeat: ms(l.heartbeat_ms),

@@ -113,6 +113,8 @@ impl Gateway {
             limits: Arc::new(ConnLimits::new(
                 cfg.limits.max_connections,
                 cfg.limits.max_connections_per_ip,
+                cfg.limits.conn_rate_per_ip,
+                cfg.limits.conn_burst_per_ip,
             )),
             routes: ArcSwap::from_pointee(routes),
             sessions: SessionTable::new(),
@@ -346,6 +348,7 @@ async fn sweep_overrides(gw: Arc<Gateway>, stop: CancellationToken) {
                 for o in gw.overrides.sweep(router::overrides::now_ms()) {
                     info!(id = %o.id, service = o.service, target = %o.target, "route override expired");
                 }
+                gw.limits.sweep();
             }
         }
     }

@@ -1,6 +1,6 @@
-//! Admission limits: a global connection cap and a per-source-IP cap, taken
-//! at accept time and released by dropping the [`ConnGuard`]; and the
-//! per-session message [`TokenBucket`].
+//! Admission limits: a global connection cap, a per-source-IP cap and a
+//! per-source-IP rate of new connections, taken at accept time and released
+//! by dropping the [`ConnGuard`]; and the per-session message [`TokenBucket`].
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -15,6 +15,7 @@ const IP_SHARDS: usize = 16;
 pub enum Refused {
     MaxConnections,
     PerIp,
+    PerIpRate,
 }
 
 impl Refused {
@@ -22,28 +23,43 @@ impl Refused {
         match self {
             Refused::MaxConnections => "max_connections",
             Refused::PerIp => "max_connections_per_ip",
+            Refused::PerIpRate => "conn_rate_per_ip",
         }
     }
+}
+
+/// One source address: its open connections and its new-connection bucket.
+/// Kept while it has connections or its bucket is still refilling, so
+/// connecting and closing in a loop cannot reset the rate.
+struct IpState {
+    conns: usize,
+    bucket: TokenBucket,
 }
 
 pub struct ConnLimits {
     max: usize,
     per_ip: usize,
+    rate: u32,
+    burst: u32,
     active: AtomicUsize,
-    by_ip: Box<[Mutex<HashMap<IpAddr, usize>>]>,
+    by_ip: Box<[Mutex<HashMap<IpAddr, IpState>>]>,
 }
 
 impl ConnLimits {
-    pub fn new(max: usize, per_ip: usize) -> ConnLimits {
+    /// `max` connections in all, `per_ip` per source address, which may
+    /// open `rate` new ones per second (bursts of `burst`).
+    pub fn new(max: usize, per_ip: usize, rate: u32, burst: u32) -> ConnLimits {
         ConnLimits {
             max,
             per_ip,
+            rate,
+            burst,
             active: AtomicUsize::new(0),
             by_ip: (0..IP_SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
         }
     }
 
-    fn shard(&self, ip: &IpAddr) -> &Mutex<HashMap<IpAddr, usize>> {
+    fn shard(&self, ip: &IpAddr) -> &Mutex<HashMap<IpAddr, IpState>> {
         let h = match ip {
             IpAddr::V4(v4) => u64::from(u32::from(*v4)),
             IpAddr::V6(v6) => (u128::from(*v6) as u64) ^ ((u128::from(*v6) >> 64) as u64),
@@ -53,22 +69,56 @@ impl ConnLimits {
 
     /// Admits one connection from `ip` or says which limit refused it.
     pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnGuard, Refused> {
+        self.try_acquire_at(ip, Instant::now())
+    }
+
+    fn try_acquire_at(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Result<ConnGuard, Refused> {
         if self.active.fetch_add(1, Ordering::AcqRel) >= self.max {
             self.active.fetch_sub(1, Ordering::AcqRel);
             return Err(Refused::MaxConnections);
         }
         let mut map = self.shard(&ip).lock().unwrap_or_else(|p| p.into_inner());
-        let n = map.entry(ip).or_insert(0);
-        if *n >= self.per_ip {
+        let st = map.entry(ip).or_insert_with(|| IpState {
+            conns: 0,
+            bucket: TokenBucket::new(self.rate, self.burst, now),
+        });
+        let refused = if st.conns >= self.per_ip {
+            Some(Refused::PerIp)
+        } else if !st.bucket.take(now) {
+            Some(Refused::PerIpRate)
+        } else {
+            None
+        };
+        if let Some(r) = refused {
             drop(map);
             self.active.fetch_sub(1, Ordering::AcqRel);
-            return Err(Refused::PerIp);
+            return Err(r);
         }
-        *n += 1;
+        st.conns += 1;
         Ok(ConnGuard {
             limits: self.clone(),
             ip,
         })
+    }
+
+    /// Forgets addresses with no connection whose bucket has refilled (run
+    /// periodically; keeps the map as small as the set of recent clients).
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        for shard in self.by_ip.iter() {
+            shard
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|_, st| st.conns > 0 || !st.bucket.full(now));
+        }
+    }
+
+    /// Source addresses tracked now.
+    pub fn tracked(&self) -> usize {
+        self.by_ip
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len())
+            .sum()
     }
 
     /// Connections admitted and not yet released.
@@ -90,9 +140,9 @@ impl Drop for ConnGuard {
             .shard(&self.ip)
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = map.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
+        if let Some(st) = map.get_mut(&self.ip) {
+            st.conns -= 1;
+            if st.conns == 0 && st.bucket.full(Instant::now()) {
                 map.remove(&self.ip);
             }
         }
@@ -119,6 +169,12 @@ impl TokenBucket {
         }
     }
 
+    /// Whether the bucket would be full at `now` (nothing to remember).
+    pub fn full(&self, now: Instant) -> bool {
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens + dt * self.rate >= self.burst
+    }
+
     /// Takes one token if available.
     pub fn take(&mut self, now: Instant) -> bool {
         let dt = now.saturating_duration_since(self.last).as_secs_f64();
@@ -140,7 +196,7 @@ mod tests {
 
     #[test]
     fn per_ip_and_global_caps_release_on_drop() {
-        let l = Arc::new(ConnLimits::new(3, 2));
+        let l = Arc::new(ConnLimits::new(3, 2, 1000, 1000));
         let a: IpAddr = "127.0.0.1".parse().unwrap();
         let b: IpAddr = "127.0.0.2".parse().unwrap();
         let g1 = l.try_acquire(a).unwrap();
@@ -151,6 +207,31 @@ mod tests {
         drop(g1);
         assert_eq!(l.active(), 2);
         assert!(l.try_acquire(a).is_ok());
+    }
+
+    #[test]
+    fn new_connections_per_ip_are_rate_limited() {
+        let l = Arc::new(ConnLimits::new(100, 100, 10, 3));
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        let t0 = Instant::now();
+        // Connect and close in a loop: closing does not give the tokens back.
+        for _ in 0..3 {
+            drop(l.try_acquire_at(a, t0).unwrap());
+        }
+        assert_eq!(l.try_acquire_at(a, t0).err(), Some(Refused::PerIpRate));
+        let gb = l.try_acquire_at(b, t0).expect("other addresses unaffected");
+        let ga = l
+            .try_acquire_at(a, t0 + Duration::from_millis(100))
+            .expect("a token refilled");
+        assert_eq!(l.active(), 2);
+        drop((ga, gb));
+        // Still refilling: remembered. Refilled and idle: forgotten.
+        l.sweep();
+        assert_eq!(l.tracked(), 2);
+        std::thread::sleep(Duration::from_millis(600));
+        l.sweep();
+        assert_eq!(l.tracked(), 0);
     }
 
     #[test]

@@ -47,6 +47,31 @@ async fn per_ip_connection_limit() {
 }
 
 #[tokio::test]
+async fn per_ip_connection_rate_limit() {
+    let b = backend("b1").await;
+    let gw = gateway(&format!(
+        "{}limits: {{ conn_rate_per_ip: 1, conn_burst_per_ip: 3 }}\n",
+        one_service(b.addr)
+    ))
+    .await;
+    let ip = "127.0.0.4".parse().expect("ip");
+    // Three connect-and-close rounds use the burst; closing gives nothing back.
+    for u in 0..3 {
+        let mut c = Client::tcp_from(gw.client, ip).await;
+        c.hello(u, 0).await;
+    }
+    let mut fourth = Client::tcp_from(gw.client, ip).await;
+    fourth.expect_eof(WAIT).await;
+    gw.wait_metric("gg_rejections_total{reason=\"conn_rate_per_ip\"}", |v| {
+        v >= 1.0
+    })
+    .await;
+    // Another address has its own bucket.
+    let mut other = Client::tcp_from(gw.client, "127.0.0.5".parse().expect("ip")).await;
+    other.hello(9, 0).await;
+}
+
+#[tokio::test]
 async fn global_connection_limit() {
     let b = backend("b1").await;
     let gw = gateway(&format!(

@@ -175,7 +175,7 @@ async fn main() -> anyhow::Result<()> {
         std::fs::write(
             &cfg,
             format!(
-                "gateway_id: bench-gw-{i}\nlisten: 127.0.0.1:0\nops_listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\nlimits: {{ max_connections_per_ip: 100000 }}\ncontrolplane:\n  url: http://{cp_grpc}\n  snapshot_path: {}\n",
+                "gateway_id: bench-gw-{i}\nlisten: 127.0.0.1:0\nops_listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\nlimits: {{ max_connections_per_ip: 100000, conn_rate_per_ip: 1000000, conn_burst_per_ip: 1000000 }}\ncontrolplane:\n  url: http://{cp_grpc}\n  snapshot_path: {}\n",
                 tmp.join(format!("gw{i}.pb")).display()
             ),
         )?;
