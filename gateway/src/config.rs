@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -70,6 +71,43 @@ pub struct FileConfig {
     pub controlplane: Option<FileControlPlane>,
     #[serde(default)]
     pub telemetry: Option<FileTelemetry>,
+    #[serde(default)]
+    pub client_auth: Option<FileClientAuth>,
+}
+
+/// `client_auth:` — clients prove their user with a JWT. Absent = the
+/// `user_id` a client claims is trusted (a trusted network only).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileClientAuth {
+    #[serde(default = "default_jwt_algorithm")]
+    pub algorithm: String,
+    /// HS*: the shared secret.
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    #[serde(default)]
+    pub secret_file: Option<String>,
+    /// RS*, ES*, EdDSA: the PEM public key.
+    #[serde(default)]
+    pub public_key_file: Option<String>,
+    #[serde(default)]
+    pub issuer: Option<String>,
+    #[serde(default)]
+    pub audience: Option<String>,
+    #[serde(default = "default_user_claim")]
+    pub user_claim: String,
+    #[serde(default = "default_leeway")]
+    pub leeway_s: u64,
+}
+
+fn default_jwt_algorithm() -> String {
+    "HS256".into()
+}
+fn default_user_claim() -> String {
+    "sub".into()
+}
+fn default_leeway() -> u64 {
+    30
 }
 
 /// `telemetry:` — OpenTelemetry trace export (OTLP over gRPC). Absent = no
@@ -443,6 +481,7 @@ pub struct Config {
     pub breaker: BreakerSettings,
     pub controlplane: Option<ControlPlaneSettings>,
     pub telemetry: Option<TelemetrySettings>,
+    pub client_auth: Option<Arc<crate::client_auth::ClientAuth>>,
 }
 
 /// Where and how much to trace.
@@ -672,6 +711,10 @@ impl Config {
                 export_queue: t.export_queue,
             }
         });
+        let client_auth = file
+            .client_auth
+            .as_ref()
+            .and_then(|a| validate_client_auth(a, &mut errs));
         let br = file.breaker;
         positive(
             "breaker.failure_threshold",
@@ -687,6 +730,7 @@ impl Config {
             (Some(listen), Some(ops_listen), true) => Ok(Config {
                 controlplane,
                 telemetry,
+                client_auth,
                 admin,
                 resume,
                 breaker: BreakerSettings {
@@ -858,6 +902,78 @@ pub fn read_tokens(key: &str, list: &[FileToken], errs: &mut Vec<String>) -> Vec
 
 /// Reads a secret from exactly one of env / file / literal value. The
 /// secret itself never appears in an error message.
+fn validate_client_auth(
+    a: &FileClientAuth,
+    errs: &mut Vec<String>,
+) -> Option<Arc<crate::client_auth::ClientAuth>> {
+    use crate::client_auth::{ClientAuth, is_hmac, parse_algorithm};
+    let Some(alg) = parse_algorithm(&a.algorithm) else {
+        errs.push(format!(
+            "client_auth.algorithm {:?} is not one of HS256, HS384, HS512, RS256, RS384, RS512, ES256, ES384, EdDSA",
+            a.algorithm
+        ));
+        return None;
+    };
+    let key = if is_hmac(alg) {
+        if a.public_key_file.is_some() {
+            errs.push(format!(
+                "client_auth.public_key_file is for RS*/ES*/EdDSA; {} uses secret_env or secret_file",
+                a.algorithm
+            ));
+            return None;
+        }
+        read_secret(
+            "client_auth",
+            a.secret_env.as_deref(),
+            a.secret_file.as_deref(),
+            None,
+            errs,
+        )?
+    } else {
+        if a.secret_env.is_some() || a.secret_file.is_some() {
+            errs.push(format!(
+                "client_auth: {} verifies with public_key_file, not a secret",
+                a.algorithm
+            ));
+            return None;
+        }
+        let Some(path) = &a.public_key_file else {
+            errs.push(format!(
+                "client_auth.public_key_file is required for {}",
+                a.algorithm
+            ));
+            return None;
+        };
+        match std::fs::read(path) {
+            Ok(k) => k,
+            Err(e) => {
+                errs.push(format!(
+                    "client_auth.public_key_file: cannot read {path}: {e}"
+                ));
+                return None;
+            }
+        }
+    };
+    if a.user_claim.is_empty() {
+        errs.push("client_auth.user_claim must not be empty".into());
+        return None;
+    }
+    match ClientAuth::new(
+        alg,
+        &key,
+        a.issuer.as_deref(),
+        a.audience.as_deref(),
+        &a.user_claim,
+        a.leeway_s,
+    ) {
+        Ok(c) => Some(Arc::new(c)),
+        Err(e) => {
+            errs.push(format!("client_auth: {e}"));
+            None
+        }
+    }
+}
+
 fn read_secret(
     at: &str,
     env: Option<&str>,

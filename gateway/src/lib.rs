@@ -12,6 +12,7 @@
 
 pub mod admin;
 pub mod backend;
+pub mod client_auth;
 pub mod config;
 pub mod cpclient;
 pub mod drain;

@@ -5,6 +5,7 @@
 mod support;
 
 mod admin;
+mod client_auth;
 mod http;
 mod lifecycle;
 mod limits;

@@ -519,12 +519,16 @@ impl Client {
         self.welcome(user).await
     }
 
-    /// HELLO with a W3C `traceparent` in its payload → WELCOME.
-    pub async fn hello_traced(&mut self, user: u64, traceparent: &str) -> Welcome {
+    /// Sends HELLO with `payload` (a JSON object) and nothing else.
+    pub async fn send_hello(&mut self, user: u64, payload: serde_json::Value) {
         let mut h = Header::new(Kind::Hello);
         h.user_id = user;
-        let body = serde_json::json!({ "traceparent": traceparent }).to_string();
-        self.send(&Frame::new(h, body)).await;
+        self.send(&Frame::new(h, payload.to_string())).await;
+    }
+
+    /// HELLO with `payload` (e.g. `traceparent`, `token`) → WELCOME.
+    pub async fn hello_json(&mut self, user: u64, payload: serde_json::Value) -> Welcome {
+        self.send_hello(user, payload).await;
         self.welcome(user).await
     }
 

@@ -118,7 +118,8 @@ async fn spans_continue_the_callers_trace_and_reach_the_backend() {
 
     // A streaming session: HELLO carries the client's context.
     let mut c = Client::tcp(gw.client).await;
-    c.hello_traced(7, &tp).await;
+    c.hello_json(7, serde_json::json!({ "traceparent": tp }))
+        .await;
     assert_eq!(
         c.call_text(1, 1, "trace").await,
         format!(

@@ -294,6 +294,18 @@ async fn call_response(
                 .inc();
             request_error(&e)
         }
+        Err(CallError::Unauthorized(message)) => {
+            gw.metrics.reject("unauthorized");
+            let mut r = json_error(
+                StatusCode::UNAUTHORIZED,
+                CloseCode::Unauthorized.code(),
+                "unauthorized",
+                &message,
+            );
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            r
+        }
         Err(CallError::TooLarge(max)) => {
             gw.metrics.reject("frame_too_large");
             json_error(
@@ -311,6 +323,7 @@ async fn call_response(
 
 enum CallError {
     Request(RequestError),
+    Unauthorized(String),
     TooLarge(usize),
     /// The backend answered with ERROR, or closed the session.
     Backend {
@@ -345,7 +358,16 @@ async fn call_inner(
         )
         .into());
     }
-    let user: u64 = header_num(h, "x-user-id")?.unwrap_or(0);
+    let mut user: u64 = header_num(h, "x-user-id")?.unwrap_or(0);
+    if let Some(auth) = &gw.cfg.client_auth {
+        let token = h
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        user = auth
+            .verify(token, user)
+            .map_err(|e| CallError::Unauthorized(e.to_string()))?;
+    }
     let realm: u32 = header_num(h, "x-realm-id")?.unwrap_or(0);
     let service = {
         let routes = gw.routes.load();

@@ -424,6 +424,15 @@ fn accept_hello(gw: &Gateway, raw: BytesMut) -> Result<(Header, bool, Option<Str
         ));
     }
     if header.session_id == 0 && hello.resume_token.is_none() {
+        if let Some(auth) = &gw.cfg.client_auth {
+            // The token names the user; the HELLO may only repeat it.
+            header.user_id = auth
+                .verify(hello.token.as_deref(), header.user_id)
+                .map_err(|e| {
+                    gw.metrics.reject("unauthorized");
+                    Closing::new(CloseCode::Unauthorized, e.to_string())
+                })?;
+        }
         return Ok((header, false, hello.traceparent));
     }
     let Some(keys) = &gw.resume else {
