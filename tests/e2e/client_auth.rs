@@ -27,8 +27,8 @@ async fn gateway_with_auth() -> (Gw, Backend) {
     let secret = scratch("jwt", "secret");
     std::fs::write(&secret, format!("{SECRET}\n")).expect("secret");
     let gw = gateway(&format!(
-        "services:\n  - {{ name: echo, id: 1, strategy: round_robin, endpoints: [{}] }}\nclient_auth:\n  secret_file: {}\n  issuer: idp\n{}",
-        b.addr,
+        "{}client_auth:\n  secret_file: {}\n  issuer: idp\n{}",
+        one_service(b.addr),
         secret.display(),
         admin_yaml()
     ))

@@ -6,8 +6,8 @@ use crate::support::*;
 async fn http_calls_and_their_errors() {
     let b = backend("b1").await;
     let gw = gateway(&format!(
-        "services:\n  - {{ name: echo, id: 1, strategy: round_robin, endpoints: [{}] }}\nbackend: {{ request_timeout_ms: 300 }}\nlimits: {{ max_frame_bytes: 2048 }}\n",
-        b.addr
+        "{}backend: {{ request_timeout_ms: 300 }}\nlimits: {{ max_frame_bytes: 2048 }}\n",
+        one_service(b.addr)
     ))
     .await;
 
@@ -72,11 +72,7 @@ async fn http_calls_and_their_errors() {
 
 #[tokio::test]
 async fn http_call_to_a_down_backend_is_502() {
-    let gw = gateway(&format!(
-        "services:\n  - {{ name: echo, id: 1, strategy: round_robin, endpoints: [{}] }}\n",
-        dead_addr()
-    ))
-    .await;
+    let gw = gateway(&one_service(dead_addr())).await;
     let (st, body) = http(gw.client, "POST", "/v1/call/echo", &[], b"x").await;
     assert_eq!(st, 502, "{body}");
     assert!(body.contains("\"code\":105"), "{body}");

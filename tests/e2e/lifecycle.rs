@@ -37,11 +37,7 @@ async fn bad_config_exits_64_and_lists_every_error() {
 #[tokio::test]
 async fn ops_health_ready_metrics() {
     let b = backend("b1").await;
-    let gw = gateway(&format!(
-        "services:\n  - {{ name: echo, id: 1, strategy: round_robin, endpoints: [{}] }}\n",
-        b.addr
-    ))
-    .await;
+    let gw = gateway(&one_service(b.addr)).await;
     assert_eq!(http(gw.ops, "GET", "/health", &[], b"").await.0, 200);
     assert_eq!(
         http(gw.ops, "GET", "/ready", &[], b"").await,
@@ -63,8 +59,8 @@ async fn ops_health_ready_metrics() {
 async fn sigterm_sends_goaway_then_force_closes_and_exits_zero() {
     let b = backend("b1").await;
     let mut gw = gateway(&format!(
-        "services:\n  - {{ name: echo, id: 1, strategy: round_robin, endpoints: [{}] }}\ndrain: {{ deadline_ms: 1500, spread_ms: 300, reconnect_after_ms: 250 }}\n",
-        b.addr
+        "{}drain: {{ deadline_ms: 1500, spread_ms: 300, reconnect_after_ms: 250 }}\n",
+        one_service(b.addr)
     ))
     .await;
     let mut polite = Client::tcp(gw.client).await;

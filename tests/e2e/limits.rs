@@ -5,10 +5,6 @@ use gg_proto::frame::Kind;
 
 use crate::support::*;
 
-fn one_service(ep: impl std::fmt::Display) -> String {
-    format!("services:\n  - {{ name: echo, id: 1, strategy: round_robin, endpoints: [{ep}] }}\n")
-}
-
 #[tokio::test]
 async fn per_ip_connection_limit() {
     let b = backend("b1").await;

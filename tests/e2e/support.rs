@@ -228,6 +228,11 @@ pub struct Gw {
     pub config: PathBuf,
 }
 
+/// YAML for one round-robin service `echo` (id 1) on `ep`.
+pub fn one_service(ep: impl std::fmt::Display) -> String {
+    format!("services:\n  - {{ name: echo, id: 1, strategy: round_robin, endpoints: [{ep}] }}\n")
+}
+
 /// Starts a gateway whose config is `body` (YAML without the listen keys;
 /// both listeners use port 0).
 pub async fn gateway(body: &str) -> Gw {

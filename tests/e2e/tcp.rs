@@ -9,10 +9,6 @@ use gg_proto::{CloseCode, ErrorCode, Frame};
 
 use crate::support::*;
 
-fn one_service(ep: impl std::fmt::Display) -> String {
-    format!("services:\n  - {{ name: echo, id: 1, strategy: round_robin, endpoints: [{ep}] }}\n")
-}
-
 #[tokio::test]
 async fn hello_data_ping_close() {
     let b = backend("b1").await;

@@ -92,8 +92,8 @@ async fn spans_continue_the_callers_trace_and_reach_the_backend() {
     let (rx, otlp) = Receiver::start().await;
     let b = backend("b1").await;
     let gw = gateway(&format!(
-        "services:\n  - {{ name: echo, id: 1, strategy: round_robin, endpoints: [{}] }}\ntelemetry:\n  otlp_endpoint: http://{otlp}\n  service_name: gg-test\n  sample_ratio: 0.0\n  export_interval_ms: 100\n",
-        b.addr
+        "{}telemetry:\n  otlp_endpoint: http://{otlp}\n  service_name: gg-test\n  sample_ratio: 0.0\n  export_interval_ms: 100\n",
+        one_service(b.addr)
     ))
     .await;
     let tp = format!("00-{TRACE}-{PARENT}-01");
@@ -138,11 +138,7 @@ async fn spans_continue_the_callers_trace_and_reach_the_backend() {
 #[tokio::test]
 async fn without_telemetry_the_callers_context_is_passed_on() {
     let b = backend("b1").await;
-    let gw = gateway(&format!(
-        "services:\n  - {{ name: echo, id: 1, strategy: round_robin, endpoints: [{}] }}\n",
-        b.addr
-    ))
-    .await;
+    let gw = gateway(&one_service(b.addr)).await;
     let tp = format!("00-{TRACE}-{PARENT}-01");
     let (_, body) = http(
         gw.client,
