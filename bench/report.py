@@ -73,7 +73,9 @@ gw1, ng1, ha1 = (med(t, "closed1", "throughput") for t in ("gateway", "nginx", "
 gw16 = med("gateway", "closed16", "throughput")
 best16 = max(v for v in (med("nginx", "closed16", "throughput"), med("haproxy", "closed16", "throughput")) if v is not None) if rows else None
 d99 = med("direct", "open20k", "p99_us")
-add = lambda t: (None if med(t, "open20k", "p99_us") is None or d99 is None else max(med(t, "open20k", "p99_us") - d99, 1.0))
+# Added p99 over the direct path; a proxy can measure below direct by noise,
+# which counts as nothing added (0).
+add = lambda t: (None if med(t, "open20k", "p99_us") is None or d99 is None else max(med(t, "open20k", "p99_us") - d99, 0.0))
 sys_gw, sys_ng = syscalls_per_rt("gateway"), syscalls_per_rt("nginx")
 churn_gw, churn_ha = med("gateway", "churn", "throughput"), med("haproxy", "churn", "throughput")
 goals = [
@@ -81,15 +83,18 @@ goals = [
     ("closed 1 in flight: throughput ≥ 1.2× HAProxy", ratio(gw1, ha1), 1.2, True),
     ("closed 1 in flight: syscalls per round trip ≤ 0.6× nginx", ratio(sys_gw, sys_ng), 0.6, False),
     ("closed 16 in flight: throughput ≥ 1.0× best peer", ratio(gw16, best16), 1.0, True),
-    ("open 20k/s: added p99 ≤ 0.7× nginx's added p99", ratio(add("gateway"), add("nginx")), 0.7, False),
+    ("open 20k/s: added p99 ≤ 0.7× nginx's added p99", ratio(add("gateway"), add("nginx")) if add("nginx") else None, 0.7, False),
     ("idle TCP: ≤ 2 KB per session", (med("gateway", "idle", "rss_per_session") or 0) / 1024, 2.0, False),
     ("idle WebSocket: ≤ 4 KB per session", (med("gateway", "idle_ws", "rss_per_session") or 0) / 1024, 4.0, False),
     ("connect churn: new sessions/s ≥ 1.0× HAProxy", ratio(churn_gw, churn_ha), 1.0, True),
 ]
 lines += ["", "## Goals", "", "| goal | measured | met |", "|---|---|---|"]
+notes = {}
+if add("gateway") is not None and add("nginx") is not None:
+    notes[goals[4][0]] = f" (gateway +{add('gateway'):.0f} µs, nginx +{add('nginx'):.0f} µs over direct's {d99:.0f} µs)"
 for name, v, target, higher in goals:
     met = "n/a" if v is None else ("yes" if (v >= target if higher else v <= target) else "no")
-    lines.append(f"| {name} | {fmt(v, '{:.2f}')} | {met} |")
+    lines.append(f"| {name} | {fmt(v, '{:.2f}')}{notes.get(name, '')} | {met} |")
 lines.append("")
 # Hand-written sections (before/after, control plane, scale-out) live below
 # this marker in the existing file and are kept.

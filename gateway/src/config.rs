@@ -73,6 +73,19 @@ pub struct FileConfig {
     pub telemetry: Option<FileTelemetry>,
     #[serde(default)]
     pub client_auth: Option<FileClientAuth>,
+    #[serde(default)]
+    pub tls: Option<FileTls>,
+}
+
+/// `tls:` — TLS on the client port, told apart from plaintext by sniffing
+/// (both are served). Absent = a TLS ClientHello is refused.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTls {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: String,
 }
 
 /// `client_auth:` — clients prove their user with a JWT. Absent = the
@@ -482,6 +495,19 @@ pub struct Config {
     pub controlplane: Option<ControlPlaneSettings>,
     pub telemetry: Option<TelemetrySettings>,
     pub client_auth: Option<Arc<crate::client_auth::ClientAuth>>,
+    pub tls: Option<TlsSettings>,
+}
+
+/// The client port's TLS server config (key material is never printed).
+#[derive(Clone)]
+pub struct TlsSettings {
+    pub server: Arc<rustls::ServerConfig>,
+}
+
+impl std::fmt::Debug for TlsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsSettings(..)")
+    }
 }
 
 /// Where and how much to trace.
@@ -715,6 +741,13 @@ impl Config {
             .client_auth
             .as_ref()
             .and_then(|a| validate_client_auth(a, &mut errs));
+        let tls = file.tls.as_ref().and_then(|t| match tls_server(t) {
+            Ok(server) => Some(TlsSettings { server }),
+            Err(e) => {
+                errs.push(format!("tls: {e}"));
+                None
+            }
+        });
         let br = file.breaker;
         positive(
             "breaker.failure_threshold",
@@ -731,6 +764,7 @@ impl Config {
                 controlplane,
                 telemetry,
                 client_auth,
+                tls,
                 admin,
                 resume,
                 breaker: BreakerSettings {
@@ -902,6 +936,28 @@ pub fn read_tokens(key: &str, list: &[FileToken], errs: &mut Vec<String>) -> Vec
 
 /// Reads a secret from exactly one of env / file / literal value. The
 /// secret itself never appears in an error message.
+/// Loads the certificate chain and key into a rustls server config (ring).
+fn tls_server(t: &FileTls) -> Result<Arc<rustls::ServerConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(&t.cert_file)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("cert_file {}: {e}", t.cert_file))?;
+    if certs.is_empty() {
+        return Err(format!("cert_file {} holds no certificate", t.cert_file));
+    }
+    let key = PrivateKeyDer::from_pem_file(&t.key_file)
+        .map_err(|e| format!("key_file {}: {e}", t.key_file))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("certificate and key do not fit together: {e}"))?;
+    Ok(Arc::new(cfg))
+}
+
 fn validate_client_auth(
     a: &FileClientAuth,
     errs: &mut Vec<String>,

@@ -94,9 +94,68 @@ async fn handle_conn(gw: Arc<Gateway>, stream: TcpStream, remote: SocketAddr, gu
             let io = prefixed::PrefixedIo::new(prefix, stream);
             http::serve_conn(gw, io, remote, guard).await;
         }
+        Sniffed::Tls => match gw.cfg.tls.clone() {
+            Some(tls) => tls_conn(gw, stream, prefix, remote, guard, tls.server).await,
+            None => {
+                gw.metrics.reject("tls_not_enabled");
+                debug!(%remote, "TLS client hello on a plaintext port; closed");
+            }
+        },
+    }
+}
+
+/// TLS on the client port: handshake (the sniffed bytes are its first
+/// bytes), then sniff again inside TLS — frames or HTTP/WebSocket, exactly
+/// as in plaintext.
+async fn tls_conn(
+    gw: Arc<Gateway>,
+    stream: TcpStream,
+    prefix: bytes::BytesMut,
+    remote: SocketAddr,
+    guard: ConnGuard,
+    server: Arc<rustls::ServerConfig>,
+) {
+    let limit = gw.cfg.limits.sniff_timeout;
+    let acceptor = tokio_rustls::TlsAcceptor::from(server);
+    let io = prefixed::PrefixedIo::new(prefix, stream);
+    let tls = match tokio::time::timeout(limit, acceptor.accept(io)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            gw.metrics.reject("tls_handshake");
+            debug!(%remote, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            gw.metrics.reject("tls_handshake");
+            debug!(%remote, "TLS handshake timed out");
+            return;
+        }
+    };
+    let (tls, sniffed, first) = match sniff::sniff(tls, limit).await {
+        Ok(x) => x,
+        Err(reason) => {
+            gw.metrics.reject(reason);
+            return;
+        }
+    };
+    match sniffed {
+        Sniffed::Frames => {
+            let pm = gw.metrics.proto(Protocol::Tcp);
+            pm.connections.inc();
+            pm.active.inc();
+            let admission = Admission {
+                guard: Some(guard),
+                active: pm.active.clone(),
+            };
+            let io = ClientIo::tls(tls, first);
+            start(gw.clone(), io, remote, Protocol::Tcp, admission).await;
+        }
+        Sniffed::Http => {
+            http::serve_conn(gw, prefixed::PrefixedIo::new(first, tls), remote, guard).await
+        }
         Sniffed::Tls => {
-            gw.metrics.reject("tls_not_enabled");
-            debug!(%remote, "TLS client hello on a plaintext port; closed");
+            gw.metrics.reject("tls_in_tls");
+            debug!(%remote, "TLS inside TLS; closed");
         }
     }
 }

@@ -12,4 +12,5 @@ mod limits;
 mod routing;
 mod tcp;
 mod telemetry;
+mod tls;
 mod ws;

@@ -17,7 +17,6 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
@@ -46,12 +45,14 @@ const CALL_SEQ: u32 = 1;
 type Body = Full<Bytes>;
 
 /// Serves one HTTP connection until it closes, upgrades, or the gateway stops.
-pub async fn serve_conn(
+pub async fn serve_conn<I>(
     gw: Arc<Gateway>,
-    io: PrefixedIo<TcpStream>,
+    io: PrefixedIo<I>,
     remote: SocketAddr,
     guard: ConnGuard,
-) {
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let pm = gw.metrics.proto(Protocol::Http).clone();
     pm.connections.inc();
     pm.active.inc();

@@ -10,8 +10,7 @@
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sniffed {
@@ -34,10 +33,10 @@ const SNIFF_BUF: usize = 1024;
 
 /// Waits (up to `timeout`) for the first bytes and classifies them. Errors
 /// are the metric reason: `sniff_timeout` or `closed_before_data`.
-pub async fn sniff(
-    mut stream: TcpStream,
+pub async fn sniff<S: AsyncRead + Unpin>(
+    mut stream: S,
     timeout: Duration,
-) -> Result<(TcpStream, Sniffed, BytesMut), &'static str> {
+) -> Result<(S, Sniffed, BytesMut), &'static str> {
     let mut buf = BytesMut::with_capacity(SNIFF_BUF);
     match tokio::time::timeout(timeout, stream.read_buf(&mut buf)).await {
         Err(_) => Err("sniff_timeout"),

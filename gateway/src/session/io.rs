@@ -1,5 +1,5 @@
-//! The client transport of a session: raw TCP carrying frames back to back,
-//! or WebSocket carrying exactly one frame per binary message. Both read
+//! The client transport of a session: raw TCP (plain or TLS) carrying frames
+//! back to back, or WebSocket carrying exactly one frame per binary message. Both read
 //! whole raw frames and batch outgoing frames until flushed. Reads and
 //! writes are `poll_*` functions so the session task can drive them by hand,
 //! without a future per source in its (long-lived, per-session) state.
@@ -14,14 +14,20 @@ use gg_proto::frame::{self, FrameError};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use smallvec::SmallVec;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
 
+use crate::listener::prefixed::PrefixedIo;
+
 /// A WebSocket over an HTTP/1.1 connection upgraded by hyper.
 pub type WsStream = WebSocketStream<TokioIo<Upgraded>>;
+
+/// A TLS connection on the client port (the sniffed bytes replayed into
+/// the handshake).
+pub type TlsStream = tokio_rustls::server::TlsStream<PrefixedIo<TcpStream>>;
 
 /// Why reading the next frame failed.
 #[derive(Debug)]
@@ -49,6 +55,13 @@ pub enum ClientIo {
         rbuf: BytesMut,
         pending: Pending,
     },
+    /// Frames over TLS. Boxed: rustls's state is large, and only TLS
+    /// sessions should pay for it.
+    Tls {
+        stream: Box<TlsStream>,
+        rbuf: BytesMut,
+        pending: Pending,
+    },
     Ws {
         ws: Box<WsStream>,
         pending: Pending,
@@ -72,6 +85,16 @@ impl ClientIo {
         }
     }
 
+    /// Frames over TLS; `prefix` holds plaintext already read (while
+    /// sniffing inside TLS).
+    pub fn tls(stream: TlsStream, prefix: BytesMut) -> ClientIo {
+        ClientIo::Tls {
+            stream: Box::new(stream),
+            rbuf: prefix,
+            pending: Pending::new(),
+        }
+    }
+
     pub fn ws(ws: WsStream) -> ClientIo {
         ClientIo::Ws {
             ws: Box::new(ws),
@@ -87,48 +110,14 @@ impl ClientIo {
         max: u32,
     ) -> Poll<Result<BytesMut, ReadError>> {
         match self {
-            ClientIo::Tcp { stream, rbuf, .. } => loop {
-                match frame::check(rbuf, max) {
-                    Ok(Some(total)) => {
-                        let raw = rbuf.split_to(total);
-                        if rbuf.is_empty() {
-                            // The frame keeps the allocation alive until it is
-                            // forwarded; the session itself holds nothing.
-                            *rbuf = BytesMut::new();
-                        }
-                        return Poll::Ready(Ok(raw));
-                    }
-                    Ok(None) => {}
-                    Err(e) => return Poll::Ready(Err(ReadError::Frame(e))),
-                }
-                // Wait for data before allocating.
-                if let Err(e) = ready!(stream.poll_read_ready(cx)) {
-                    return Poll::Ready(Err(ReadError::Io(e)));
-                }
-                // Reserve exactly what the announced frame still needs
-                // (bounded by `max` above), at least a chunk.
-                let want = if rbuf.len() >= frame::LEN_BYTES {
-                    let len = u32::from_be_bytes([rbuf[0], rbuf[1], rbuf[2], rbuf[3]]) as usize;
-                    (frame::LEN_BYTES + len)
-                        .saturating_sub(rbuf.len())
-                        .max(READ_CHUNK)
-                } else {
-                    READ_CHUNK
-                };
-                rbuf.reserve(want);
-                // `poll_read` (not `try_read`): tokio clears the readiness
-                // after a short read, which saves the spurious EAGAIN read
-                // per frame that `try_read` would cost.
-                match ready!(tokio_util::io::poll_read_buf(
-                    Pin::new(&mut *stream),
-                    cx,
-                    rbuf
-                )) {
-                    Ok(0) => return Poll::Ready(Err(ReadError::Closed)),
-                    Ok(_) => {}
-                    Err(e) => return Poll::Ready(Err(ReadError::Io(e))),
-                }
-            },
+            // Wait for readiness before allocating a read buffer.
+            ClientIo::Tcp { stream, rbuf, .. } => {
+                poll_frame(stream, rbuf, cx, max, |s, cx| s.poll_read_ready(cx))
+            }
+            // rustls buffers internally; there is no cheap readiness check.
+            ClientIo::Tls { stream, rbuf, .. } => {
+                poll_frame(&mut **stream, rbuf, cx, max, |_, _| Poll::Ready(Ok(())))
+            }
             ClientIo::Ws { ws, .. } => loop {
                 let msg = match ready!(Pin::new(&mut **ws).poll_next(cx)) {
                     None => return Poll::Ready(Err(ReadError::Closed)),
@@ -168,14 +157,18 @@ impl ClientIo {
 
     fn pending(&mut self) -> &mut Pending {
         match self {
-            ClientIo::Tcp { pending, .. } | ClientIo::Ws { pending, .. } => pending,
+            ClientIo::Tcp { pending, .. }
+            | ClientIo::Tls { pending, .. }
+            | ClientIo::Ws { pending, .. } => pending,
         }
     }
 
     /// Whether frames are queued.
     pub fn has_pending(&self) -> bool {
         match self {
-            ClientIo::Tcp { pending, .. } | ClientIo::Ws { pending, .. } => !pending.is_empty(),
+            ClientIo::Tcp { pending, .. }
+            | ClientIo::Tls { pending, .. }
+            | ClientIo::Ws { pending, .. } => !pending.is_empty(),
         }
     }
 
@@ -186,6 +179,9 @@ impl ClientIo {
             ClientIo::Tcp {
                 stream, pending, ..
             } => poll_writev(stream, pending, cx),
+            ClientIo::Tls {
+                stream, pending, ..
+            } => poll_writev(&mut **stream, pending, cx),
             ClientIo::Ws { ws, pending } => poll_ws_send(ws, pending, cx),
         };
         let pending = self.pending();
@@ -205,6 +201,10 @@ impl ClientIo {
     pub async fn shutdown(&mut self, code: u16, reason: &str) {
         match self {
             ClientIo::Tcp { stream, .. } => {
+                let _ = stream.shutdown().await;
+            }
+            ClientIo::Tls { stream, .. } => {
+                // close_notify, then FIN.
                 let _ = stream.shutdown().await;
             }
             ClientIo::Ws { ws, .. } => {
@@ -243,9 +243,62 @@ fn ws_read_error(e: tungstenite::Error, max: u32) -> ReadError {
     }
 }
 
-/// Writes `pending` with vectored writes, dropping what was written.
-fn poll_writev(
-    stream: &mut TcpStream,
+/// Reads until `rbuf` holds a whole frame. `ready` is polled before each
+/// read, so a transport that can tell readiness does not allocate first.
+fn poll_frame<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+    cx: &mut Context<'_>,
+    max: u32,
+    mut ready: impl FnMut(&mut S, &mut Context<'_>) -> Poll<io::Result<()>>,
+) -> Poll<Result<BytesMut, ReadError>> {
+    loop {
+        match frame::check(rbuf, max) {
+            Ok(Some(total)) => {
+                let raw = rbuf.split_to(total);
+                if rbuf.is_empty() {
+                    // The frame keeps the allocation alive until it is
+                    // forwarded; the session itself holds nothing.
+                    *rbuf = BytesMut::new();
+                }
+                return Poll::Ready(Ok(raw));
+            }
+            Ok(None) => {}
+            Err(e) => return Poll::Ready(Err(ReadError::Frame(e))),
+        }
+        if let Err(e) = ready!(ready(stream, cx)) {
+            return Poll::Ready(Err(ReadError::Io(e)));
+        }
+        // Reserve exactly what the announced frame still needs (bounded by
+        // `max` above), at least a chunk.
+        let want = if rbuf.len() >= frame::LEN_BYTES {
+            let len = u32::from_be_bytes([rbuf[0], rbuf[1], rbuf[2], rbuf[3]]) as usize;
+            (frame::LEN_BYTES + len)
+                .saturating_sub(rbuf.len())
+                .max(READ_CHUNK)
+        } else {
+            READ_CHUNK
+        };
+        rbuf.reserve(want);
+        // `poll_read` (not `try_read`): tokio clears the readiness after a
+        // short read, which saves the spurious EAGAIN read per frame that
+        // `try_read` would cost.
+        match ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut *stream),
+            cx,
+            rbuf
+        )) {
+            Ok(0) => return Poll::Ready(Err(ReadError::Closed)),
+            Ok(_) => {}
+            Err(e) => return Poll::Ready(Err(ReadError::Io(e))),
+        }
+    }
+}
+
+/// Writes `pending` with vectored writes, dropping what was written, then
+/// flushes (a no-op for TCP; TLS pushes its records out).
+fn poll_writev<W: AsyncWrite + Unpin>(
+    stream: &mut W,
     pending: &mut Pending,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<()>> {
@@ -278,7 +331,7 @@ fn poll_writev(
             pending[0].advance(left);
         }
     }
-    Poll::Ready(Ok(()))
+    Pin::new(stream).poll_flush(cx)
 }
 
 /// Sends `pending` as one binary message each, then flushes the socket.
