@@ -62,7 +62,11 @@ pub async fn serve(
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
     let api = Api { cp: cp.clone() };
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = cp.cfg.tls.clone() {
+        builder = builder.tls_config(tls)?;
+    }
+    builder
         .add_service(health_svc)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
@@ -439,8 +443,16 @@ impl ControlPlane for Api {
                 r.gateway_id
             ))
         };
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| unreachable(e.to_string()))?
+        let tls = self.cp.cfg.gateway_admin_tls.clone();
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .map_err(|e| unreachable(e.to_string()))?;
+        if let Some(tls) = tls {
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| unreachable(e.to_string()))?;
+        }
+        let channel = endpoint
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(10))
             .connect()

@@ -27,6 +27,12 @@ pub struct FileConfig {
     /// Token this control plane presents to gateways' admin APIs (DrainGateway).
     #[serde(default)]
     pub gateway_admin_token: Option<FileToken>,
+    /// TLS (mutual with `client_ca_file`) for this control plane's gRPC API.
+    #[serde(default)]
+    pub tls: Option<gateway::grpc_tls::FileServerTls>,
+    /// TLS to gateways' admin APIs (when they serve TLS).
+    #[serde(default)]
+    pub gateway_admin_tls: Option<gateway::grpc_tls::FileClientTls>,
 }
 
 fn d_reconcile() -> u64 {
@@ -81,6 +87,8 @@ pub struct Config {
     pub lease: Duration,
     pub tokens: Vec<Token>,
     pub gateway_admin_token: Option<Token>,
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
+    pub gateway_admin_tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -170,6 +178,16 @@ impl Config {
             gateway::config::read_tokens("gateway_admin_token", std::slice::from_ref(t), &mut errs)
                 .pop()
         });
+        let tls = f.tls.as_ref().and_then(|t| {
+            gateway::grpc_tls::server_config(t)
+                .map_err(|e| errs.push(format!("tls: {e}")))
+                .ok()
+        });
+        let gateway_admin_tls = f.gateway_admin_tls.as_ref().and_then(|t| {
+            gateway::grpc_tls::client_config(t)
+                .map_err(|e| errs.push(format!("gateway_admin_tls: {e}")))
+                .ok()
+        });
         let id =
             f.id.or_else(|| std::env::var("POD_NAME").ok())
                 .or_else(|| {
@@ -189,6 +207,8 @@ impl Config {
                 lease: Duration::from_millis(f.lease_ms),
                 tokens,
                 gateway_admin_token,
+                tls,
+                gateway_admin_tls,
             }),
             _ => Err(ConfigError(errs)),
         }

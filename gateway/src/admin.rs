@@ -136,7 +136,17 @@ pub async fn serve(gw: Arc<Gateway>, listener: TcpListener, stop: CancellationTo
             return;
         }
     };
-    let res = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = gw.cfg.admin.as_ref().and_then(|a| a.tls.clone()) {
+        builder = match builder.tls_config(tls) {
+            Ok(b) => b,
+            Err(e) => {
+                error!(error = %e, "admin API TLS config rejected; admin API not served");
+                return;
+            }
+        };
+    }
+    let res = builder
         .add_service(health_svc)
         .add_service(v1)
         .add_service(v1alpha)

@@ -170,6 +170,9 @@ pub struct FileControlPlane {
     pub session_batch: usize,
     #[serde(default = "default_flush")]
     pub session_flush_ms: u64,
+    /// For an `https://` url: the CA (and client certificate for mutual TLS).
+    #[serde(default)]
+    pub tls: Option<crate::grpc_tls::FileClientTls>,
 }
 
 fn default_batch() -> usize {
@@ -186,6 +189,9 @@ pub struct FileAdmin {
     pub listen: String,
     #[serde(default)]
     pub tokens: Vec<FileToken>,
+    /// TLS (and, with `client_ca_file`, mutual TLS) for the admin API.
+    #[serde(default)]
+    pub tls: Option<crate::grpc_tls::FileServerTls>,
 }
 
 /// One bearer token: exactly one of `env`, `file` or `value`.
@@ -448,6 +454,7 @@ pub struct AdminSettings {
     pub listen: SocketAddr,
     /// Empty only on a loopback address (then every caller is admin).
     pub tokens: Vec<Token>,
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
 }
 
 /// Resume secret (never printed) and token lifetime.
@@ -470,6 +477,7 @@ pub struct ControlPlaneSettings {
     pub snapshot_path: std::path::PathBuf,
     pub session_batch: usize,
     pub session_flush: Duration,
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -695,6 +703,9 @@ impl Config {
             if !(c.url.starts_with("http://") || c.url.starts_with("https://")) {
                 errs.push(format!("controlplane.url {:?} must start with http:// or https://", c.url));
             }
+            if c.tls.is_some() != c.url.starts_with("https://") {
+                errs.push("controlplane.tls goes with an https:// url (and an https:// url needs controlplane.tls.ca_file)".into());
+            }
             if c.session_batch == 0 || c.session_flush_ms == 0 {
                 errs.push("controlplane.session_batch and session_flush_ms must be > 0".into());
             }
@@ -707,6 +718,11 @@ impl Config {
                 snapshot_path: c.snapshot_path.clone().into(),
                 session_batch: c.session_batch,
                 session_flush: ms(c.session_flush_ms),
+                tls: c.tls.as_ref().and_then(|t| {
+                    crate::grpc_tls::client_config(t)
+                        .map_err(|e| errs.push(format!("controlplane.tls: {e}")))
+                        .ok()
+                }),
             }
         });
         let telemetry = file.telemetry.as_ref().map(|t| {
@@ -898,7 +914,16 @@ fn validate_admin(a: &FileAdmin, errs: &mut Vec<String>) -> Option<AdminSettings
             "admin.listen {listen} is not a loopback address and admin.tokens is empty: configure at least one token, or listen on 127.0.0.1"
         ));
     }
-    Some(AdminSettings { listen, tokens })
+    let tls = a.tls.as_ref().and_then(|t| {
+        crate::grpc_tls::server_config(t)
+            .map_err(|e| errs.push(format!("admin.tls: {e}")))
+            .ok()
+    });
+    Some(AdminSettings {
+        listen,
+        tokens,
+        tls,
+    })
 }
 
 /// Resolves bearer tokens (shared with the control plane's config).

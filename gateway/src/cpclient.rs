@@ -203,8 +203,14 @@ async fn stream_once(
     cfg: &ControlPlaneSettings,
     events: &mut mpsc::Receiver<SessionEvent>,
 ) -> Result<(), String> {
-    let channel = tonic::transport::Endpoint::from_shared(cfg.url.clone())
-        .map_err(|e| e.to_string())?
+    let mut endpoint =
+        tonic::transport::Endpoint::from_shared(cfg.url.clone()).map_err(|e| e.to_string())?;
+    if let Some(tls) = &cfg.tls {
+        endpoint = endpoint
+            .tls_config(tls.clone())
+            .map_err(|e| format!("tls: {e}"))?;
+    }
+    let channel = endpoint
         .connect_timeout(Duration::from_secs(3))
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(5))

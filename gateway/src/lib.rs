@@ -17,6 +17,7 @@ pub mod config;
 pub mod cpclient;
 pub mod drain;
 pub mod error;
+pub mod grpc_tls;
 pub mod limits;
 pub mod listener;
 pub mod metrics;

@@ -37,6 +37,15 @@ pub struct Global {
     /// GWCTL_TOKEN; there is no flag for it, so it never shows in `ps`.
     #[arg(long, env = "GWCTL_TOKEN_FILE", global = true)]
     pub token_file: Option<PathBuf>,
+    /// PEM CA that signed the servers' certificates: connect with TLS.
+    #[arg(long, env = "GWCTL_CA_FILE", global = true)]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate, for servers that require mutual TLS.
+    #[arg(long, env = "GWCTL_CERT_FILE", global = true, requires = "key_file")]
+    pub cert_file: Option<PathBuf>,
+    /// PEM key of --cert-file.
+    #[arg(long, env = "GWCTL_KEY_FILE", global = true, requires = "cert_file")]
+    pub key_file: Option<PathBuf>,
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = Format::Table, global = true)]
     pub output: Format,

@@ -20,7 +20,7 @@ use gg_proto::pb::controlplane::session_directory_client::SessionDirectoryClient
 use serde::Deserialize;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::cli::Global;
 
@@ -41,6 +41,11 @@ pub struct ContextConfig {
     pub token_file: Option<PathBuf>,
     /// Name of an environment variable holding the token.
     pub token_env: Option<String>,
+    /// TLS: the CA that signed the servers' certificates, and a client
+    /// certificate and key for mutual TLS.
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
 }
 
 /// Resolved targets and credentials.
@@ -48,6 +53,7 @@ pub struct Ctx {
     pub controlplane: Option<String>,
     pub gateway: Option<String>,
     token: Option<String>,
+    tls: Option<ClientTlsConfig>,
     pub timeout: Duration,
 }
 
@@ -140,10 +146,34 @@ impl Ctx {
         } else {
             None
         };
+        let ca = g.ca_file.clone().or(context.ca_file.clone());
+        let identity = match (g.cert_file.clone(), g.key_file.clone()) {
+            (Some(c), Some(k)) => Some((c, k)),
+            _ => context.cert_file.clone().zip(context.key_file.clone()),
+        };
+        let tls = match ca {
+            None if identity.is_some() => {
+                bail!("a client certificate needs --ca-file (or ca_file in the context) too")
+            }
+            None => None,
+            Some(ca) => {
+                let read = |p: &Path| {
+                    let p = expand_home(p);
+                    std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))
+                };
+                let mut t =
+                    ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(&ca)?));
+                if let Some((c, k)) = identity {
+                    t = t.identity(Identity::from_pem(read(&c)?, read(&k)?));
+                }
+                Some(t)
+            }
+        };
         Ok(Ctx {
             controlplane: g.controlplane.clone().or(context.controlplane),
             gateway: g.gateway.clone().or(context.gateway),
             token,
+            tls,
             timeout: g.timeout,
         })
     }
@@ -163,13 +193,20 @@ impl Ctx {
     async fn channel(&self, addr: &str, what: &str) -> anyhow::Result<Channel> {
         let url = if addr.contains("://") {
             addr.to_string()
+        } else if self.tls.is_some() {
+            format!("https://{addr}")
         } else {
             format!("http://{addr}")
         };
-        let ep = Endpoint::from_shared(url.clone())
+        let mut ep = Endpoint::from_shared(url.clone())
             .map_err(|e| anyhow!("invalid {what} address {addr:?}: {e}"))?
             .connect_timeout(self.timeout)
             .timeout(self.timeout);
+        if let Some(tls) = &self.tls {
+            ep = ep
+                .tls_config(tls.clone())
+                .map_err(|e| anyhow!("TLS settings for the {what}: {e}"))?;
+        }
         ep.connect().await.map_err(|e| {
             anyhow!(
                 "cannot reach the {what} at {url} ({e}) — is it running, and is the address right?"

@@ -692,8 +692,9 @@ where
     }
 }
 
-/// A CA (`ca.crt`) and a server certificate (`server.crt`, `server.key`)
-/// for 127.0.0.1 and localhost in `dir`, made with the openssl CLI
+/// A CA (`ca.crt`), a server certificate (`server.crt`, `server.key`) for
+/// 127.0.0.1 and localhost, and a client certificate (`client.crt`,
+/// `client.key`) in `dir`, made with the openssl CLI
 /// (`./.ci/test` installs it).
 pub fn make_certs(dir: &std::path::Path) {
     let run = |args: &[&str]| {
@@ -754,5 +755,41 @@ pub fn make_certs(dir: &std::path::Path) {
         "2",
         "-extfile",
         "ext.cnf",
+    ]);
+    // A client certificate from the same CA, for mutual TLS.
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "client.key",
+        "-out",
+        "client.csr",
+        "-subj",
+        "/CN=gg-test-client",
+    ]);
+    // Extensions make it an X.509 v3 certificate (rustls accepts no v1).
+    std::fs::write(
+        dir.join("client.cnf"),
+        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+    )
+    .expect("client ext");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "client.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "client.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "client.cnf",
     ]);
 }

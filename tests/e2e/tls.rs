@@ -139,3 +139,71 @@ async fn bad_tls_config_is_refused() {
     assert_eq!(code, Some(64));
     assert!(err.contains("tls: key_file /nonexistent/key.pem"), "{err}");
 }
+
+#[tokio::test]
+async fn admin_api_over_mutual_tls() {
+    let dir = scratch("tls", "d");
+    let (ca, cert, key) = make_cert(&dir);
+    let (client_cert, client_key) = (dir.join("client.crt"), dir.join("client.key"));
+    let b = backend("b1").await;
+    let gw = gateway(&format!(
+        "{}admin:\n  listen: 127.0.0.1:0\n  tokens: [ {{ name: r, scope: read, value: {READ_TOKEN} }} ]\n  tls: {{ cert_file: {}, key_file: {}, client_ca_file: {} }}\n",
+        one_service(b.addr),
+        cert.display(),
+        key.display(),
+        ca.display()
+    ))
+    .await;
+    let addr = gw.admin.expect("admin");
+    let pem = |p: &Path| std::fs::read(p).expect("pem");
+    let connect = |identity: bool| {
+        let mut tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(pem(&ca)))
+            .domain_name("localhost");
+        if identity {
+            tls = tls.identity(tonic::transport::Identity::from_pem(
+                pem(&client_cert),
+                pem(&client_key),
+            ));
+        }
+        async move {
+            let ch = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+                .expect("uri")
+                .tls_config(tls)
+                .expect("tls")
+                .connect()
+                .await
+                .map_err(|e| format!("connect: {e}"))?;
+            let mut c =
+                gg_proto::pb::admin::gateway_admin_client::GatewayAdminClient::with_interceptor(
+                    ch,
+                    Bearer(Some(READ_TOKEN.into())),
+                );
+            c.get_info(gg_proto::pb::admin::GetInfoRequest {})
+                .await
+                .map(|r| r.into_inner().gateway_id)
+                .map_err(|e| format!("call: {e}"))
+        }
+    };
+    let ok: Result<String, String> = connect(true).await;
+    assert_eq!(ok.expect("mutual TLS works"), "gw-e2e");
+    let no_cert: Result<String, String> = connect(false).await;
+    assert!(
+        no_cert.is_err(),
+        "a client without a certificate is refused"
+    );
+    // Plaintext gRPC to a TLS port fails too.
+    let plain = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect_timeout(std::time::Duration::from_secs(2))
+        .connect()
+        .await;
+    if let Ok(ch) = plain {
+        let mut c = gg_proto::pb::admin::gateway_admin_client::GatewayAdminClient::new(ch);
+        assert!(
+            c.get_info(gg_proto::pb::admin::GetInfoRequest {})
+                .await
+                .is_err()
+        );
+    }
+}

@@ -564,3 +564,127 @@ async fn sessions_overrides_and_a_drain_with_wait() {
         cancel.stderr
     );
 }
+
+#[tokio::test]
+async fn everything_over_mutual_tls() {
+    // One CA signs the servers' and the clients' certificates; every gRPC
+    // hop (gwctl → control plane, gateway → control plane, control plane →
+    // gateway admin, gwctl → gateway admin) uses TLS with client certificates.
+    let dir = scratch("mtls", "d");
+    std::fs::create_dir_all(&dir).expect("dir");
+    make_certs(&dir);
+    let f = |n: &str| dir.join(n).display().to_string();
+    let (ca, cert, key, ccert, ckey) = (
+        f("ca.crt"),
+        f("server.crt"),
+        f("server.key"),
+        f("client.crt"),
+        f("client.key"),
+    );
+    let server_tls = format!("{{ cert_file: {cert}, key_file: {key}, client_ca_file: {ca} }}");
+    let client_tls = format!("{{ ca_file: {ca}, cert_file: {ccert}, key_file: {ckey} }}");
+    let redis = Redis::start().await;
+    let config = scratch("cp", "yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "id: cp-tls\nlisten: 127.0.0.1:0\nops_listen: 127.0.0.1:0\nredis: {{ url: \"{}\" }}\nlease_ms: 5000\ntokens:\n  - {{ name: root, scope: admin, value: {ADMIN_TOKEN} }}\n  - {{ name: op, scope: operate, value: {OPERATE_TOKEN} }}\ngateway_admin_token: {{ name: cp, scope: admin, value: {ADMIN_TOKEN} }}\ntls: {server_tls}\ngateway_admin_tls: {client_tls}\n",
+            redis.url()
+        ),
+    )
+    .expect("cp config");
+    let (_cp, line) = spawn(
+        &bin("controlplane"),
+        "cp-tls",
+        &["--config", config.to_str().expect("utf8")],
+    )
+    .await;
+    let cp: SocketAddr = line
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("grpc="))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("bad cp line {line:?}"));
+    let b = backend("b1").await;
+    let gw = gateway_named(
+        "gw-tls",
+        &format!(
+            "controlplane:\n  url: https://{cp}\n  token: {{ name: cp, scope: operate, value: {OPERATE_TOKEN} }}\n  snapshot_path: {}\n  tls: {client_tls}\nadmin:\n  listen: 127.0.0.1:0\n  tokens: [ {{ name: root, scope: admin, value: {ADMIN_TOKEN} }} ]\n  tls: {server_tls}\n",
+            scratch("snap", "pb").display()
+        ),
+    )
+    .await;
+    let home = scratch("home", "d");
+    std::fs::create_dir_all(&home).expect("home");
+    let env = vec![
+        ("GWCTL_CONTROLPLANE", cp.to_string()),
+        ("GWCTL_GATEWAY", gw.admin.expect("admin").to_string()),
+        ("GWCTL_TOKEN", ADMIN_TOKEN.to_string()),
+        ("GWCTL_CA_FILE", ca.clone()),
+        ("GWCTL_CERT_FILE", ccert.clone()),
+        ("GWCTL_KEY_FILE", ckey.clone()),
+    ];
+    let ep = b.addr.to_string();
+    run_gwctl(
+        &home,
+        &env,
+        &[
+            "routes",
+            "set",
+            "echo",
+            "--id",
+            "1",
+            "--strategy",
+            "round_robin",
+            "--endpoint",
+            &ep,
+        ],
+    )
+    .await
+    .ok();
+    // The gateway got it over its TLS stream to the control plane.
+    let r = run_gwctl(&home, &env, &["-o", "json", "rollout", "status", "--wait"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(r["gateways"][0]["status"], "applied", "{r}");
+    let info = run_gwctl(&home, &env, &["-o", "json", "info"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(info["gateway_id"], "gw-tls");
+    // The control plane reaches the gateway's admin API over mutual TLS.
+    let d = run_gwctl(
+        &home,
+        &env,
+        &[
+            "-o",
+            "json",
+            "drain",
+            "start",
+            "gw-tls",
+            "--deadline",
+            "30s",
+        ],
+    )
+    .await
+    .ok()
+    .json();
+    assert_eq!(d["gateway_id"], "gw-tls");
+    // Without a client certificate the servers refuse the connection.
+    let no_cert: Vec<(&str, String)> = env
+        .iter()
+        .filter(|(k, _)| !k.ends_with("CERT_FILE") && !k.ends_with("KEY_FILE"))
+        .cloned()
+        .collect();
+    let refused = run_gwctl(&home, &no_cert, &["--timeout", "3s", "fleet", "list"]).await;
+    assert_eq!(refused.code, 1, "{}", refused.stdout);
+    // And plaintext is refused as well.
+    let plain: Vec<(&str, String)> = env
+        .iter()
+        .filter(|(k, _)| !k.starts_with("GWCTL_C") || *k == "GWCTL_CONTROLPLANE")
+        .filter(|(k, _)| *k != "GWCTL_KEY_FILE")
+        .cloned()
+        .collect();
+    let refused = run_gwctl(&home, &plain, &["--timeout", "3s", "fleet", "list"]).await;
+    assert_eq!(refused.code, 1, "{}", refused.stdout);
+}
