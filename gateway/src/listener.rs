@@ -79,17 +79,7 @@ async fn handle_conn(gw: Arc<Gateway>, stream: TcpStream, remote: SocketAddr, gu
         }
     };
     match sniffed {
-        Sniffed::Frames => {
-            let pm = gw.metrics.proto(Protocol::Tcp);
-            pm.connections.inc();
-            pm.active.inc();
-            let admission = Admission {
-                guard: Some(guard),
-                active: pm.active.clone(),
-            };
-            let io = ClientIo::tcp(stream, prefix);
-            start(gw.clone(), io, remote, Protocol::Tcp, admission).await;
-        }
+        Sniffed::Frames => frames(gw, ClientIo::tcp(stream, prefix), remote, guard).await,
         Sniffed::Http => {
             let io = prefixed::PrefixedIo::new(prefix, stream);
             http::serve_conn(gw, io, remote, guard).await;
@@ -102,6 +92,18 @@ async fn handle_conn(gw: Arc<Gateway>, stream: TcpStream, remote: SocketAddr, gu
             }
         },
     }
+}
+
+/// A frame session (plain or TLS): counted as protocol `tcp`.
+async fn frames(gw: Arc<Gateway>, io: ClientIo, remote: SocketAddr, guard: ConnGuard) {
+    let pm = gw.metrics.proto(Protocol::Tcp);
+    pm.connections.inc();
+    pm.active.inc();
+    let admission = Admission {
+        guard: Some(guard),
+        active: pm.active.clone(),
+    };
+    start(gw.clone(), io, remote, Protocol::Tcp, admission).await;
 }
 
 /// TLS on the client port: handshake (the sniffed bytes are its first
@@ -139,17 +141,7 @@ async fn tls_conn(
         }
     };
     match sniffed {
-        Sniffed::Frames => {
-            let pm = gw.metrics.proto(Protocol::Tcp);
-            pm.connections.inc();
-            pm.active.inc();
-            let admission = Admission {
-                guard: Some(guard),
-                active: pm.active.clone(),
-            };
-            let io = ClientIo::tls(tls, first);
-            start(gw.clone(), io, remote, Protocol::Tcp, admission).await;
-        }
+        Sniffed::Frames => frames(gw, ClientIo::tls(tls, first), remote, guard).await,
         Sniffed::Http => {
             http::serve_conn(gw, prefixed::PrefixedIo::new(first, tls), remote, guard).await
         }

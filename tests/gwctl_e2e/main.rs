@@ -52,26 +52,7 @@ struct Stack {
 impl Stack {
     async fn start() -> Stack {
         let redis = Redis::start().await;
-        let config = scratch("cp", "yaml");
-        std::fs::write(
-            &config,
-            format!(
-                "id: cp-gwctl\nlisten: 127.0.0.1:0\nops_listen: 127.0.0.1:0\nredis: {{ url: \"{}\" }}\nreconcile_ms: 200\nlease_ms: 5000\ntokens:\n  - {{ name: reader, scope: read, value: {READ_TOKEN} }}\n  - {{ name: op, scope: operate, value: {OPERATE_TOKEN} }}\n  - {{ name: root, scope: admin, value: {ADMIN_TOKEN} }}\ngateway_admin_token: {{ name: cp, scope: admin, value: {ADMIN_TOKEN} }}\n",
-                redis.url()
-            ),
-        )
-        .expect("write cp config");
-        let (cp_proc, line) = spawn(
-            &bin("controlplane"),
-            "cp-gwctl",
-            &["--config", config.to_str().expect("utf8")],
-        )
-        .await;
-        let cp: SocketAddr = line
-            .split_whitespace()
-            .find_map(|kv| kv.strip_prefix("grpc="))
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("bad cp line {line:?}"));
+        let (cp_proc, cp) = start_cp(&redis, "").await;
         let backend = backend("b1").await;
         let gw = gateway_named(
             "gw-ctl",
@@ -133,6 +114,32 @@ impl Stack {
         }
         run_gwctl(&self.home, &env, args).await
     }
+}
+
+/// A control plane on `redis` with the three test tokens; `extra` is more
+/// YAML (e.g. `tls:`). Returns the process and its gRPC address.
+async fn start_cp(redis: &Redis, extra: &str) -> (Proc, SocketAddr) {
+    let config = scratch("cp", "yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "id: cp-gwctl\nlisten: 127.0.0.1:0\nops_listen: 127.0.0.1:0\nredis: {{ url: \"{}\" }}\nreconcile_ms: 200\nlease_ms: 5000\ntokens:\n  - {{ name: reader, scope: read, value: {READ_TOKEN} }}\n  - {{ name: op, scope: operate, value: {OPERATE_TOKEN} }}\n  - {{ name: root, scope: admin, value: {ADMIN_TOKEN} }}\ngateway_admin_token: {{ name: cp, scope: admin, value: {ADMIN_TOKEN} }}\n{extra}",
+            redis.url()
+        ),
+    )
+    .expect("write cp config");
+    let (proc, line) = spawn(
+        &bin("controlplane"),
+        "cp-gwctl",
+        &["--config", config.to_str().expect("utf8")],
+    )
+    .await;
+    let cp: SocketAddr = line
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("grpc="))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("bad cp line {line:?}"));
+    (proc, cp)
 }
 
 /// Runs gwctl with a clean environment (HOME = `home`, so no user config).
@@ -584,26 +591,11 @@ async fn everything_over_mutual_tls() {
     let server_tls = format!("{{ cert_file: {cert}, key_file: {key}, client_ca_file: {ca} }}");
     let client_tls = format!("{{ ca_file: {ca}, cert_file: {ccert}, key_file: {ckey} }}");
     let redis = Redis::start().await;
-    let config = scratch("cp", "yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "id: cp-tls\nlisten: 127.0.0.1:0\nops_listen: 127.0.0.1:0\nredis: {{ url: \"{}\" }}\nlease_ms: 5000\ntokens:\n  - {{ name: root, scope: admin, value: {ADMIN_TOKEN} }}\n  - {{ name: op, scope: operate, value: {OPERATE_TOKEN} }}\ngateway_admin_token: {{ name: cp, scope: admin, value: {ADMIN_TOKEN} }}\ntls: {server_tls}\ngateway_admin_tls: {client_tls}\n",
-            redis.url()
-        ),
-    )
-    .expect("cp config");
-    let (_cp, line) = spawn(
-        &bin("controlplane"),
-        "cp-tls",
-        &["--config", config.to_str().expect("utf8")],
+    let (_cp, cp) = start_cp(
+        &redis,
+        &format!("tls: {server_tls}\ngateway_admin_tls: {client_tls}\n"),
     )
     .await;
-    let cp: SocketAddr = line
-        .split_whitespace()
-        .find_map(|kv| kv.strip_prefix("grpc="))
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("bad cp line {line:?}"));
     let b = backend("b1").await;
     let gw = gateway_named(
         "gw-tls",
