@@ -1,8 +1,10 @@
-//! The task of one streaming session (TCP or WebSocket): HELLO → WELCOME,
-//! then one `select!` loop over the client's frames, the session's queue, the
-//! idle timer and close requests. Frames from the client are forwarded to
-//! the backend bound for their `service_type` without being re-encoded (ids
-//! are stamped in place); frames for the client are written in batches.
+//! One streaming session (TCP, TLS or WebSocket): the HELLO phase runs in the
+//! connection's task ([`start`]), which then spawns the session's own task
+//! (`live`): a hand-polled loop over the session's queue and the client's
+//! frames. Idle timeouts and GOAWAY deadlines are swept across the session
+//! table ([`sweep_timers`]). Frames from the client are forwarded to the
+//! backend bound for their `service_type` without being re-encoded (ids are
+//! stamped in place); frames for the client are written in batches.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
