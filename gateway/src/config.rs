@@ -506,10 +506,22 @@ pub struct Config {
     pub tls: Option<TlsSettings>,
 }
 
-/// The client port's TLS server config (key material is never printed).
+/// The client port's TLS server config (key material is never printed),
+/// and the files it came from, to reload them.
 #[derive(Clone)]
 pub struct TlsSettings {
     pub server: Arc<rustls::ServerConfig>,
+    pub files: (String, String),
+}
+
+impl TlsSettings {
+    /// Reads the certificate and key files again.
+    pub fn reload(&self) -> Result<Arc<rustls::ServerConfig>, String> {
+        tls_server(&FileTls {
+            cert_file: self.files.0.clone(),
+            key_file: self.files.1.clone(),
+        })
+    }
 }
 
 impl std::fmt::Debug for TlsSettings {
@@ -758,7 +770,10 @@ impl Config {
             .as_ref()
             .and_then(|a| validate_client_auth(a, &mut errs));
         let tls = file.tls.as_ref().and_then(|t| match tls_server(t) {
-            Ok(server) => Some(TlsSettings { server }),
+            Ok(server) => Some(TlsSettings {
+                server,
+                files: (t.cert_file.clone(), t.key_file.clone()),
+            }),
             Err(e) => {
                 errs.push(format!("tls: {e}"));
                 None

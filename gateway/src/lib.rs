@@ -55,6 +55,8 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     /// The routing snapshot; replaced whole, read lock-free.
     pub routes: ArcSwap<RouteTable>,
+    /// The client port's TLS config; swapped by [`Gateway::reload_tls`].
+    pub tls: arc_swap::ArcSwapOption<rustls::ServerConfig>,
     pub sessions: SessionTable,
     pub backends: BackendPool,
     pub ids: SessionIds,
@@ -119,6 +121,7 @@ impl Gateway {
                 cfg.limits.conn_burst_per_ip,
             )),
             routes: ArcSwap::from_pointee(routes),
+            tls: arc_swap::ArcSwapOption::new(cfg.tls.as_ref().map(|t| t.server.clone())),
             sessions: SessionTable::new(),
             ids: SessionIds::new(),
             overrides: Overrides::default(),
@@ -154,6 +157,28 @@ impl Gateway {
 
     pub fn draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
+    }
+
+    /// Reads the client port's certificate and key again (SIGHUP): new
+    /// connections get the new certificate, open ones keep theirs. A file
+    /// that does not load leaves the current certificate in place.
+    pub fn reload_tls(&self) -> Result<(), String> {
+        let Some(t) = &self.cfg.tls else {
+            return Ok(());
+        };
+        match t.reload() {
+            Ok(server) => {
+                self.tls.store(Some(server));
+                self.metrics.tls_reloads.with_label_values(&["ok"]).inc();
+                info!("TLS certificate reloaded");
+                Ok(())
+            }
+            Err(e) => {
+                self.metrics.tls_reloads.with_label_values(&["error"]).inc();
+                warn!(error = %e, "TLS certificate reload failed; keeping the current one");
+                Err(e)
+            }
+        }
     }
 
     /// Readiness and admission follow this flag (drain start / cancel).

@@ -84,8 +84,8 @@ async fn handle_conn(gw: Arc<Gateway>, stream: TcpStream, remote: SocketAddr, gu
             let io = prefixed::PrefixedIo::new(prefix, stream);
             http::serve_conn(gw, io, remote, guard).await;
         }
-        Sniffed::Tls => match gw.cfg.tls.clone() {
-            Some(tls) => tls_conn(gw, stream, prefix, remote, guard, tls.server).await,
+        Sniffed::Tls => match gw.tls.load_full() {
+            Some(server) => tls_conn(gw, stream, prefix, remote, guard, server).await,
             None => {
                 gw.metrics.reject("tls_not_enabled");
                 debug!(%remote, "TLS client hello on a plaintext port; closed");

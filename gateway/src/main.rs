@@ -136,6 +136,20 @@ async fn run(cfg: gateway::config::Config) -> anyhow::Result<()> {
         signal.cancel();
     });
     let gw = gateway::Gateway::new(cfg);
+    if gw.cfg.tls.is_some() {
+        // SIGHUP: load the client port's certificate again (rotation
+        // without dropping sessions).
+        let gw = gw.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                let _ = gw.reload_tls();
+            }
+        });
+    }
     gateway::serve(gw, listeners, shutdown).await;
     info!("gateway stopped");
     Ok(())

@@ -53,6 +53,7 @@ pub struct Metrics {
     pub backend_unknown_session: IntCounterVec,
     pub drain_goaway_sent: IntCounter,
     pub drain_force_closed: IntCounter,
+    pub tls_reloads: IntCounterVec,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -158,6 +159,12 @@ impl Metrics {
             sessions_opened,
             drain_goaway_sent,
             drain_force_closed,
+            tls_reloads: counter_vec(
+                &r,
+                "gg_tls_reloads_total",
+                "Client-port certificate reloads (SIGHUP), by result (ok, error).",
+                &["result"],
+            ),
             rejections: counter_vec(
                 &r,
                 "gg_rejections_total",

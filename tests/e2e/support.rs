@@ -37,8 +37,13 @@ impl Proc {
 
     /// Sends SIGTERM (graceful drain for the gateway).
     pub fn sigterm(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends signal `name` (`TERM`, `HUP`, …).
+    pub fn signal(&self, name: &str) {
         let status = std::process::Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
+            .args([format!("-{name}"), self.pid().to_string()])
             .status()
             .expect("run kill");
         assert!(status.success());

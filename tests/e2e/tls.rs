@@ -28,9 +28,9 @@ fn make_cert(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 
 async fn tls_connect(addr: std::net::SocketAddr, ca: &Path) -> TlsStream<TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_file(ca).expect("ca pem"))
-        .expect("add ca");
+    for c in CertificateDer::pem_file_iter(ca).expect("ca pem") {
+        roots.add(c.expect("ca cert")).expect("add ca");
+    }
     let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -206,4 +206,67 @@ async fn admin_api_over_mutual_tls() {
                 .is_err()
         );
     }
+}
+
+/// The DER of the certificate the server presented.
+fn peer_cert(s: &TlsStream<TcpStream>) -> Vec<u8> {
+    s.get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.to_vec())
+        .expect("server certificate")
+}
+
+fn der(path: &Path) -> Vec<u8> {
+    CertificateDer::from_pem_file(path).expect("pem").to_vec()
+}
+
+#[tokio::test]
+async fn certificate_reload_on_sighup() {
+    let (d1, d2) = (scratch("tls", "d"), scratch("tls", "d"));
+    let (ca1, cert1, key1) = make_cert(&d1);
+    let (ca2, cert2, key2) = make_cert(&d2);
+    let (live_cert, live_key) = (d1.join("live.crt"), d1.join("live.key"));
+    std::fs::copy(&cert1, &live_cert).expect("copy");
+    std::fs::copy(&key1, &live_key).expect("copy");
+    let b = backend("b1").await;
+    let gw = gateway(&format!(
+        "{}tls: {{ cert_file: {}, key_file: {} }}\n",
+        one_service(b.addr),
+        live_cert.display(),
+        live_key.display()
+    ))
+    .await;
+    // Trust both CAs, so the client accepts either certificate.
+    let both = d1.join("both-ca.pem");
+    std::fs::write(
+        &both,
+        [
+            std::fs::read(&ca1).expect("ca1"),
+            std::fs::read(&ca2).expect("ca2"),
+        ]
+        .concat(),
+    )
+    .expect("bundle");
+
+    let before = tls_connect(gw.client, &both).await;
+    assert_eq!(peer_cert(&before), der(&cert1));
+
+    // New files + SIGHUP: new connections get the new certificate.
+    std::fs::copy(&cert2, &live_cert).expect("copy");
+    std::fs::copy(&key2, &live_key).expect("copy");
+    gw.proc.signal("HUP");
+    gw.wait_metric("gg_tls_reloads_total{result=\"ok\"}", |v| v >= 1.0)
+        .await;
+    let after = tls_connect(gw.client, &both).await;
+    assert_eq!(peer_cert(&after), der(&cert2));
+
+    // A broken key: the reload fails, the current certificate stays.
+    std::fs::write(&live_key, "not a key").expect("junk");
+    gw.proc.signal("HUP");
+    gw.wait_metric("gg_tls_reloads_total{result=\"error\"}", |v| v >= 1.0)
+        .await;
+    let still = tls_connect(gw.client, &both).await;
+    assert_eq!(peer_cert(&still), der(&cert2));
 }
