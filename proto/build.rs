@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use prost::Message;
 
 const PROTOS: &[&str] = &[
+    "common/v1/common.proto",
     "gateway/admin/v1/admin.proto",
     "controlplane/v1/controlplane.proto",
 ];

@@ -7,23 +7,23 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use gateway::admin::{auth_interceptor, require};
-use gateway::config::{Scope, Token};
+use gg_proto::model::Bundle;
 use gg_proto::pb::admin as gwpb;
+use gg_proto::pb::common::DrainPhase;
 use gg_proto::pb::controlplane as pb;
 use gg_proto::pb::controlplane::control_plane_server::{ControlPlane, ControlPlaneServer};
 use gg_proto::pb::controlplane::gateway_sync_server::GatewaySyncServer;
 use gg_proto::pb::controlplane::session_directory_server::{
     SessionDirectory, SessionDirectoryServer,
 };
+use gg_runtime::auth::{Scope, Token, auth_interceptor, require};
+use gg_runtime::clock::now_ms;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::{error, info};
 
 use crate::Cp;
-use crate::model::{diff, normalize, validate};
 use crate::store::StoreError;
 
 pub fn store_status(e: StoreError) -> Status {
@@ -41,12 +41,6 @@ pub fn store_status(e: StoreError) -> Status {
     }
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 pub async fn serve(
     cp: Arc<Cp>,
     listener: TcpListener,
@@ -56,20 +50,13 @@ pub async fn serve(
     let auth = auth_interceptor(tokens);
     let (health, health_svc) = tonic_health::server::health_reporter();
     health.set_serving::<ControlPlaneServer<Api>>().await;
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(gg_proto::pb::DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
+    health.set_serving::<SessionDirectoryServer<Api>>().await;
+    let (v1, v1alpha) = gg_runtime::grpc::reflection(gg_proto::pb::CONTROL_PLANE_SERVICES)?;
     let api = Api { cp: cp.clone() };
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = cp.cfg.tls.clone() {
-        builder = builder.tls_config(tls)?;
-    }
-    builder
+    gg_runtime::grpc::server(cp.cfg.tls.clone())?
         .add_service(health_svc)
-        .add_service(reflection().build_v1()?)
-        .add_service(reflection().build_v1alpha()?)
+        .add_service(v1)
+        .add_service(v1alpha)
         .add_service(ControlPlaneServer::with_interceptor(
             api.clone(),
             auth.clone(),
@@ -79,7 +66,10 @@ pub async fn serve(
             crate::sync::SyncService::new(cp, stop.clone()),
             auth,
         ))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.cancelled())
+        .serve_with_incoming_shutdown(
+            gg_runtime::grpc::incoming(listener, "grpc"),
+            stop.cancelled(),
+        )
         .await?;
     Ok(())
 }
@@ -116,14 +106,18 @@ impl Api {
             let old = cur.bundle.unwrap_or_default();
             let mut new = old.clone();
             change(&mut new)?;
-            normalize(&mut new);
-            validate(&new).map_err(|errs| {
+            // The domain model's validation: the same function every
+            // gateway runs before applying, so what is written here applies.
+            let model = Bundle::from_pb(&new).map_err(|e| {
                 Status::invalid_argument(format!(
                     "invalid config (nothing written):\n  - {}",
-                    errs.join("\n  - ")
+                    e.0.join("\n  - ")
                 ))
             })?;
-            let d = diff(&old, &new);
+            let new = model.to_pb();
+            // A stored bundle that no longer converts (written by an older
+            // contract) diffs as if empty: every item shows as added.
+            let d = Bundle::diff(&Bundle::from_pb(&old).unwrap_or_default(), &model);
             if opts.dry_run || d.is_empty() {
                 return Ok(pb::WriteResponse {
                     revision: cur.revision,
@@ -382,23 +376,23 @@ impl ControlPlane for Api {
             .into_iter()
             .map(|g| {
                 let sync_status = if g.connected_to.is_empty() {
-                    "disconnected"
+                    pb::SyncStatus::Disconnected
                 } else if g.applied_epoch == cur.epoch && g.applied_rev == cur.revision {
-                    "in_sync"
+                    pb::SyncStatus::InSync
                 } else if !g.last_error.is_empty() && g.error_rev >= cur.revision {
-                    "rejected"
+                    pb::SyncStatus::Rejected
                 } else {
-                    "behind"
+                    pb::SyncStatus::Behind
                 };
                 pb::GatewayStatus {
                     gateway_id: g.id,
                     client_addr: g.client_addr,
                     admin_addr: g.admin_addr,
                     version: g.version,
-                    state: g.state,
+                    state: g.state as i32,
                     applied_revision: g.applied_rev,
                     applied_epoch: g.applied_epoch,
-                    sync_status: sync_status.into(),
+                    sync_status: sync_status as i32,
                     last_error: g.last_error,
                     sessions: g.sessions,
                     last_seen_ms: g.last_seen_ms,
@@ -492,9 +486,7 @@ impl ControlPlane for Api {
         info!(caller = %who, gateway = %r.gateway_id, "drain requested through the control plane");
         Ok(Response::new(pb::DrainGatewayResponse {
             gateway_id: r.gateway_id,
-            phase: gwpb::DrainPhase::try_from(s.phase)
-                .map(|p| p.as_str_name().to_string())
-                .unwrap_or_default(),
+            phase: DrainPhase::try_from(s.phase).unwrap_or_default() as i32,
             sessions_at_start: s.sessions_at_start,
         }))
     }
@@ -517,19 +509,19 @@ impl ControlPlane for Api {
         for g in gws {
             let status = if g.applied_epoch == cur.epoch && g.applied_rev >= rev {
                 resp.applied += 1;
-                "applied"
+                pb::RolloutStatus::Applied
             } else if !g.last_error.is_empty() && g.error_rev >= rev {
                 resp.rejected += 1;
-                "rejected"
+                pb::RolloutStatus::Rejected
             } else {
                 resp.pending += 1;
-                "pending"
+                pb::RolloutStatus::Pending
             };
             resp.gateways.push(pb::GatewayRollout {
                 gateway_id: g.id,
-                status: status.into(),
+                status: status as i32,
                 applied_revision: g.applied_rev,
-                error: if status == "rejected" {
+                error: if status == pb::RolloutStatus::Rejected {
                     g.last_error
                 } else {
                     String::new()

@@ -4,7 +4,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use gateway::config::{FileToken, Token};
+use gg_runtime::auth::{FileToken, Token, read_tokens};
+use gg_runtime::grpc_tls;
 use serde::Deserialize;
 
 pub const DEFAULT_RECONCILE_MS: u64 = 1_000;
@@ -29,10 +30,10 @@ pub struct FileConfig {
     pub gateway_admin_token: Option<FileToken>,
     /// TLS (mutual with `client_ca_file`) for this control plane's gRPC API.
     #[serde(default)]
-    pub tls: Option<gateway::grpc_tls::FileServerTls>,
+    pub tls: Option<grpc_tls::FileServerTls>,
     /// TLS to gateways' admin APIs (when they serve TLS).
     #[serde(default)]
-    pub gateway_admin_tls: Option<gateway::grpc_tls::FileClientTls>,
+    pub gateway_admin_tls: Option<grpc_tls::FileClientTls>,
 }
 
 fn d_reconcile() -> u64 {
@@ -167,7 +168,7 @@ impl Config {
         if f.reconcile_ms == 0 || f.lease_ms < 1000 {
             errs.push("reconcile_ms must be > 0 and lease_ms >= 1000".into());
         }
-        let tokens = gateway::config::read_tokens("tokens", &f.tokens, &mut errs);
+        let tokens = read_tokens("tokens", &f.tokens, &mut errs);
         if let Some(l) = listen
             && f.tokens.is_empty()
             && !l.ip().is_loopback()
@@ -175,16 +176,15 @@ impl Config {
             errs.push(format!("listen {l} is not a loopback address and tokens is empty: configure tokens, or listen on 127.0.0.1"));
         }
         let gateway_admin_token = f.gateway_admin_token.as_ref().and_then(|t| {
-            gateway::config::read_tokens("gateway_admin_token", std::slice::from_ref(t), &mut errs)
-                .pop()
+            read_tokens("gateway_admin_token", std::slice::from_ref(t), &mut errs).pop()
         });
         let tls = f.tls.as_ref().and_then(|t| {
-            gateway::grpc_tls::server_config(t)
+            grpc_tls::server_config(t)
                 .map_err(|e| errs.push(format!("tls: {e}")))
                 .ok()
         });
         let gateway_admin_tls = f.gateway_admin_tls.as_ref().and_then(|t| {
-            gateway::grpc_tls::client_config(t)
+            grpc_tls::client_config(t)
                 .map_err(|e| errs.push(format!("gateway_admin_tls: {e}")))
                 .ok()
         });

@@ -9,9 +9,10 @@
 //!
 //! It does not route client traffic and does not talk to backends.
 
+#![warn(unreachable_pub)]
+
 pub mod api;
 pub mod config;
-pub mod model;
 pub mod ops;
 pub mod store;
 pub mod sync;

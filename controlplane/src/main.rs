@@ -75,18 +75,6 @@ async fn run(cfg: controlplane::config::Config) -> anyhow::Result<()> {
     let (grpc, ops) = listeners.addrs()?;
     println!("listening grpc={grpc} ops={ops} id={}", cfg.id);
     let shutdown = CancellationToken::new();
-    let s = shutdown.clone();
-    tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let (Ok(mut t), Ok(mut i)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            tokio::select! { _ = t.recv() => {}, _ = i.recv() => {} }
-        } else {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-        s.cancel();
-    });
+    gg_runtime::signal::cancel_on_shutdown_signal(shutdown.clone());
     controlplane::run(cfg, conn, listeners, shutdown).await
 }

@@ -263,7 +263,7 @@ pub struct GatewayRecord {
     pub client_addr: String,
     pub admin_addr: String,
     pub version: String,
-    pub state: String,
+    pub state: gg_proto::pb::common::GatewayState,
     pub applied_rev: u64,
     pub applied_epoch: String,
     pub last_error: String,
@@ -460,7 +460,8 @@ impl Store {
                 client_addr: get("client_addr"),
                 admin_addr: get("admin_addr"),
                 version: get("version"),
-                state: get("state"),
+                state: gg_proto::pb::common::GatewayState::from_str_name(&get("state"))
+                    .unwrap_or_default(),
                 applied_rev: num("applied_rev"),
                 applied_epoch: get("applied_epoch"),
                 last_error: get("last_error"),

@@ -10,11 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::Stream;
-use gateway::admin::require;
-use gateway::config::Scope;
+use gg_proto::pb::common::GatewayState;
 use gg_proto::pb::controlplane as pb;
 use gg_proto::pb::controlplane::control_message::Msg as Out;
 use gg_proto::pb::controlplane::gateway_message::Msg as In;
+use gg_runtime::auth::{Scope, require};
+use gg_runtime::clock::now_ms;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -23,24 +24,18 @@ use tracing::{info, warn};
 
 use crate::Cp;
 
-pub struct SyncService {
+pub(crate) struct SyncService {
     cp: Arc<Cp>,
     stop: CancellationToken,
 }
 
 impl SyncService {
-    pub fn new(cp: Arc<Cp>, stop: CancellationToken) -> SyncService {
+    pub(crate) fn new(cp: Arc<Cp>, stop: CancellationToken) -> SyncService {
         SyncService { cp, stop }
     }
 }
 
 type OutStream = Pin<Box<dyn Stream<Item = Result<pb::ControlMessage, Status>> + Send>>;
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 #[tonic::async_trait]
 impl pb::gateway_sync_server::GatewaySync for SyncService {
@@ -79,7 +74,7 @@ impl pb::gateway_sync_server::GatewaySync for SyncService {
                     ("applied_epoch", hello.epoch.clone()),
                     ("last_seen_ms", now_ms().to_string()),
                     ("connected_to", cp.cfg.id.clone()),
-                    ("state", "not_ready".into()),
+                    ("state", GatewayState::NotReady.as_str_name().into()),
                 ],
                 cp.cfg.lease,
             )
@@ -181,7 +176,13 @@ async fn handle(cp: &Arc<Cp>, id: &str, msg: pb::GatewayMessage) -> Result<(), S
                 .gateway_update(
                     id,
                     &[
-                        ("state", h.state),
+                        (
+                            "state",
+                            GatewayState::try_from(h.state)
+                                .unwrap_or(GatewayState::Unspecified)
+                                .as_str_name()
+                                .into(),
+                        ),
                         ("sessions", h.sessions.to_string()),
                         seen,
                         connected,

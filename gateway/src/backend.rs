@@ -13,9 +13,10 @@ pub mod breaker;
 pub mod conn;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use prometheus::IntCounter;
@@ -151,6 +152,9 @@ pub struct Endpoint {
     pub unknown_session: IntCounter,
     pub breaker: Breaker,
     admin_state: AtomicU8,
+    retired: AtomicBool,
+    /// Cancelled when the endpoint leaves the pool: its connection tasks end.
+    stop: CancellationToken,
 }
 
 impl Endpoint {
@@ -164,12 +168,25 @@ impl Endpoint {
         self.conns.iter().any(|c| c.live_generation().is_some())
     }
 
-    /// Whether new sessions may be bound here: up, admin state `ready`, and
-    /// the circuit not open.
-    pub fn available(&self) -> bool {
+    /// Whether new sessions may be bound here: up, admin state `ready`, not
+    /// retired, and the circuit not open. With `probe`, an elapsed open
+    /// period turns the breaker half-open (this binding is the probe);
+    /// without it nothing changes (explain).
+    pub fn available(&self, now: Instant, probe: bool) -> bool {
         self.healthy()
             && self.admin_state() == AdminState::Ready
-            && self.breaker.allow(Instant::now())
+            && !self.retired.load(Ordering::Acquire)
+            && if probe {
+                self.breaker.allow(now)
+            } else {
+                self.breaker.would_allow(now)
+            }
+    }
+
+    /// No rule or override names this endpoint any more: its sessions were
+    /// moved and its connections are closing.
+    pub fn retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
     }
 
     pub fn admin_state(&self) -> AdminState {
@@ -226,7 +243,12 @@ impl Endpoint {
     }
 }
 
-/// Every endpoint the gateway talks to, created on first use by a route table.
+/// Longest a retired endpoint's connections stay open to flush the CLOSE
+/// frames of the sessions moved off it.
+pub const RETIRE_GRACE: Duration = Duration::from_secs(5);
+
+/// Every endpoint the gateway talks to, created on first use by a route
+/// table or an override, and retired when nothing names it any more.
 pub struct BackendPool {
     endpoints: Mutex<HashMap<String, Arc<Endpoint>>>,
     ctx: Arc<conn::ConnCtx>,
@@ -291,6 +313,8 @@ impl BackendPool {
                 .with_label_values(&[addr]),
             breaker: Breaker::new(self.ctx.breaker.clone()),
             admin_state: AtomicU8::new(AdminState::Ready as u8),
+            retired: AtomicBool::new(false),
+            stop: self.ctx.shutdown.child_token(),
         });
         for (slot, rx) in receivers.into_iter().enumerate() {
             let task = conn::run(ep.clone(), slot, rx, self.ctx.clone());
@@ -307,6 +331,49 @@ impl BackendPool {
             .unwrap_or_else(|p| p.into_inner())
             .get(addr)
             .cloned()
+    }
+
+    /// Drains and closes every endpoint not in `keep` (removed from the
+    /// rules, an expired or deleted override's target): it takes no new
+    /// sessions, each bound session is moved (CLOSE 3004 `moved` to the
+    /// backend; the session binds afresh on its next request), and its
+    /// connections close once the moves are flushed (at most
+    /// [`RETIRE_GRACE`] later). Returns the addresses retired.
+    pub fn retain(&self, keep: &HashSet<&str>) -> Vec<Arc<str>> {
+        let gone: Vec<Arc<Endpoint>> = {
+            let mut map = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+            let gone = map
+                .iter()
+                .filter(|(addr, _)| !keep.contains(addr.as_str()))
+                .map(|(_, ep)| ep.clone())
+                .collect::<Vec<_>>();
+            for ep in &gone {
+                map.remove(&*ep.addr);
+            }
+            gone
+        };
+        for ep in &gone {
+            ep.retired.store(true, Ordering::Release);
+            for c in ep.conns.iter() {
+                for s in c.sessions() {
+                    s.deliver(crate::session::Outbound::Unbind {
+                        endpoint: Some(ep.addr.clone()),
+                        service: None,
+                        reason: "endpoint removed from the routing rules".into(),
+                    });
+                }
+            }
+            let ep = ep.clone();
+            self.ctx.tracker.spawn(async move {
+                let until = tokio::time::Instant::now() + RETIRE_GRACE;
+                while (ep.sessions() > 0 || ep.queued() > 0) && tokio::time::Instant::now() < until
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                ep.stop.cancel();
+            });
+        }
+        gone.iter().map(|e| e.addr.clone()).collect()
     }
 
     /// Snapshot of every endpoint, sorted by address.

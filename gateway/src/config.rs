@@ -2,12 +2,12 @@
 //! (unknown keys rejected), [`Config::from_file`] validates it into the typed
 //! [`Config`] and reports every problem at once.
 
-use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use gg_runtime::auth::{FileToken, Token, read_secret, read_tokens};
 use serde::Deserialize;
 
 pub const DEFAULT_MAX_FRAME_BYTES: u32 = gg_proto::frame::DEFAULT_MAX_FRAME_BYTES;
@@ -40,8 +40,6 @@ pub const DEFAULT_RESUME_TTL_MS: u64 = 10 * 60 * 1000;
 pub const DEFAULT_BREAKER_THRESHOLD: u32 = 5;
 pub const DEFAULT_BREAKER_OPEN_MS: u64 = 5_000;
 pub const DEFAULT_BREAKER_OPEN_MAX_MS: u64 = 60_000;
-/// Shortest accepted bearer token / resume secret.
-pub const MIN_SECRET_BYTES: usize = 16;
 
 /// The YAML file as written by the operator.
 #[derive(Debug, Deserialize)]
@@ -52,9 +50,10 @@ pub struct FileConfig {
     pub listen: String,
     pub ops_listen: String,
     #[serde(default)]
-    pub services: Vec<FileService>,
-    #[serde(default)]
-    pub realms: BTreeMap<String, String>,
+    pub services: Vec<gg_proto::model::Service>,
+    /// Keys are realm ids, written as numbers or strings.
+    #[serde(default, deserialize_with = "gg_proto::model::deserialize_realms")]
+    pub realms: gg_proto::model::Realms,
     #[serde(default)]
     pub limits: FileLimits,
     #[serde(default)]
@@ -172,7 +171,7 @@ pub struct FileControlPlane {
     pub session_flush_ms: u64,
     /// For an `https://` url: the CA (and client certificate for mutual TLS).
     #[serde(default)]
-    pub tls: Option<crate::grpc_tls::FileClientTls>,
+    pub tls: Option<gg_runtime::grpc_tls::FileClientTls>,
 }
 
 fn default_batch() -> usize {
@@ -191,21 +190,7 @@ pub struct FileAdmin {
     pub tokens: Vec<FileToken>,
     /// TLS (and, with `client_ca_file`, mutual TLS) for the admin API.
     #[serde(default)]
-    pub tls: Option<crate::grpc_tls::FileServerTls>,
-}
-
-/// One bearer token: exactly one of `env`, `file` or `value`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileToken {
-    pub name: String,
-    pub scope: String,
-    #[serde(default)]
-    pub env: Option<String>,
-    #[serde(default)]
-    pub file: Option<String>,
-    #[serde(default)]
-    pub value: Option<String>,
+    pub tls: Option<gg_runtime::grpc_tls::FileServerTls>,
 }
 
 /// `resume:` — session resume tokens (HMAC), shared by the fleet.
@@ -240,16 +225,6 @@ impl Default for FileBreaker {
             open_max_ms: DEFAULT_BREAKER_OPEN_MAX_MS,
         }
     }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileService {
-    pub name: String,
-    pub id: u16,
-    pub strategy: String,
-    #[serde(default)]
-    pub endpoints: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -336,40 +311,9 @@ impl Default for FileDrain {
     }
 }
 
-/// How a service picks an endpoint for a session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Strategy {
-    RoundRobin,
-    ConsistentHash,
-    Realm,
-}
-
-impl Strategy {
-    pub fn name(self) -> &'static str {
-        match self {
-            Strategy::RoundRobin => "round_robin",
-            Strategy::ConsistentHash => "consistent_hash",
-            Strategy::Realm => "realm",
-        }
-    }
-}
-
-/// One validated routing rule.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServiceRule {
-    pub name: String,
-    pub id: u16,
-    pub strategy: Strategy,
-    /// `host:port` strings, resolved at connect time.
-    pub endpoints: Vec<String>,
-}
-
-/// The routing part of the config: what the control plane will later supply.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RoutesConfig {
-    pub services: Vec<ServiceRule>,
-    pub realms: BTreeMap<u32, String>,
-}
+/// The routing part of the config (services and realms; overrides stay
+/// empty in a file): the same model the control plane sends.
+pub type RoutesConfig = gg_proto::model::Bundle;
 
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -406,47 +350,6 @@ pub struct DrainSettings {
     pub deadline: Duration,
     pub spread: Duration,
     pub reconnect_after: Duration,
-}
-
-/// Access level of an admin token; each level includes the ones below.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Scope {
-    Read,
-    Operate,
-    Admin,
-}
-
-impl Scope {
-    pub fn parse(s: &str) -> Option<Scope> {
-        match s {
-            "read" => Some(Scope::Read),
-            "operate" => Some(Scope::Operate),
-            "admin" => Some(Scope::Admin),
-            _ => None,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Scope::Read => "read",
-            Scope::Operate => "operate",
-            Scope::Admin => "admin",
-        }
-    }
-}
-
-/// A resolved bearer token. `Debug` never prints the secret.
-#[derive(Clone)]
-pub struct Token {
-    pub name: String,
-    pub scope: Scope,
-    pub secret: Vec<u8>,
-}
-
-impl std::fmt::Debug for Token {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Token({}, {})", self.name, self.scope.name())
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -598,7 +501,12 @@ impl Config {
             errs.push(format!("listen and ops_listen are both {a}; use two ports"));
         }
 
-        let routes = validate_routes(&file.services, &file.realms, &mut errs);
+        let routes = RoutesConfig {
+            services: file.services,
+            realms: file.realms,
+            overrides: Vec::new(),
+        };
+        routes.check(&mut errs);
 
         let l = file.limits;
         positive(
@@ -709,7 +617,7 @@ impl Config {
             })
         });
         let controlplane = file.controlplane.as_ref().map(|c| {
-            if !file.services.is_empty() || !file.realms.is_empty() {
+            if !routes.services.is_empty() || !routes.realms.is_empty() {
                 errs.push("services/realms must be empty when controlplane is set: routing comes from the control plane".into());
             }
             if !(c.url.starts_with("http://") || c.url.starts_with("https://")) {
@@ -731,7 +639,7 @@ impl Config {
                 session_batch: c.session_batch,
                 session_flush: ms(c.session_flush_ms),
                 tls: c.tls.as_ref().and_then(|t| {
-                    crate::grpc_tls::client_config(t)
+                    gg_runtime::grpc_tls::client_config(t)
                         .map_err(|e| errs.push(format!("controlplane.tls: {e}")))
                         .ok()
                 }),
@@ -843,83 +751,6 @@ impl Config {
     }
 }
 
-/// Validates services and the realm map; shared with future control-plane
-/// snapshots so one set of rules applies to both sources.
-pub fn validate_routes(
-    services: &[FileService],
-    realms: &BTreeMap<String, String>,
-    errs: &mut Vec<String>,
-) -> RoutesConfig {
-    let mut out = RoutesConfig::default();
-    let mut ids = HashSet::new();
-    let mut names = HashSet::new();
-    for s in services {
-        let at = format!("services[{}]", s.name);
-        if s.name.is_empty()
-            || !s
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
-        {
-            errs.push(format!("{at}: name must be non-empty [A-Za-z0-9-_]"));
-        }
-        if !names.insert(s.name.clone()) {
-            errs.push(format!("{at}: duplicate service name"));
-        }
-        if !ids.insert(s.id) {
-            errs.push(format!("{at}: duplicate service id {}", s.id));
-        }
-        let strategy = match s.strategy.as_str() {
-            "round_robin" => Some(Strategy::RoundRobin),
-            "consistent_hash" => Some(Strategy::ConsistentHash),
-            "realm" => Some(Strategy::Realm),
-            other => {
-                errs.push(format!(
-                    "{at}: unknown strategy {other:?} (expected round_robin, consistent_hash or realm)"
-                ));
-                None
-            }
-        };
-        match strategy {
-            Some(Strategy::Realm) if !s.endpoints.is_empty() => errs.push(format!(
-                "{at}: strategy realm takes its endpoints from `realms`; remove `endpoints`"
-            )),
-            Some(Strategy::Realm) if realms.is_empty() => errs.push(format!(
-                "{at}: strategy realm needs a non-empty `realms` map"
-            )),
-            Some(Strategy::RoundRobin | Strategy::ConsistentHash) if s.endpoints.is_empty() => {
-                errs.push(format!("{at}: needs at least one endpoint"))
-            }
-            _ => {}
-        }
-        let mut seen = HashSet::new();
-        for e in &s.endpoints {
-            check_endpoint(&format!("{at}.endpoints"), e, errs);
-            if !seen.insert(e) {
-                errs.push(format!("{at}: endpoint {e} listed twice"));
-            }
-        }
-        if let Some(strategy) = strategy {
-            out.services.push(ServiceRule {
-                name: s.name.clone(),
-                id: s.id,
-                strategy,
-                endpoints: s.endpoints.clone(),
-            });
-        }
-    }
-    for (k, v) in realms {
-        match k.parse::<u32>() {
-            Ok(realm) => {
-                check_endpoint(&format!("realms[{k}]"), v, errs);
-                out.realms.insert(realm, v.clone());
-            }
-            Err(_) => errs.push(format!("realms: key {k:?} is not a realm id (u32)")),
-        }
-    }
-    out
-}
-
 fn validate_admin(a: &FileAdmin, errs: &mut Vec<String>) -> Option<AdminSettings> {
     let listen = parse_addr("admin.listen", &a.listen, errs)?;
     let tokens = read_tokens("admin.tokens", &a.tokens, errs);
@@ -930,7 +761,7 @@ fn validate_admin(a: &FileAdmin, errs: &mut Vec<String>) -> Option<AdminSettings
         ));
     }
     let tls = a.tls.as_ref().and_then(|t| {
-        crate::grpc_tls::server_config(t)
+        gg_runtime::grpc_tls::server_config(t)
             .map_err(|e| errs.push(format!("admin.tls: {e}")))
             .ok()
     });
@@ -941,41 +772,6 @@ fn validate_admin(a: &FileAdmin, errs: &mut Vec<String>) -> Option<AdminSettings
     })
 }
 
-/// Resolves bearer tokens (shared with the control plane's config).
-pub fn read_tokens(key: &str, list: &[FileToken], errs: &mut Vec<String>) -> Vec<Token> {
-    let mut tokens = Vec::new();
-    let mut names = HashSet::new();
-    for t in list {
-        let at = format!("{key}[{}]", t.name);
-        if !names.insert(t.name.clone()) {
-            errs.push(format!("{at}: duplicate token name"));
-        }
-        let Some(scope) = Scope::parse(&t.scope) else {
-            errs.push(format!(
-                "{at}: scope {:?} must be read, operate or admin",
-                t.scope
-            ));
-            continue;
-        };
-        if let Some(secret) = read_secret(
-            &at,
-            t.env.as_deref(),
-            t.file.as_deref(),
-            t.value.as_deref(),
-            errs,
-        ) {
-            tokens.push(Token {
-                name: t.name.clone(),
-                scope,
-                secret,
-            });
-        }
-    }
-    tokens
-}
-
-/// Reads a secret from exactly one of env / file / literal value. The
-/// secret itself never appears in an error message.
 /// Loads the certificate chain and key into a rustls server config (ring).
 fn tls_server(t: &FileTls) -> Result<Arc<rustls::ServerConfig>, String> {
     use rustls::pki_types::pem::PemObject;
@@ -1070,52 +866,6 @@ fn validate_client_auth(
     }
 }
 
-fn read_secret(
-    at: &str,
-    env: Option<&str>,
-    file: Option<&str>,
-    value: Option<&str>,
-    errs: &mut Vec<String>,
-) -> Option<Vec<u8>> {
-    let secret = match (env, file, value) {
-        (Some(var), None, None) => match std::env::var(var) {
-            Ok(v) => v,
-            Err(_) => {
-                errs.push(format!("{at}: environment variable {var} is not set"));
-                return None;
-            }
-        },
-        (None, Some(path), None) => match std::fs::read_to_string(path) {
-            Ok(v) => v.trim_end_matches(['\n', '\r']).to_string(),
-            Err(e) => {
-                errs.push(format!("{at}: cannot read secret file {path}: {e}"));
-                return None;
-            }
-        },
-        (None, None, Some(v)) => v.to_string(),
-        _ => {
-            errs.push(format!("{at}: set exactly one of env, file or value"));
-            return None;
-        }
-    };
-    if secret.len() < MIN_SECRET_BYTES {
-        errs.push(format!(
-            "{at}: secret is shorter than {MIN_SECRET_BYTES} bytes"
-        ));
-        return None;
-    }
-    Some(secret.into_bytes())
-}
-
-pub fn check_endpoint(at: &str, ep: &str, errs: &mut Vec<String>) {
-    let ok = ep
-        .rsplit_once(':')
-        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0));
-    if !ok {
-        errs.push(format!("{at}: {ep:?} is not host:port"));
-    }
-}
-
 fn parse_addr(key: &str, v: &str, errs: &mut Vec<String>) -> Option<SocketAddr> {
     match v.parse() {
         Ok(a) => Some(a),
@@ -1146,6 +896,7 @@ fn hostname() -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gg_proto::model::Strategy;
 
     const GOOD: &str = r#"
 gateway_id: gw-local
@@ -1191,7 +942,7 @@ realms: { "1": 127.0.0.1:7201, "2": 127.0.0.1:7202 }
 listen: nope
 ops_listen: 127.0.0.1:9100
 services:
-  - { name: a, id: 1, strategy: random, endpoints: [x] }
+  - { name: a, id: 1, strategy: round_robin, endpoints: [x] }
   - { name: a, id: 1, strategy: round_robin }
   - { name: g, id: 2, strategy: realm }
 limits: { max_frame_bytes: 10, idle_timeout_ms: 5, heartbeat_ms: 10 }
@@ -1200,7 +951,6 @@ limits: { max_frame_bytes: 10, idle_timeout_ms: 5, heartbeat_ms: 10 }
         let all = e.0.join("\n");
         for needle in [
             "listen: \"nope\"",
-            "unknown strategy \"random\"",
             "\"x\" is not host:port",
             "duplicate service name",
             "duplicate service id 1",
@@ -1211,6 +961,15 @@ limits: { max_frame_bytes: 10, idle_timeout_ms: 5, heartbeat_ms: 10 }
         ] {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }
+    }
+
+    #[test]
+    fn an_unknown_strategy_names_the_valid_ones() {
+        let e = Config::parse(&GOOD.replace("strategy: realm", "strategy: random"), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown variant `random`"), "{e}");
+        assert!(e.contains("round_robin"), "{e}");
     }
 
     #[test]

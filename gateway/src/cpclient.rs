@@ -18,84 +18,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::{ControlPlaneSettings, FileService};
-use crate::router::overrides::Override;
-use crate::{Gateway, SessionEvent};
+use gg_proto::model::Bundle;
+use gg_proto::pb::common::GatewayState;
+use gg_runtime::backoff::Backoff;
 
-/// Validates a control-plane bundle with the same rules as a config file
-/// and converts it; every problem is reported. The control plane runs this
-/// very function before writing, so what it accepts every gateway accepts.
-pub fn routes_from_bundle(
-    b: &pb::ConfigBundle,
-) -> Result<(crate::config::RoutesConfig, Vec<Override>), Vec<String>> {
-    let mut errs = Vec::new();
-    let services: Vec<FileService> = b
-        .services
-        .iter()
-        .filter_map(|s| match u16::try_from(s.id) {
-            Ok(id) => Some(FileService {
-                name: s.name.clone(),
-                id,
-                strategy: s.strategy.clone(),
-                endpoints: s.endpoints.clone(),
-            }),
-            Err(_) => {
-                errs.push(format!(
-                    "services[{}]: id {} does not fit in u16",
-                    s.name, s.id
-                ));
-                None
-            }
-        })
-        .collect();
-    let realms = b
-        .realms
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.clone()))
-        .collect();
-    let routes = crate::config::validate_routes(&services, &realms, &mut errs);
-    let mut overrides = Vec::new();
-    let mut ids = std::collections::HashSet::new();
-    for o in &b.overrides {
-        let at = format!("overrides[{}]", o.id);
-        if o.id.is_empty() {
-            errs.push("overrides[]: every override needs an id".into());
-        } else if !ids.insert(o.id.as_str()) {
-            errs.push(format!("{at}: duplicate id"));
-        }
-        if !services.iter().any(|s| u32::from(s.id) == o.service_type) {
-            errs.push(format!(
-                "{at}: no service with service_type {}",
-                o.service_type
-            ));
-        }
-        crate::config::check_endpoint(&format!("{at}.target"), &o.target, &mut errs);
-        if o.reason.trim().is_empty() {
-            errs.push(format!("{at}: reason is required"));
-        }
-        if let Ok(service) = u16::try_from(o.service_type) {
-            overrides.push(Override {
-                id: o.id.clone(),
-                service,
-                user: o.user_id,
-                realm: o.realm_id,
-                session: 0,
-                target: o.target.clone(),
-                reason: o.reason.clone(),
-                author: o.author.clone(),
-                ttl_ms: 0,
-                expires_at_ms: o.expires_at_ms,
-                created_at_ms: 0,
-                move_existing: false,
-            });
-        }
-    }
-    if errs.is_empty() {
-        Ok((routes, overrides))
-    } else {
-        Err(errs)
-    }
-}
+use crate::config::ControlPlaneSettings;
+use crate::{Gateway, SessionEvent};
 
 /// Applies a snapshot if it is newer (same epoch) or from a new epoch.
 /// `Ok(true)` = applied, `Ok(false)` = already had it.
@@ -110,8 +38,11 @@ pub fn apply(gw: &Gateway, v: &pb::Versioned, persist: Option<&Path>) -> Result<
     if v.epoch == epoch && v.revision <= rev {
         return Ok(false);
     }
-    let (routes, overrides) =
-        routes_from_bundle(&v.bundle.clone().unwrap_or_default()).map_err(|e| e.join("; "))?;
+    // The control plane validated it with this very function; checking
+    // again guards against a newer control plane with rules this gateway
+    // does not know (it keeps the previous config and says why).
+    let routes =
+        Bundle::from_pb(&v.bundle.clone().unwrap_or_default()).map_err(|e| e.to_string())?;
     // Saved before it is swapped in: whatever a gateway serves (and acks)
     // survives its restart.
     if let Some(path) = persist
@@ -119,7 +50,7 @@ pub fn apply(gw: &Gateway, v: &pb::Versioned, persist: Option<&Path>) -> Result<
     {
         warn!(path = %path.display(), error = %e, "cannot save the config snapshot; a restart without the control plane would not be ready");
     }
-    gw.apply_routes(&routes, overrides, v.revision, &v.epoch);
+    gw.apply_routes(&routes, v.revision, &v.epoch);
     info!(revision = v.revision, epoch = %v.epoch, services = routes.services.len(), "config applied");
     Ok(true)
 }
@@ -168,7 +99,7 @@ pub async fn run(gw: Arc<Gateway>, cfg: ControlPlaneSettings, stop: Cancellation
     let Some(mut events) = gw.take_session_events() else {
         return;
     };
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         let res = tokio::select! {
             _ = stop.cancelled() => return,
@@ -176,26 +107,24 @@ pub async fn run(gw: Arc<Gateway>, cfg: ControlPlaneSettings, stop: Cancellation
         };
         let (rev, _) = gw.applied();
         match res {
-            Ok(()) => backoff = Duration::from_millis(100),
+            Ok(()) => backoff.reset(),
             Err(e) => {
                 warn!(url = %cfg.url, error = %e, revision = rev, "control plane stream down — is it running? serving the last known config; reconnecting")
             }
         }
-        let jitter = Duration::from_millis(fastrand::u64(0..=backoff.as_millis() as u64 / 2));
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(backoff + jitter) => {}
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
         }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 
-fn state(gw: &Gateway) -> String {
-    match gw.readiness() {
-        Ok(()) => "ready".into(),
-        Err(_) if gw.draining() => "draining".into(),
-        Err(_) => "not_ready".into(),
-    }
+fn state(gw: &Gateway) -> i32 {
+    (match gw.readiness() {
+        Ok(()) => GatewayState::Ready,
+        Err(_) if gw.draining() => GatewayState::Draining,
+        Err(_) => GatewayState::NotReady,
+    }) as i32
 }
 
 async fn stream_once(

@@ -15,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::Gateway;
-use crate::router::overrides::now_ms;
 use crate::session::Outbound;
+use gg_runtime::clock::now_ms;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Phase {

@@ -10,6 +10,8 @@
 //! [`serve`] takes already-bound listeners and a shutdown token so tests and
 //! embedders can run a real gateway on port 0.
 
+#![warn(unreachable_pub)]
+
 pub mod admin;
 pub mod backend;
 pub mod client_auth;
@@ -17,7 +19,6 @@ pub mod config;
 pub mod cpclient;
 pub mod drain;
 pub mod error;
-pub mod grpc_tls;
 pub mod limits;
 pub mod listener;
 pub mod metrics;
@@ -103,7 +104,7 @@ impl Gateway {
             backend_tracker,
             backend_stop.clone(),
         );
-        let routes = RouteTable::build(&cfg.routes, &backends, Vec::new());
+        let routes = RouteTable::build(&cfg.routes, &backends);
         // Standalone: the file's routes are the first snapshot. With a
         // control plane: not ready until a snapshot (disk or stream) applies.
         let standalone = cfg.controlplane.is_none();
@@ -227,19 +228,31 @@ impl Gateway {
             .clone()
     }
 
-    /// Validates a routes config and swaps it in atomically; sessions keep
-    /// their bindings (they re-resolve only when a binding fails or moves).
-    pub fn apply_routes(
-        &self,
-        routes: &crate::config::RoutesConfig,
-        cluster: Vec<router::overrides::Override>,
-        revision: u64,
-        epoch: &str,
-    ) {
-        let table = RouteTable::build(routes, &self.backends, cluster);
+    /// Swaps a validated bundle in atomically; sessions keep their
+    /// bindings (they re-resolve only when a binding fails or moves), except
+    /// those bound to an endpoint nothing names any more, which are moved
+    /// before its connections close.
+    pub fn apply_routes(&self, routes: &crate::config::RoutesConfig, revision: u64, epoch: &str) {
+        let table = RouteTable::build(routes, &self.backends);
         self.routes.store(Arc::new(table));
         *self.applied.lock().unwrap_or_else(|p| p.into_inner()) = (revision, epoch.to_string());
         self.routes_loaded.store(true, Ordering::Release);
+        self.retire_unused_endpoints();
+    }
+
+    /// Retires pool endpoints that no rule, realm or unexpired override
+    /// (cluster or local) names.
+    pub fn retire_unused_endpoints(&self) {
+        let now = gg_runtime::clock::now_ms();
+        let routes = self.routes.load();
+        let local = self.overrides.list(now);
+        let keep: std::collections::HashSet<&str> = routes
+            .endpoint_addrs(now)
+            .chain(local.iter().map(|o| o.o.target.as_str()))
+            .collect();
+        for addr in self.backends.retain(&keep) {
+            info!(endpoint = %addr, "backend endpoint no longer in the rules or overrides: moving its sessions and closing its connections");
+        }
     }
 }
 
@@ -372,8 +385,14 @@ async fn sweep_overrides(gw: Arc<Gateway>, stop: CancellationToken) {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {
-                for o in gw.overrides.sweep(router::overrides::now_ms()) {
-                    info!(id = %o.id, service = o.service, target = %o.target, "route override expired");
+                let now = gg_runtime::clock::now_ms();
+                let expired = gw.overrides.sweep(now);
+                for o in &expired {
+                    info!(id = %o.o.id, service = o.o.key.service, target = %o.o.target, "route override expired");
+                }
+                let cluster_expired = gw.routes.load().cluster_overrides.iter().any(|o| o.expired(now));
+                if !expired.is_empty() || cluster_expired {
+                    gw.retire_unused_endpoints();
                 }
                 gw.limits.sweep();
             }

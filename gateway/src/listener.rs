@@ -8,11 +8,10 @@ pub mod sniff;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::Gateway;
 use crate::limits::ConnGuard;
@@ -21,36 +20,17 @@ use crate::session::io::ClientIo;
 use crate::session::task::{Admission, start};
 use sniff::Sniffed;
 
-/// Listen backlog; the kernel caps it at `net.core.somaxconn`.
-const BACKLOG: u32 = 4096;
-
-/// Binds a listening socket with `SO_REUSEADDR` (fast restarts) and a deep backlog.
-pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(BACKLOG)
-}
+pub use gg_runtime::listener::bind;
 
 /// Accepts client connections until `shutdown` is cancelled. Each admitted
 /// connection runs in its own tracked task.
 pub async fn accept_loop(gw: Arc<Gateway>, listener: TcpListener, shutdown: CancellationToken) {
+    // EMFILE and friends back off instead of spinning.
+    let mut acceptor = gg_runtime::listener::Acceptor::new("client");
     loop {
         let (stream, remote) = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
-                    warn!(error = %e, "accept failed; retrying in 50ms");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            x = acceptor.accept(&listener) => x,
         };
         let guard = match gw.limits.try_acquire(remote.ip()) {
             Ok(g) => g,

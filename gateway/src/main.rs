@@ -131,7 +131,7 @@ async fn run(cfg: gateway::config::Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        gg_runtime::signal::wait_for_shutdown_signal().await;
         info!("shutdown signal received; draining");
         signal.cancel();
     });
@@ -153,22 +153,4 @@ async fn run(cfg: gateway::config::Config) -> anyhow::Result<()> {
     gateway::serve(gw, listeners, shutdown).await;
     info!("gateway stopped");
     Ok(())
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

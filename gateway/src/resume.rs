@@ -5,6 +5,7 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use gg_runtime::clock::now_ms;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
@@ -35,12 +36,6 @@ pub enum ResumeError {
 
 pub struct ResumeKeys {
     settings: ResumeSettings,
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl ResumeKeys {

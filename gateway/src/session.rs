@@ -110,7 +110,7 @@ impl SessionHandle {
             protocol,
             remote,
             opened: Instant::now(),
-            opened_ms: crate::router::overrides::now_ms(),
+            opened_ms: gg_runtime::clock::now_ms(),
             queue: std::sync::Mutex::new(VecDeque::new()),
             queue_cap: queue.max(1),
             waker: AtomicWaker::new(),

@@ -20,6 +20,7 @@ pub struct Cli {
 }
 
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Global options")]
 pub struct Global {
     /// Config file with contexts [default: $XDG_CONFIG_HOME/gwctl/config.yaml or ~/.config/gwctl/config.yaml].
     #[arg(long, env = "GWCTL_CONFIG", global = true)]
@@ -155,8 +156,8 @@ pub enum Routes {
         #[arg(long)]
         id: u32,
         /// round_robin, consistent_hash or realm.
-        #[arg(long)]
-        strategy: String,
+        #[arg(long, value_parser = |s: &str| gg_proto::model::Strategy::parse(s))]
+        strategy: gg_proto::model::Strategy,
         /// host:port; repeat for several.
         #[arg(long = "endpoint")]
         endpoints: Vec<String>,
@@ -171,12 +172,16 @@ pub enum Routes {
     },
     /// Ask a gateway where a request would go, and why.
     Explain {
+        /// The service_type of the request.
         #[arg(long)]
         service: u32,
+        /// The user it is for (consistent_hash hashes it; user overrides match it).
         #[arg(long, default_value_t = 0)]
         user: u64,
+        /// The realm it is for (realm routing looks it up; realm overrides match it).
         #[arg(long, default_value_t = 0)]
         realm: u32,
+        /// A session id, to see session-scoped local overrides.
         #[arg(long, default_value_t = 0)]
         session: u64,
     },

@@ -6,9 +6,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
 use futures_util::StreamExt;
+use gg_proto::model::{Bundle, Strategy};
 use gg_proto::pb::admin as gw;
+use gg_proto::pb::common::{DrainPhase, GatewayState};
 use gg_proto::pb::controlplane as cp;
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::cli::{self, Cmd, Format, WriteArgs};
@@ -66,7 +67,7 @@ pub async fn run(ctx: &Ctx, cmd: Cmd, format: Format) -> anyhow::Result<Status> 
         }
         Cmd::Dump => {
             let v = get_config(ctx).await?;
-            let file = BundleFile::from(v.bundle.unwrap_or_default());
+            let file = bundle_file(&v.bundle.unwrap_or_default())?;
             let data = serde_json::to_value(&file)?;
             // A dump is meant for `apply -f`: YAML unless JSON is asked for.
             let text = match format {
@@ -157,117 +158,27 @@ async fn get_config(ctx: &Ctx) -> anyhow::Result<cp::Versioned> {
 
 // ---------- the bundle file of apply / diff / dump ----------
 
-/// The file `apply -f` reads and `dump` writes.
-#[derive(Serialize, Deserialize, Default, Debug)]
-#[serde(deny_unknown_fields)]
-pub struct BundleFile {
-    #[serde(default)]
-    pub services: Vec<ServiceDef>,
-    #[serde(default)]
-    pub realms: BTreeMap<u32, String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub overrides: Vec<OverrideDef>,
+/// The file `apply -f` reads and `dump` writes is the domain model's
+/// [`Bundle`] (unknown keys rejected): the same type the control plane
+/// validates and gateways apply. Services are listed by id.
+fn bundle_file(b: &cp::ConfigBundle) -> anyhow::Result<Bundle> {
+    let mut f = Bundle::from_pb(b)
+        .map_err(|e| anyhow!("the control plane returned a bundle this gwctl cannot read: {e}"))?;
+    f.services.sort_by_key(|s| s.id);
+    Ok(f)
 }
 
-#[derive(Serialize, Deserialize, Debug)]
-#[serde(deny_unknown_fields)]
-pub struct ServiceDef {
-    pub name: String,
-    pub id: u32,
-    pub strategy: String,
-    pub endpoints: Vec<String>,
+/// A strategy's name, or `unspecified`.
+fn strategy_name(v: i32) -> &'static str {
+    Strategy::from_pb(v).map_or("unspecified", Strategy::name)
 }
 
-#[derive(Serialize, Deserialize, Debug)]
-#[serde(deny_unknown_fields)]
-pub struct OverrideDef {
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub id: String,
-    pub service_type: u32,
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub user_id: u64,
-    #[serde(default, skip_serializing_if = "is_zero32")]
-    pub realm_id: u32,
-    pub target: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub reason: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub author: String,
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub expires_at_ms: u64,
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
-}
-fn is_zero32(n: &u32) -> bool {
-    *n == 0
-}
-
-impl From<cp::ConfigBundle> for BundleFile {
-    fn from(b: cp::ConfigBundle) -> BundleFile {
-        let mut services: Vec<ServiceDef> = b
-            .services
-            .into_iter()
-            .map(|s| ServiceDef {
-                name: s.name,
-                id: s.id,
-                strategy: s.strategy,
-                endpoints: s.endpoints,
-            })
-            .collect();
-        services.sort_by_key(|s| s.id);
-        BundleFile {
-            services,
-            realms: b.realms.into_iter().collect(),
-            overrides: b
-                .overrides
-                .into_iter()
-                .map(|o| OverrideDef {
-                    id: o.id,
-                    service_type: o.service_type,
-                    user_id: o.user_id,
-                    realm_id: o.realm_id,
-                    target: o.target,
-                    reason: o.reason,
-                    author: o.author,
-                    expires_at_ms: o.expires_at_ms,
-                })
-                .collect(),
-        }
-    }
-}
-
-impl From<BundleFile> for cp::ConfigBundle {
-    fn from(f: BundleFile) -> cp::ConfigBundle {
-        cp::ConfigBundle {
-            services: f
-                .services
-                .into_iter()
-                .map(|s| cp::Service {
-                    name: s.name,
-                    id: s.id,
-                    strategy: s.strategy,
-                    endpoints: s.endpoints,
-                })
-                .collect(),
-            realms: f.realms.into_iter().collect(),
-            overrides: f
-                .overrides
-                .into_iter()
-                .map(|o| cp::ClusterOverride {
-                    id: o.id,
-                    service_type: o.service_type,
-                    user_id: o.user_id,
-                    realm_id: o.realm_id,
-                    target: o.target,
-                    reason: o.reason,
-                    author: o.author,
-                    expires_at_ms: o.expires_at_ms,
-                })
-                .collect(),
-        }
-    }
+/// `SYNC_STATUS_IN_SYNC` → `in_sync`: the lower-case name without the
+/// enum's prefix, as shown in tables and JSON.
+fn enum_name(full: &str, prefix: &str) -> String {
+    full.strip_prefix(prefix)
+        .unwrap_or(full)
+        .to_ascii_lowercase()
 }
 
 /// Reads a bundle file (YAML, which also reads JSON). Unknown keys are
@@ -275,15 +186,15 @@ impl From<BundleFile> for cp::ConfigBundle {
 pub fn read_bundle(path: &std::path::Path) -> anyhow::Result<cp::ConfigBundle> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let f: BundleFile = yaml_serde::from_str(&text)
+    let f: Bundle = yaml_serde::from_str(&text)
         .map_err(|e| anyhow!("{} is not a valid bundle file: {e}", path.display()))?;
-    Ok(f.into())
+    Ok(f.to_pb())
 }
 
 // ---------- routes, realms, overrides ----------
 
 fn service_json(s: &cp::Service) -> Value {
-    json!({"name": s.name, "id": s.id, "strategy": s.strategy, "endpoints": s.endpoints})
+    json!({"name": s.name, "id": s.id, "strategy": strategy_name(s.strategy), "endpoints": s.endpoints})
 }
 
 fn services_view(mut list: Vec<cp::Service>, revision: u64) -> View {
@@ -297,7 +208,7 @@ fn services_view(mut list: Vec<cp::Service>, revision: u64) -> View {
             vec![
                 s.name.clone(),
                 s.id.to_string(),
-                s.strategy.clone(),
+                strategy_name(s.strategy).to_string(),
                 s.endpoints.join(","),
             ]
         },
@@ -330,7 +241,7 @@ async fn routes(ctx: &Ctx, c: cli::Routes) -> anyhow::Result<View> {
                 table: Table::Fields(vec![
                     ("name", s.name.clone()),
                     ("id", s.id.to_string()),
-                    ("strategy", s.strategy.clone()),
+                    ("strategy", strategy_name(s.strategy).to_string()),
                     ("endpoints", s.endpoints.join(", ")),
                 ]),
             })
@@ -349,7 +260,7 @@ async fn routes(ctx: &Ctx, c: cli::Routes) -> anyhow::Result<View> {
                     service: Some(cp::Service {
                         name,
                         id,
-                        strategy,
+                        strategy: strategy.to_pb(),
                         endpoints,
                     }),
                     options: Some(options(&write)),
@@ -392,14 +303,14 @@ async fn routes(ctx: &Ctx, c: cli::Routes) -> anyhow::Result<View> {
                 .into_inner();
             Ok(View {
                 data: json!({
-                    "service": r.service, "strategy": r.strategy, "override_id": r.override_id,
+                    "service": r.service, "strategy": strategy_name(r.strategy), "override_id": r.override_id,
                     "hash_key": r.hash_key, "endpoint": r.endpoint, "endpoint_healthy": r.endpoint_healthy,
                     "circuit": r.circuit, "endpoint_state": r.endpoint_state, "why": r.why,
                     "candidates": r.candidates,
                 }),
                 table: Table::Fields(vec![
                     ("service", r.service.clone()),
-                    ("strategy", r.strategy.clone()),
+                    ("strategy", strategy_name(r.strategy).to_string()),
                     ("endpoint", r.endpoint.clone()),
                     (
                         "healthy",
@@ -689,19 +600,19 @@ async fn fleet(ctx: &Ctx) -> anyhow::Result<View> {
         |g| {
             json!({
                 "gateway_id": g.gateway_id, "client_addr": g.client_addr, "admin_addr": g.admin_addr,
-                "version": g.version, "state": g.state, "applied_revision": g.applied_revision,
-                "sync_status": g.sync_status, "last_error": g.last_error, "sessions": g.sessions,
+                "version": g.version, "state": state_name(g.state), "applied_revision": g.applied_revision,
+                "sync_status": sync_name(g.sync_status), "last_error": g.last_error, "sessions": g.sessions,
                 "last_seen_ms": g.last_seen_ms, "connected_to": g.connected_to,
             })
         },
         |g| {
             vec![
                 g.gateway_id.clone(),
-                g.state.clone(),
+                state_name(g.state),
                 if g.last_error.is_empty() {
-                    g.sync_status.clone()
+                    sync_name(g.sync_status)
                 } else {
-                    format!("{} ({})", g.sync_status, g.last_error)
+                    format!("{} ({})", sync_name(g.sync_status), g.last_error)
                 },
                 format!("{}/{current}", g.applied_revision),
                 g.sessions.to_string(),
@@ -743,7 +654,7 @@ async fn rollout(
         let who: Vec<String> = r
             .gateways
             .iter()
-            .filter(|g| g.status == "rejected")
+            .filter(|g| g.status == cp::RolloutStatus::Rejected as i32)
             .map(|g| format!("{} ({})", g.gateway_id, g.error))
             .collect();
         bail!(
@@ -763,14 +674,14 @@ async fn rollout(
         vec!["GATEWAY", "STATUS", "APPLIED", "ERROR"],
         |g| {
             json!({
-                "gateway_id": g.gateway_id, "status": g.status,
+                "gateway_id": g.gateway_id, "status": rollout_name(g.status),
                 "applied_revision": g.applied_revision, "error": g.error,
             })
         },
         |g| {
             vec![
                 g.gateway_id.clone(),
-                g.status.clone(),
+                rollout_name(g.status),
                 g.applied_revision.to_string(),
                 g.error.clone(),
             ]
@@ -785,15 +696,27 @@ async fn rollout(
 
 // ---------- drain ----------
 
-fn phase_name(p: i32) -> &'static str {
-    gw::DrainPhase::try_from(p).map_or("unknown", |p| match p {
-        gw::DrainPhase::Unspecified => "unspecified",
-        gw::DrainPhase::Idle => "idle",
-        gw::DrainPhase::Advising => "advising",
-        gw::DrainPhase::Waiting => "waiting",
-        gw::DrainPhase::ForceClosing => "force_closing",
-        gw::DrainPhase::Done => "done",
-        gw::DrainPhase::Cancelled => "cancelled",
+fn phase_name(p: i32) -> String {
+    DrainPhase::try_from(p).map_or("unknown".into(), |p| {
+        enum_name(p.as_str_name(), "DRAIN_PHASE_")
+    })
+}
+
+fn rollout_name(s: i32) -> String {
+    cp::RolloutStatus::try_from(s).map_or("unknown".into(), |s| {
+        enum_name(s.as_str_name(), "ROLLOUT_STATUS_")
+    })
+}
+
+fn sync_name(s: i32) -> String {
+    cp::SyncStatus::try_from(s).map_or("unknown".into(), |s| {
+        enum_name(s.as_str_name(), "SYNC_STATUS_")
+    })
+}
+
+fn state_name(s: i32) -> String {
+    GatewayState::try_from(s).map_or("unknown".into(), |s| {
+        enum_name(s.as_str_name(), "GATEWAY_STATE_")
     })
 }
 
@@ -806,7 +729,7 @@ fn drain_view(s: &gw::DrainStatus) -> View {
             "started_at_ms": s.started_at_ms, "deadline_at_ms": s.deadline_at_ms,
         }),
         table: Table::Fields(vec![
-            ("phase", phase_name(s.phase).to_string()),
+            ("phase", phase_name(s.phase)),
             ("request id", s.request_id.clone()),
             ("reason", s.reason.clone()),
             (
@@ -825,8 +748,8 @@ fn drain_view(s: &gw::DrainStatus) -> View {
 
 fn drain_finished(p: i32) -> bool {
     matches!(
-        gw::DrainPhase::try_from(p),
-        Ok(gw::DrainPhase::Done | gw::DrainPhase::Cancelled | gw::DrainPhase::Idle)
+        DrainPhase::try_from(p),
+        Ok(DrainPhase::Done | DrainPhase::Cancelled | DrainPhase::Idle)
     )
 }
 
@@ -860,10 +783,12 @@ async fn drain(ctx: &Ctx, c: cli::Drain) -> anyhow::Result<(View, Status)> {
                         .map_err(explain)?
                         .into_inner();
                     let started = View {
-                        data: json!({"gateway_id": r.gateway_id, "phase": r.phase, "sessions_at_start": r.sessions_at_start}),
+                        data: json!({"gateway_id": r.gateway_id, "phase": phase_name(r.phase), "sessions_at_start": r.sessions_at_start}),
                         table: Table::Lines(vec![format!(
                             "drain of {} started: {} sessions, phase {}",
-                            r.gateway_id, r.sessions_at_start, r.phase
+                            r.gateway_id,
+                            r.sessions_at_start,
+                            phase_name(r.phase)
                         )]),
                     };
                     if !wait {
@@ -1334,17 +1259,27 @@ mod tests {
     #[test]
     fn bundle_file_round_trips_and_rejects_typos() {
         let text = "services:\n  - { name: account, id: 1, strategy: consistent_hash, endpoints: [a:1, b:2] }\nrealms: { 7: g:1 }\n";
-        let f: BundleFile = yaml_serde::from_str(text).expect("parses");
-        let b: cp::ConfigBundle = f.into();
+        let f: Bundle = yaml_serde::from_str(text).expect("parses");
+        let b = f.to_pb();
         assert_eq!(b.services[0].endpoints, vec!["a:1", "b:2"]);
         assert_eq!(b.realms.get(&7).map(String::as_str), Some("g:1"));
-        let back = BundleFile::from(b);
-        assert_eq!(back.services[0].name, "account");
-        let e = yaml_serde::from_str::<BundleFile>(
-            "services:\n  - { name: a, id: 1, strategy: x, endpoint: [a:1] }\n",
+        let back = bundle_file(&b).expect("valid");
+        assert_eq!(back, f);
+        let e = yaml_serde::from_str::<Bundle>(
+            "services:\n  - { name: a, id: 1, strategy: round_robin, endpoint: [a:1] }\n",
         )
         .unwrap_err();
         assert!(e.to_string().contains("endpoint"), "{e}");
-        assert!(yaml_serde::from_str::<BundleFile>("servics: []\n").is_err());
+        assert!(yaml_serde::from_str::<Bundle>("servics: []\n").is_err());
+    }
+
+    #[test]
+    fn enum_names_drop_their_prefix() {
+        assert_eq!(
+            enum_name(cp::SyncStatus::InSync.as_str_name(), "SYNC_STATUS_"),
+            "in_sync"
+        );
+        assert_eq!(strategy_name(0), "unspecified");
+        assert_eq!(strategy_name(Strategy::Realm.to_pb()), "realm");
     }
 }

@@ -90,7 +90,8 @@ fn svc(name: &str, id: u32, strategy: &str, eps: &[SocketAddr]) -> pb::Service {
     pb::Service {
         name: name.into(),
         id,
-        strategy: strategy.into(),
+        // Unknown names go out unset, which the control plane refuses.
+        strategy: gg_proto::model::Strategy::parse(strategy).map_or(0, |s| s.to_pb()),
         endpoints: eps.iter().map(|e| e.to_string()).collect(),
     }
 }
@@ -179,11 +180,11 @@ async fn rule_change_reaches_three_gateways_and_each_acks() {
     for g in &list.gateways {
         assert_eq!(
             (
-                g.sync_status.as_str(),
+                pb::SyncStatus::try_from(g.sync_status).expect("known status"),
                 g.applied_revision,
                 g.connected_to.as_str()
             ),
-            ("in_sync", 2, "cp-1"),
+            (pb::SyncStatus::InSync, 2, "cp-1"),
             "{g:?}"
         );
         assert!(!g.admin_addr.is_empty());
@@ -217,7 +218,11 @@ async fn validation_cas_auth_rollback_and_apply() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
-    assert!(e.message().contains("unknown strategy"), "{}", e.message());
+    assert!(
+        e.message().contains("services[bad]: strategy is not set"),
+        "{}",
+        e.message()
+    );
     let v = c
         .get_config(pb::GetConfigRequest {})
         .await
@@ -318,7 +323,10 @@ async fn validation_cas_auth_rollback_and_apply() {
         .into_inner();
     let bundle = v.bundle.expect("bundle");
     assert_eq!(bundle.realms.get(&1), Some(&b.addr.to_string()));
-    assert_eq!(bundle.services[0].strategy, "round_robin");
+    assert_eq!(
+        bundle.services[0].strategy,
+        gg_proto::model::Strategy::RoundRobin.to_pb()
+    );
     let e = c
         .rollback(pb::RollbackRequest {
             to_revision: 99,
@@ -1096,4 +1104,161 @@ async fn readiness_without_config_and_with_redis_down() {
         call(&gw, "echo", b"still").await,
         (200, "still".to_string())
     );
+}
+
+/// Explain on a gateway's admin API.
+async fn explain(gw: &Gw, user: u64) -> gwpb::ExplainRouteResponse {
+    admin(gw, Some(READ_TOKEN))
+        .await
+        .explain_route(gwpb::ExplainRouteRequest {
+            service_type: 1,
+            user_id: user,
+            ..Default::default()
+        })
+        .await
+        .expect("explain")
+        .into_inner()
+}
+
+async fn backend_addrs(gw: &Gw) -> Vec<String> {
+    admin(gw, Some(READ_TOKEN))
+        .await
+        .list_backends(gwpb::ListBackendsRequest {})
+        .await
+        .expect("list backends")
+        .into_inner()
+        .backends
+        .into_iter()
+        .map(|b| b.endpoint)
+        .collect()
+}
+
+async fn rollout_done(c: &CpClient, revision: u64, gateways: u32) {
+    eventually("rollout applied on every gateway", || {
+        let mut c = c.clone();
+        async move {
+            let r = c
+                .rollout_status(pb::RolloutStatusRequest { revision })
+                .await
+                .expect("rollout")
+                .into_inner();
+            r.applied == gateways && r.pending == 0
+        }
+    })
+    .await;
+}
+
+/// One routing decision: a cluster override written through the control
+/// plane is named by explain on every gateway and followed by traffic;
+/// explain changes nothing; the backend pool drops an override target once
+/// the override expires, and an endpoint once the rules stop naming it
+/// (moving the sessions bound there).
+#[tokio::test]
+async fn cluster_override_is_explained_and_followed_and_the_pool_follows_the_rules() {
+    let redis = Redis::start().await;
+    let cp = controlplane("cp-1", &redis.url(), 5000).await;
+    let (b1, b2, b3) = (
+        backend("b1").await,
+        backend("b2").await,
+        backend("b3").await,
+    );
+    let mut c = cp_client(&cp, Some(ADMIN_TOKEN)).await;
+    put_service(
+        &mut c,
+        svc("acct", 1, "consistent_hash", &[b1.addr, b2.addr]),
+    )
+    .await;
+    let gws = [
+        cp_gateway("gw-a", cp.grpc, &scratch("snap", "pb")).await,
+        cp_gateway("gw-b", cp.grpc, &scratch("snap", "pb")).await,
+    ];
+    for gw in &gws {
+        eventually("gateway ready", || async {
+            http(gw.ops, "GET", "/ready", &[], b"").await.0 == 200
+        })
+        .await;
+    }
+    let user = 4242;
+    let natural = explain(&gws[0], user).await;
+    assert_eq!(natural.override_id, "");
+    assert!(natural.why.contains("consistent_hash"), "{}", natural.why);
+
+    // A cluster override to an endpoint no rule names, expiring by itself.
+    let w = c
+        .put_override(pb::PutOverrideRequest {
+            r#override: Some(pb::ClusterOverride {
+                id: "to-b3".into(),
+                service_type: 1,
+                user_id: user,
+                target: b3.addr.to_string(),
+                reason: "canary for one player".into(),
+                ..Default::default()
+            }),
+            ttl_ms: 4000,
+            options: None,
+        })
+        .await
+        .expect("put override")
+        .into_inner();
+    rollout_done(&c, w.revision, 2).await;
+    let b3_addr = b3.addr.to_string();
+    for gw in &gws {
+        let ex = explain(gw, user).await;
+        assert_eq!(
+            (ex.override_id.as_str(), ex.endpoint.as_str()),
+            ("to-b3", b3_addr.as_str()),
+            "{ex:?}"
+        );
+        assert!(ex.why.contains("cluster override to-b3"), "{}", ex.why);
+        // Explain is read-only: asking twice gives the same answer.
+        assert_eq!(explain(gw, user).await.endpoint, ex.endpoint);
+        let user_hdr = user.to_string();
+        let (status, body) = http(
+            gw.client,
+            "POST",
+            "/v1/call/acct",
+            &[("x-user-id", user_hdr.as_str())],
+            b"whoami",
+        )
+        .await;
+        assert_eq!((status, body.as_str()), (200, "b3"));
+        assert!(backend_addrs(gw).await.contains(&b3_addr));
+    }
+
+    // Expiry: explain falls back to the rule, and b3 leaves the pool.
+    for gw in &gws {
+        eventually("override target retired", || async {
+            !backend_addrs(gw).await.contains(&b3_addr)
+        })
+        .await;
+        let ex = explain(gw, user).await;
+        assert_eq!(
+            (ex.override_id.as_str(), ex.endpoint.as_str()),
+            ("", natural.endpoint.as_str())
+        );
+    }
+
+    // A session bound to b2, then b2 removed from the rules: the session is
+    // moved to b1 and b2's connections close.
+    let b2_addr = b2.addr.to_string();
+    let mut u2 = 0;
+    for u in 1..200 {
+        if explain(&gws[0], u).await.endpoint == b2_addr {
+            u2 = u;
+            break;
+        }
+    }
+    assert_ne!(u2, 0, "no user hashes to b2");
+    let mut client = Client::tcp(gws[0].client).await;
+    client.hello(u2, 0).await;
+    assert_eq!(client.call_text(1, 1, "whoami").await, "b2");
+    let w = put_service(&mut c, svc("acct", 1, "consistent_hash", &[b1.addr])).await;
+    rollout_done(&c, w.revision, 2).await;
+    for gw in &gws {
+        eventually("removed endpoint retired", || async {
+            !backend_addrs(gw).await.contains(&b2_addr)
+        })
+        .await;
+    }
+    assert_eq!(client.call_text(1, 2, "whoami").await, "b1");
 }

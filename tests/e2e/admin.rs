@@ -398,7 +398,10 @@ async fn drain_moves_honouring_clients_without_loss() {
         .await
         .expect("start")
         .into_inner();
-    assert_eq!(started.phase, pb::DrainPhase::Advising as i32);
+    assert_eq!(
+        started.phase,
+        gg_proto::pb::common::DrainPhase::Advising as i32
+    );
     assert_eq!(started.sessions_at_start, 5);
     let mut watch = admin(&gw1, Some(READ_TOKEN))
         .await
@@ -444,7 +447,7 @@ async fn drain_moves_honouring_clients_without_loss() {
         last = Some(s);
     }
     let last = last.expect("watch sent updates");
-    assert_eq!(last.phase, pb::DrainPhase::Done as i32);
+    assert_eq!(last.phase, gg_proto::pb::common::DrainPhase::Done as i32);
     assert_eq!((last.advised, last.force_closed, last.remaining), (5, 1, 0));
     let e = a.cancel_drain(pb::CancelDrainRequest {}).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
@@ -485,7 +488,7 @@ async fn cancel_drain_makes_the_gateway_ready_again() {
         .await
         .expect("cancel")
         .into_inner();
-    assert_eq!(s.phase, pb::DrainPhase::Cancelled as i32);
+    assert_eq!(s.phase, gg_proto::pb::common::DrainPhase::Cancelled as i32);
     assert_eq!(http(gw.ops, "GET", "/ready", &[], b"").await.0, 200);
     let mut fresh = Client::tcp(gw.client).await;
     fresh.hello(2, 0).await;
@@ -554,8 +557,8 @@ async fn overrides_with_ttl_and_explain() {
         .expect("explain")
         .into_inner();
     assert_eq!(
-        (ex.service.as_str(), ex.strategy.as_str()),
-        ("acct", "consistent_hash")
+        (ex.service.as_str(), ex.strategy),
+        ("acct", gg_proto::model::Strategy::ConsistentHash.to_pb())
     );
     assert_eq!(ex.hash_key, format!("user_id={user}"));
     assert_eq!(ex.candidates.len(), 2);

@@ -11,18 +11,30 @@ use crate::support::*;
 async fn bad_config_exits_64_and_lists_every_error() {
     let (code, err) = run_to_exit(
         "gateway",
-        "listen: 127.0.0.1:0\nops_listen: nope\nservices:\n  - { name: a, id: 1, strategy: magic, endpoints: [] }\nlimits: { max_connections: 0 }\n",
+        "listen: 127.0.0.1:0\nops_listen: nope\nservices:\n  - { name: a, id: 1, strategy: round_robin, endpoints: [] }\nlimits: { max_connections: 0 }\n",
         &["--gateway-id", "gw-bad"],
     )
     .await;
     assert_eq!(code, Some(64));
     for needle in [
         "ops_listen",
-        "unknown strategy \"magic\"",
+        "services[a]: needs at least one endpoint",
         "limits.max_connections must be greater than 0",
     ] {
         assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
     }
+
+    // A value the file's types cannot hold is a parse error naming the
+    // valid values.
+    let (code, err) = run_to_exit(
+        "gateway",
+        "listen: 127.0.0.1:0\nops_listen: 127.0.0.1:0\nservices:\n  - { name: a, id: 1, strategy: magic, endpoints: [h:1] }\n",
+        &["--gateway-id", "gw-bad"],
+    )
+    .await;
+    assert_eq!(code, Some(64));
+    assert!(err.contains("unknown variant `magic`"), "{err}");
+    assert!(err.contains("consistent_hash"), "{err}");
 
     let (code, err) = run_to_exit(
         "gateway",

@@ -162,7 +162,7 @@ async fn main() -> anyhow::Result<()> {
         service: Some(pb::Service {
             name: "echo".into(),
             id: 1,
-            strategy: "round_robin".into(),
+            strategy: gg_proto::model::Strategy::RoundRobin.to_pb(),
             endpoints: vec![backend.to_string()],
         }),
         options: None,

@@ -18,20 +18,23 @@ use tracing::info;
 use super::require;
 use crate::Gateway;
 use crate::backend::AdminState;
-use crate::config::{Scope, Strategy};
 use crate::drain::{DrainCtl, DrainError, DrainRequest, DrainStatus, Phase};
-use crate::router::hash;
-use crate::router::overrides::{Override, now_ms};
+use crate::router;
+use crate::router::overrides::LocalOverride;
 use crate::session::{Outbound, SessionHandle};
+use gg_proto::model::{Override, RouteKey};
+use gg_proto::pb::common::DrainPhase;
+use gg_runtime::auth::Scope;
+use gg_runtime::clock::now_ms;
 
-pub struct AdminService {
+pub(super) struct AdminService {
     gw: Arc<Gateway>,
     /// Ends server streams on shutdown (tonic waits for open streams).
     stop: CancellationToken,
 }
 
 impl AdminService {
-    pub fn new(gw: Arc<Gateway>, stop: CancellationToken) -> AdminService {
+    pub(super) fn new(gw: Arc<Gateway>, stop: CancellationToken) -> AdminService {
         AdminService { gw, stop }
     }
 }
@@ -41,12 +44,12 @@ const DEFAULT_PAGE: u32 = 100;
 
 fn drain_pb(s: &DrainStatus) -> pb::DrainStatus {
     let phase = match s.phase {
-        Phase::Idle => pb::DrainPhase::Idle,
-        Phase::Advising => pb::DrainPhase::Advising,
-        Phase::Waiting => pb::DrainPhase::Waiting,
-        Phase::ForceClosing => pb::DrainPhase::ForceClosing,
-        Phase::Done => pb::DrainPhase::Done,
-        Phase::Cancelled => pb::DrainPhase::Cancelled,
+        Phase::Idle => DrainPhase::Idle,
+        Phase::Advising => DrainPhase::Advising,
+        Phase::Waiting => DrainPhase::Waiting,
+        Phase::ForceClosing => DrainPhase::ForceClosing,
+        Phase::Done => DrainPhase::Done,
+        Phase::Cancelled => DrainPhase::Cancelled,
     };
     pb::DrainStatus {
         phase: phase as i32,
@@ -97,20 +100,21 @@ fn backend_pb(ep: &crate::backend::Endpoint) -> pb::Backend {
     }
 }
 
-fn override_pb(o: &Override) -> pb::RouteOverride {
+fn override_pb(l: &LocalOverride) -> pb::RouteOverride {
+    let o = &l.o;
     pb::RouteOverride {
         id: o.id.clone(),
-        service_type: u32::from(o.service),
-        user_id: o.user,
-        realm_id: o.realm,
-        session_id: o.session,
+        service_type: u32::from(o.key.service),
+        user_id: o.key.user,
+        realm_id: o.key.realm,
+        session_id: o.key.session,
         target: o.target.clone(),
         reason: o.reason.clone(),
         author: o.author.clone(),
-        ttl_ms: o.ttl_ms,
+        ttl_ms: o.expires_at_ms.saturating_sub(o.created_at_ms),
         expires_at_ms: o.expires_at_ms,
         created_at_ms: o.created_at_ms,
-        move_existing: o.move_existing,
+        move_existing: l.move_existing,
     }
 }
 
@@ -488,21 +492,15 @@ impl GatewayAdmin for AdminService {
                 "no service with service_type {service} is configured"
             )));
         }
-        let mut errs = Vec::new();
-        crate::config::check_endpoint("target", &o.target, &mut errs);
-        if o.reason.trim().is_empty() {
-            errs.push("reason is required (it is shown in explain and audit logs)".to_string());
-        }
-        if !errs.is_empty() {
-            return Err(Status::invalid_argument(errs.join("; ")));
-        }
         let now = now_ms();
         let ovr = Override {
             id: o.id,
-            service,
-            user: o.user_id,
-            realm: o.realm_id,
-            session: o.session_id,
+            key: RouteKey {
+                service,
+                user: o.user_id,
+                realm: o.realm_id,
+                session: o.session_id,
+            },
             target: o.target.clone(),
             reason: o.reason,
             author: if o.author.is_empty() {
@@ -510,22 +508,34 @@ impl GatewayAdmin for AdminService {
             } else {
                 o.author
             },
-            ttl_ms: o.ttl_ms,
             expires_at_ms: if o.ttl_ms == 0 { 0 } else { now + o.ttl_ms },
             created_at_ms: now,
-            move_existing: o.move_existing,
         };
+        let mut errs = Vec::new();
+        ovr.check("override", None, &mut errs);
+        if !errs.is_empty() {
+            return Err(Status::invalid_argument(errs.join("; ")));
+        }
         // Warm the pool so the target's connections are up before use.
         self.gw.backends.endpoint(&o.target);
-        let set = self.gw.overrides.set(ovr);
-        info!(caller = %caller.name, id = %set.id, service, target = %set.target, ttl_ms = set.ttl_ms, "route override set");
+        let set = self.gw.overrides.set(LocalOverride {
+            o: ovr,
+            move_existing: o.move_existing,
+        });
+        info!(caller = %caller.name, id = %set.o.id, service, target = %set.o.target, expires_at_ms = set.o.expires_at_ms, "route override set");
         if set.move_existing {
             for s in self.gw.sessions.all() {
-                if set.matches(service, s.realm_id(), s.user_id(), s.id()) {
+                let binding = RouteKey {
+                    service,
+                    realm: s.realm_id(),
+                    user: s.user_id(),
+                    session: s.id(),
+                };
+                if set.o.key.matches(&binding) {
                     s.deliver(Outbound::Unbind {
                         endpoint: None,
                         service: Some(service),
-                        reason: format!("moved by override {}", set.id),
+                        reason: format!("moved by override {}", set.o.id),
                     });
                 }
             }
@@ -560,6 +570,7 @@ impl GatewayAdmin for AdminService {
             )));
         }
         info!(caller = %caller.name, %id, "route override deleted");
+        self.gw.retire_unused_endpoints();
         Ok(Response::new(pb::DeleteRouteOverrideResponse {}))
     }
 
@@ -569,92 +580,55 @@ impl GatewayAdmin for AdminService {
     ) -> Result<Response<pb::ExplainRouteResponse>, Status> {
         require(&req, Scope::Read)?;
         let r = req.into_inner();
-        let service = u16_arg("service_type", r.service_type)?;
+        let key = RouteKey {
+            service: u16_arg("service_type", r.service_type)?,
+            realm: r.realm_id,
+            user: r.user_id,
+            session: r.session_id,
+        };
+        // The very decision traffic makes, in the mode that changes nothing.
         let routes = self.gw.routes.load();
-        let svc = routes.services.get(&service).ok_or_else(|| {
-            Status::not_found(format!(
-                "no service with service_type {service} is configured"
-            ))
-        })?;
+        let d = router::decide(
+            &routes,
+            &self.gw.overrides,
+            &self.gw.backends,
+            &key,
+            now_ms(),
+            router::Mode::Explain,
+        )
+        .map_err(|e| Status::not_found(format!("{e}; see `gwctl routes list`")))?;
         let mut out = pb::ExplainRouteResponse {
-            service: svc.name.clone(),
-            strategy: svc.strategy.name().to_string(),
+            service: d.service,
+            strategy: d.strategy.to_pb(),
+            override_id: d
+                .source
+                .override_ref()
+                .map(|o| o.id.clone())
+                .unwrap_or_default(),
+            hash_key: d.hash_key,
+            candidates: d.candidates.iter().map(|e| e.addr.to_string()).collect(),
+            why: d.why,
             ..Default::default()
         };
-        let now = std::time::Instant::now();
-        let describe = |out: &mut pb::ExplainRouteResponse, ep: &crate::backend::Endpoint| {
+        // On failure, show what was tried first so the operator sees its state.
+        let shown = match &d.endpoint {
+            Ok(ep) => Some(ep.clone()),
+            Err(e) => {
+                out.why = format!("{}; requests get: {e}", out.why);
+                d.source
+                    .override_ref()
+                    .and_then(|o| self.gw.backends.get(&o.target))
+                    .or_else(|| d.candidates.first().cloned())
+            }
+        };
+        if let Some(ep) = shown {
+            let now = std::time::Instant::now();
             out.endpoint = ep.addr.to_string();
             out.endpoint_healthy = ep.healthy();
             out.circuit = ep.breaker.state_name(now).to_string();
             out.endpoint_state = ep.admin_state().name().to_string();
-        };
-        if let Some(o) =
-            self.gw
-                .overrides
-                .find(service, r.realm_id, r.user_id, r.session_id, now_ms())
-        {
-            out.override_id = o.id.clone();
-            let ep = self.gw.backends.endpoint(&o.target);
-            describe(&mut out, &ep);
-            out.why = format!(
-                "override {} (by {}, reason: {}) matches and wins over the {} rule",
-                o.id, o.author, o.reason, out.strategy
-            );
-            return Ok(Response::new(out));
-        }
-        match svc.strategy {
-            Strategy::RoundRobin => {
-                let avail: Vec<_> = svc.endpoints.iter().filter(|e| e.available()).collect();
-                out.candidates = svc.endpoints.iter().map(|e| e.addr.to_string()).collect();
-                match avail.first() {
-                    Some(ep) => {
-                        describe(&mut out, ep);
-                        out.why = format!(
-                            "round_robin: a new session takes the next available endpoint in rotation ({} of {} available); shown: the first available",
-                            avail.len(),
-                            svc.endpoints.len()
-                        );
-                    }
-                    None => out.why = "round_robin: no endpoint is available (down, circuit open, or drain/maint)".into(),
-                }
-            }
-            Strategy::ConsistentHash => {
-                out.hash_key = format!("user_id={}", r.user_id);
-                let ranked = hash::rank(r.user_id, &svc.endpoints, |e| e.key_hash());
-                out.candidates = ranked.iter().map(|e| e.addr.to_string()).collect();
-                match ranked.iter().position(|e| e.available()) {
-                    Some(i) => {
-                        describe(&mut out, ranked[i]);
-                        out.why = if i == 0 {
-                            "consistent_hash: the user's first-ranked endpoint is available".into()
-                        } else {
-                            format!(
-                                "consistent_hash: the {i} higher-ranked endpoint(s) are unavailable; fell back to rank {}",
-                                i + 1
-                            )
-                        };
-                    }
-                    None => out.why = "consistent_hash: no endpoint is available".into(),
-                }
-            }
-            Strategy::Realm => {
-                out.hash_key = format!("realm_id={}", r.realm_id);
-                match routes.realms.get(&r.realm_id) {
-                    Some(ep) => {
-                        describe(&mut out, ep);
-                        out.why = format!(
-                            "realm: realm {} maps to {} in the realm map",
-                            r.realm_id, ep.addr
-                        );
-                    }
-                    None => {
-                        out.why = format!(
-                            "realm: realm {} is not in the realm map (requests get ERROR 104)",
-                            r.realm_id
-                        )
-                    }
-                }
-            }
+        } else if let Some(o) = d.source.override_ref() {
+            out.endpoint = o.target.clone();
         }
         Ok(Response::new(out))
     }

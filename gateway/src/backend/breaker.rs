@@ -51,6 +51,15 @@ impl Breaker {
         }
     }
 
+    /// What [`Breaker::allow`] would answer, without the open → half-open
+    /// transition (for explain and listings).
+    pub fn would_allow(&self, now: Instant) -> bool {
+        match self.lock().0 {
+            State::Closed | State::HalfOpen { .. } => true,
+            State::Open { until, .. } => now >= until,
+        }
+    }
+
     pub fn on_success(&self) {
         let mut g = self.lock();
         *g = (State::Closed, 0);
@@ -112,6 +121,9 @@ mod tests {
         b.on_failure(t);
         assert_eq!(b.state_name(t), "open");
         assert!(!b.allow(t + Duration::from_millis(999)));
+        assert!(!b.would_allow(t));
+        assert!(b.would_allow(t + Duration::from_secs(1)));
+        assert_eq!(b.state_name(t), "open", "peeking changes nothing");
         assert!(
             b.allow(t + Duration::from_secs(1)),
             "half-open lets a probe through"

@@ -13,6 +13,7 @@ use bytes::{Bytes, BytesMut};
 use gg_proto::control::{self, BackendHello};
 use gg_proto::frame::{self, Header, Kind};
 use gg_proto::{CloseCode, Frame};
+use gg_runtime::backoff::Backoff;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -51,16 +52,16 @@ pub async fn run(
     let label = [&*ep.addr];
     let up_gauge = ctx.metrics.backend_connections.with_label_values(&label);
     let mut generation: u64 = 0;
-    let mut backoff = ctx.settings.backoff_initial;
+    let mut backoff = Backoff::new(ctx.settings.backoff_initial, ctx.settings.backoff_max);
     loop {
         let attempt = tokio::select! {
-            _ = ctx.shutdown.cancelled() => return,
+            _ = ep.stop.cancelled() => return,
             r = connect(&ep.addr, &ctx) => r,
         };
         match attempt {
             Ok(stream) => {
                 generation += 1;
-                backoff = ctx.settings.backoff_initial;
+                backoff.reset();
                 info!(endpoint = %ep.addr, slot, generation, "backend connected");
                 ep.conns[slot].set_up(generation);
                 up_gauge.inc();
@@ -95,7 +96,7 @@ pub async fn run(
                 }
             }
             Err(e) => {
-                debug!(endpoint = %ep.addr, slot, error = %e, backoff_ms = backoff.as_millis() as u64, "backend connect failed");
+                debug!(endpoint = %ep.addr, slot, error = %e, backoff_ms = backoff.current().as_millis() as u64, "backend connect failed");
                 ctx.metrics
                     .backend_errors
                     .with_label_values(&[&*ep.addr, "connect"])
@@ -103,14 +104,12 @@ pub async fn run(
                 ep.breaker.on_failure(Instant::now());
             }
         }
-        // Full jitter: sleep uniformly in [backoff/2, backoff] so a fleet of
-        // gateways does not reconnect to a restarted backend in lockstep.
-        let half = backoff.as_millis() as u64 / 2;
-        let sleep = Duration::from_millis(half + fastrand::u64(0..=half));
-        let until = tokio::time::Instant::now() + sleep;
+        // Jittered so a fleet of gateways does not reconnect to a restarted
+        // backend in lockstep.
+        let until = tokio::time::Instant::now() + backoff.next_delay();
         loop {
             tokio::select! {
-                _ = ctx.shutdown.cancelled() => return,
+                _ = ep.stop.cancelled() => return,
                 _ = tokio::time::sleep_until(until) => break,
                 // Messages queued for a dead generation fail fast instead of
                 // waiting for the reconnect.
@@ -120,7 +119,6 @@ pub async fn run(
                 },
             }
         }
-        backoff = (backoff * 2).min(ctx.settings.backoff_max);
     }
 }
 
@@ -289,7 +287,7 @@ async fn relay(
         r = writer => r,
         r = reader => r,
         r = heartbeat => r,
-        _ = ctx.shutdown.cancelled() => Ok(()),
+        _ = ep.stop.cancelled() => Ok(()),
     }
 }
 

@@ -23,10 +23,10 @@ use super::io::{ClientIo, ReadError};
 use super::{Outbound, SessionHandle};
 use crate::Gateway;
 use crate::backend::{Endpoint, SendError, ToBackend};
-use crate::config::Strategy;
 use crate::error::RequestError;
 use crate::limits::{ConnGuard, TokenBucket};
 use crate::metrics::{ProtoMetrics, Protocol};
+use gg_proto::model::{RouteKey, Strategy};
 
 /// How a session ends: the code, a reason for humans, and whether a CLOSE
 /// frame can still be written to the client.
@@ -158,16 +158,13 @@ pub fn open_binding(
     traceparent: Option<&str>,
 ) -> Result<Binding, RequestError> {
     let routes = gw.routes.load();
-    let endpoint = crate::router::resolve(
-        &routes,
-        &gw.overrides,
-        &gw.backends,
+    let key = RouteKey {
         service,
         realm,
-        session.user_id(),
-        session.id(),
-    )?
-    .endpoint;
+        user: session.user_id(),
+        session: session.id(),
+    };
+    let endpoint = crate::router::resolve(&routes, &gw.overrides, &gw.backends, &key)?;
     let realm_key = routes
         .services
         .get(&service)

@@ -1,7 +1,7 @@
 //! TLS for the gRPC APIs (the gateway admin API, the control plane) and their
 //! clients (gateway → control plane, control plane → gateway admin), with
 //! optional mutual TLS. One config shape for every server and one for every
-//! client; the control plane's config uses the same types.
+//! client; both processes' configs use these types.
 
 use serde::Deserialize;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};

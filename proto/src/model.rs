@@ -1,0 +1,837 @@
+//! The one domain model of routing: services and their [`Strategy`], the
+//! realm map, and route overrides selected by a [`RouteKey`]. The gateway's
+//! YAML file, gwctl's `apply`/`diff`/`dump` file and the control plane's
+//! validation all use these types (serde for files, [`Bundle::from_pb`] /
+//! [`Bundle::to_pb`] for the wire), so a rule is written down once and
+//! checked by one function, [`Bundle::validate`], which lists every problem.
+//!
+//! Pure: no I/O, no clocks (callers pass `now_ms`).
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::pb::common as cpb;
+use crate::pb::controlplane as pb;
+
+/// `service_type` in frames: which backend service.
+pub type ServiceId = u16;
+/// Realm (shard of the world) in frames and the realm map.
+pub type RealmId = u32;
+/// A player.
+pub type UserId = u64;
+/// A session, unique across the cluster.
+pub type SessionId = u64;
+
+/// How a service picks an endpoint for a new session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// The next available endpoint in rotation.
+    RoundRobin,
+    /// Rendezvous hashing of `user_id` over the endpoints.
+    ConsistentHash,
+    /// `realm_id` → game server from the realm map.
+    Realm,
+}
+
+impl Strategy {
+    /// Every strategy, in documentation order.
+    pub const ALL: [Strategy; 3] = [
+        Strategy::RoundRobin,
+        Strategy::ConsistentHash,
+        Strategy::Realm,
+    ];
+
+    /// The name used in files, flags and output.
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::RoundRobin => "round_robin",
+            Strategy::ConsistentHash => "consistent_hash",
+            Strategy::Realm => "realm",
+        }
+    }
+
+    /// Parses a name; the error lists the valid ones.
+    pub fn parse(s: &str) -> Result<Strategy, String> {
+        Strategy::ALL
+            .into_iter()
+            .find(|x| x.name() == s)
+            .ok_or_else(|| {
+                format!("unknown strategy {s:?} (expected round_robin, consistent_hash or realm)")
+            })
+    }
+
+    /// The wire value.
+    pub fn to_pb(self) -> i32 {
+        (match self {
+            Strategy::RoundRobin => cpb::Strategy::RoundRobin,
+            Strategy::ConsistentHash => cpb::Strategy::ConsistentHash,
+            Strategy::Realm => cpb::Strategy::Realm,
+        }) as i32
+    }
+
+    /// From the wire value; unspecified or unknown values are an error.
+    pub fn from_pb(v: i32) -> Result<Strategy, String> {
+        match cpb::Strategy::try_from(v) {
+            Ok(cpb::Strategy::RoundRobin) => Ok(Strategy::RoundRobin),
+            Ok(cpb::Strategy::ConsistentHash) => Ok(Strategy::ConsistentHash),
+            Ok(cpb::Strategy::Realm) => Ok(Strategy::Realm),
+            Ok(cpb::Strategy::Unspecified) => {
+                Err("strategy is not set (expected round_robin, consistent_hash or realm)".into())
+            }
+            Err(_) => Err(format!("unknown strategy value {v}")),
+        }
+    }
+}
+
+impl fmt::Display for Strategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One routing rule: a named service, its `service_type` id, how it picks,
+/// and its endpoints (`host:port`; empty for `realm`, which uses the realm map).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    pub name: String,
+    pub id: ServiceId,
+    pub strategy: Strategy,
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+}
+
+impl Service {
+    pub fn to_pb(&self) -> pb::Service {
+        pb::Service {
+            name: self.name.clone(),
+            id: u32::from(self.id),
+            strategy: self.strategy.to_pb(),
+            endpoints: self.endpoints.clone(),
+        }
+    }
+
+    /// Converts one wire service; conversion problems go to `errs`.
+    pub fn from_pb(s: &pb::Service, errs: &mut Vec<String>) -> Option<Service> {
+        let at = format!("services[{}]", s.name);
+        let id = u16::try_from(s.id)
+            .map_err(|_| errs.push(format!("{at}: id {} does not fit in u16", s.id)))
+            .ok();
+        let strategy = Strategy::from_pb(s.strategy)
+            .map_err(|e| errs.push(format!("{at}: {e}")))
+            .ok();
+        Some(Service {
+            name: s.name.clone(),
+            id: id?,
+            strategy: strategy?,
+            endpoints: s.endpoints.clone(),
+        })
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "id={} {} [{}]",
+            self.id,
+            self.strategy,
+            self.endpoints.join(", ")
+        )
+    }
+}
+
+/// Which bindings an override applies to: a service, optionally narrowed to
+/// a realm, a user and a session (0 = any). Also the key of one binding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct RouteKey {
+    pub service: ServiceId,
+    pub realm: RealmId,
+    pub user: UserId,
+    pub session: SessionId,
+}
+
+impl RouteKey {
+    /// Whether this selector covers the binding `b` (a fully specified key).
+    pub fn matches(&self, b: &RouteKey) -> bool {
+        self.service == b.service
+            && (self.user == 0 || self.user == b.user)
+            && (self.realm == 0 || self.realm == b.realm)
+            && (self.session == 0 || self.session == b.session)
+    }
+
+    /// More specific selectors win: session > user > realm > whole service.
+    pub fn specificity(&self) -> u8 {
+        u8::from(self.session != 0) * 8
+            + u8::from(self.user != 0) * 4
+            + u8::from(self.realm != 0) * 2
+    }
+}
+
+impl fmt::Display for RouteKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "service={} user={} realm={}",
+            self.service, self.user, self.realm
+        )?;
+        if self.session != 0 {
+            write!(f, " session={}", self.session)?;
+        }
+        Ok(())
+    }
+}
+
+/// "For bindings matching `key`, use endpoint `target`", with a reason, an
+/// author and an optional expiry. Cluster overrides come from the control
+/// plane; local ones are set on one gateway and win over cluster ones.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "OverrideFile", into = "OverrideFile")]
+pub struct Override {
+    /// Assigned by the server when empty.
+    pub id: String,
+    pub key: RouteKey,
+    /// `host:port`.
+    pub target: String,
+    pub reason: String,
+    pub author: String,
+    /// Unix ms; 0 = never.
+    pub expires_at_ms: u64,
+    /// Unix ms; newest wins between equally specific overrides.
+    pub created_at_ms: u64,
+}
+
+impl Override {
+    pub fn expired(&self, now_ms: u64) -> bool {
+        self.expires_at_ms != 0 && self.expires_at_ms <= now_ms
+    }
+
+    /// A cluster override on the wire.
+    pub fn to_pb(&self) -> pb::ClusterOverride {
+        pb::ClusterOverride {
+            id: self.id.clone(),
+            service_type: u32::from(self.key.service),
+            user_id: self.key.user,
+            realm_id: self.key.realm,
+            target: self.target.clone(),
+            reason: self.reason.clone(),
+            author: self.author.clone(),
+            expires_at_ms: self.expires_at_ms,
+        }
+    }
+
+    /// From the wire; a `service_type` beyond u16 goes to `errs`.
+    pub fn from_pb(o: &pb::ClusterOverride, errs: &mut Vec<String>) -> Option<Override> {
+        let service = u16::try_from(o.service_type)
+            .map_err(|_| {
+                errs.push(format!(
+                    "overrides[{}]: service_type {} does not fit in u16",
+                    o.id, o.service_type
+                ))
+            })
+            .ok()?;
+        Some(Override {
+            id: o.id.clone(),
+            key: RouteKey {
+                service,
+                realm: o.realm_id,
+                user: o.user_id,
+                session: 0,
+            },
+            target: o.target.clone(),
+            reason: o.reason.clone(),
+            author: o.author.clone(),
+            expires_at_ms: o.expires_at_ms,
+            created_at_ms: 0,
+        })
+    }
+
+    /// Checks target and reason (and that its service exists in `services`
+    /// when given); problems go to `errs` prefixed with `at`.
+    pub fn check(&self, at: &str, services: Option<&[Service]>, errs: &mut Vec<String>) {
+        if let Some(services) = services
+            && !services.iter().any(|s| s.id == self.key.service)
+        {
+            errs.push(format!(
+                "{at}: no service with service_type {}",
+                self.key.service
+            ));
+        }
+        check_endpoint(&format!("{at}.target"), &self.target, errs);
+        if self.reason.trim().is_empty() {
+            errs.push(format!(
+                "{at}: reason is required (it is shown in explain and audit logs)"
+            ));
+        }
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "{} → {} ({}; by {}; expires_at_ms={})",
+            self.key, self.target, self.reason, self.author, self.expires_at_ms
+        )
+    }
+}
+
+/// The most specific unexpired override in `list` covering `binding`
+/// (newest on ties); `get` reaches the override inside a list element.
+pub fn most_specific<'a, T>(
+    list: &'a [T],
+    get: impl Fn(&T) -> &Override,
+    binding: &RouteKey,
+    now_ms: u64,
+) -> Option<&'a T> {
+    list.iter()
+        .filter(|x| {
+            let o = get(x);
+            !o.expired(now_ms) && o.key.matches(binding)
+        })
+        .max_by_key(|x| (get(x).key.specificity(), get(x).created_at_ms))
+}
+
+/// The file shape of an override (flat keys, zero fields left out).
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OverrideFile {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    id: String,
+    service_type: ServiceId,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    user_id: UserId,
+    #[serde(default, skip_serializing_if = "is_zero32")]
+    realm_id: RealmId,
+    target: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    reason: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    author: String,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    expires_at_ms: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+fn is_zero32(n: &u32) -> bool {
+    *n == 0
+}
+
+impl From<OverrideFile> for Override {
+    fn from(f: OverrideFile) -> Override {
+        Override {
+            id: f.id,
+            key: RouteKey {
+                service: f.service_type,
+                realm: f.realm_id,
+                user: f.user_id,
+                session: 0,
+            },
+            target: f.target,
+            reason: f.reason,
+            author: f.author,
+            expires_at_ms: f.expires_at_ms,
+            created_at_ms: 0,
+        }
+    }
+}
+
+impl From<Override> for OverrideFile {
+    fn from(o: Override) -> OverrideFile {
+        OverrideFile {
+            id: o.id,
+            service_type: o.key.service,
+            user_id: o.key.user,
+            realm_id: o.key.realm,
+            target: o.target,
+            reason: o.reason,
+            author: o.author,
+            expires_at_ms: o.expires_at_ms,
+        }
+    }
+}
+
+/// realm_id → `host:port` of its game server.
+pub type Realms = BTreeMap<RealmId, String>;
+
+/// Everything a gateway routes with: the rules, the realm map and cluster
+/// overrides. The gateway's file holds the first two; gwctl's bundle file
+/// and the control plane hold all three.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bundle {
+    #[serde(default)]
+    pub services: Vec<Service>,
+    /// Keys may be written as numbers or strings (`"1": host:port`).
+    #[serde(default, deserialize_with = "deserialize_realms")]
+    pub realms: Realms,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overrides: Vec<Override>,
+}
+
+/// Every problem found in a bundle, one per line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .0.join("; "))]
+pub struct Invalid(pub Vec<String>);
+
+impl Bundle {
+    /// Checks every rule: names, unique ids and names, strategy/endpoint
+    /// fit, `host:port` syntax, realm map, overrides. Lists every problem.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        let mut errs = Vec::new();
+        self.check(&mut errs);
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(Invalid(errs))
+        }
+    }
+
+    /// [`Bundle::validate`], adding to a caller's list (config files).
+    pub fn check(&self, errs: &mut Vec<String>) {
+        let mut ids = HashSet::new();
+        let mut names = HashSet::new();
+        for s in &self.services {
+            let at = format!("services[{}]", s.name);
+            if s.name.is_empty()
+                || !s
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
+            {
+                errs.push(format!("{at}: name must be non-empty [A-Za-z0-9-_]"));
+            }
+            if !names.insert(s.name.as_str()) {
+                errs.push(format!("{at}: duplicate service name"));
+            }
+            if !ids.insert(s.id) {
+                errs.push(format!("{at}: duplicate service id {}", s.id));
+            }
+            match s.strategy {
+                Strategy::Realm if !s.endpoints.is_empty() => errs.push(format!(
+                    "{at}: strategy realm takes its endpoints from `realms`; remove `endpoints`"
+                )),
+                Strategy::Realm if self.realms.is_empty() => errs.push(format!(
+                    "{at}: strategy realm needs a non-empty `realms` map"
+                )),
+                Strategy::RoundRobin | Strategy::ConsistentHash if s.endpoints.is_empty() => {
+                    errs.push(format!("{at}: needs at least one endpoint"))
+                }
+                _ => {}
+            }
+            let mut seen = HashSet::new();
+            for e in &s.endpoints {
+                check_endpoint(&format!("{at}.endpoints"), e, errs);
+                if !seen.insert(e) {
+                    errs.push(format!("{at}: endpoint {e} listed twice"));
+                }
+            }
+        }
+        for (realm, ep) in &self.realms {
+            check_endpoint(&format!("realms[{realm}]"), ep, errs);
+        }
+        let mut oids = HashSet::new();
+        for o in &self.overrides {
+            let at = format!("overrides[{}]", o.id);
+            if o.id.is_empty() {
+                errs.push("overrides[]: every override needs an id".into());
+            } else if !oids.insert(o.id.as_str()) {
+                errs.push(format!("{at}: duplicate id"));
+            }
+            if o.key.session != 0 {
+                errs.push(format!(
+                    "{at}: cluster overrides cannot select a session (sessions live on one gateway; use a local override)"
+                ));
+            }
+            o.check(&at, Some(&self.services), errs);
+        }
+    }
+
+    /// Converts and validates a wire bundle; every problem is listed.
+    pub fn from_pb(b: &pb::ConfigBundle) -> Result<Bundle, Invalid> {
+        let mut errs = Vec::new();
+        let bundle = Bundle {
+            services: b
+                .services
+                .iter()
+                .filter_map(|s| Service::from_pb(s, &mut errs))
+                .collect(),
+            realms: b.realms.iter().map(|(k, v)| (*k, v.clone())).collect(),
+            overrides: b
+                .overrides
+                .iter()
+                .filter_map(|o| Override::from_pb(o, &mut errs))
+                .collect(),
+        };
+        bundle.check(&mut errs);
+        if errs.is_empty() {
+            Ok(bundle)
+        } else {
+            Err(Invalid(errs))
+        }
+    }
+
+    /// The wire form, in canonical order.
+    pub fn to_pb(&self) -> pb::ConfigBundle {
+        let mut b = pb::ConfigBundle {
+            services: self.services.iter().map(Service::to_pb).collect(),
+            realms: self.realms.iter().map(|(k, v)| (*k, v.clone())).collect(),
+            overrides: self.overrides.iter().map(Override::to_pb).collect(),
+        };
+        normalize(&mut b);
+        b
+    }
+
+    /// Every endpoint the rules and overrides name (the backend pool keeps
+    /// connections to these and no others).
+    pub fn endpoints(&self) -> impl Iterator<Item = &str> {
+        self.services
+            .iter()
+            .flat_map(|s| s.endpoints.iter())
+            .chain(self.realms.values())
+            .chain(self.overrides.iter().map(|o| &o.target))
+            .map(String::as_str)
+    }
+
+    /// `+` added, `-` removed, `~` changed; one line per item.
+    pub fn diff(old: &Bundle, new: &Bundle) -> Vec<String> {
+        let mut out = Vec::new();
+        for s in &new.services {
+            match old.services.iter().find(|o| o.name == s.name) {
+                None => out.push(format!("+ service {}: {}", s.name, s.line())),
+                Some(o) if o != s => {
+                    out.push(format!("~ service {}: {} → {}", s.name, o.line(), s.line()))
+                }
+                _ => {}
+            }
+        }
+        for o in &old.services {
+            if !new.services.iter().any(|s| s.name == o.name) {
+                out.push(format!("- service {}", o.name));
+            }
+        }
+        for (r, ep) in &new.realms {
+            match old.realms.get(r) {
+                None => out.push(format!("+ realm {r}: {ep}")),
+                Some(o) if o != ep => out.push(format!("~ realm {r}: {o} → {ep}")),
+                _ => {}
+            }
+        }
+        for r in old.realms.keys() {
+            if !new.realms.contains_key(r) {
+                out.push(format!("- realm {r}"));
+            }
+        }
+        for o in &new.overrides {
+            match old.overrides.iter().find(|x| x.id == o.id) {
+                None => out.push(format!("+ override {}: {}", o.id, o.line())),
+                Some(x) if x != o => out.push(format!("~ override {}: {}", o.id, o.line())),
+                _ => {}
+            }
+        }
+        for o in &old.overrides {
+            if !new.overrides.iter().any(|x| x.id == o.id) {
+                out.push(format!("- override {}", o.id));
+            }
+        }
+        out
+    }
+}
+
+/// A canonical order so equal wire bundles compare equal.
+pub fn normalize(b: &mut pb::ConfigBundle) {
+    b.services.sort_by(|x, y| x.name.cmp(&y.name));
+    b.overrides.sort_by(|x, y| x.id.cmp(&y.id));
+}
+
+/// `host:port` with a non-empty host and a port in 1..=65535.
+pub fn check_endpoint(at: &str, ep: &str, errs: &mut Vec<String>) {
+    let ok = ep
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0));
+    if !ok {
+        errs.push(format!("{at}: {ep:?} is not host:port"));
+    }
+}
+
+/// Deserializes a realm map whose keys are numbers or numeric strings
+/// (YAML `"1": host:port`, JSON object keys), for files embedding one.
+pub fn deserialize_realms<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Realms, D::Error> {
+    realm_map::deserialize(d)
+}
+
+mod realm_map {
+    use serde::de::{self, Deserializer, MapAccess, Visitor};
+
+    use super::{RealmId, Realms};
+
+    struct Key(RealmId);
+
+    impl<'de> de::Deserialize<'de> for Key {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Key, D::Error> {
+            struct V;
+            impl Visitor<'_> for V {
+                type Value = Key;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a realm id (u32)")
+                }
+                fn visit_u64<E: de::Error>(self, v: u64) -> Result<Key, E> {
+                    RealmId::try_from(v)
+                        .map(Key)
+                        .map_err(|_| E::custom(format!("realm id {v} does not fit in u32")))
+                }
+                fn visit_i64<E: de::Error>(self, v: i64) -> Result<Key, E> {
+                    u64::try_from(v)
+                        .map_err(|_| E::custom(format!("realm id {v} is negative")))
+                        .and_then(|v| self.visit_u64(v))
+                }
+                fn visit_str<E: de::Error>(self, v: &str) -> Result<Key, E> {
+                    v.parse::<RealmId>().map(Key).map_err(|_| {
+                        E::custom(format!("realms: key {v:?} is not a realm id (u32)"))
+                    })
+                }
+            }
+            d.deserialize_any(V)
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Realms, D::Error> {
+        struct M;
+        impl<'de> Visitor<'de> for M {
+            type Value = Realms;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a map of realm id to host:port")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Realms, A::Error> {
+                let mut out = Realms::new();
+                while let Some((Key(k), v)) = m.next_entry::<Key, String>()? {
+                    if out.insert(k, v).is_some() {
+                        return Err(de::Error::custom(format!("realms: realm {k} listed twice")));
+                    }
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_map(M)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(name: &str, id: u16, strategy: Strategy, eps: &[&str]) -> Service {
+        Service {
+            name: name.into(),
+            id,
+            strategy,
+            endpoints: eps.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn validation_lists_every_problem() {
+        let b = Bundle {
+            services: vec![
+                svc("a", 1, Strategy::RoundRobin, &[]),
+                svc("a", 1, Strategy::Realm, &["x"]),
+                svc("b c", 2, Strategy::ConsistentHash, &["h:1", "h:1"]),
+            ],
+            realms: [(1, "nope".to_string())].into(),
+            overrides: vec![Override {
+                id: "o".into(),
+                key: RouteKey {
+                    service: 9,
+                    ..Default::default()
+                },
+                target: "bad".into(),
+                reason: " ".into(),
+                author: String::new(),
+                expires_at_ms: 0,
+                created_at_ms: 0,
+            }],
+        };
+        let all = b.validate().unwrap_err().0.join("\n");
+        for needle in [
+            "needs at least one endpoint",
+            "duplicate service name",
+            "duplicate service id 1",
+            "takes its endpoints from `realms`",
+            "\"x\" is not host:port",
+            "name must be non-empty",
+            "endpoint h:1 listed twice",
+            "realms[1]: \"nope\" is not host:port",
+            "no service with service_type 9",
+            "overrides[o].target",
+            "reason is required",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?}: {all}");
+        }
+    }
+
+    #[test]
+    fn wire_conversion_checks_ranges_and_enums() {
+        let b = pb::ConfigBundle {
+            services: vec![
+                pb::Service {
+                    name: "a".into(),
+                    id: 1,
+                    strategy: 0,
+                    endpoints: vec!["h:1".into()],
+                },
+                pb::Service {
+                    name: "b".into(),
+                    id: 70000,
+                    strategy: cpb::Strategy::RoundRobin as i32,
+                    endpoints: vec!["h:1".into()],
+                },
+                pb::Service {
+                    name: "c".into(),
+                    id: 3,
+                    strategy: 42,
+                    endpoints: vec!["h:1".into()],
+                },
+            ],
+            ..Default::default()
+        };
+        let all = Bundle::from_pb(&b).unwrap_err().0.join("\n");
+        for needle in [
+            "services[a]: strategy is not set",
+            "services[b]: id 70000 does not fit in u16",
+            "services[c]: unknown strategy value 42",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?}: {all}");
+        }
+    }
+
+    #[test]
+    fn bundle_round_trips_through_wire_and_file() {
+        let b = Bundle {
+            services: vec![
+                svc("account", 1, Strategy::ConsistentHash, &["h:1", "h:2"]),
+                svc("game", 3, Strategy::Realm, &[]),
+            ],
+            realms: [(2, "g:2".to_string())].into(),
+            overrides: vec![Override {
+                id: "o1".into(),
+                key: RouteKey {
+                    service: 1,
+                    user: 42,
+                    ..Default::default()
+                },
+                target: "h:2".into(),
+                reason: "debug".into(),
+                author: "me".into(),
+                expires_at_ms: 5,
+                created_at_ms: 0,
+            }],
+        };
+        b.validate().unwrap();
+        assert_eq!(Bundle::from_pb(&b.to_pb()).unwrap(), b);
+        let yaml = yaml_serde::to_string(&b).unwrap();
+        assert!(yaml.contains("strategy: consistent_hash"), "{yaml}");
+        assert!(yaml.contains("user_id: 42"), "{yaml}");
+        assert!(
+            !yaml.contains("realm_id"),
+            "zero fields are left out: {yaml}"
+        );
+        let back: Bundle = yaml_serde::from_str(&yaml).unwrap();
+        assert_eq!(back, b);
+        let back: Bundle = serde_json::from_str(&serde_json::to_string(&b).unwrap()).unwrap();
+        assert_eq!(back, b);
+    }
+
+    #[test]
+    fn files_reject_typos_and_accept_string_realm_keys() {
+        let ok: Bundle = serde_json::from_str(
+            r#"{"services":[{"name":"g","id":3,"strategy":"realm"}],"realms":{"7":"h:1"}}"#,
+        )
+        .unwrap();
+        assert_eq!(ok.realms[&7], "h:1");
+        for (bad, needle) in [
+            (r#"{"servces":[]}"#, "servces"),
+            (
+                r#"{"services":[{"name":"a","id":1,"strategy":"random"}]}"#,
+                "random",
+            ),
+            (r#"{"realms":{"x":"h:1"}}"#, "not a realm id"),
+            (
+                r#"{"overrides":[{"service_type":1,"target":"h:1","sesion_id":2}]}"#,
+                "sesion_id",
+            ),
+        ] {
+            let e = serde_json::from_str::<Bundle>(bad).unwrap_err().to_string();
+            assert!(e.contains(needle), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn most_specific_override_wins_and_expired_ones_do_not_count() {
+        let mk = |user, realm, target: &str, expires, created| Override {
+            id: target.into(),
+            key: RouteKey {
+                service: 1,
+                user,
+                realm,
+                session: 0,
+            },
+            target: target.into(),
+            reason: "r".into(),
+            author: "a".into(),
+            expires_at_ms: expires,
+            created_at_ms: created,
+        };
+        let list = vec![
+            mk(0, 0, "svc:1", 0, 1),
+            mk(42, 0, "user:1", 0, 1),
+            mk(0, 7, "realm:1", 0, 1),
+            mk(0, 7, "realm-newer:1", 0, 2),
+            mk(9, 0, "expired:1", 100, 3),
+        ];
+        let b = |user, realm| RouteKey {
+            service: 1,
+            user,
+            realm,
+            session: 5,
+        };
+        let t = |k: RouteKey, now| most_specific(&list, |o| o, &k, now).map(|o| o.target.as_str());
+        assert_eq!(t(b(42, 7), 0), Some("user:1"));
+        assert_eq!(t(b(1, 7), 0), Some("realm-newer:1"));
+        assert_eq!(t(b(1, 0), 0), Some("svc:1"));
+        assert_eq!(t(b(9, 0), 99), Some("expired:1"));
+        assert_eq!(t(b(9, 0), 100), Some("svc:1"));
+        let other = RouteKey {
+            service: 2,
+            ..b(42, 7)
+        };
+        assert_eq!(t(other, 0), None);
+    }
+
+    #[test]
+    fn diff_lists_changes() {
+        let old = Bundle {
+            services: vec![svc("a", 1, Strategy::RoundRobin, &["h:1"])],
+            ..Default::default()
+        };
+        let new = Bundle {
+            services: vec![
+                svc("a", 1, Strategy::RoundRobin, &["h:1", "h:2"]),
+                svc("b", 2, Strategy::ConsistentHash, &["h:3"]),
+            ],
+            realms: [(3, "g:1".to_string())].into(),
+            ..Default::default()
+        };
+        let d = Bundle::diff(&old, &new);
+        assert_eq!(d.len(), 3, "{d:?}");
+        assert!(d[0].starts_with("~ service a"));
+        assert!(d[1].starts_with("+ service b"));
+        assert_eq!(d[2], "+ realm 3: g:1");
+        assert!(Bundle::diff(&new, &new).is_empty());
+        assert_eq!(
+            Bundle::diff(&new, &old)
+                .iter()
+                .filter(|l| l.starts_with('-'))
+                .count(),
+            2
+        );
+    }
+}

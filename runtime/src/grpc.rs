@@ -1,0 +1,137 @@
+//! The gRPC server both processes run: one builder with keepalive, per-call
+//! timeout, per-connection concurrency limit with load shedding, HTTP/2
+//! stream and header limits, a request span (with the caller's
+//! `x-request-id` or a fresh one) as a `tower` layer, `grpc.health.v1`, and
+//! reflection of only the services this process serves.
+
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tonic::codegen::http;
+use tonic::transport::ServerTlsConfig;
+use tonic::transport::server::Server;
+use tower::{Layer, Service};
+use tracing::Instrument;
+
+/// A unary call (or a stream's opening) taking longer than this fails
+/// with DEADLINE_EXCEEDED; a client's shorter `grpc-timeout` wins.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Calls in progress per connection; beyond it new calls are shed
+/// (UNAVAILABLE) rather than queued.
+pub const CONCURRENCY_PER_CONNECTION: usize = 256;
+/// HTTP/2 streams per connection.
+pub const MAX_CONCURRENT_STREAMS: u32 = 512;
+/// HTTP/2 PING interval and the time to wait for its answer: a peer that
+/// vanished without a FIN is dropped within about 50 s.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Largest request header block.
+pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+
+/// A server builder with the limits above, the request-span layer and TLS
+/// when given.
+pub fn server(
+    tls: Option<ServerTlsConfig>,
+) -> Result<
+    Server<tower::layer::util::Stack<RequestSpanLayer, tower::layer::util::Identity>>,
+    tonic::transport::Error,
+> {
+    let mut b = Server::builder()
+        .timeout(CALL_TIMEOUT)
+        .concurrency_limit_per_connection(CONCURRENCY_PER_CONNECTION)
+        .load_shed(true)
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .tcp_keepalive(Some(Duration::from_secs(60)))
+        .tcp_nodelay(true)
+        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES);
+    if let Some(tls) = tls {
+        b = b.tls_config(tls)?;
+    }
+    Ok(b.layer(RequestSpanLayer))
+}
+
+/// Reflection (v1 and v1alpha, so `grpcurl` 1.8 and newer both work)
+/// advertising exactly `services` plus health.
+pub fn reflection(
+    services: &[&str],
+) -> Result<
+    (
+        tonic_reflection::server::v1::ServerReflectionServer<
+            impl tonic_reflection::server::v1::ServerReflection,
+        >,
+        tonic_reflection::server::v1alpha::ServerReflectionServer<
+            impl tonic_reflection::server::v1alpha::ServerReflection,
+        >,
+    ),
+    tonic_reflection::server::Error,
+> {
+    let build = || {
+        let mut b = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(gg_proto::pb::DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name("grpc.health.v1.Health");
+        for s in services {
+            b = b.with_service_name(*s);
+        }
+        b
+    };
+    Ok((build().build_v1()?, build().build_v1alpha()?))
+}
+
+/// Puts every call in a `grpc` span with its method and request id.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestSpanLayer;
+
+impl<S> Layer<S> for RequestSpanLayer {
+    type Service = RequestSpan<S>;
+    fn layer(&self, inner: S) -> RequestSpan<S> {
+        RequestSpan(inner)
+    }
+}
+
+/// See [`RequestSpanLayer`].
+#[derive(Debug, Clone)]
+pub struct RequestSpan<S>(S);
+
+impl<S, B> Service<http::Request<B>> for RequestSpan<S>
+where
+    S: Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = tracing::instrument::Instrumented<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let id = req
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| v.len() <= 128)
+            .map_or_else(|| format!("{:016x}", fastrand::u64(..)), str::to_string);
+        let span = tracing::info_span!("grpc", method = %req.uri().path(), request_id = %id);
+        self.0.call(req).instrument(span)
+    }
+}
+
+/// The connections of a gRPC listener for `serve_with_incoming*`, accepted
+/// with back-off on descriptor exhaustion (see [`crate::listener`]).
+pub fn incoming(
+    listener: tokio::net::TcpListener,
+    name: &'static str,
+) -> impl futures_util::Stream<Item = Result<tokio::net::TcpStream, std::io::Error>> + Send + 'static
+{
+    Box::pin(futures_util::stream::unfold(
+        (listener, crate::listener::Acceptor::new(name)),
+        |(l, mut a)| async move {
+            let (s, _) = a.accept(&l).await;
+            let _ = s.set_nodelay(true);
+            Some((Ok(s), (l, a)))
+        },
+    ))
+}
