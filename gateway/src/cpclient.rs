@@ -246,3 +246,89 @@ async fn stream_once(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use gg_proto::model::Strategy;
+
+    use super::*;
+    use crate::config::Config;
+
+    fn gateway() -> Arc<Gateway> {
+        let cfg = Config::parse(
+            "listen: 127.0.0.1:0\nops_listen: 127.0.0.1:0\ncontrolplane: { url: \"http://127.0.0.1:1\", snapshot_path: /nonexistent/snap.pb }\n",
+            Some("gw-unit".into()),
+        )
+        .expect("config");
+        Gateway::new(cfg)
+    }
+
+    fn versioned(revision: u64, epoch: &str, strategy: i32) -> pb::Versioned {
+        pb::Versioned {
+            revision,
+            epoch: epoch.into(),
+            bundle: Some(pb::ConfigBundle {
+                services: vec![pb::Service {
+                    name: "echo".into(),
+                    id: 1,
+                    strategy,
+                    endpoints: vec!["127.0.0.1:9".into()],
+                }],
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn snapshots_apply_in_order_and_invalid_ones_keep_the_previous() {
+        let gw = gateway();
+        let rr = Strategy::RoundRobin.to_pb();
+        assert!(gw.readiness().is_err(), "not ready before a snapshot");
+
+        let e = apply(&gw, &versioned(0, "e1", rr), None).unwrap_err();
+        assert!(e.contains("no config in epoch e1"), "{e}");
+
+        assert_eq!(apply(&gw, &versioned(2, "e1", rr), None), Ok(true));
+        assert!(gw.readiness().is_ok());
+        assert_eq!(gw.applied(), (2, "e1".to_string()));
+        assert_eq!(gw.routes.load().services[&1].name, "echo");
+
+        // The same or an older revision of the epoch changes nothing.
+        assert_eq!(apply(&gw, &versioned(2, "e1", rr), None), Ok(false));
+        assert_eq!(apply(&gw, &versioned(1, "e1", rr), None), Ok(false));
+
+        // Invalid: rejected with the reason, the previous config stays.
+        let e = apply(&gw, &versioned(3, "e1", 0), None).unwrap_err();
+        assert!(e.contains("services[echo]: strategy is not set"), "{e}");
+        assert_eq!(gw.applied(), (2, "e1".to_string()));
+
+        // A new epoch (store wiped) applies even with a lower revision.
+        let ch = Strategy::ConsistentHash.to_pb();
+        assert_eq!(apply(&gw, &versioned(1, "e2", ch), None), Ok(true));
+        assert_eq!(gw.applied(), (1, "e2".to_string()));
+        assert_eq!(
+            gw.routes.load().services[&1].strategy,
+            Strategy::ConsistentHash
+        );
+    }
+
+    #[tokio::test]
+    async fn a_saved_snapshot_is_served_after_a_restart() {
+        let dir = std::env::temp_dir().join(format!("gg-cpclient-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("snap.pb");
+        let gw = gateway();
+        let rr = Strategy::RoundRobin.to_pb();
+        assert_eq!(apply(&gw, &versioned(5, "e1", rr), Some(&path)), Ok(true));
+        let restarted = gateway();
+        load_saved(&restarted, &path);
+        assert_eq!(restarted.applied(), (5, "e1".to_string()));
+        assert!(restarted.readiness().is_ok());
+        // An unreadable file is ignored, not fatal.
+        std::fs::write(&path, b"\xff\xff not protobuf").unwrap();
+        let third = gateway();
+        load_saved(&third, &path);
+        assert!(third.readiness().is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

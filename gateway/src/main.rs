@@ -35,8 +35,8 @@ struct Args {
     check: bool,
     /// Runtime worker threads (default: one per CPU). 1 runs everything on
     /// one thread: no cross-thread wake-ups, like a single nginx worker.
-    #[arg(long, env = "GATEWAY_WORKER_THREADS")]
-    worker_threads: Option<usize>,
+    #[arg(long, env = "GATEWAY_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    worker_threads: Option<u16>,
 }
 
 fn main() -> ExitCode {
@@ -64,10 +64,12 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(n) = args.worker_threads {
+        builder.worker_threads(usize::from(n));
+    }
+    let rt = match builder.build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("gateway: cannot start the runtime: {e}");

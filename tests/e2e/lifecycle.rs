@@ -129,3 +129,47 @@ async fn sigterm_sends_goaway_then_force_closes_and_exits_zero() {
         "drain report missing:\n{log}"
     );
 }
+
+/// Runtime worker threads of a running process (tokio names them
+/// `tokio-rt-worker`). Blocking-pool threads may share the name; a gateway
+/// with no backends starts none.
+fn worker_threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("proc")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|c| c.trim() == "tokio-rt-worker")
+        .count()
+}
+
+#[tokio::test]
+async fn worker_threads_flag_sets_the_runtime_size() {
+    for n in [1usize, 2] {
+        let config = scratch("gw", "yaml");
+        std::fs::write(
+            &config,
+            "gateway_id: gw-wt\nlisten: 127.0.0.1:0\nops_listen: 127.0.0.1:0\n",
+        )
+        .expect("write config");
+        let arg = n.to_string();
+        let (proc, _line) = spawn(
+            &bin("gateway"),
+            "gateway",
+            &[
+                "--config",
+                config.to_str().expect("utf8"),
+                "--worker-threads",
+                &arg,
+            ],
+        )
+        .await;
+        assert_eq!(worker_threads(proc.pid()), n, "--worker-threads {n}");
+    }
+    let (code, err) = run_to_exit(
+        "gateway",
+        "listen: 127.0.0.1:0\nops_listen: 127.0.0.1:0\n",
+        &["--gateway-id", "gw", "--worker-threads", "0"],
+    )
+    .await;
+    assert_ne!(code, Some(0));
+    assert!(err.contains("--worker-threads"), "{err}");
+}
