@@ -256,3 +256,81 @@ async fn run(
         force_closed, "drain done"
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn gateway() -> Arc<Gateway> {
+        let cfg = Config::parse(
+            "listen: 127.0.0.1:0\nops_listen: 127.0.0.1:0\n",
+            Some("gw-drain".into()),
+        )
+        .expect("config");
+        Gateway::new(cfg)
+    }
+
+    fn req(id: &str, deadline_ms: u64, spread_ms: u64) -> DrainRequest {
+        DrainRequest {
+            request_id: id.into(),
+            deadline: Duration::from_millis(deadline_ms),
+            spread: Duration::from_millis(spread_ms),
+            reconnect_after: Duration::from_millis(10),
+            reason: "test".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn start_is_idempotent_on_request_id_and_runs_to_done() {
+        let gw = gateway();
+        assert_eq!(gw.drain.status().phase, Phase::Idle);
+        assert!(matches!(
+            DrainCtl::start(&gw, req("a", 100, 200)),
+            Err(DrainError::BadWindow { .. })
+        ));
+        assert!(matches!(
+            DrainCtl::start(&gw, req("a", 0, 0)),
+            Err(DrainError::BadWindow { .. })
+        ));
+        assert!(gw.readiness().is_ok(), "a refused start changes nothing");
+        let s = DrainCtl::start(&gw, req("a", 60_000, 0)).unwrap();
+        assert_eq!((s.phase, s.sessions_at_start), (Phase::Advising, 0));
+        assert_eq!(gw.readiness(), Err("draining"));
+        let again = DrainCtl::start(&gw, req("a", 60_000, 0)).unwrap();
+        assert_eq!(again.started_at_ms, s.started_at_ms, "same drain returned");
+        assert!(matches!(
+            DrainCtl::start(&gw, req("b", 60_000, 0)),
+            Err(DrainError::AlreadyRunning { request_id }) if request_id == "a"
+        ));
+        // No sessions: nothing to wait for.
+        let done = tokio::time::timeout(Duration::from_secs(5), gw.drain.wait_finished())
+            .await
+            .expect("finishes");
+        assert_eq!(done.phase, Phase::Done);
+        assert_eq!(DrainCtl::cancel(&gw).unwrap_err(), DrainError::NotRunning);
+    }
+
+    #[tokio::test]
+    async fn cancel_restores_readiness() {
+        let gw = gateway();
+        assert_eq!(DrainCtl::cancel(&gw).unwrap_err(), DrainError::NotRunning);
+        // A session keeps the drain waiting until the deadline.
+        let (s, _inbox) = crate::session::SessionHandle::new(
+            7,
+            42,
+            0,
+            crate::metrics::Protocol::Tcp,
+            "127.0.0.1:1".parse().unwrap(),
+            8,
+        );
+        assert!(gw.sessions.insert(s));
+        DrainCtl::start(&gw, req("c", 60_000, 10)).unwrap();
+        assert!(gw.readiness().is_err());
+        let st = DrainCtl::cancel(&gw).unwrap();
+        assert_eq!(st.phase, Phase::Cancelled);
+        assert!(gw.readiness().is_ok());
+        // A new drain may start after a cancel.
+        assert!(DrainCtl::start(&gw, req("d", 60_000, 10)).is_ok());
+    }
+}
