@@ -162,6 +162,14 @@ async fn worker_threads_flag_sets_the_runtime_size() {
             ],
         )
         .await;
+        // Workers start as the runtime launches; under load the last one
+        // can appear a moment after the address line. Wait for n, then
+        // check that no more appear.
+        let deadline = Instant::now() + WAIT;
+        while worker_threads(proc.pid()) < n && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(worker_threads(proc.pid()), n, "--worker-threads {n}");
     }
     let (code, err) = run_to_exit(
