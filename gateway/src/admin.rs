@@ -14,11 +14,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
 use crate::Gateway;
-pub use gg_runtime::auth::{Caller, require};
+pub(crate) use gg_runtime::auth::require;
 use gg_runtime::auth::{Token, auth_interceptor};
 
 /// Serves the admin API on `listener` until `stop` is cancelled.
-pub async fn serve(gw: Arc<Gateway>, listener: TcpListener, stop: CancellationToken) {
+pub(crate) async fn serve(gw: Arc<Gateway>, listener: TcpListener, stop: CancellationToken) {
     let tokens: Arc<[Token]> = gw
         .cfg
         .admin

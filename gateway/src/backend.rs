@@ -9,8 +9,8 @@
 //! never sent on the new one, so a backend never sees DATA for a session it
 //! was not told about.
 
-pub mod breaker;
-pub mod conn;
+pub(crate) mod breaker;
+pub(crate) mod conn;
 
 use std::collections::HashMap;
 use std::collections::HashSet;
@@ -30,7 +30,7 @@ use crate::session::SessionHandle;
 use breaker::Breaker;
 
 /// What a session asks of a backend connection.
-pub enum ToBackend {
+pub(crate) enum ToBackend {
     /// Bind `session` to this connection and send its OPEN frame.
     Open {
         session: SessionHandle,
@@ -43,14 +43,14 @@ pub enum ToBackend {
 }
 
 /// A queued message and the connection generation it was addressed to.
-pub struct Envelope {
-    pub generation: u64,
-    pub msg: ToBackend,
+pub(crate) struct Envelope {
+    pub(crate) generation: u64,
+    pub(crate) msg: ToBackend,
 }
 
 /// Why a message could not be queued to a backend connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SendError {
+pub(crate) enum SendError {
     /// The connection is down (or restarted since the caller looked).
     Down,
     /// The queue is full: the backend or the link is slower than the load.
@@ -59,7 +59,7 @@ pub enum SendError {
 
 /// Shared state of one pooled connection: `state = generation << 1 | up`,
 /// one atomic so readers see a consistent pair.
-pub struct Conn {
+pub(crate) struct Conn {
     tx: mpsc::Sender<Envelope>,
     state: AtomicU64,
     /// Sessions bound to the current incarnation. Touched by this
@@ -69,7 +69,7 @@ pub struct Conn {
 
 impl Conn {
     /// `Some(generation)` when the connection is up.
-    pub fn live_generation(&self) -> Option<u64> {
+    pub(crate) fn live_generation(&self) -> Option<u64> {
         let s = self.state.load(Ordering::Acquire);
         (s & 1 == 1).then_some(s >> 1)
     }
@@ -87,17 +87,17 @@ impl Conn {
     }
 
     /// Sessions bound to this connection now.
-    pub fn sessions(&self) -> Vec<SessionHandle> {
+    pub(crate) fn sessions(&self) -> Vec<SessionHandle> {
         self.bound().values().cloned().collect()
     }
 
     /// Frames queued toward the backend now.
-    pub fn queued(&self) -> usize {
+    pub(crate) fn queued(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()
     }
 
     /// Queues a message for `generation` without waiting.
-    pub fn send(&self, generation: u64, msg: ToBackend) -> Result<(), SendError> {
+    pub(crate) fn send(&self, generation: u64, msg: ToBackend) -> Result<(), SendError> {
         if self.live_generation() != Some(generation) {
             return Err(SendError::Down);
         }
@@ -113,7 +113,7 @@ impl Conn {
 /// Operator-set state of an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
-pub enum AdminState {
+pub(crate) enum AdminState {
     /// Normal.
     Ready = 0,
     /// No new sessions; sessions already bound stay.
@@ -123,7 +123,7 @@ pub enum AdminState {
 }
 
 impl AdminState {
-    pub fn parse(s: &str) -> Option<AdminState> {
+    pub(crate) fn parse(s: &str) -> Option<AdminState> {
         match s {
             "ready" => Some(AdminState::Ready),
             "drain" => Some(AdminState::Drain),
@@ -132,7 +132,7 @@ impl AdminState {
         }
     }
 
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             AdminState::Ready => "ready",
             AdminState::Drain => "drain",
@@ -142,15 +142,15 @@ impl AdminState {
 }
 
 /// One backend address and its pooled connections.
-pub struct Endpoint {
-    pub addr: Arc<str>,
+pub(crate) struct Endpoint {
+    pub(crate) addr: Arc<str>,
     key_hash: u64,
-    pub conns: Box<[Conn]>,
+    pub(crate) conns: Box<[Conn]>,
     /// Frames the gateway could not queue because this endpoint's queue was full.
-    pub queue_full: IntCounter,
+    pub(crate) queue_full: IntCounter,
     /// Backend frames for sessions not bound on their connection.
-    pub unknown_session: IntCounter,
-    pub breaker: Breaker,
+    pub(crate) unknown_session: IntCounter,
+    pub(crate) breaker: Breaker,
     admin_state: AtomicU8,
     retired: AtomicBool,
     /// Cancelled when the endpoint leaves the pool: its connection tasks end.
@@ -159,12 +159,12 @@ pub struct Endpoint {
 
 impl Endpoint {
     /// Stable hash of the address, used by consistent hashing.
-    pub fn key_hash(&self) -> u64 {
+    pub(crate) fn key_hash(&self) -> u64 {
         self.key_hash
     }
 
     /// Whether at least one pooled connection is up.
-    pub fn healthy(&self) -> bool {
+    pub(crate) fn healthy(&self) -> bool {
         self.conns.iter().any(|c| c.live_generation().is_some())
     }
 
@@ -172,7 +172,7 @@ impl Endpoint {
     /// retired, and the circuit not open. With `probe`, an elapsed open
     /// period turns the breaker half-open (this binding is the probe);
     /// without it nothing changes (explain).
-    pub fn available(&self, now: Instant, probe: bool) -> bool {
+    pub(crate) fn available(&self, now: Instant, probe: bool) -> bool {
         self.healthy()
             && self.admin_state() == AdminState::Ready
             && !self.retired.load(Ordering::Acquire)
@@ -185,11 +185,12 @@ impl Endpoint {
 
     /// No rule or override names this endpoint any more: its sessions were
     /// moved and its connections are closing.
-    pub fn retired(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn retired(&self) -> bool {
         self.retired.load(Ordering::Acquire)
     }
 
-    pub fn admin_state(&self) -> AdminState {
+    pub(crate) fn admin_state(&self) -> AdminState {
         match self.admin_state.load(Ordering::Acquire) {
             1 => AdminState::Drain,
             2 => AdminState::Maint,
@@ -198,7 +199,7 @@ impl Endpoint {
     }
 
     /// Sets the admin state; `maint` also tells every bound session to move.
-    pub fn set_admin_state(&self, state: AdminState) {
+    pub(crate) fn set_admin_state(&self, state: AdminState) {
         self.admin_state.store(state as u8, Ordering::Release);
         if state == AdminState::Maint {
             for c in self.conns.iter() {
@@ -214,17 +215,17 @@ impl Endpoint {
     }
 
     /// Sessions bound to this endpoint now.
-    pub fn sessions(&self) -> usize {
+    pub(crate) fn sessions(&self) -> usize {
         self.conns.iter().map(|c| c.bound().len()).sum()
     }
 
     /// Frames queued toward this endpoint now.
-    pub fn queued(&self) -> usize {
+    pub(crate) fn queued(&self) -> usize {
         self.conns.iter().map(Conn::queued).sum()
     }
 
     /// Number of pooled connections up now.
-    pub fn connections_up(&self) -> usize {
+    pub(crate) fn connections_up(&self) -> usize {
         self.conns
             .iter()
             .filter(|c| c.live_generation().is_some())
@@ -234,7 +235,7 @@ impl Endpoint {
     /// The connection a session should use: its home slot (`session_id mod
     /// n`, so a session's frames stay ordered on one connection) or, when
     /// that one is down, the next live one. Returns the slot and generation.
-    pub fn conn_for(&self, session_id: u64) -> Option<(usize, u64)> {
+    pub(crate) fn conn_for(&self, session_id: u64) -> Option<(usize, u64)> {
         let n = self.conns.len();
         let home = (session_id % n as u64) as usize;
         (0..n)
@@ -245,17 +246,17 @@ impl Endpoint {
 
 /// Longest a retired endpoint's connections stay open to flush the CLOSE
 /// frames of the sessions moved off it.
-pub const RETIRE_GRACE: Duration = Duration::from_secs(5);
+pub(crate) const RETIRE_GRACE: Duration = Duration::from_secs(5);
 
 /// Every endpoint the gateway talks to, created on first use by a route
 /// table or an override, and retired when nothing names it any more.
-pub struct BackendPool {
+pub(crate) struct BackendPool {
     endpoints: Mutex<HashMap<String, Arc<Endpoint>>>,
     ctx: Arc<conn::ConnCtx>,
 }
 
 impl BackendPool {
-    pub fn new(
+    pub(crate) fn new(
         gateway_id: String,
         settings: BackendSettings,
         breaker: BreakerSettings,
@@ -279,7 +280,7 @@ impl BackendPool {
     }
 
     /// The pool entry for `addr`, spawning its connection tasks on first use.
-    pub fn endpoint(&self, addr: &str) -> Arc<Endpoint> {
+    pub(crate) fn endpoint(&self, addr: &str) -> Arc<Endpoint> {
         let mut map = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(ep) = map.get(addr) {
             return ep.clone();
@@ -325,7 +326,7 @@ impl BackendPool {
     }
 
     /// The pool entry for `addr` if it exists.
-    pub fn get(&self, addr: &str) -> Option<Arc<Endpoint>> {
+    pub(crate) fn get(&self, addr: &str) -> Option<Arc<Endpoint>> {
         self.endpoints
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -339,7 +340,7 @@ impl BackendPool {
     /// backend; the session binds afresh on its next request), and its
     /// connections close once the moves are flushed (at most
     /// [`RETIRE_GRACE`] later). Returns the addresses retired.
-    pub fn retain(&self, keep: &HashSet<&str>) -> Vec<Arc<str>> {
+    pub(crate) fn retain(&self, keep: &HashSet<&str>) -> Vec<Arc<str>> {
         let gone: Vec<Arc<Endpoint>> = {
             let mut map = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
             let gone = map
@@ -377,7 +378,7 @@ impl BackendPool {
     }
 
     /// Snapshot of every endpoint, sorted by address.
-    pub fn endpoints(&self) -> Vec<Arc<Endpoint>> {
+    pub(crate) fn endpoints(&self) -> Vec<Arc<Endpoint>> {
         let map = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
         let mut v: Vec<_> = map.values().cloned().collect();
         v.sort_by(|a, b| a.addr.cmp(&b.addr));

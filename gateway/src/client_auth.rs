@@ -10,7 +10,7 @@ use serde_json::Value;
 
 /// Why a client's credentials were refused (close 3505 / HTTP 401).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AuthError {
+pub(crate) enum AuthError {
     #[error(
         "authentication required: send a JWT in HELLO's `token` (HTTP calls: `Authorization: Bearer <jwt>`)"
     )]
@@ -24,7 +24,7 @@ pub enum AuthError {
 }
 
 /// A verifier built from the `client_auth:` config section.
-pub struct ClientAuth {
+pub(crate) struct ClientAuth {
     key: DecodingKey,
     validation: Validation,
     user_claim: String,
@@ -42,7 +42,7 @@ impl std::fmt::Debug for ClientAuth {
 }
 
 /// Algorithms accepted in `client_auth.algorithm`.
-pub fn parse_algorithm(s: &str) -> Option<Algorithm> {
+pub(crate) fn parse_algorithm(s: &str) -> Option<Algorithm> {
     Some(match s {
         "HS256" => Algorithm::HS256,
         "HS384" => Algorithm::HS384,
@@ -58,13 +58,13 @@ pub fn parse_algorithm(s: &str) -> Option<Algorithm> {
 }
 
 /// Whether `alg` is verified with a shared secret (else a public key).
-pub fn is_hmac(alg: Algorithm) -> bool {
+pub(crate) fn is_hmac(alg: Algorithm) -> bool {
     matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
 }
 
 impl ClientAuth {
     /// `key` is the shared secret (HS*) or a PEM public key (RS*, ES*, EdDSA).
-    pub fn new(
+    pub(crate) fn new(
         alg: Algorithm,
         key: &[u8],
         issuer: Option<&str>,
@@ -105,7 +105,7 @@ impl ClientAuth {
     /// Verifies `token` and returns the user id it names. `claimed` (0 =
     /// none) is the user id the client put in its HELLO or `x-user-id`; it
     /// must match.
-    pub fn verify(&self, token: Option<&str>, claimed: u64) -> Result<u64, AuthError> {
+    pub(crate) fn verify(&self, token: Option<&str>, claimed: u64) -> Result<u64, AuthError> {
         let token = token.filter(|t| !t.is_empty()).ok_or(AuthError::Missing)?;
         let data = jsonwebtoken::decode::<serde_json::Map<String, Value>>(
             token,

@@ -405,7 +405,7 @@ pub struct Config {
     pub breaker: BreakerSettings,
     pub controlplane: Option<ControlPlaneSettings>,
     pub telemetry: Option<TelemetrySettings>,
-    pub client_auth: Option<Arc<crate::client_auth::ClientAuth>>,
+    pub(crate) client_auth: Option<Arc<crate::client_auth::ClientAuth>>,
     pub tls: Option<TlsSettings>,
 }
 

@@ -27,7 +27,11 @@ use crate::{Gateway, SessionEvent};
 
 /// Applies a snapshot if it is newer (same epoch) or from a new epoch.
 /// `Ok(true)` = applied, `Ok(false)` = already had it.
-pub fn apply(gw: &Gateway, v: &pb::Versioned, persist: Option<&Path>) -> Result<bool, String> {
+pub(crate) fn apply(
+    gw: &Gateway,
+    v: &pb::Versioned,
+    persist: Option<&Path>,
+) -> Result<bool, String> {
     let (rev, epoch) = gw.applied();
     if v.revision == 0 {
         return Err(format!(
@@ -63,7 +67,7 @@ fn save(path: &Path, v: &pb::Versioned) -> std::io::Result<()> {
 }
 
 /// Loads and applies the snapshot saved by a previous run, if any.
-pub fn load_saved(gw: &Gateway, path: &Path) {
+pub(crate) fn load_saved(gw: &Gateway, path: &Path) {
     match std::fs::read(path) {
         Ok(bytes) => match pb::Versioned::decode(&bytes[..]) {
             Ok(v) => match apply(gw, &v, None) {
@@ -95,7 +99,7 @@ impl From<SessionEvent> for pb::SessionEvent {
 }
 
 /// Keeps the Sync stream up until `stop`.
-pub async fn run(gw: Arc<Gateway>, cfg: ControlPlaneSettings, stop: CancellationToken) {
+pub(crate) async fn run(gw: Arc<Gateway>, cfg: ControlPlaneSettings, stop: CancellationToken) {
     let Some(mut events) = gw.take_session_events() else {
         return;
     };

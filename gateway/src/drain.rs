@@ -19,7 +19,7 @@ use crate::session::Outbound;
 use gg_runtime::clock::now_ms;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Phase {
+pub(crate) enum Phase {
     #[default]
     Idle,
     Advising,
@@ -30,37 +30,37 @@ pub enum Phase {
 }
 
 impl Phase {
-    pub fn finished(self) -> bool {
+    pub(crate) fn finished(self) -> bool {
         matches!(self, Phase::Idle | Phase::Done | Phase::Cancelled)
     }
 }
 
 /// A snapshot of the current (or last) drain.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DrainStatus {
-    pub phase: Phase,
-    pub request_id: String,
-    pub reason: String,
-    pub sessions_at_start: u64,
-    pub remaining: u64,
-    pub advised: u64,
-    pub closed: u64,
-    pub force_closed: u64,
-    pub started_at_ms: u64,
-    pub deadline_at_ms: u64,
+pub(crate) struct DrainStatus {
+    pub(crate) phase: Phase,
+    pub(crate) request_id: String,
+    pub(crate) reason: String,
+    pub(crate) sessions_at_start: u64,
+    pub(crate) remaining: u64,
+    pub(crate) advised: u64,
+    pub(crate) closed: u64,
+    pub(crate) force_closed: u64,
+    pub(crate) started_at_ms: u64,
+    pub(crate) deadline_at_ms: u64,
 }
 
 #[derive(Debug, Clone)]
-pub struct DrainRequest {
-    pub request_id: String,
-    pub deadline: Duration,
-    pub spread: Duration,
-    pub reconnect_after: Duration,
-    pub reason: String,
+pub(crate) struct DrainRequest {
+    pub(crate) request_id: String,
+    pub(crate) deadline: Duration,
+    pub(crate) spread: Duration,
+    pub(crate) reconnect_after: Duration,
+    pub(crate) reason: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DrainError {
+pub(crate) enum DrainError {
     #[error(
         "a drain with request_id {request_id:?} is already running; watch it, or cancel it first"
     )]
@@ -73,7 +73,7 @@ pub enum DrainError {
     BadWindow { spread_ms: u64, deadline_ms: u64 },
 }
 
-pub struct DrainCtl {
+pub(crate) struct DrainCtl {
     status: watch::Sender<DrainStatus>,
     /// Cancellation of the running drain, if any.
     running: Mutex<Option<CancellationToken>>,
@@ -83,23 +83,23 @@ pub struct DrainCtl {
 const POLL: Duration = Duration::from_millis(20);
 
 impl DrainCtl {
-    pub fn new() -> DrainCtl {
+    pub(crate) fn new() -> DrainCtl {
         DrainCtl {
             status: watch::Sender::new(DrainStatus::default()),
             running: Mutex::new(None),
         }
     }
 
-    pub fn status(&self) -> DrainStatus {
+    pub(crate) fn status(&self) -> DrainStatus {
         self.status.borrow().clone()
     }
 
-    pub fn subscribe(&self) -> watch::Receiver<DrainStatus> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<DrainStatus> {
         self.status.subscribe()
     }
 
     /// Resolves with the final status once the running drain (if any) ends.
-    pub async fn wait_finished(&self) -> DrainStatus {
+    pub(crate) async fn wait_finished(&self) -> DrainStatus {
         let mut rx = self.subscribe();
         // The sender lives as long as the gateway, so this cannot fail early.
         let _ = rx.wait_for(|s| s.phase.finished()).await;
@@ -108,7 +108,7 @@ impl DrainCtl {
 
     /// Starts a drain. Idempotent: the same `request_id` while it runs
     /// returns its status instead of starting another.
-    pub fn start(gw: &Arc<Gateway>, req: DrainRequest) -> Result<DrainStatus, DrainError> {
+    pub(crate) fn start(gw: &Arc<Gateway>, req: DrainRequest) -> Result<DrainStatus, DrainError> {
         if req.deadline.is_zero() || req.spread > req.deadline {
             return Err(DrainError::BadWindow {
                 spread_ms: req.spread.as_millis() as u64,
@@ -151,7 +151,7 @@ impl DrainCtl {
 
     /// Cancels the running drain: the gateway takes sessions and reports
     /// ready again; sessions already advised drop their GOAWAY deadline.
-    pub fn cancel(gw: &Arc<Gateway>) -> Result<DrainStatus, DrainError> {
+    pub(crate) fn cancel(gw: &Arc<Gateway>) -> Result<DrainStatus, DrainError> {
         let ctl = &gw.drain;
         let mut running = ctl.running.lock().unwrap_or_else(|p| p.into_inner());
         let Some(token) = running.take() else {

@@ -6,7 +6,7 @@ use gg_proto::ErrorCode;
 
 /// Which side of the gateway a failure is on (for logs and metrics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
+pub(crate) enum Side {
     /// The client sent something we refuse.
     Downstream,
     /// A backend is missing, down or slow.
@@ -16,7 +16,7 @@ pub enum Side {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RequestError {
+pub(crate) enum RequestError {
     #[error("no service with service_type {0} is configured")]
     NoService(u16),
     #[error("no service named or numbered {0:?} is configured")]
@@ -41,7 +41,7 @@ pub enum RequestError {
 
 impl RequestError {
     /// Code carried in the ERROR frame.
-    pub fn code(&self) -> ErrorCode {
+    pub(crate) fn code(&self) -> ErrorCode {
         match self {
             RequestError::NoService(_)
             | RequestError::UnknownService(_)
@@ -57,7 +57,7 @@ impl RequestError {
     }
 
     /// Status of the HTTP one-shot call response.
-    pub fn http_status(&self) -> u16 {
+    pub(crate) fn http_status(&self) -> u16 {
         match self {
             RequestError::NoService(_)
             | RequestError::UnknownService(_)
@@ -70,7 +70,7 @@ impl RequestError {
         }
     }
 
-    pub fn side(&self) -> Side {
+    pub(crate) fn side(&self) -> Side {
         match self {
             RequestError::NoService(_)
             | RequestError::UnknownService(_)
@@ -85,7 +85,7 @@ impl RequestError {
         }
     }
 
-    pub fn retryable(&self) -> bool {
+    pub(crate) fn retryable(&self) -> bool {
         self.code().retryable()
     }
 }

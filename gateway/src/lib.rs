@@ -12,20 +12,20 @@
 
 #![warn(unreachable_pub)]
 
-pub mod admin;
-pub mod backend;
-pub mod client_auth;
+pub(crate) mod admin;
+pub(crate) mod backend;
+pub(crate) mod client_auth;
 pub mod config;
-pub mod cpclient;
-pub mod drain;
-pub mod error;
-pub mod limits;
-pub mod listener;
-pub mod metrics;
-pub mod ops;
-pub mod resume;
-pub mod router;
-pub mod session;
+pub(crate) mod cpclient;
+pub(crate) mod drain;
+pub(crate) mod error;
+pub(crate) mod limits;
+pub(crate) mod listener;
+pub(crate) mod metrics;
+pub(crate) mod ops;
+pub(crate) mod resume;
+pub(crate) mod router;
+pub(crate) mod session;
 pub mod telemetry;
 
 use std::net::SocketAddr;
@@ -53,24 +53,24 @@ use crate::session::table::SessionTable;
 /// Everything a connection or session task needs, shared behind one `Arc`.
 pub struct Gateway {
     pub cfg: Config,
-    pub metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
     /// The routing snapshot; replaced whole, read lock-free.
-    pub routes: ArcSwap<RouteTable>,
+    pub(crate) routes: ArcSwap<RouteTable>,
     /// The client port's TLS config; swapped by [`Gateway::reload_tls`].
-    pub tls: arc_swap::ArcSwapOption<rustls::ServerConfig>,
-    pub sessions: SessionTable,
-    pub backends: BackendPool,
-    pub ids: SessionIds,
-    pub limits: Arc<ConnLimits>,
+    pub(crate) tls: arc_swap::ArcSwapOption<rustls::ServerConfig>,
+    pub(crate) sessions: SessionTable,
+    pub(crate) backends: BackendPool,
+    pub(crate) ids: SessionIds,
+    pub(crate) limits: Arc<ConnLimits>,
     /// Gateway-local route overrides (admin API).
-    pub overrides: Overrides,
+    pub(crate) overrides: Overrides,
     /// Resume-token keys when `resume:` is configured.
-    pub resume: Option<ResumeKeys>,
+    pub(crate) resume: Option<ResumeKeys>,
     /// The drain operation (admin API and SIGTERM).
-    pub drain: DrainCtl,
+    pub(crate) drain: DrainCtl,
     /// Bound addresses, set once by [`serve`].
-    pub addrs: OnceLock<BoundAddrs>,
-    pub started: Instant,
+    pub(crate) addrs: OnceLock<BoundAddrs>,
+    pub(crate) started: Instant,
     routes_loaded: AtomicBool,
     /// (revision, epoch) of the control-plane config applied now.
     applied: std::sync::Mutex<(u64, String)>,
@@ -79,11 +79,11 @@ pub struct Gateway {
     session_events_rx: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<SessionEvent>>>,
     draining: AtomicBool,
     /// Every connection and session task.
-    pub tracker: TaskTracker,
+    pub(crate) tracker: TaskTracker,
     /// Cancelled when draining starts: HTTP connections stop keep-alive.
-    pub drain_signal: CancellationToken,
+    pub(crate) drain_signal: CancellationToken,
     /// Cancelled once draining is over: remaining connections end now.
-    pub hard_stop: CancellationToken,
+    pub(crate) hard_stop: CancellationToken,
     /// Backend connection tasks; cancelled after the sessions are gone.
     backend_stop: CancellationToken,
 }
@@ -146,7 +146,7 @@ impl Gateway {
     }
 
     /// `/ready`: routes loaded and not draining. `Err` says why not.
-    pub fn readiness(&self) -> Result<(), &'static str> {
+    pub(crate) fn readiness(&self) -> Result<(), &'static str> {
         if self.draining() {
             Err("draining")
         } else if !self.routes_loaded.load(Ordering::Acquire) {
@@ -156,7 +156,7 @@ impl Gateway {
         }
     }
 
-    pub fn draining(&self) -> bool {
+    pub(crate) fn draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
     }
 
@@ -183,7 +183,7 @@ impl Gateway {
     }
 
     /// Readiness and admission follow this flag (drain start / cancel).
-    pub fn set_draining(&self, on: bool) {
+    pub(crate) fn set_draining(&self, on: bool) {
         self.draining.store(on, Ordering::Release);
     }
 }
@@ -194,17 +194,17 @@ const SESSION_EVENTS_QUEUE: usize = 65_536;
 
 /// A session opened or closed here, for the cluster directory.
 #[derive(Debug, Clone, Copy)]
-pub struct SessionEvent {
-    pub session_id: u64,
-    pub user_id: u64,
-    pub open: bool,
+pub(crate) struct SessionEvent {
+    pub(crate) session_id: u64,
+    pub(crate) user_id: u64,
+    pub(crate) open: bool,
     /// Unix ms when this gateway opened (or resumed) the session.
-    pub epoch: u64,
+    pub(crate) epoch: u64,
 }
 
 impl Gateway {
     /// Reports a session open/close to the control plane (no-op standalone).
-    pub fn session_event(&self, e: SessionEvent) {
+    pub(crate) fn session_event(&self, e: SessionEvent) {
         if let Some(tx) = &self.session_events
             && tx.try_send(e).is_err()
         {
@@ -213,7 +213,7 @@ impl Gateway {
     }
 
     /// Takes the receiving end of session events (the control-plane client).
-    pub fn take_session_events(&self) -> Option<tokio::sync::mpsc::Receiver<SessionEvent>> {
+    pub(crate) fn take_session_events(&self) -> Option<tokio::sync::mpsc::Receiver<SessionEvent>> {
         self.session_events_rx
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -221,7 +221,7 @@ impl Gateway {
     }
 
     /// (revision, epoch) of the control-plane config in use.
-    pub fn applied(&self) -> (u64, String) {
+    pub(crate) fn applied(&self) -> (u64, String) {
         self.applied
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -232,7 +232,12 @@ impl Gateway {
     /// bindings (they re-resolve only when a binding fails or moves), except
     /// those bound to an endpoint nothing names any more, which are moved
     /// before its connections close.
-    pub fn apply_routes(&self, routes: &crate::config::RoutesConfig, revision: u64, epoch: &str) {
+    pub(crate) fn apply_routes(
+        &self,
+        routes: &crate::config::RoutesConfig,
+        revision: u64,
+        epoch: &str,
+    ) {
         let table = RouteTable::build(routes, &self.backends);
         self.routes.store(Arc::new(table));
         *self.applied.lock().unwrap_or_else(|p| p.into_inner()) = (revision, epoch.to_string());
@@ -242,7 +247,7 @@ impl Gateway {
 
     /// Retires pool endpoints that no rule, realm or unexpired override
     /// (cluster or local) names.
-    pub fn retire_unused_endpoints(&self) {
+    pub(crate) fn retire_unused_endpoints(&self) {
         let now = gg_runtime::clock::now_ms();
         let routes = self.routes.load();
         let local = self.overrides.list(now);
@@ -366,7 +371,7 @@ pub async fn serve(gw: Arc<Gateway>, listeners: Listeners, shutdown: Cancellatio
 
 impl Gateway {
     /// A drain with the config's deadline, spread and reconnect hint.
-    pub fn drain_request_from_config(&self, reason: &str) -> drain::DrainRequest {
+    pub(crate) fn drain_request_from_config(&self, reason: &str) -> drain::DrainRequest {
         drain::DrainRequest {
             request_id: format!("{reason}-{}", std::process::id()),
             deadline: self.cfg.drain.deadline,

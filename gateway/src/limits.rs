@@ -12,14 +12,14 @@ const IP_SHARDS: usize = 16;
 
 /// Why a connection was refused (also the metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refused {
+pub(crate) enum Refused {
     MaxConnections,
     PerIp,
     PerIpRate,
 }
 
 impl Refused {
-    pub fn reason(self) -> &'static str {
+    pub(crate) fn reason(self) -> &'static str {
         match self {
             Refused::MaxConnections => "max_connections",
             Refused::PerIp => "max_connections_per_ip",
@@ -36,7 +36,7 @@ struct IpState {
     bucket: TokenBucket,
 }
 
-pub struct ConnLimits {
+pub(crate) struct ConnLimits {
     max: usize,
     per_ip: usize,
     rate: u32,
@@ -48,7 +48,7 @@ pub struct ConnLimits {
 impl ConnLimits {
     /// `max` connections in all, `per_ip` per source address, which may
     /// open `rate` new ones per second (bursts of `burst`).
-    pub fn new(max: usize, per_ip: usize, rate: u32, burst: u32) -> ConnLimits {
+    pub(crate) fn new(max: usize, per_ip: usize, rate: u32, burst: u32) -> ConnLimits {
         ConnLimits {
             max,
             per_ip,
@@ -68,7 +68,7 @@ impl ConnLimits {
     }
 
     /// Admits one connection from `ip` or says which limit refused it.
-    pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnGuard, Refused> {
+    pub(crate) fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnGuard, Refused> {
         self.try_acquire_at(ip, Instant::now())
     }
 
@@ -103,7 +103,7 @@ impl ConnLimits {
 
     /// Forgets addresses with no connection whose bucket has refilled (run
     /// periodically; keeps the map as small as the set of recent clients).
-    pub fn sweep(&self) {
+    pub(crate) fn sweep(&self) {
         let now = Instant::now();
         for shard in self.by_ip.iter() {
             shard
@@ -114,7 +114,8 @@ impl ConnLimits {
     }
 
     /// Source addresses tracked now.
-    pub fn tracked(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn tracked(&self) -> usize {
         self.by_ip
             .iter()
             .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len())
@@ -122,13 +123,13 @@ impl ConnLimits {
     }
 
     /// Connections admitted and not yet released.
-    pub fn active(&self) -> usize {
+    pub(crate) fn active(&self) -> usize {
         self.active.load(Ordering::Relaxed)
     }
 }
 
 /// Holds one admitted connection's place; dropping it frees the place.
-pub struct ConnGuard {
+pub(crate) struct ConnGuard {
     limits: Arc<ConnLimits>,
     ip: IpAddr,
 }
@@ -152,7 +153,7 @@ impl Drop for ConnGuard {
 }
 
 /// A token bucket: `rate` tokens per second, at most `burst` saved up.
-pub struct TokenBucket {
+pub(crate) struct TokenBucket {
     rate: f64,
     burst: f64,
     tokens: f64,
@@ -160,7 +161,7 @@ pub struct TokenBucket {
 }
 
 impl TokenBucket {
-    pub fn new(rate: u32, burst: u32, now: Instant) -> TokenBucket {
+    pub(crate) fn new(rate: u32, burst: u32, now: Instant) -> TokenBucket {
         TokenBucket {
             rate: f64::from(rate),
             burst: f64::from(burst),
@@ -170,13 +171,13 @@ impl TokenBucket {
     }
 
     /// Whether the bucket would be full at `now` (nothing to remember).
-    pub fn full(&self, now: Instant) -> bool {
+    pub(crate) fn full(&self, now: Instant) -> bool {
         let dt = now.saturating_duration_since(self.last).as_secs_f64();
         self.tokens + dt * self.rate >= self.burst
     }
 
     /// Takes one token if available.
-    pub fn take(&mut self, now: Instant) -> bool {
+    pub(crate) fn take(&mut self, now: Instant) -> bool {
         let dt = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + dt * self.rate).min(self.burst);

@@ -2,9 +2,9 @@
 //! connection to the TCP session task or the HTTP server (which upgrades
 //! WebSocket requests into sessions and serves one-shot calls).
 
-pub mod http;
-pub mod prefixed;
-pub mod sniff;
+pub(crate) mod http;
+pub(crate) mod prefixed;
+pub(crate) mod sniff;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,11 +20,15 @@ use crate::session::io::ClientIo;
 use crate::session::task::{Admission, start};
 use sniff::Sniffed;
 
-pub use gg_runtime::listener::bind;
+pub(crate) use gg_runtime::listener::bind;
 
 /// Accepts client connections until `shutdown` is cancelled. Each admitted
 /// connection runs in its own tracked task.
-pub async fn accept_loop(gw: Arc<Gateway>, listener: TcpListener, shutdown: CancellationToken) {
+pub(crate) async fn accept_loop(
+    gw: Arc<Gateway>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) {
     // EMFILE and friends back off instead of spinning.
     let mut acceptor = gg_runtime::listener::Acceptor::new("client");
     loop {
@@ -80,7 +84,7 @@ async fn frames(gw: Arc<Gateway>, io: ClientIo, remote: SocketAddr, guard: ConnG
     pm.connections.inc();
     pm.active.inc();
     let admission = Admission {
-        guard: Some(guard),
+        _guard: Some(guard),
         active: pm.active.clone(),
     };
     start(gw.clone(), io, remote, Protocol::Tcp, admission).await;

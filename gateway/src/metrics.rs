@@ -8,14 +8,14 @@ use prometheus::{
 
 /// Client protocol, a label on per-connection metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
+pub(crate) enum Protocol {
     Tcp,
     Ws,
     Http,
 }
 
 impl Protocol {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Protocol::Tcp => "tcp",
             Protocol::Ws => "ws",
@@ -26,34 +26,34 @@ impl Protocol {
 
 /// Handles for one protocol, resolved once.
 #[derive(Clone)]
-pub struct ProtoMetrics {
-    pub connections: IntCounter,
-    pub active: IntGauge,
-    pub frames_in: IntCounter,
-    pub bytes_in: IntCounter,
-    pub frames_out: IntCounter,
-    pub bytes_out: IntCounter,
+pub(crate) struct ProtoMetrics {
+    pub(crate) connections: IntCounter,
+    pub(crate) active: IntGauge,
+    pub(crate) frames_in: IntCounter,
+    pub(crate) bytes_in: IntCounter,
+    pub(crate) frames_out: IntCounter,
+    pub(crate) bytes_out: IntCounter,
 }
 
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     tcp: ProtoMetrics,
     ws: ProtoMetrics,
     http: ProtoMetrics,
-    pub sessions_active: IntGauge,
-    pub sessions_opened: IntCounter,
-    pub rejections: IntCounterVec,
-    pub closes: IntCounterVec,
-    pub errors_sent: IntCounterVec,
-    pub http_responses: IntCounterVec,
-    pub backend_connections: IntGaugeVec,
-    pub backend_errors: IntCounterVec,
-    pub backend_frames_in: IntCounterVec,
-    pub backend_frames_out: IntCounterVec,
-    pub backend_unknown_session: IntCounterVec,
-    pub drain_goaway_sent: IntCounter,
-    pub drain_force_closed: IntCounter,
-    pub tls_reloads: IntCounterVec,
+    pub(crate) sessions_active: IntGauge,
+    pub(crate) sessions_opened: IntCounter,
+    pub(crate) rejections: IntCounterVec,
+    pub(crate) closes: IntCounterVec,
+    pub(crate) errors_sent: IntCounterVec,
+    pub(crate) http_responses: IntCounterVec,
+    pub(crate) backend_connections: IntGaugeVec,
+    pub(crate) backend_errors: IntCounterVec,
+    pub(crate) backend_frames_in: IntCounterVec,
+    pub(crate) backend_frames_out: IntCounterVec,
+    pub(crate) backend_unknown_session: IntCounterVec,
+    pub(crate) drain_goaway_sent: IntCounter,
+    pub(crate) drain_force_closed: IntCounter,
+    pub(crate) tls_reloads: IntCounterVec,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -74,7 +74,7 @@ impl Metrics {
     // `expect` here: metric definitions are static; a failure is a programming
     // error caught by the first test that builds a gateway.
     #[allow(clippy::expect_used)]
-    pub fn new() -> Metrics {
+    pub(crate) fn new() -> Metrics {
         let r = Registry::new();
         let conns = counter_vec(
             &r,
@@ -224,7 +224,7 @@ impl Metrics {
     }
 
     /// Pre-resolved handles for one protocol.
-    pub fn proto(&self, p: Protocol) -> &ProtoMetrics {
+    pub(crate) fn proto(&self, p: Protocol) -> &ProtoMetrics {
         match p {
             Protocol::Tcp => &self.tcp,
             Protocol::Ws => &self.ws,
@@ -233,12 +233,12 @@ impl Metrics {
     }
 
     /// Counts a refused connection or request.
-    pub fn reject(&self, reason: &str) {
+    pub(crate) fn reject(&self, reason: &str) {
         self.rejections.with_label_values(&[reason]).inc();
     }
 
     /// Prometheus text exposition of every family.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut out = Vec::new();
         // Encoding into a Vec cannot fail for well-formed families.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);

@@ -28,6 +28,6 @@ impl OpsHandler for Ops {
 }
 
 /// Serves the ops port until `stop` is cancelled.
-pub async fn serve(gw: Arc<Gateway>, listener: TcpListener, stop: CancellationToken) {
+pub(crate) async fn serve(gw: Arc<Gateway>, listener: TcpListener, stop: CancellationToken) {
     gg_runtime::ops::serve(Arc::new(Ops(gw)), listener, stop).await;
 }

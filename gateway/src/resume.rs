@@ -16,14 +16,14 @@ const TAG: usize = 16;
 
 /// What a valid token proves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Claims {
-    pub session_id: u64,
-    pub user_id: u64,
-    pub expires_ms: u64,
+pub(crate) struct Claims {
+    pub(crate) session_id: u64,
+    pub(crate) user_id: u64,
+    pub(crate) expires_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum ResumeError {
+pub(crate) enum ResumeError {
     #[error("resume token is malformed")]
     Malformed,
     #[error("resume token signature is invalid (forged, or minted with another fleet secret)")]
@@ -34,12 +34,12 @@ pub enum ResumeError {
     Mismatch,
 }
 
-pub struct ResumeKeys {
+pub(crate) struct ResumeKeys {
     settings: ResumeSettings,
 }
 
 impl ResumeKeys {
-    pub fn new(settings: ResumeSettings) -> ResumeKeys {
+    pub(crate) fn new(settings: ResumeSettings) -> ResumeKeys {
         ResumeKeys { settings }
     }
 
@@ -52,7 +52,7 @@ impl ResumeKeys {
     }
 
     /// Mints a token for `session_id`/`user_id`, valid for the configured TTL.
-    pub fn mint(&self, session_id: u64, user_id: u64) -> String {
+    pub(crate) fn mint(&self, session_id: u64, user_id: u64) -> String {
         let expires = now_ms() + self.settings.ttl.as_millis() as u64;
         self.mint_at(session_id, user_id, expires)
     }
@@ -69,7 +69,7 @@ impl ResumeKeys {
 
     /// Verifies a token for the session id (and, when non-zero, user id)
     /// the client claims. The tag is compared in constant time.
-    pub fn verify(
+    pub(crate) fn verify(
         &self,
         token: &str,
         session_id: u64,

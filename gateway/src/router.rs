@@ -10,8 +10,8 @@
 //! rule. Sessions pin the result per service, so this runs once per
 //! session and service, not per frame.
 
-pub mod hash;
-pub mod overrides;
+pub(crate) mod hash;
+pub(crate) mod overrides;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,26 +26,26 @@ use crate::error::RequestError;
 use overrides::{LocalOverride, Overrides};
 
 /// One service with its endpoints resolved to pool entries.
-pub struct Service {
-    pub name: String,
-    pub id: u16,
-    pub strategy: Strategy,
-    pub endpoints: Vec<Arc<Endpoint>>,
+pub(crate) struct Service {
+    pub(crate) name: String,
+    pub(crate) id: u16,
+    pub(crate) strategy: Strategy,
+    pub(crate) endpoints: Vec<Arc<Endpoint>>,
     rr: AtomicUsize,
 }
 
 /// Everything needed to route, built from one validated config.
-pub struct RouteTable {
-    pub services: HashMap<u16, Service>,
-    pub realms: HashMap<u32, Arc<Endpoint>>,
+pub(crate) struct RouteTable {
+    pub(crate) services: HashMap<u16, Service>,
+    pub(crate) realms: HashMap<u32, Arc<Endpoint>>,
     /// Cluster-wide overrides from the control plane (below local ones).
-    pub cluster_overrides: Vec<Arc<Override>>,
+    pub(crate) cluster_overrides: Vec<Arc<Override>>,
 }
 
 impl RouteTable {
     /// Resolves a validated bundle against the pool (creating pool entries,
     /// and their connections, for new endpoints and override targets).
-    pub fn build(cfg: &RoutesConfig, pool: &BackendPool) -> RouteTable {
+    pub(crate) fn build(cfg: &RoutesConfig, pool: &BackendPool) -> RouteTable {
         let services = cfg
             .services
             .iter()
@@ -76,7 +76,7 @@ impl RouteTable {
     }
 
     /// Looks up a service by its numeric id or by name (HTTP paths use either).
-    pub fn service_by_key(&self, key: &str) -> Option<&Service> {
+    pub(crate) fn service_by_key(&self, key: &str) -> Option<&Service> {
         match key.parse::<u16>() {
             Ok(id) => self.services.get(&id),
             Err(_) => self.services.values().find(|s| s.name == key),
@@ -85,7 +85,7 @@ impl RouteTable {
 
     /// Every endpoint address this table routes to (rules, realms and
     /// unexpired cluster overrides).
-    pub fn endpoint_addrs(&self, now_ms: u64) -> impl Iterator<Item = &str> {
+    pub(crate) fn endpoint_addrs(&self, now_ms: u64) -> impl Iterator<Item = &str> {
         self.services
             .values()
             .flat_map(|s| s.endpoints.iter())
@@ -102,7 +102,7 @@ impl RouteTable {
 
 /// Whether a decision binds a session or only explains one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
+pub(crate) enum Mode {
     /// Advances round robin and lets a half-open breaker admit this binding
     /// as its probe; creates a pool entry for an override target if needed.
     Bind,
@@ -111,7 +111,7 @@ pub enum Mode {
 }
 
 /// What decided a binding.
-pub enum Source {
+pub(crate) enum Source {
     Local(Arc<LocalOverride>),
     Cluster(Arc<Override>),
     Rule,
@@ -119,7 +119,7 @@ pub enum Source {
 
 impl Source {
     /// The deciding override, if any.
-    pub fn override_ref(&self) -> Option<&Override> {
+    pub(crate) fn override_ref(&self) -> Option<&Override> {
         match self {
             Source::Local(o) => Some(&o.o),
             Source::Cluster(o) => Some(o),
@@ -129,22 +129,22 @@ impl Source {
 }
 
 /// The outcome of routing one binding, with the trail that explains it.
-pub struct Decision {
-    pub service: String,
-    pub strategy: Strategy,
-    pub source: Source,
+pub(crate) struct Decision {
+    pub(crate) service: String,
+    pub(crate) strategy: Strategy,
+    pub(crate) source: Source,
     /// What the strategy hashed or looked up: `user_id=42`, `realm_id=2`.
-    pub hash_key: String,
+    pub(crate) hash_key: String,
     /// Endpoints in the order the strategy tries them.
-    pub candidates: Vec<Arc<Endpoint>>,
-    pub endpoint: Result<Arc<Endpoint>, RequestError>,
+    pub(crate) candidates: Vec<Arc<Endpoint>>,
+    pub(crate) endpoint: Result<Arc<Endpoint>, RequestError>,
     /// Human-readable decision trail.
-    pub why: String,
+    pub(crate) why: String,
 }
 
 /// Routes one binding. Fails only for an unknown service; every other
 /// outcome (including "no endpoint available") is in [`Decision::endpoint`].
-pub fn decide(
+pub(crate) fn decide(
     routes: &RouteTable,
     local: &Overrides,
     pool: &BackendPool,
@@ -267,7 +267,7 @@ pub fn decide(
 }
 
 /// The endpoint for a new binding ([`decide`] in [`Mode::Bind`]).
-pub fn resolve(
+pub(crate) fn resolve(
     routes: &RouteTable,
     local: &Overrides,
     pool: &BackendPool,

@@ -4,9 +4,9 @@
 //! sender: the session is closed as a slow consumer instead, so memory per
 //! session stays bounded whatever the client does.
 
-pub mod io;
-pub mod table;
-pub mod task;
+pub(crate) mod io;
+pub(crate) mod table;
+pub(crate) mod task;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -23,7 +23,7 @@ use crate::metrics::Protocol;
 
 /// A message for a session's task.
 #[derive(Debug)]
-pub enum Outbound {
+pub(crate) enum Outbound {
     /// An encoded frame to write to the client as is.
     Frame(Bytes),
     /// The backend connection carrying this session's binding to `endpoint`
@@ -85,7 +85,7 @@ struct Inner {
 
 /// A cloneable reference to a live session.
 #[derive(Clone)]
-pub struct SessionHandle(Arc<Inner>);
+pub(crate) struct SessionHandle(Arc<Inner>);
 
 impl std::fmt::Debug for SessionHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -95,7 +95,7 @@ impl std::fmt::Debug for SessionHandle {
 
 impl SessionHandle {
     /// A handle and the receiving end of its queue (capacity `queue`).
-    pub fn new(
+    pub(crate) fn new(
         id: u64,
         user_id: u64,
         realm_id: u32,
@@ -123,30 +123,30 @@ impl SessionHandle {
         (SessionHandle(inner.clone()), Inbox(inner))
     }
 
-    pub fn id(&self) -> u64 {
+    pub(crate) fn id(&self) -> u64 {
         self.0.id
     }
-    pub fn user_id(&self) -> u64 {
+    pub(crate) fn user_id(&self) -> u64 {
         self.0.user_id
     }
-    pub fn realm_id(&self) -> u32 {
+    pub(crate) fn realm_id(&self) -> u32 {
         self.0.realm_id
     }
-    pub fn protocol(&self) -> Protocol {
+    pub(crate) fn protocol(&self) -> Protocol {
         self.0.protocol
     }
-    pub fn remote(&self) -> SocketAddr {
+    pub(crate) fn remote(&self) -> SocketAddr {
         self.0.remote
     }
     /// Unix ms when this gateway opened (or resumed) the session.
-    pub fn opened_ms(&self) -> u64 {
+    pub(crate) fn opened_ms(&self) -> u64 {
         self.0.opened_ms
     }
-    pub fn age(&self) -> Duration {
+    pub(crate) fn age(&self) -> Duration {
         self.0.opened.elapsed()
     }
     /// (service_type, endpoint) of each binding now.
-    pub fn bindings(&self) -> Vec<(u16, Arc<str>)> {
+    pub(crate) fn bindings(&self) -> Vec<(u16, Arc<str>)> {
         self.0
             .bindings
             .lock()
@@ -159,7 +159,7 @@ impl SessionHandle {
 
     /// Closes the session with an operator's code and reason (falls back to
     /// `kicked` if the queue is full).
-    pub fn kick(&self, code: u16, reason: String) {
+    pub(crate) fn kick(&self, code: u16, reason: String) {
         if !self.deliver(Outbound::Close { code, reason }) {
             self.close(CloseCode::Kicked);
         }
@@ -168,7 +168,7 @@ impl SessionHandle {
     /// Queues a message without waiting. A full queue means the client is
     /// not reading fast enough: the session is closed as a slow consumer.
     /// Returns whether the message was queued.
-    pub fn deliver(&self, msg: Outbound) -> bool {
+    pub(crate) fn deliver(&self, msg: Outbound) -> bool {
         let mut q = self.0.queue.lock().unwrap_or_else(|p| p.into_inner());
         if q.len() >= self.0.queue_cap {
             drop(q);
@@ -183,7 +183,7 @@ impl SessionHandle {
 
     /// Asks the session task to close with `code` as soon as it can; works
     /// even when the queue is full. The first requested code wins.
-    pub fn close(&self, code: CloseCode) {
+    pub(crate) fn close(&self, code: CloseCode) {
         let _ =
             self.0
                 .close_code
@@ -193,7 +193,7 @@ impl SessionHandle {
     }
 
     /// The close requested from outside, if any.
-    pub fn requested_close(&self) -> Option<CloseCode> {
+    pub(crate) fn requested_close(&self) -> Option<CloseCode> {
         CloseCode::from_u16(self.0.close_code.load(Ordering::Acquire))
     }
 
@@ -202,7 +202,7 @@ impl SessionHandle {
     }
 
     /// Records a frame from the client at `now` (one relaxed store).
-    pub fn touch(&self, now: Instant) {
+    pub(crate) fn touch(&self, now: Instant) {
         self.0
             .last_rx_ms
             .store(self.ms_since_open(now), Ordering::Relaxed);
@@ -210,7 +210,7 @@ impl SessionHandle {
 
     /// Sets (or with `None` clears) the time after which a session told to
     /// GOAWAY is closed.
-    pub fn set_goaway_deadline(&self, at: Option<Instant>) {
+    pub(crate) fn set_goaway_deadline(&self, at: Option<Instant>) {
         let ms = at.map_or(0, |t| self.ms_since_open(t).max(1));
         self.0.goaway_deadline_ms.store(ms, Ordering::Relaxed);
     }
@@ -220,7 +220,7 @@ impl SessionHandle {
     /// and a future). Asks the session to close — `heartbeat_timeout` when
     /// no frame came for `idle_timeout`, `shutdown` past a GOAWAY deadline —
     /// and returns the code it asked for.
-    pub fn check_timers(&self, now: Instant, idle_timeout: Duration) -> Option<CloseCode> {
+    pub(crate) fn check_timers(&self, now: Instant, idle_timeout: Duration) -> Option<CloseCode> {
         let age = self.ms_since_open(now);
         let idle = age.saturating_sub(self.0.last_rx_ms.load(Ordering::Relaxed));
         let goaway = self.0.goaway_deadline_ms.load(Ordering::Relaxed);
@@ -237,12 +237,12 @@ impl SessionHandle {
 }
 
 /// The receiving end of a session's queue, owned by the session's task.
-pub struct Inbox(Arc<Inner>);
+pub(crate) struct Inbox(Arc<Inner>);
 
 impl Inbox {
     /// Next message, or `Pending` with the task's waker registered; `None`
     /// once a close was requested (it takes priority over queued messages).
-    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Outbound>> {
+    pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Outbound>> {
         if let Some(r) = self.ready() {
             return Poll::Ready(r);
         }
@@ -263,12 +263,12 @@ impl Inbox {
     }
 
     /// Next message, waiting if there is none (see [`Inbox::poll_recv`]).
-    pub async fn recv(&mut self) -> Option<Outbound> {
+    pub(crate) async fn recv(&mut self) -> Option<Outbound> {
         std::future::poll_fn(|cx| self.poll_recv(cx)).await
     }
 
     /// Next message if one is queued.
-    pub fn try_recv(&mut self) -> Option<Outbound> {
+    pub(crate) fn try_recv(&mut self) -> Option<Outbound> {
         let mut q = self.0.queue.lock().unwrap_or_else(|p| p.into_inner());
         let m = q.pop_front();
         // Give back memory after a burst.
@@ -284,20 +284,20 @@ impl Inbox {
 /// processes collide only if they draw the same prefix (p ≈ n²/2³³ for a
 /// fleet of n processes over a restart cycle) — and the display form always
 /// carries the gateway id as well.
-pub struct SessionIds {
+pub(crate) struct SessionIds {
     prefix: u64,
     next: std::sync::atomic::AtomicU64,
 }
 
 impl SessionIds {
-    pub fn new() -> SessionIds {
+    pub(crate) fn new() -> SessionIds {
         SessionIds {
             prefix: u64::from(fastrand::u32(1..)) << 32,
             next: std::sync::atomic::AtomicU64::new(1),
         }
     }
 
-    pub fn next_id(&self) -> u64 {
+    pub(crate) fn next_id(&self) -> u64 {
         let n = self.next.fetch_add(1, Ordering::Relaxed) & 0xffff_ffff;
         self.prefix | n.max(1)
     }

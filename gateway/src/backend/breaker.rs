@@ -21,13 +21,13 @@ enum State {
     HalfOpen { period: Duration },
 }
 
-pub struct Breaker {
+pub(crate) struct Breaker {
     settings: BreakerSettings,
     inner: Mutex<(State, u32)>,
 }
 
 impl Breaker {
-    pub fn new(settings: BreakerSettings) -> Breaker {
+    pub(crate) fn new(settings: BreakerSettings) -> Breaker {
         Breaker {
             settings,
             inner: Mutex::new((State::Closed, 0)),
@@ -39,7 +39,7 @@ impl Breaker {
     }
 
     /// Whether a new binding may use this endpoint now.
-    pub fn allow(&self, now: Instant) -> bool {
+    pub(crate) fn allow(&self, now: Instant) -> bool {
         let mut g = self.lock();
         match g.0 {
             State::Closed | State::HalfOpen { .. } => true,
@@ -53,19 +53,19 @@ impl Breaker {
 
     /// What [`Breaker::allow`] would answer, without the open → half-open
     /// transition (for explain and listings).
-    pub fn would_allow(&self, now: Instant) -> bool {
+    pub(crate) fn would_allow(&self, now: Instant) -> bool {
         match self.lock().0 {
             State::Closed | State::HalfOpen { .. } => true,
             State::Open { until, .. } => now >= until,
         }
     }
 
-    pub fn on_success(&self) {
+    pub(crate) fn on_success(&self) {
         let mut g = self.lock();
         *g = (State::Closed, 0);
     }
 
-    pub fn on_failure(&self, now: Instant) {
+    pub(crate) fn on_failure(&self, now: Instant) {
         let mut g = self.lock();
         g.1 = g.1.saturating_add(1);
         g.0 = match g.0 {
@@ -85,7 +85,7 @@ impl Breaker {
     }
 
     /// `closed`, `open` or `half_open` (an elapsed open period reads as half_open).
-    pub fn state_name(&self, now: Instant) -> &'static str {
+    pub(crate) fn state_name(&self, now: Instant) -> &'static str {
         match self.lock().0 {
             State::Closed => "closed",
             State::Open { until, .. } if now >= until => "half_open",
@@ -94,7 +94,7 @@ impl Breaker {
         }
     }
 
-    pub fn consecutive_failures(&self) -> u32 {
+    pub(crate) fn consecutive_failures(&self) -> u32 {
         self.lock().1
     }
 }

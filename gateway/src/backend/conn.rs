@@ -27,14 +27,14 @@ use crate::metrics::Metrics;
 use crate::session::{Outbound, SessionHandle};
 
 /// What every connection task shares.
-pub struct ConnCtx {
-    pub gateway_id: String,
-    pub settings: BackendSettings,
-    pub breaker: BreakerSettings,
-    pub max_frame_bytes: u32,
-    pub metrics: Arc<Metrics>,
-    pub tracker: TaskTracker,
-    pub shutdown: CancellationToken,
+pub(crate) struct ConnCtx {
+    pub(crate) gateway_id: String,
+    pub(crate) settings: BackendSettings,
+    pub(crate) breaker: BreakerSettings,
+    pub(crate) max_frame_bytes: u32,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) tracker: TaskTracker,
+    pub(crate) shutdown: CancellationToken,
 }
 
 /// Missed heartbeats before a backend connection is declared dead.
@@ -43,7 +43,7 @@ const MISSED_PONGS: u32 = 3;
 /// Most bytes gathered into one write syscall.
 const MAX_BATCH_BYTES: usize = 64 * 1024;
 
-pub async fn run(
+pub(crate) async fn run(
     ep: Arc<Endpoint>,
     slot: usize,
     mut rx: mpsc::Receiver<Envelope>,

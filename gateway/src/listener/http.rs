@@ -33,9 +33,9 @@ use crate::session::task::{close_label, open_binding};
 use crate::session::{Outbound, SessionHandle};
 
 /// Path of the WebSocket endpoint.
-pub const WS_PATH: &str = "/v1/ws";
+pub(crate) const WS_PATH: &str = "/v1/ws";
 /// Prefix of one-shot call paths: `/v1/call/{service name or id}`.
-pub const CALL_PREFIX: &str = "/v1/call/";
+pub(crate) const CALL_PREFIX: &str = "/v1/call/";
 /// tungstenite's read chunk, allocated eagerly per WebSocket (its default is
 /// 128 KiB); messages larger than this are read in several chunks.
 const WS_READ_BUFFER: usize = 512;
@@ -45,7 +45,7 @@ const CALL_SEQ: u32 = 1;
 type Body = Full<Bytes>;
 
 /// Serves one HTTP connection until it closes, upgrades, or the gateway stops.
-pub async fn serve_conn<I>(
+pub(crate) async fn serve_conn<I>(
     gw: Arc<Gateway>,
     io: PrefixedIo<I>,
     remote: SocketAddr,
@@ -210,7 +210,7 @@ fn upgrade(
         pm.connections.inc();
         pm.active.inc();
         let admission = Admission {
-            guard,
+            _guard: guard,
             active: pm.active.clone(),
         };
         start(task_gw, ClientIo::ws(ws), remote, Protocol::Ws, admission).await;

@@ -9,13 +9,13 @@ use std::task::{Context, Poll};
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-pub struct PrefixedIo<T> {
+pub(crate) struct PrefixedIo<T> {
     prefix: BytesMut,
     inner: T,
 }
 
 impl<T> PrefixedIo<T> {
-    pub fn new(prefix: BytesMut, inner: T) -> PrefixedIo<T> {
+    pub(crate) fn new(prefix: BytesMut, inner: T) -> PrefixedIo<T> {
         PrefixedIo { prefix, inner }
     }
 }

@@ -13,14 +13,14 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sniffed {
+pub(crate) enum Sniffed {
     Frames,
     Http,
     Tls,
 }
 
 /// Classifies already-read bytes (at least one).
-pub fn classify(prefix: &[u8]) -> Sniffed {
+pub(crate) fn classify(prefix: &[u8]) -> Sniffed {
     match prefix.first() {
         Some(0x16) => Sniffed::Tls,
         Some(b) if b.is_ascii_uppercase() => Sniffed::Http,
@@ -33,7 +33,7 @@ const SNIFF_BUF: usize = 1024;
 
 /// Waits (up to `timeout`) for the first bytes and classifies them. Errors
 /// are the metric reason: `sniff_timeout` or `closed_before_data`.
-pub async fn sniff<S: AsyncRead + Unpin>(
+pub(crate) async fn sniff<S: AsyncRead + Unpin>(
     mut stream: S,
     timeout: Duration,
 ) -> Result<(S, Sniffed, BytesMut), &'static str> {

@@ -9,7 +9,7 @@
 //! SplitMix64 finaliser), so every gateway process agrees on the mapping.
 
 /// FNV-1a 64 of an endpoint key (its `host:port`).
-pub fn key_hash(key: &str) -> u64 {
+pub(crate) fn key_hash(key: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in key.bytes() {
         h ^= u64::from(b);
@@ -26,13 +26,13 @@ fn mix(mut z: u64) -> u64 {
 }
 
 /// Score of one endpoint for one user.
-pub fn score(user: u64, endpoint_hash: u64) -> u64 {
+pub(crate) fn score(user: u64, endpoint_hash: u64) -> u64 {
     mix(mix(user) ^ endpoint_hash)
 }
 
 /// Endpoints ordered best-first for `user`. Ties (practically impossible)
 /// break on the endpoint hash so the order is total and deterministic.
-pub fn rank<T>(user: u64, endpoints: &[T], hash_of: impl Fn(&T) -> u64) -> Vec<&T> {
+pub(crate) fn rank<T>(user: u64, endpoints: &[T], hash_of: impl Fn(&T) -> u64) -> Vec<&T> {
     let mut scored: Vec<(u64, u64, &T)> = endpoints
         .iter()
         .map(|e| {

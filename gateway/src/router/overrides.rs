@@ -10,20 +10,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
-pub use gg_proto::model::Override;
+pub(crate) use gg_proto::model::Override;
 use gg_proto::model::{RouteKey, most_specific};
 use parking_lot::Mutex;
 
 /// One local override.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LocalOverride {
-    pub o: Override,
+pub(crate) struct LocalOverride {
+    pub(crate) o: Override,
     /// Setting it also moved matching sessions bound elsewhere.
-    pub move_existing: bool,
+    pub(crate) move_existing: bool,
 }
 
 #[derive(Default)]
-pub struct Overrides {
+pub(crate) struct Overrides {
     list: ArcSwap<Vec<Arc<LocalOverride>>>,
     write: Mutex<()>,
     next_id: AtomicU64,
@@ -31,7 +31,7 @@ pub struct Overrides {
 
 impl Overrides {
     /// Adds or replaces (same id) an override; assigns an id when empty.
-    pub fn set(&self, mut o: LocalOverride) -> Arc<LocalOverride> {
+    pub(crate) fn set(&self, mut o: LocalOverride) -> Arc<LocalOverride> {
         let _w = self.write.lock();
         if o.o.id.is_empty() {
             o.o.id = format!("ovr-{}", self.next_id.fetch_add(1, Ordering::Relaxed) + 1);
@@ -50,7 +50,7 @@ impl Overrides {
     }
 
     /// Removes an override; false if there was none with this id.
-    pub fn delete(&self, id: &str) -> bool {
+    pub(crate) fn delete(&self, id: &str) -> bool {
         let _w = self.write.lock();
         let cur = self.list.load();
         if !cur.iter().any(|x| x.o.id == id) {
@@ -63,7 +63,7 @@ impl Overrides {
     }
 
     /// Overrides in force at `now_ms`.
-    pub fn list(&self, now_ms: u64) -> Vec<Arc<LocalOverride>> {
+    pub(crate) fn list(&self, now_ms: u64) -> Vec<Arc<LocalOverride>> {
         self.list
             .load()
             .iter()
@@ -73,12 +73,12 @@ impl Overrides {
     }
 
     /// The most specific unexpired override covering `binding`.
-    pub fn find(&self, binding: &RouteKey, now_ms: u64) -> Option<Arc<LocalOverride>> {
+    pub(crate) fn find(&self, binding: &RouteKey, now_ms: u64) -> Option<Arc<LocalOverride>> {
         most_specific(&self.list.load(), |x| &x.o, binding, now_ms).cloned()
     }
 
     /// Drops expired overrides; returns them (for logging).
-    pub fn sweep(&self, now_ms: u64) -> Vec<Arc<LocalOverride>> {
+    pub(crate) fn sweep(&self, now_ms: u64) -> Vec<Arc<LocalOverride>> {
         if !self.list.load().iter().any(|o| o.o.expired(now_ms)) {
             return Vec::new();
         }

@@ -23,15 +23,15 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use crate::listener::prefixed::PrefixedIo;
 
 /// A WebSocket over an HTTP/1.1 connection upgraded by hyper.
-pub type WsStream = WebSocketStream<TokioIo<Upgraded>>;
+pub(crate) type WsStream = WebSocketStream<TokioIo<Upgraded>>;
 
 /// A TLS connection on the client port (the sniffed bytes replayed into
 /// the handshake).
-pub type TlsStream = tokio_rustls::server::TlsStream<PrefixedIo<TcpStream>>;
+pub(crate) type TlsStream = tokio_rustls::server::TlsStream<PrefixedIo<TcpStream>>;
 
 /// Why reading the next frame failed.
 #[derive(Debug)]
-pub enum ReadError {
+pub(crate) enum ReadError {
     /// The client closed the connection (EOF or WebSocket close).
     Closed,
     Io(io::Error),
@@ -47,7 +47,7 @@ pub enum ReadError {
 /// the heap and gives it back once written.
 type Pending = SmallVec<[Bytes; 2]>;
 
-pub enum ClientIo {
+pub(crate) enum ClientIo {
     Tcp {
         stream: TcpStream,
         /// Bytes read and not yet framed; released whenever it empties, so
@@ -77,7 +77,7 @@ const MAX_IOVECS: usize = 64;
 impl ClientIo {
     /// A TCP transport whose first bytes (already read while sniffing) are
     /// `prefix`: they are parsed first, never lost.
-    pub fn tcp(stream: TcpStream, prefix: BytesMut) -> ClientIo {
+    pub(crate) fn tcp(stream: TcpStream, prefix: BytesMut) -> ClientIo {
         ClientIo::Tcp {
             stream,
             rbuf: prefix,
@@ -87,7 +87,7 @@ impl ClientIo {
 
     /// Frames over TLS; `prefix` holds plaintext already read (while
     /// sniffing inside TLS).
-    pub fn tls(stream: TlsStream, prefix: BytesMut) -> ClientIo {
+    pub(crate) fn tls(stream: TlsStream, prefix: BytesMut) -> ClientIo {
         ClientIo::Tls {
             stream: Box::new(stream),
             rbuf: prefix,
@@ -95,7 +95,7 @@ impl ClientIo {
         }
     }
 
-    pub fn ws(ws: WsStream) -> ClientIo {
+    pub(crate) fn ws(ws: WsStream) -> ClientIo {
         ClientIo::Ws {
             ws: Box::new(ws),
             pending: Pending::new(),
@@ -104,7 +104,7 @@ impl ClientIo {
 
     /// Reads one whole raw frame (length prefix included), or registers the
     /// task's waker and returns `Pending`.
-    pub fn poll_read_frame(
+    pub(crate) fn poll_read_frame(
         &mut self,
         cx: &mut Context<'_>,
         max: u32,
@@ -146,12 +146,12 @@ impl ClientIo {
     }
 
     /// Reads one whole raw frame (see [`ClientIo::poll_read_frame`]).
-    pub async fn read_frame(&mut self, max: u32) -> Result<BytesMut, ReadError> {
+    pub(crate) async fn read_frame(&mut self, max: u32) -> Result<BytesMut, ReadError> {
         std::future::poll_fn(|cx| self.poll_read_frame(cx, max)).await
     }
 
     /// Queues an encoded frame; nothing is written until a flush.
-    pub fn queue(&mut self, frame: Bytes) {
+    pub(crate) fn queue(&mut self, frame: Bytes) {
         self.pending().push(frame);
     }
 
@@ -164,7 +164,7 @@ impl ClientIo {
     }
 
     /// Whether frames are queued.
-    pub fn has_pending(&self) -> bool {
+    pub(crate) fn has_pending(&self) -> bool {
         match self {
             ClientIo::Tcp { pending, .. }
             | ClientIo::Tls { pending, .. }
@@ -174,7 +174,7 @@ impl ClientIo {
 
     /// Writes every queued frame: one `writev` for TCP when the socket keeps
     /// up, with no copy. Makes what progress it can before `Pending`.
-    pub fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    pub(crate) fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let res = match self {
             ClientIo::Tcp {
                 stream, pending, ..
@@ -192,13 +192,13 @@ impl ClientIo {
     }
 
     /// Writes every queued frame (see [`ClientIo::poll_flush`]).
-    pub async fn flush(&mut self) -> io::Result<()> {
+    pub(crate) async fn flush(&mut self) -> io::Result<()> {
         std::future::poll_fn(|cx| self.poll_flush(cx)).await
     }
 
     /// Ends the transport: TCP half-close, or a WebSocket close frame with
     /// `code` (the same number as the CLOSE frame's code).
-    pub async fn shutdown(&mut self, code: u16, reason: &str) {
+    pub(crate) async fn shutdown(&mut self, code: u16, reason: &str) {
         match self {
             ClientIo::Tcp { stream, .. } => {
                 let _ = stream.shutdown().await;

@@ -18,7 +18,7 @@ struct Shard {
     by_user: HashMap<u64, Vec<u64>>,
 }
 
-pub struct SessionTable {
+pub(crate) struct SessionTable {
     /// Sharded by session id.
     ids: Box<[RwLock<Shard>]>,
     /// Sharded by user id (only `by_user` is used here).
@@ -32,7 +32,7 @@ fn shard_of(key: u64) -> usize {
 }
 
 impl SessionTable {
-    pub fn new() -> SessionTable {
+    pub(crate) fn new() -> SessionTable {
         let mk = || (0..SHARDS).map(|_| RwLock::new(Shard::default())).collect();
         SessionTable {
             ids: mk(),
@@ -41,16 +41,16 @@ impl SessionTable {
         }
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.len.load(Ordering::Relaxed)
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// Registers a session. Returns false if the id is already present.
-    pub fn insert(&self, s: SessionHandle) -> bool {
+    pub(crate) fn insert(&self, s: SessionHandle) -> bool {
         let (id, user) = (s.id(), s.user_id());
         {
             let mut shard = self.ids[shard_of(id)]
@@ -73,7 +73,7 @@ impl SessionTable {
     }
 
     /// Removes a session; returns it if it was present.
-    pub fn remove(&self, id: u64) -> Option<SessionHandle> {
+    pub(crate) fn remove(&self, id: u64) -> Option<SessionHandle> {
         let s = self.ids[shard_of(id)]
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -93,7 +93,7 @@ impl SessionTable {
         Some(s)
     }
 
-    pub fn get(&self, id: u64) -> Option<SessionHandle> {
+    pub(crate) fn get(&self, id: u64) -> Option<SessionHandle> {
         self.ids[shard_of(id)]
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -103,7 +103,7 @@ impl SessionTable {
     }
 
     /// Every session of one user.
-    pub fn by_user(&self, user: u64) -> Vec<SessionHandle> {
+    pub(crate) fn by_user(&self, user: u64) -> Vec<SessionHandle> {
         let ids: Vec<u64> = self.users[shard_of(user)]
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -115,7 +115,7 @@ impl SessionTable {
     }
 
     /// A snapshot of every session (one shard locked at a time).
-    pub fn all(&self) -> Vec<SessionHandle> {
+    pub(crate) fn all(&self) -> Vec<SessionHandle> {
         let mut out = Vec::with_capacity(self.len());
         for shard in self.ids.iter() {
             out.extend(
@@ -132,7 +132,7 @@ impl SessionTable {
 
     /// Calls `f` on every session, one shard read-locked at a time, without
     /// copying the table (`f` must be quick and must not block).
-    pub fn for_each(&self, mut f: impl FnMut(&SessionHandle)) {
+    pub(crate) fn for_each(&self, mut f: impl FnMut(&SessionHandle)) {
         for shard in self.ids.iter() {
             shard
                 .read()

@@ -31,10 +31,10 @@ use gg_proto::model::{RouteKey, Strategy};
 /// How a session ends: the code, a reason for humans, and whether a CLOSE
 /// frame can still be written to the client.
 #[derive(Debug)]
-pub struct Closing {
-    pub code: u16,
-    pub reason: String,
-    pub notify_client: bool,
+pub(crate) struct Closing {
+    pub(crate) code: u16,
+    pub(crate) reason: String,
+    pub(crate) notify_client: bool,
 }
 
 impl Closing {
@@ -82,19 +82,19 @@ impl Closing {
 }
 
 /// Metric label of a close code (backends may kick with codes of their own).
-pub fn close_label(code: u16) -> &'static str {
+pub(crate) fn close_label(code: u16) -> &'static str {
     CloseCode::from_u16(code).map_or("other", CloseCode::name)
 }
 
 /// A session's pinned choice of backend for one service (and, for realm
 /// routing, one realm).
-pub struct Binding {
-    pub service: u16,
+pub(crate) struct Binding {
+    pub(crate) service: u16,
     /// `Some(realm)` for realm-routed services: a new realm is a new binding.
-    pub realm: Option<u32>,
-    pub endpoint: Arc<Endpoint>,
-    pub slot: usize,
-    pub generation: u64,
+    pub(crate) realm: Option<u32>,
+    pub(crate) endpoint: Arc<Endpoint>,
+    pub(crate) slot: usize,
+    pub(crate) generation: u64,
 }
 
 impl Binding {
@@ -104,14 +104,14 @@ impl Binding {
     }
 
     /// Queues a frame for this binding's backend.
-    pub fn send(&self, frame: Bytes) -> Result<(), RequestError> {
+    pub(crate) fn send(&self, frame: Bytes) -> Result<(), RequestError> {
         self.endpoint.conns[self.slot]
             .send(self.generation, ToBackend::Frame(frame))
             .map_err(|e| send_error(e, &self.endpoint))
     }
 
     /// Unbinds the session on the backend (best effort).
-    pub fn close(&self, session_id: u64, code: u16, reason: &str) {
+    pub(crate) fn close(&self, session_id: u64, code: u16, reason: &str) {
         let mut h = Header::new(Kind::Close);
         h.service_type = self.service;
         h.session_id = session_id;
@@ -149,7 +149,7 @@ fn send_error(e: SendError, ep: &Endpoint) -> RequestError {
 
 /// Binds `session` to the endpoint the routes pick for `(service, realm)`
 /// and queues its OPEN. Shared by streaming sessions and HTTP calls.
-pub fn open_binding(
+pub(crate) fn open_binding(
     gw: &Gateway,
     session: &SessionHandle,
     service: u16,
@@ -231,9 +231,10 @@ fn bind_on(
 
 /// What a client connection holds while it lives: its slot under the
 /// connection limits, and its place in the active-connections gauge.
-pub struct Admission {
-    pub guard: Option<ConnGuard>,
-    pub active: IntGauge,
+pub(crate) struct Admission {
+    /// Released on drop.
+    pub(crate) _guard: Option<ConnGuard>,
+    pub(crate) active: IntGauge,
 }
 
 impl Drop for Admission {
@@ -246,7 +247,7 @@ impl Drop for Admission {
 /// accepted, spawns the session's own task and returns. The session task
 /// starts with only the session's state: nothing of the accept, sniff and
 /// HELLO futures stays in the memory an idle session holds.
-pub async fn start(
+pub(crate) async fn start(
     gw: Arc<Gateway>,
     mut io: ClientIo,
     remote: SocketAddr,
@@ -912,7 +913,7 @@ impl Session {
 /// ([`SessionHandle::check_timers`]) a few times per idle timeout, instead
 /// of one timer per session: a session closes between `idle_timeout` and
 /// `idle_timeout` plus one sweep interval after its last frame.
-pub async fn sweep_timers(gw: Arc<Gateway>, stop: tokio_util::sync::CancellationToken) {
+pub(crate) async fn sweep_timers(gw: Arc<Gateway>, stop: tokio_util::sync::CancellationToken) {
     let idle = gw.cfg.limits.idle_timeout;
     let mut tick = tokio::time::interval(sweep_interval(idle));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -965,7 +966,7 @@ mod tests {
             resumed: false,
             trace: None,
             _admission: Admission {
-                guard: gw.limits.try_acquire(remote.ip()).ok(),
+                _guard: gw.limits.try_acquire(remote.ip()).ok(),
                 active: gw.metrics.proto(Protocol::Tcp).active.clone(),
             },
             gw,
