@@ -1,0 +1,483 @@
+//! Configuration in two stages: [`FileConfig`] mirrors the YAML file
+//! (unknown keys rejected), [`Config::from_file`] validates it into the typed
+//! [`Config`] and reports every problem at once. One submodule per section
+//! of the file, each with its file shape, its validated settings and the
+//! `validate` that turns one into the other.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+mod admin;
+mod backend;
+mod client_auth;
+mod controlplane;
+mod drain;
+mod limits;
+mod telemetry;
+mod tls;
+
+pub use admin::{AdminSettings, DEFAULT_RESUME_TTL_MS, FileAdmin, FileResume, ResumeSettings};
+pub use backend::*;
+pub use client_auth::FileClientAuth;
+pub use controlplane::{
+    ControlPlaneSettings, DEFAULT_SESSION_BATCH, DEFAULT_SESSION_FLUSH_MS, FileControlPlane,
+};
+pub use drain::*;
+pub use limits::*;
+pub use telemetry::{FileTelemetry, TelemetrySettings};
+pub use tls::{FileTls, TlsSettings};
+
+/// Validation problems, collected so that all are reported at once.
+type Errors = Vec<String>;
+
+/// The YAML file as written by the operator.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub gateway_id: Option<String>,
+    pub listen: String,
+    pub ops_listen: String,
+    #[serde(default)]
+    pub services: Vec<gg_proto::model::Service>,
+    /// Keys are realm ids, written as numbers or strings.
+    #[serde(default, deserialize_with = "gg_proto::model::deserialize_realms")]
+    pub realms: gg_proto::model::Realms,
+    #[serde(default)]
+    pub limits: FileLimits,
+    #[serde(default)]
+    pub backend: FileBackend,
+    #[serde(default)]
+    pub drain: FileDrain,
+    #[serde(default)]
+    pub admin: Option<FileAdmin>,
+    #[serde(default)]
+    pub resume: Option<FileResume>,
+    #[serde(default)]
+    pub breaker: FileBreaker,
+    #[serde(default)]
+    pub controlplane: Option<FileControlPlane>,
+    #[serde(default)]
+    pub telemetry: Option<FileTelemetry>,
+    #[serde(default)]
+    pub client_auth: Option<FileClientAuth>,
+    #[serde(default)]
+    pub tls: Option<FileTls>,
+}
+
+/// The routing part of the config (services and realms; overrides stay
+/// empty in a file): the same model the control plane sends.
+pub type RoutesConfig = gg_proto::model::Bundle;
+
+/// The validated configuration the gateway runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub gateway_id: String,
+    pub listen: SocketAddr,
+    pub ops_listen: SocketAddr,
+    pub routes: RoutesConfig,
+    pub limits: Limits,
+    pub backend: BackendSettings,
+    pub drain: DrainSettings,
+    pub admin: Option<AdminSettings>,
+    pub resume: Option<ResumeSettings>,
+    pub breaker: BreakerSettings,
+    pub controlplane: Option<ControlPlaneSettings>,
+    pub telemetry: Option<TelemetrySettings>,
+    pub(crate) client_auth: Option<Arc<crate::client_auth::ClientAuth>>,
+    pub tls: Option<TlsSettings>,
+}
+
+/// Every problem found in a config file, one per line.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+pub struct ConfigError(pub Vec<String>);
+
+impl Config {
+    /// Reads, parses and validates a YAML file. `gateway_id_override` (flag or
+    /// env) wins over the file; without either, `$POD_NAME` then the hostname.
+    pub fn load(path: &Path, gateway_id_override: Option<String>) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(vec![format!("cannot read {}: {e}", path.display())]))?;
+        Config::parse(&text, gateway_id_override)
+    }
+
+    /// Parses and validates YAML text.
+    pub fn parse(text: &str, gateway_id_override: Option<String>) -> Result<Config, ConfigError> {
+        let file: FileConfig =
+            yaml_serde::from_str(text).map_err(|e| ConfigError(vec![e.to_string()]))?;
+        Config::from_file(file, gateway_id_override)
+    }
+
+    /// Validates a parsed file, collecting every error.
+    pub fn from_file(
+        file: FileConfig,
+        gateway_id_override: Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut errs = Errors::new();
+        let gateway_id = gateway_id(gateway_id_override.or(file.gateway_id), &mut errs);
+        let listen = parse_addr("listen", &file.listen, &mut errs);
+        let ops_listen = parse_addr("ops_listen", &file.ops_listen, &mut errs);
+        let routes = RoutesConfig {
+            services: file.services,
+            realms: file.realms,
+            overrides: Vec::new(),
+        };
+        routes.check(&mut errs);
+        let file_routes = !routes.services.is_empty() || !routes.realms.is_empty();
+        let admin = file.admin.as_ref().and_then(|a| a.validate(&mut errs));
+        let ports = [Some(("listen", listen)), Some(("ops_listen", ops_listen))]
+            .into_iter()
+            .chain([admin.as_ref().map(|a| ("admin.listen", Some(a.listen)))]);
+        distinct_ports(ports.flatten(), &mut errs);
+        let cfg = Config {
+            gateway_id,
+            listen: listen.unwrap_or(UNSPECIFIED),
+            ops_listen: ops_listen.unwrap_or(UNSPECIFIED),
+            routes,
+            limits: file.limits.validate(&mut errs),
+            backend: file.backend.validate(&mut errs),
+            drain: file.drain.validate(&mut errs),
+            admin,
+            resume: file.resume.as_ref().and_then(|r| r.validate(&mut errs)),
+            breaker: file.breaker.validate(&mut errs),
+            controlplane: (file.controlplane.as_ref()).map(|c| c.validate(file_routes, &mut errs)),
+            telemetry: file.telemetry.as_ref().map(|t| t.validate(&mut errs)),
+            client_auth: file
+                .client_auth
+                .as_ref()
+                .and_then(|a| a.validate(&mut errs)),
+            tls: file.tls.as_ref().and_then(|t| t.validate(&mut errs)),
+        };
+        if errs.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigError(errs))
+        }
+    }
+}
+
+/// Stands in for an address that did not parse (the config is then refused).
+const UNSPECIFIED: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
+
+/// The id from the flag, env or file; else `$POD_NAME`; else the hostname.
+fn gateway_id(given: Option<String>, errs: &mut Errors) -> String {
+    let id = given
+        .or_else(|| std::env::var("POD_NAME").ok())
+        .or_else(hostname)
+        .unwrap_or_default();
+    if id.is_empty()
+        || id.len() > 128
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        errs.push(format!(
+            "gateway_id {id:?} must be 1-128 characters of [A-Za-z0-9-_.]"
+        ));
+    }
+    id
+}
+
+/// The listeners of one process need distinct ports (port 0 = any free one).
+fn distinct_ports<'a>(
+    ports: impl Iterator<Item = (&'a str, Option<SocketAddr>)>,
+    errs: &mut Errors,
+) {
+    let ports: Vec<(&str, SocketAddr)> = ports.filter_map(|(k, a)| Some((k, a?))).collect();
+    for (i, (k1, a)) in ports.iter().enumerate() {
+        for (k2, b) in &ports[i + 1..] {
+            if a == b && a.port() != 0 {
+                errs.push(format!("{k1} and {k2} are both {a}; use distinct ports"));
+            }
+        }
+    }
+}
+
+fn parse_addr(key: &str, v: &str, errs: &mut Errors) -> Option<SocketAddr> {
+    match v.parse() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            errs.push(format!("{key}: {v:?} is not an ip:port address"));
+            None
+        }
+    }
+}
+
+fn positive(key: &str, v: u64, errs: &mut Errors) {
+    if v == 0 {
+        errs.push(format!("{key} must be greater than 0"));
+    }
+}
+
+fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gg_proto::model::Strategy;
+
+    const GOOD: &str = r#"
+gateway_id: gw-local
+listen: 127.0.0.1:7000
+ops_listen: 127.0.0.1:9100
+services:
+  - { name: account, id: 1, strategy: consistent_hash, endpoints: [127.0.0.1:7101, 127.0.0.1:7102] }
+  - { name: game,    id: 3, strategy: realm }
+realms: { "1": 127.0.0.1:7201, "2": 127.0.0.1:7202 }
+"#;
+
+    #[test]
+    fn parses_the_documented_example() {
+        let c = Config::parse(GOOD, None).unwrap();
+        assert_eq!(c.gateway_id, "gw-local");
+        assert_eq!(c.routes.services.len(), 2);
+        assert_eq!(c.routes.services[0].strategy, Strategy::ConsistentHash);
+        assert_eq!(c.routes.realms[&2], "127.0.0.1:7202");
+        assert_eq!(c.limits.max_frame_bytes, DEFAULT_MAX_FRAME_BYTES);
+    }
+
+    #[test]
+    fn override_wins_over_file() {
+        let c = Config::parse(GOOD, Some("gw-7".into())).unwrap();
+        assert_eq!(c.gateway_id, "gw-7");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let e = Config::parse(&format!("{GOOD}\nlisten_port: 1\n"), None).unwrap_err();
+        assert!(e.to_string().contains("listen_port"), "{e}");
+        let e = Config::parse(
+            &GOOD.replace("realms:", "limits: { max_frame: 1 }\nrealms:"),
+            None,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("max_frame"), "{e}");
+    }
+
+    #[test]
+    fn every_error_is_reported_at_once() {
+        let bad = r#"
+listen: nope
+ops_listen: 127.0.0.1:9100
+services:
+  - { name: a, id: 1, strategy: round_robin, endpoints: [x] }
+  - { name: a, id: 1, strategy: round_robin }
+  - { name: g, id: 2, strategy: realm }
+limits: { max_frame_bytes: 10, idle_timeout_ms: 5, heartbeat_ms: 10 }
+"#;
+        let e = Config::parse(bad, Some("gw".into())).unwrap_err();
+        let all = e.0.join("\n");
+        for needle in [
+            "listen: \"nope\"",
+            "\"x\" is not host:port",
+            "duplicate service name",
+            "duplicate service id 1",
+            "needs at least one endpoint",
+            "needs a non-empty `realms` map",
+            "max_frame_bytes 10",
+            "idle_timeout_ms (5)",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_strategy_names_the_valid_ones() {
+        let e = Config::parse(&GOOD.replace("strategy: realm", "strategy: random"), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown variant `random`"), "{e}");
+        assert!(e.contains("round_robin"), "{e}");
+    }
+
+    #[test]
+    fn listeners_need_distinct_ports() {
+        let same = "listen: 127.0.0.1:7000\nops_listen: 127.0.0.1:7000\nadmin: { listen: 127.0.0.1:7000 }\n";
+        let all = Config::parse(same, Some("gw".into()))
+            .unwrap_err()
+            .0
+            .join("\n");
+        for pair in [
+            "listen and ops_listen",
+            "listen and admin.listen",
+            "ops_listen and admin.listen",
+        ] {
+            assert!(all.contains(pair), "missing {pair:?} in {all}");
+        }
+        let any = "listen: 127.0.0.1:0\nops_listen: 127.0.0.1:0\nadmin: { listen: 127.0.0.1:0 }\n";
+        assert!(Config::parse(any, Some("gw".into())).is_ok());
+    }
+
+    #[test]
+    fn telemetry_is_validated() {
+        let base = "listen: 127.0.0.1:7000\nops_listen: 127.0.0.1:9100\n";
+        let ok = format!("{base}telemetry: {{ otlp_endpoint: \"http://127.0.0.1:4317\" }}\n");
+        let t = Config::parse(&ok, Some("gw".into()))
+            .unwrap()
+            .telemetry
+            .unwrap();
+        assert_eq!(t.service_name, "game-gateway");
+        assert_eq!(t.sample_ratio, 0.01);
+        let bad = format!(
+            "{base}telemetry: {{ otlp_endpoint: \"127.0.0.1:4317\", sample_ratio: 1.5, export_timeout_ms: 0 }}\n"
+        );
+        let e = Config::parse(&bad, Some("gw".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("must start with http://"), "{e}");
+        assert!(e.contains("sample_ratio 1.5"), "{e}");
+        assert!(e.contains("telemetry.export_timeout_ms"), "{e}");
+        let typo = format!("{base}telemetry: {{ otlp_endpont: x }}\n");
+        assert!(Config::parse(&typo, Some("gw".into())).is_err());
+    }
+
+    #[test]
+    fn admin_and_resume_are_validated() {
+        let base = "listen: 127.0.0.1:7000\nops_listen: 127.0.0.1:9100\n";
+        let public = format!("{base}admin: {{ listen: 0.0.0.0:9200 }}\n");
+        let e = Config::parse(&public, Some("gw".into())).unwrap_err();
+        assert!(e.to_string().contains("not a loopback address"), "{e}");
+        let loopback = format!("{base}admin: {{ listen: 127.0.0.1:9200 }}\n");
+        assert!(
+            Config::parse(&loopback, Some("gw".into()))
+                .unwrap()
+                .admin
+                .unwrap()
+                .tokens
+                .is_empty()
+        );
+
+        let bad_tokens = format!(
+            "{base}admin:\n  listen: 0.0.0.0:9200\n  tokens:\n    - {{ name: a, scope: root, value: long-enough-secret-1 }}\n    - {{ name: b, scope: read, value: short }}\n    - {{ name: c, scope: read, value: long-enough-secret-2, env: X }}\n    - {{ name: d, scope: read, env: GG_TEST_SURELY_UNSET_VAR }}\n"
+        );
+        let all = Config::parse(&bad_tokens, Some("gw".into()))
+            .unwrap_err()
+            .0
+            .join("\n");
+        for needle in [
+            "scope \"root\"",
+            "shorter than 16",
+            "exactly one of env, file or value",
+            "GG_TEST_SURELY_UNSET_VAR is not set",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in {all}");
+        }
+        assert!(
+            !all.contains("long-enough-secret"),
+            "secrets must not appear in errors: {all}"
+        );
+
+        let resume = format!("{base}resume: {{ secret_file: /nonexistent/secret }}\n");
+        let e = Config::parse(&resume, Some("gw".into())).unwrap_err();
+        assert!(e.to_string().contains("cannot read secret file"), "{e}");
+        let dbg = format!("{:?}", Config::parse(&format!("{base}admin:\n  listen: 127.0.0.1:1\n  tokens: [{{ name: a, scope: read, value: long-enough-secret-1 }}]\n"), Some("gw".into())).unwrap());
+        assert!(
+            !dbg.contains("long-enough-secret"),
+            "Debug must not print secrets"
+        );
+    }
+
+    #[test]
+    fn deploy_examples_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let p = entry.unwrap().path();
+            if p.file_name()
+                .is_some_and(|f| f.to_string_lossy().starts_with("gateway"))
+                && p.extension().is_some_and(|e| e == "yaml")
+            {
+                Config::load(&p, None).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                n += 1;
+            }
+        }
+        assert!(n > 0, "no deploy/gateway*.yaml found");
+    }
+
+    #[test]
+    fn dockerfile_copies_binaries_the_workspace_builds() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let docker = std::fs::read_to_string(root.join("deploy/Dockerfile")).unwrap();
+        let manifests = [
+            "gateway/Cargo.toml",
+            "controlplane/Cargo.toml",
+            "gwctl/Cargo.toml",
+        ]
+        .map(|m| std::fs::read_to_string(root.join(m)).unwrap())
+        .join("\n");
+        let known = [
+            "FROM",
+            "WORKDIR",
+            "COPY",
+            "RUN",
+            "USER",
+            "EXPOSE",
+            "ENTRYPOINT",
+            "CMD",
+        ];
+        let mut copied = 0;
+        for line in docker
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        {
+            let word = line.split_whitespace().next().unwrap();
+            assert!(
+                known.contains(&word),
+                "unexpected Dockerfile instruction: {line}"
+            );
+            if let Some(bin) = line.strip_prefix("COPY --from=build /src/target/release/") {
+                let name = bin.split_whitespace().next().unwrap();
+                assert!(
+                    manifests.contains(&format!("name = \"{name}\"")),
+                    "Dockerfile copies {name}, which no [[bin]] builds"
+                );
+                copied += 1;
+            }
+        }
+        assert_eq!(copied, 4);
+    }
+
+    #[test]
+    fn k8s_manifests_parse_and_mount_the_config_the_args_name() {
+        use serde::Deserialize as _;
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/k8s.yaml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let docs: Vec<yaml_serde::Value> = yaml_serde::Deserializer::from_str(&text)
+            .map(|d| yaml_serde::Value::deserialize(d).unwrap())
+            .collect();
+        assert_eq!(docs.len(), 2);
+        let container = &docs[0]["spec"]["template"]["spec"]["containers"][0];
+        let args: Vec<&str> = container["args"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        let mount = container["volumeMounts"][0]["mountPath"].as_str().unwrap();
+        assert!(
+            args[1].starts_with(mount),
+            "--config {} is not under {mount}",
+            args[1]
+        );
+        assert_eq!(
+            container["readinessProbe"]["httpGet"]["path"].as_str(),
+            Some("/ready")
+        );
+    }
+}
