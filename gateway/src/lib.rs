@@ -208,7 +208,8 @@ impl Gateway {
         if let Some(tx) = &self.session_events
             && tx.try_send(e).is_err()
         {
-            self.metrics.reject("session_events_queue_full");
+            self.metrics
+                .reject(crate::error::Reject::SessionEventsQueueFull);
         }
     }
 
@@ -320,7 +321,7 @@ pub async fn serve(gw: Arc<Gateway>, listeners: Listeners, shutdown: Cancellatio
         .admin
         .map(|l| tokio::spawn(admin::serve(gw.clone(), l, ops_stop.clone())));
     let sweeper = tokio::spawn(sweep_overrides(gw.clone(), ops_stop.clone()));
-    let timers = tokio::spawn(session::task::sweep_timers(gw.clone(), ops_stop.clone()));
+    let timers = tokio::spawn(session::live::sweep_timers(gw.clone(), ops_stop.clone()));
     let cp_task = gw
         .cfg
         .controlplane

@@ -8,25 +8,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use crate::error::Reject;
+
 const IP_SHARDS: usize = 16;
-
-/// Why a connection was refused (also the metric label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Refused {
-    MaxConnections,
-    PerIp,
-    PerIpRate,
-}
-
-impl Refused {
-    pub(crate) fn reason(self) -> &'static str {
-        match self {
-            Refused::MaxConnections => "max_connections",
-            Refused::PerIp => "max_connections_per_ip",
-            Refused::PerIpRate => "conn_rate_per_ip",
-        }
-    }
-}
 
 /// One source address: its open connections and its new-connection bucket.
 /// Kept while it has connections or its bucket is still refilling, so
@@ -68,14 +52,14 @@ impl ConnLimits {
     }
 
     /// Admits one connection from `ip` or says which limit refused it.
-    pub(crate) fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnGuard, Refused> {
+    pub(crate) fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnGuard, Reject> {
         self.try_acquire_at(ip, Instant::now())
     }
 
-    fn try_acquire_at(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Result<ConnGuard, Refused> {
+    fn try_acquire_at(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Result<ConnGuard, Reject> {
         if self.active.fetch_add(1, Ordering::AcqRel) >= self.max {
             self.active.fetch_sub(1, Ordering::AcqRel);
-            return Err(Refused::MaxConnections);
+            return Err(Reject::MaxConnections);
         }
         let mut map = self.shard(&ip).lock().unwrap_or_else(|p| p.into_inner());
         let st = map.entry(ip).or_insert_with(|| IpState {
@@ -83,9 +67,9 @@ impl ConnLimits {
             bucket: TokenBucket::new(self.rate, self.burst, now),
         });
         let refused = if st.conns >= self.per_ip {
-            Some(Refused::PerIp)
+            Some(Reject::MaxConnectionsPerIp)
         } else if !st.bucket.take(now) {
-            Some(Refused::PerIpRate)
+            Some(Reject::ConnRatePerIp)
         } else {
             None
         };
@@ -202,9 +186,9 @@ mod tests {
         let b: IpAddr = "127.0.0.2".parse().unwrap();
         let g1 = l.try_acquire(a).unwrap();
         let _g2 = l.try_acquire(a).unwrap();
-        assert_eq!(l.try_acquire(a).err(), Some(Refused::PerIp));
+        assert_eq!(l.try_acquire(a).err(), Some(Reject::MaxConnectionsPerIp));
         let _g3 = l.try_acquire(b).unwrap();
-        assert_eq!(l.try_acquire(b).err(), Some(Refused::MaxConnections));
+        assert_eq!(l.try_acquire(b).err(), Some(Reject::MaxConnections));
         drop(g1);
         assert_eq!(l.active(), 2);
         assert!(l.try_acquire(a).is_ok());
@@ -220,7 +204,7 @@ mod tests {
         for _ in 0..3 {
             drop(l.try_acquire_at(a, t0).unwrap());
         }
-        assert_eq!(l.try_acquire_at(a, t0).err(), Some(Refused::PerIpRate));
+        assert_eq!(l.try_acquire_at(a, t0).err(), Some(Reject::ConnRatePerIp));
         let gb = l.try_acquire_at(b, t0).expect("other addresses unaffected");
         let ga = l
             .try_acquire_at(a, t0 + Duration::from_millis(100))

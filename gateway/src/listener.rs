@@ -14,10 +14,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::Gateway;
+use crate::error::Reject;
 use crate::limits::ConnGuard;
 use crate::metrics::Protocol;
+use crate::session::hello::{Admission, start};
 use crate::session::io::ClientIo;
-use crate::session::task::{Admission, start};
 use sniff::Sniffed;
 
 pub(crate) use gg_runtime::listener::bind;
@@ -41,8 +42,8 @@ pub(crate) async fn accept_loop(
             Err(refused) => {
                 // Refused before any byte is read: the client sees the
                 // connection close and should back off and retry.
-                gw.metrics.reject(refused.reason());
-                debug!(%remote, reason = refused.reason(), "connection refused by limit");
+                gw.metrics.reject(refused);
+                debug!(%remote, reason = refused.label(), "connection refused by limit");
                 drop(stream);
                 continue;
             }
@@ -58,7 +59,7 @@ async fn handle_conn(gw: Arc<Gateway>, stream: TcpStream, remote: SocketAddr, gu
         Ok(x) => x,
         Err(reason) => {
             gw.metrics.reject(reason);
-            debug!(%remote, reason, "connection dropped during protocol detection");
+            debug!(%remote, reason = reason.label(), "connection dropped during protocol detection");
             return;
         }
     };
@@ -71,7 +72,7 @@ async fn handle_conn(gw: Arc<Gateway>, stream: TcpStream, remote: SocketAddr, gu
         Sniffed::Tls => match gw.tls.load_full() {
             Some(server) => tls_conn(gw, stream, prefix, remote, guard, server).await,
             None => {
-                gw.metrics.reject("tls_not_enabled");
+                gw.metrics.reject(Reject::TlsNotEnabled);
                 debug!(%remote, "TLS client hello on a plaintext port; closed");
             }
         },
@@ -107,12 +108,12 @@ async fn tls_conn(
     let tls = match tokio::time::timeout(limit, acceptor.accept(io)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            gw.metrics.reject("tls_handshake");
+            gw.metrics.reject(Reject::TlsHandshake);
             debug!(%remote, error = %e, "TLS handshake failed");
             return;
         }
         Err(_) => {
-            gw.metrics.reject("tls_handshake");
+            gw.metrics.reject(Reject::TlsHandshake);
             debug!(%remote, "TLS handshake timed out");
             return;
         }
@@ -130,7 +131,7 @@ async fn tls_conn(
             http::serve_conn(gw, prefixed::PrefixedIo::new(first, tls), remote, guard).await
         }
         Sniffed::Tls => {
-            gw.metrics.reject("tls_in_tls");
+            gw.metrics.reject(Reject::TlsInTls);
             debug!(%remote, "TLS inside TLS; closed");
         }
     }

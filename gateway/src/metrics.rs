@@ -151,7 +151,7 @@ impl Metrics {
         .expect("valid");
         r.register(Box::new(drain_force_closed.clone()))
             .expect("once");
-        Metrics {
+        let m = Metrics {
             tcp,
             ws,
             http,
@@ -220,7 +220,13 @@ impl Metrics {
                 &["endpoint"],
             ),
             registry: r,
+        };
+        // Every reason is exported from the start (at 0), so alerts and
+        // dashboards see the series before the first refusal.
+        for reason in crate::error::Reject::ALL {
+            m.rejections.with_label_values(&[reason.label()]);
         }
+        m
     }
 
     /// Pre-resolved handles for one protocol.
@@ -233,8 +239,8 @@ impl Metrics {
     }
 
     /// Counts a refused connection or request.
-    pub(crate) fn reject(&self, reason: &str) {
-        self.rejections.with_label_values(&[reason]).inc();
+    pub(crate) fn reject(&self, reason: crate::error::Reject) {
+        self.rejections.with_label_values(&[reason.label()]).inc();
     }
 
     /// Prometheus text exposition of every family.

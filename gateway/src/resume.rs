@@ -32,15 +32,27 @@ pub(crate) enum ResumeError {
     Expired,
     #[error("resume token is for another session or user")]
     Mismatch,
+    #[error("resume token was already used (each WELCOME carries a fresh one)")]
+    Used,
 }
 
 pub(crate) struct ResumeKeys {
     settings: ResumeSettings,
+    /// Tags of tokens already redeemed here, with their expiry: a token
+    /// resumes a session once. Pruned as they expire.
+    used: parking_lot::Mutex<std::collections::HashMap<[u8; TAG], u64>>,
 }
+
+/// Redeemed tokens remembered at most (each ~40 bytes); beyond it the
+/// oldest-expiring are forgotten first, after every expired one.
+const MAX_USED: usize = 1 << 20;
 
 impl ResumeKeys {
     pub(crate) fn new(settings: ResumeSettings) -> ResumeKeys {
-        ResumeKeys { settings }
+        ResumeKeys {
+            settings,
+            used: parking_lot::Mutex::new(std::collections::HashMap::new()),
+        }
     }
 
     fn mac(&self, body: &[u8]) -> Hmac<Sha256> {
@@ -65,6 +77,36 @@ impl ResumeKeys {
         let tag = self.mac(&buf).finalize().into_bytes();
         buf.extend_from_slice(&tag[..TAG]);
         URL_SAFE_NO_PAD.encode(buf)
+    }
+
+    /// Verifies a token (see [`ResumeKeys::verify`]) and marks it used: a
+    /// second resume with the same token on this gateway is refused.
+    pub(crate) fn redeem(
+        &self,
+        token: &str,
+        session_id: u64,
+        user_id: u64,
+    ) -> Result<Claims, ResumeError> {
+        let claims = self.verify(token, session_id, user_id)?;
+        let raw = URL_SAFE_NO_PAD
+            .decode(token)
+            .map_err(|_| ResumeError::Malformed)?;
+        let mut tag = [0u8; TAG];
+        tag.copy_from_slice(&raw[BODY..]);
+        let mut used = self.used.lock();
+        if used.len() >= MAX_USED {
+            let now = now_ms();
+            used.retain(|_, exp| *exp >= now);
+            if used.len() >= MAX_USED
+                && let Some(oldest) = used.iter().min_by_key(|(_, e)| **e).map(|(k, _)| *k)
+            {
+                used.remove(&oldest);
+            }
+        }
+        if used.insert(tag, claims.expires_ms).is_some() {
+            return Err(ResumeError::Used);
+        }
+        Ok(claims)
     }
 
     /// Verifies a token for the session id (and, when non-zero, user id)
@@ -134,6 +176,12 @@ mod tests {
             Err(ResumeError::BadSignature)
         );
         assert_eq!(k.verify("not base64!", 7, 42), Err(ResumeError::Malformed));
+        // Redeemed once, then refused; another token for the session works.
+        assert!(k.redeem(&t, 7, 42).is_ok());
+        assert_eq!(k.redeem(&t, 7, 42), Err(ResumeError::Used));
+        let t2 = k.mint_at(7, 42, now_ms() + 61_000);
+        assert!(k.redeem(&t2, 7, 42).is_ok());
+        assert_eq!(k.redeem(&t, 8, 42), Err(ResumeError::Mismatch));
         let expired = k.mint_at(7, 42, 1);
         assert_eq!(k.verify(&expired, 7, 42), Err(ResumeError::Expired));
         // Flipping any byte breaks the signature.

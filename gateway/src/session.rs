@@ -1,12 +1,16 @@
-//! Sessions: one task per client connection owns its state
-//! ([`task`]); everyone else reaches it through a cheap [`SessionHandle`]
+//! Sessions: one task per client connection owns its state ([`hello`]
+//! opens it, [`live`] runs it, [`binding`] ties it to backends, [`closing`]
+//! ends it); everyone else reaches it through a cheap [`SessionHandle`]
 //! whose bounded queue is the only way in. A full queue never blocks the
 //! sender: the session is closed as a slow consumer instead, so memory per
 //! session stays bounded whatever the client does.
 
+pub(crate) mod binding;
+pub(crate) mod closing;
+pub(crate) mod hello;
 pub(crate) mod io;
+pub(crate) mod live;
 pub(crate) mod table;
-pub(crate) mod task;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -125,6 +129,10 @@ impl SessionHandle {
 
     pub(crate) fn id(&self) -> u64 {
         self.0.id
+    }
+    /// The same session (not merely the same id).
+    pub(crate) fn same(&self, other: &SessionHandle) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
     }
     pub(crate) fn user_id(&self) -> u64 {
         self.0.user_id
@@ -252,6 +260,20 @@ impl Inbox {
         match self.ready() {
             Some(r) => Poll::Ready(r),
             None => Poll::Pending,
+        }
+    }
+
+    /// `Ready` once a close was requested from outside (a takeover, a kick,
+    /// a timer), so a write stalled on a slow client can be abandoned.
+    pub(crate) fn poll_close_requested(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0.close_code.load(Ordering::Acquire) != 0 {
+            return Poll::Ready(());
+        }
+        self.0.waker.register(cx.waker());
+        if self.0.close_code.load(Ordering::Acquire) != 0 {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
         }
     }
 

@@ -536,9 +536,70 @@ async fn resume_refuses_forged_tokens() {
     assert_eq!(evil.expect_close().await.code, CloseCode::BadResume.code());
     // The genuine owner resuming on the same gateway takes over; the old connection is told "moved".
     let mut again = Client::tcp(gw.client).await;
-    again.resume(5, c.session_id, &token).await;
+    let w2 = again.resume(5, c.session_id, &token).await;
     assert_eq!(c.expect_close().await.code, CloseCode::Moved.code());
     assert_eq!(again.call_text(1, 1, "mine").await, "mine");
+    // A token resumes once: the replay is refused, the fresh one works.
+    let fresh = w2.resume_token.expect("a resumed WELCOME carries a token");
+    assert_ne!(fresh, token, "the resumed WELCOME needs a fresh token");
+    let mut replay = Client::tcp(gw.client).await;
+    h.session_id = c.session_id;
+    replay
+        .send(&gg_proto::Frame::new(
+            h,
+            serde_json::json!({"resume_token": token}).to_string(),
+        ))
+        .await;
+    let close = replay.expect_close().await;
+    assert_eq!(close.code, CloseCode::BadResume.code());
+    assert!(close.reason.contains("already used"), "{}", close.reason);
+    let mut third = Client::tcp(gw.client).await;
+    third.resume(5, c.session_id, &fresh).await;
+    assert_eq!(again.expect_close().await.code, CloseCode::Moved.code());
+    assert!(
+        gw.metric("gg_rejections_total{reason=\"bad_resume\"}")
+            .await
+            >= 3.0
+    );
+}
+
+/// A resume while the old connection's writes are stalled (its client
+/// stopped reading) takes over at once: WELCOME to the new connection, the
+/// old one is closed as moved, and the session table holds one session.
+#[tokio::test]
+async fn resume_takes_over_a_stalled_connection() {
+    let b = backend("b1").await;
+    let gw = gateway(&format!(
+        "{}{}limits: {{ write_timeout_ms: 60000, msg_rate_per_sec: 10000, msg_burst: 10000 }}\n",
+        services(&[&b]),
+        resume_yaml()
+    ))
+    .await;
+    let mut old = Client::tcp(gw.client).await;
+    let token = old.hello(6, 0).await.resume_token.expect("token");
+    let sid = old.session_id;
+    // Echoes of 40 MB the old client never reads: the gateway's writes to
+    // it stall once the socket buffers fill (and so, in turn, do the
+    // client's writes: they run in a task that is dropped at the end).
+    let writer = tokio::spawn(async move {
+        let chunk = vec![7u8; 200_000];
+        for seq in 0..200 {
+            old.send(&frame(Kind::Data, 1, seq, chunk.clone())).await;
+        }
+        old
+    });
+    gw.wait_metric("gg_bytes_out_total{protocol=\"tcp\"}", |v| v >= 4e6)
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut new = Client::tcp(gw.client).await;
+    let started = Instant::now();
+    new.resume(6, sid, &token).await;
+    eprintln!("takeover WELCOME after {:?}", started.elapsed());
+    assert_eq!(new.call_text(1, 9_999, "here").await, "here");
+    gw.wait_metric("gg_session_closes_total{code=\"moved\"}", |v| v == 1.0)
+        .await;
+    assert_eq!(gw.metric("gg_sessions_active").await, 1.0);
+    writer.abort();
 }
 
 #[tokio::test]

@@ -21,6 +21,12 @@ pub const DEFAULT_MSG_RATE_PER_SEC: u32 = 200;
 pub const DEFAULT_MSG_BURST: u32 = 400;
 pub const DEFAULT_HTTP_HEADER_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_WRITE_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_HTTP_BODY_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_MAX_HELLO_BYTES: u32 = 4_096;
+pub const DEFAULT_MAX_BUFFERED_BYTES: u64 = 256 * 1024 * 1024;
+/// Frames up to this size are always taken, budget or not: the budget
+/// stops a crowd of large frames, not ordinary traffic.
+pub const SMALL_FRAME_BYTES: u32 = 64 * 1024;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -39,6 +45,9 @@ pub struct FileLimits {
     pub msg_burst: u32,
     pub http_header_timeout_ms: u64,
     pub write_timeout_ms: u64,
+    pub http_body_timeout_ms: u64,
+    pub max_hello_bytes: u32,
+    pub max_buffered_bytes: u64,
 }
 
 impl Default for FileLimits {
@@ -58,6 +67,9 @@ impl Default for FileLimits {
             msg_burst: DEFAULT_MSG_BURST,
             http_header_timeout_ms: DEFAULT_HTTP_HEADER_TIMEOUT_MS,
             write_timeout_ms: DEFAULT_WRITE_TIMEOUT_MS,
+            http_body_timeout_ms: DEFAULT_HTTP_BODY_TIMEOUT_MS,
+            max_hello_bytes: DEFAULT_MAX_HELLO_BYTES,
+            max_buffered_bytes: DEFAULT_MAX_BUFFERED_BYTES,
         }
     }
 }
@@ -79,6 +91,13 @@ pub struct Limits {
     pub msg_burst: u32,
     pub http_header_timeout: Duration,
     pub write_timeout: Duration,
+    /// An HTTP request body must arrive whole within this.
+    pub http_body_timeout: Duration,
+    /// Longest first frame (HELLO) taken before a session is authenticated.
+    pub max_hello_bytes: u32,
+    /// Process-wide budget for client bytes buffered in partly read frames
+    /// and HTTP bodies larger than [`SMALL_FRAME_BYTES`].
+    pub max_buffered_bytes: u64,
 }
 
 impl FileLimits {
@@ -101,6 +120,7 @@ impl FileLimits {
             ("limits.idle_timeout_ms", l.idle_timeout_ms),
             ("limits.http_header_timeout_ms", l.http_header_timeout_ms),
             ("limits.write_timeout_ms", l.write_timeout_ms),
+            ("limits.http_body_timeout_ms", l.http_body_timeout_ms),
         ] {
             positive(k, v, errs);
         }
@@ -108,6 +128,18 @@ impl FileLimits {
             errs.push(format!(
                 "limits.max_frame_bytes {} must be between 64 and 67108864",
                 l.max_frame_bytes
+            ));
+        }
+        if l.max_hello_bytes < 64 {
+            errs.push(format!(
+                "limits.max_hello_bytes {} must be at least 64",
+                l.max_hello_bytes
+            ));
+        }
+        if l.max_buffered_bytes < u64::from(l.max_frame_bytes) {
+            errs.push(format!(
+                "limits.max_buffered_bytes {} must be at least limits.max_frame_bytes ({})",
+                l.max_buffered_bytes, l.max_frame_bytes
             ));
         }
         if l.idle_timeout_ms <= l.heartbeat_ms {
@@ -131,6 +163,10 @@ impl FileLimits {
             msg_burst: l.msg_burst,
             http_header_timeout: ms(l.http_header_timeout_ms),
             write_timeout: ms(l.write_timeout_ms),
+            http_body_timeout: ms(l.http_body_timeout_ms),
+            // A HELLO is a frame: never more than a frame may be.
+            max_hello_bytes: l.max_hello_bytes.min(l.max_frame_bytes),
+            max_buffered_bytes: l.max_buffered_bytes,
         }
     }
 }

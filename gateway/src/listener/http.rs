@@ -24,12 +24,14 @@ use tracing::{Instrument, debug};
 
 use super::prefixed::PrefixedIo;
 use crate::Gateway;
+use crate::error::Reject;
 use crate::error::RequestError;
 use crate::limits::ConnGuard;
 use crate::metrics::Protocol;
+use crate::session::binding::open_binding;
+use crate::session::closing::close_label;
+use crate::session::hello::{Admission, start};
 use crate::session::io::ClientIo;
-use crate::session::task::{Admission, start};
-use crate::session::task::{close_label, open_binding};
 use crate::session::{Outbound, SessionHandle};
 
 /// Path of the WebSocket endpoint.
@@ -146,6 +148,23 @@ fn json_error(status: StatusCode, code: u16, name: &str, message: &str) -> Respo
     r
 }
 
+/// The answer to a refused request: the status, close code and label of
+/// its [`Reject`], counted in `gg_rejections_total`.
+fn reject_response(gw: &Gateway, r: Reject, message: &str) -> Response<Body> {
+    gw.metrics.reject(r);
+    let status = r
+        .http_status()
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::BAD_REQUEST);
+    let code = r.close_code().map_or(0, CloseCode::code);
+    let mut resp = json_error(status, code, r.label(), message);
+    if r == Reject::Unauthorized {
+        resp.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    resp
+}
+
 fn request_error(e: &RequestError) -> Response<Body> {
     let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_GATEWAY);
     json_error(status, e.code().code(), e.code().name(), &e.to_string())
@@ -181,7 +200,7 @@ fn upgrade(
         );
     }
     if gw.draining() {
-        gw.metrics.reject("draining");
+        gw.metrics.reject(Reject::Draining);
         return request_error(&RequestError::Draining);
     }
     let on_upgrade = hyper::upgrade::on(&mut req);
@@ -295,27 +314,7 @@ async fn call_response(
                 .inc();
             request_error(&e)
         }
-        Err(CallError::Unauthorized(message)) => {
-            gw.metrics.reject("unauthorized");
-            let mut r = json_error(
-                StatusCode::UNAUTHORIZED,
-                CloseCode::Unauthorized.code(),
-                "unauthorized",
-                &message,
-            );
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            r
-        }
-        Err(CallError::TooLarge(max)) => {
-            gw.metrics.reject("frame_too_large");
-            json_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                CloseCode::FrameTooLarge.code(),
-                "frame_too_large",
-                &format!("request body exceeds {max} bytes"),
-            )
-        }
+        Err(CallError::Rejected(r, message)) => reject_response(gw, r, &message),
         Err(CallError::Backend { code, message }) => {
             json_error(StatusCode::BAD_GATEWAY, code, "backend_error", &message)
         }
@@ -324,8 +323,8 @@ async fn call_response(
 
 enum CallError {
     Request(RequestError),
-    Unauthorized(String),
-    TooLarge(usize),
+    /// Refused by a check or a limit (counted, with its own status).
+    Rejected(Reject, String),
     /// The backend answered with ERROR, or closed the session.
     Backend {
         code: u16,
@@ -367,7 +366,7 @@ async fn call_inner(
             .and_then(|v| v.strip_prefix("Bearer "));
         user = auth
             .verify(token, user)
-            .map_err(|e| CallError::Unauthorized(e.to_string()))?;
+            .map_err(|e| CallError::Rejected(Reject::Unauthorized, e.to_string()))?;
     }
     let realm: u32 = header_num(h, "x-realm-id")?.unwrap_or(0);
     let service = {
@@ -382,7 +381,12 @@ async fn call_inner(
     let max = gw.cfg.limits.max_frame_bytes as usize - frame::HEADER_AFTER_LEN;
     let body = match Limited::new(req.into_body(), max).collect().await {
         Ok(b) => b.to_bytes(),
-        Err(_) => return Err(CallError::TooLarge(max)),
+        Err(_) => {
+            return Err(CallError::Rejected(
+                Reject::FrameTooLarge,
+                format!("request body exceeds {max} bytes"),
+            ));
+        }
     };
 
     let id = gw.ids.next_id();

@@ -7,6 +7,7 @@
 //! Anything else is treated as frames, which fails on the length check with
 //! a clear close code rather than hanging.
 
+use crate::error::Reject;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -36,11 +37,11 @@ const SNIFF_BUF: usize = 1024;
 pub(crate) async fn sniff<S: AsyncRead + Unpin>(
     mut stream: S,
     timeout: Duration,
-) -> Result<(S, Sniffed, BytesMut), &'static str> {
+) -> Result<(S, Sniffed, BytesMut), Reject> {
     let mut buf = BytesMut::with_capacity(SNIFF_BUF);
     match tokio::time::timeout(timeout, stream.read_buf(&mut buf)).await {
-        Err(_) => Err("sniff_timeout"),
-        Ok(Ok(0)) | Ok(Err(_)) => Err("closed_before_data"),
+        Err(_) => Err(Reject::SniffTimeout),
+        Ok(Ok(0)) | Ok(Err(_)) => Err(Reject::ClosedBeforeData),
         Ok(Ok(_)) => {
             let kind = classify(&buf);
             Ok((stream, kind, buf))

@@ -72,6 +72,61 @@ impl SessionTable {
         true
     }
 
+    /// Registers a session in place of one with the same id (a resume on
+    /// this gateway); returns the one it displaced.
+    pub(crate) fn replace(&self, s: SessionHandle) -> Option<SessionHandle> {
+        let (id, user) = (s.id(), s.user_id());
+        let old = self.ids[shard_of(id)]
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .by_id
+            .insert(id, s);
+        if let Some(old) = &old {
+            self.unlink_user(old.user_id(), id);
+        } else {
+            self.len.fetch_add(1, Ordering::Relaxed);
+        }
+        self.users[shard_of(user)]
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .by_user
+            .entry(user)
+            .or_default()
+            .push(id);
+        old
+    }
+
+    /// Removes this very session (not another that took its id over).
+    pub(crate) fn remove_if(&self, s: &SessionHandle) -> bool {
+        let id = s.id();
+        {
+            let mut shard = self.ids[shard_of(id)]
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            if !shard.by_id.get(&id).is_some_and(|cur| cur.same(s)) {
+                return false;
+            }
+            shard.by_id.remove(&id);
+        }
+        self.unlink_user(s.user_id(), id);
+        self.len.fetch_sub(1, Ordering::Relaxed);
+        true
+    }
+
+    fn unlink_user(&self, user: u64, id: u64) {
+        let mut shard = self.users[shard_of(user)]
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(list) = shard.by_user.get_mut(&user) {
+            if let Some(i) = list.iter().position(|x| *x == id) {
+                list.swap_remove(i);
+            }
+            if list.is_empty() {
+                shard.by_user.remove(&user);
+            }
+        }
+    }
+
     /// Removes a session; returns it if it was present.
     pub(crate) fn remove(&self, id: u64) -> Option<SessionHandle> {
         let s = self.ids[shard_of(id)]
@@ -79,16 +134,7 @@ impl SessionTable {
             .unwrap_or_else(|p| p.into_inner())
             .by_id
             .remove(&id)?;
-        let user = s.user_id();
-        let mut shard = self.users[shard_of(user)]
-            .write()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(list) = shard.by_user.get_mut(&user) {
-            list.retain(|x| *x != id);
-            if list.is_empty() {
-                shard.by_user.remove(&user);
-            }
-        }
+        self.unlink_user(s.user_id(), id);
         self.len.fetch_sub(1, Ordering::Relaxed);
         Some(s)
     }

@@ -1,381 +1,30 @@
-//! One streaming session (TCP, TLS or WebSocket): the HELLO phase runs in the
-//! connection's task ([`start`]), which then spawns the session's own task
-//! (`live`): a hand-polled loop over the session's queue and the client's
-//! frames. Idle timeouts and GOAWAY deadlines are swept across the session
-//! table ([`sweep_timers`]). Frames from the client are forwarded to the
-//! backend bound for their `service_type` without being re-encoded (ids are
-//! stamped in place); frames for the client are written in batches.
+//! The session task: a hand-polled loop over the session's queue and the
+//! client's frames. Frames from the client are forwarded to the backend
+//! bound for their `service_type` without being re-encoded (ids are
+//! stamped in place); frames for the client are written in batches. Idle
+//! timeouts and GOAWAY deadlines are swept across the session table
+//! ([`sweep_timers`]).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use gg_proto::control::{self, Open, Welcome};
+use gg_proto::control::{self};
 use gg_proto::frame::{self, FrameError, Header, Kind};
 use gg_proto::{CloseCode, ErrorCode, Frame};
-use prometheus::IntGauge;
-use tokio::time::Instant;
 use tracing::{debug, info};
 
+use super::binding::{Binding, bind_on, open_binding};
+use super::closing::{Closing, close_label, end_transport};
+use super::hello::Admission;
 use super::io::{ClientIo, ReadError};
 use super::{Outbound, SessionHandle};
 use crate::Gateway;
-use crate::backend::{Endpoint, SendError, ToBackend};
+use crate::error::Reject;
 use crate::error::RequestError;
-use crate::limits::{ConnGuard, TokenBucket};
-use crate::metrics::{ProtoMetrics, Protocol};
-use gg_proto::model::{RouteKey, Strategy};
-
-/// How a session ends: the code, a reason for humans, and whether a CLOSE
-/// frame can still be written to the client.
-#[derive(Debug)]
-pub(crate) struct Closing {
-    pub(crate) code: u16,
-    pub(crate) reason: String,
-    pub(crate) notify_client: bool,
-}
-
-impl Closing {
-    fn new(code: CloseCode, reason: impl Into<String>) -> Closing {
-        Closing {
-            code: code.code(),
-            reason: reason.into(),
-            notify_client: true,
-        }
-    }
-
-    fn silent(code: CloseCode, reason: impl Into<String>) -> Closing {
-        Closing {
-            notify_client: false,
-            ..Closing::new(code, reason)
-        }
-    }
-
-    /// Maps a transport read failure to its close code.
-    fn from_read(e: ReadError, max: u32) -> Closing {
-        match e {
-            ReadError::Closed => Closing::silent(CloseCode::Normal, "client disconnected"),
-            ReadError::Io(e) => {
-                Closing::silent(CloseCode::Normal, format!("client connection error: {e}"))
-            }
-            ReadError::Frame(FrameError::TooLarge { len, .. }) => Closing::new(
-                CloseCode::FrameTooLarge,
-                if len == u32::MAX {
-                    format!("message exceeds the maximum frame size of {max} bytes")
-                } else {
-                    format!("frame length {len} exceeds the maximum of {max} bytes")
-                },
-            ),
-            ReadError::Frame(FrameError::UnsupportedVersion { header }) => Closing::new(
-                CloseCode::UnsupportedVersion,
-                format!(
-                    "protocol version {} is not supported; this gateway speaks version 1",
-                    header.version
-                ),
-            ),
-            ReadError::Frame(e) => Closing::new(CloseCode::ProtocolError, e.to_string()),
-            ReadError::Protocol(msg) => Closing::new(CloseCode::ProtocolError, msg),
-        }
-    }
-}
-
-/// Metric label of a close code (backends may kick with codes of their own).
-pub(crate) fn close_label(code: u16) -> &'static str {
-    CloseCode::from_u16(code).map_or("other", CloseCode::name)
-}
-
-/// A session's pinned choice of backend for one service (and, for realm
-/// routing, one realm).
-pub(crate) struct Binding {
-    pub(crate) service: u16,
-    /// `Some(realm)` for realm-routed services: a new realm is a new binding.
-    pub(crate) realm: Option<u32>,
-    pub(crate) endpoint: Arc<Endpoint>,
-    pub(crate) slot: usize,
-    pub(crate) generation: u64,
-}
-
-impl Binding {
-    /// Whether the connection this binding was opened on is still the live one.
-    fn live(&self) -> bool {
-        self.endpoint.conns[self.slot].live_generation() == Some(self.generation)
-    }
-
-    /// Queues a frame for this binding's backend.
-    pub(crate) fn send(&self, frame: Bytes) -> Result<(), RequestError> {
-        self.endpoint.conns[self.slot]
-            .send(self.generation, ToBackend::Frame(frame))
-            .map_err(|e| send_error(e, &self.endpoint))
-    }
-
-    /// Unbinds the session on the backend (best effort).
-    pub(crate) fn close(&self, session_id: u64, code: u16, reason: &str) {
-        let mut h = Header::new(Kind::Close);
-        h.service_type = self.service;
-        h.session_id = session_id;
-        let f = control::control_frame(
-            Kind::Close,
-            h,
-            &control::Close {
-                code,
-                reason: reason.to_string(),
-            },
-        );
-        let _ = self.endpoint.conns[self.slot].send(
-            self.generation,
-            ToBackend::Close {
-                session_id,
-                frame: f.to_bytes(),
-            },
-        );
-    }
-}
-
-fn send_error(e: SendError, ep: &Endpoint) -> RequestError {
-    match e {
-        SendError::Down => RequestError::BackendUnavailable {
-            endpoint: ep.addr.to_string(),
-        },
-        SendError::Full => {
-            ep.queue_full.inc();
-            RequestError::BackendOverloaded {
-                endpoint: ep.addr.to_string(),
-            }
-        }
-    }
-}
-
-/// Binds `session` to the endpoint the routes pick for `(service, realm)`
-/// and queues its OPEN. Shared by streaming sessions and HTTP calls.
-pub(crate) fn open_binding(
-    gw: &Gateway,
-    session: &SessionHandle,
-    service: u16,
-    realm: u32,
-    resumed: bool,
-    traceparent: Option<&str>,
-) -> Result<Binding, RequestError> {
-    let routes = gw.routes.load();
-    let key = RouteKey {
-        service,
-        realm,
-        user: session.user_id(),
-        session: session.id(),
-    };
-    let endpoint = crate::router::resolve(&routes, &gw.overrides, &gw.backends, &key)?;
-    let realm_key = routes
-        .services
-        .get(&service)
-        .is_some_and(|s| s.strategy == Strategy::Realm)
-        .then_some(realm);
-    bind_on(
-        session,
-        service,
-        realm,
-        realm_key,
-        endpoint,
-        resumed,
-        traceparent,
-    )
-}
-
-fn bind_on(
-    session: &SessionHandle,
-    service: u16,
-    realm: u32,
-    realm_key: Option<u32>,
-    endpoint: Arc<Endpoint>,
-    resumed: bool,
-    traceparent: Option<&str>,
-) -> Result<Binding, RequestError> {
-    let (slot, generation) =
-        endpoint
-            .conn_for(session.id())
-            .ok_or_else(|| RequestError::BackendUnavailable {
-                endpoint: endpoint.addr.to_string(),
-            })?;
-    let mut h = Header::new(Kind::Open);
-    h.service_type = service;
-    h.realm_id = realm;
-    h.user_id = session.user_id();
-    h.session_id = session.id();
-    let open = control::control_frame(
-        Kind::Open,
-        h,
-        &Open {
-            protocol: session.protocol().name().to_string(),
-            remote_addr: session.remote().to_string(),
-            resumed,
-            traceparent: traceparent.map(str::to_string),
-        },
-    );
-    endpoint.conns[slot]
-        .send(
-            generation,
-            ToBackend::Open {
-                session: session.clone(),
-                frame: open.to_bytes(),
-            },
-        )
-        .map_err(|e| send_error(e, &endpoint))?;
-    Ok(Binding {
-        service,
-        realm: realm_key,
-        endpoint,
-        slot,
-        generation,
-    })
-}
-
-/// What a client connection holds while it lives: its slot under the
-/// connection limits, and its place in the active-connections gauge.
-pub(crate) struct Admission {
-    /// Released on drop.
-    pub(crate) _guard: Option<ConnGuard>,
-    pub(crate) active: IntGauge,
-}
-
-impl Drop for Admission {
-    fn drop(&mut self) {
-        self.active.dec();
-    }
-}
-
-/// Runs the HELLO phase of a TCP or WebSocket connection and, if it is
-/// accepted, spawns the session's own task and returns. The session task
-/// starts with only the session's state: nothing of the accept, sniff and
-/// HELLO futures stays in the memory an idle session holds.
-pub(crate) async fn start(
-    gw: Arc<Gateway>,
-    mut io: ClientIo,
-    remote: SocketAddr,
-    protocol: Protocol,
-    admission: Admission,
-) {
-    let pm = gw.metrics.proto(protocol);
-    let max = gw.cfg.limits.max_frame_bytes;
-    let first = match tokio::time::timeout(gw.cfg.limits.hello_timeout, io.read_frame(max)).await {
-        Err(_) => Err(Closing::new(
-            CloseCode::HelloTimeout,
-            format!(
-                "no HELLO within {} ms",
-                gw.cfg.limits.hello_timeout.as_millis()
-            ),
-        )),
-        Ok(Err(e)) => Err(Closing::from_read(e, max)),
-        Ok(Ok(raw)) => Ok(raw),
-    };
-    let span = tracing::info_span!(
-        target: crate::telemetry::TARGET,
-        "session.open",
-        otel.kind = "server",
-        protocol = protocol.name(),
-        client.address = %remote,
-        session_id = tracing::field::Empty,
-        user_id = tracing::field::Empty,
-        resumed = tracing::field::Empty,
-        close.code = tracing::field::Empty,
-    );
-    let accepted = first.and_then(|raw| {
-        pm.frames_in.inc();
-        pm.bytes_in.inc_by(raw.len() as u64);
-        accept_hello(&gw, raw)
-    });
-    let (header, resumed, trace) = match accepted {
-        Ok(h) => h,
-        Err(c) => {
-            span.record("close.code", c.code);
-            if c.code == CloseCode::HelloTimeout.code() {
-                gw.metrics.reject("hello_timeout");
-            }
-            gw.metrics
-                .closes
-                .with_label_values(&[close_label(c.code)])
-                .inc();
-            end_transport(&mut io, 0, &c, pm).await;
-            return;
-        }
-    };
-
-    let id = if resumed {
-        header.session_id
-    } else {
-        gw.ids.next_id()
-    };
-    crate::telemetry::set_parent(&span, trace.as_deref());
-    span.record("session_id", id);
-    span.record("user_id", header.user_id);
-    span.record("resumed", resumed);
-    // The backend continues this trace (OPEN carries it); kept only when
-    // there is one.
-    let trace = crate::telemetry::traceparent(&span, trace.as_deref()).map(String::into_boxed_str);
-    if resumed && let Some(old) = gw.sessions.get(id) {
-        // Resumed on the gateway that still holds it: the old connection yields.
-        old.close(CloseCode::Moved);
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while gw.sessions.get(id).is_some() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-    let (handle, rx) = SessionHandle::new(
-        id,
-        header.user_id,
-        header.realm_id,
-        protocol,
-        remote,
-        gw.cfg.limits.session_queue,
-    );
-    if !gw.sessions.insert(handle.clone()) {
-        // Only possible if the id space wrapped onto a live session.
-        let c = Closing::new(CloseCode::Internal, "session id collision, reconnect");
-        end_transport(&mut io, 0, &c, pm).await;
-        return;
-    }
-    gw.metrics.sessions_opened.inc();
-    gw.metrics.sessions_active.inc();
-    gw.session_event(crate::SessionEvent {
-        session_id: id,
-        user_id: header.user_id,
-        open: true,
-        epoch: handle.opened_ms(),
-    });
-    info!(session = id, user = header.user_id, realm = header.realm_id, %remote, protocol = protocol.name(), resumed, "session opened");
-
-    let mut wh = header;
-    wh.session_id = id;
-    let welcome = control::control_frame(
-        Kind::Welcome,
-        wh,
-        &Welcome {
-            gateway_id: gw.cfg.gateway_id.clone(),
-            session: format!("{}:{id}", gw.cfg.gateway_id),
-            resume_token: gw.resume.as_ref().map(|k| k.mint(id, header.user_id)),
-            heartbeat_ms: gw.cfg.limits.heartbeat.as_millis() as u64,
-        },
-    );
-    let mut s = Session {
-        bucket: TokenBucket::new(
-            gw.cfg.limits.msg_rate_per_sec,
-            gw.cfg.limits.msg_burst,
-            std::time::Instant::now(),
-        ),
-        gw: gw.clone(),
-        handle,
-        rx,
-        io,
-        bindings: Vec::new(),
-        protocol,
-        goaway_sent: false,
-        resumed,
-        trace,
-        _admission: admission,
-    };
-    s.queue(welcome.to_bytes());
-    drop(span);
-    gw.tracker.spawn(live(s));
-}
+use crate::limits::TokenBucket;
+use crate::metrics::Protocol;
 
 /// The session task: every idle session holds one of these futures.
 /// (An `async` block, not an `async fn`: a function's argument would be
@@ -384,7 +33,7 @@ pub(crate) async fn start(
     clippy::manual_async_fn,
     reason = "an async fn would store the session twice"
 )]
-fn live(mut s: Session) -> impl Future<Output = ()> + Send {
+pub(super) fn live(mut s: Session) -> impl Future<Output = ()> + Send {
     async move {
         let closing = match s.flush().await {
             Ok(()) => s.run().await,
@@ -394,110 +43,21 @@ fn live(mut s: Session) -> impl Future<Output = ()> + Send {
     }
 }
 
-/// Validates the first frame: a v1 HELLO opening a new session, or resuming
-/// one with a valid resume token. Returns the header (with the session's
-/// ids), whether it is a resume, and the client's trace context.
-fn accept_hello(gw: &Gateway, raw: BytesMut) -> Result<(Header, bool, Option<String>), Closing> {
-    let mut header =
-        frame::parse_raw(&raw).map_err(|e| Closing::from_read(ReadError::Frame(e), 0))?;
-    if header.kind() != Some(Kind::Hello) {
-        return Err(Closing::new(
-            CloseCode::ProtocolError,
-            format!(
-                "the first frame must be HELLO (kind 0x01), got kind 0x{:02x}",
-                header.kind
-            ),
-        ));
-    }
-    let f = Frame::new(header, raw.freeze().slice(frame::HEADER_BYTES..));
-    let hello: control::Hello = f.json().map_err(|e| {
-        Closing::new(
-            CloseCode::ProtocolError,
-            format!("HELLO payload is not a valid JSON object: {e}"),
-        )
-    })?;
-    if gw.draining() {
-        gw.metrics.reject("draining");
-        return Err(Closing::new(
-            CloseCode::Shutdown,
-            "gateway is draining; reconnect to another gateway",
-        ));
-    }
-    if header.session_id == 0 && hello.resume_token.is_none() {
-        if let Some(auth) = &gw.cfg.client_auth {
-            // The token names the user; the HELLO may only repeat it.
-            header.user_id = auth
-                .verify(hello.token.as_deref(), header.user_id)
-                .map_err(|e| {
-                    gw.metrics.reject("unauthorized");
-                    Closing::new(CloseCode::Unauthorized, e.to_string())
-                })?;
-        }
-        return Ok((header, false, hello.traceparent));
-    }
-    let Some(keys) = &gw.resume else {
-        return Err(Closing::new(
-            CloseCode::BadResume,
-            "session resume is not enabled on this gateway; send HELLO with session_id 0",
-        ));
-    };
-    let (Some(token), true) = (hello.resume_token.as_deref(), header.session_id != 0) else {
-        return Err(Closing::new(
-            CloseCode::BadResume,
-            "a resume needs both session_id in the header and resume_token in the payload",
-        ));
-    };
-    match keys.verify(token, header.session_id, header.user_id) {
-        Ok(claims) => {
-            header.user_id = claims.user_id;
-            Ok((header, true, hello.traceparent))
-        }
-        Err(e) => {
-            gw.metrics.reject("bad_resume");
-            Err(Closing::new(
-                CloseCode::BadResume,
-                format!("{e}; open a new session (session_id 0)"),
-            ))
-        }
-    }
-}
-
-/// Writes the CLOSE frame (when possible) and ends the transport.
-async fn end_transport(io: &mut ClientIo, session_id: u64, c: &Closing, pm: &ProtoMetrics) {
-    if c.notify_client {
-        let f = control::close_frame(session_id, CloseCode::Normal, "").header;
-        let frame = control::control_frame(
-            Kind::Close,
-            f,
-            &control::Close {
-                code: c.code,
-                reason: c.reason.clone(),
-            },
-        )
-        .to_bytes();
-        pm.frames_out.inc();
-        pm.bytes_out.inc_by(frame.len() as u64);
-        io.queue(frame);
-        let _ = tokio::time::timeout(Duration::from_secs(1), io.flush()).await;
-        let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown(c.code, &c.reason)).await;
-    }
-}
-
-struct Session {
-    gw: Arc<Gateway>,
-    handle: SessionHandle,
-    rx: super::Inbox,
-    io: ClientIo,
-    bindings: Vec<Binding>,
-    bucket: TokenBucket,
-    protocol: Protocol,
+pub(super) struct Session {
+    pub(super) gw: Arc<Gateway>,
+    pub(super) handle: SessionHandle,
+    pub(super) rx: super::Inbox,
+    pub(super) io: ClientIo,
+    pub(super) bindings: Vec<Binding>,
+    pub(super) bucket: TokenBucket,
+    pub(super) protocol: Protocol,
     /// A client that closes after GOAWAY has moved: backends get "moved".
-    goaway_sent: bool,
+    pub(super) goaway_sent: bool,
     /// Opened by resuming a session from another connection or gateway.
-    resumed: bool,
+    pub(super) resumed: bool,
     /// W3C trace context handed to backends in OPEN.
-    trace: Option<Box<str>>,
-    _admission: Admission,
+    pub(super) trace: Option<Box<str>>,
+    pub(super) _admission: Admission,
 }
 
 /// Most queued messages handled before a flush, so one busy session cannot
@@ -576,12 +136,13 @@ impl Session {
                 "drain deadline reached; reconnect to another gateway".to_string()
             }
             CloseCode::Shutdown => "gateway shutting down".to_string(),
+            CloseCode::Moved => "the session was resumed on another connection".to_string(),
             other => other.name().to_string(),
         };
         Closing::new(code, reason)
     }
 
-    fn queue(&mut self, frame: Bytes) {
+    pub(super) fn queue(&mut self, frame: Bytes) {
         let pm = self.gw.metrics.proto(self.protocol);
         pm.frames_out.inc();
         pm.bytes_out.inc_by(frame.len() as u64);
@@ -606,16 +167,26 @@ impl Session {
     /// takes it all now) needs no timer; only a write that must wait gets a
     /// boxed future with the write timeout, so the timer is not part of
     /// every session's state.
+    /// A close requested meanwhile (a resume elsewhere on this gateway, a
+    /// kick, a timer) abandons a stalled write at once.
     async fn flush(&mut self) -> Result<(), Closing> {
         let first = std::future::poll_fn(|cx| Poll::Ready(self.io.poll_flush(cx))).await;
         let res = match first {
             Poll::Ready(r) => Ok(r),
             Poll::Pending => {
-                Box::pin(tokio::time::timeout(
-                    self.gw.cfg.limits.write_timeout,
-                    self.io.flush(),
-                ))
-                .await
+                let (io, rx) = (&mut self.io, &mut self.rx);
+                let write = tokio::time::timeout(self.gw.cfg.limits.write_timeout, io.flush());
+                let interrupted = Box::pin(async move {
+                    tokio::select! {
+                        r = write => Some(r),
+                        () = std::future::poll_fn(|cx| rx.poll_close_requested(cx)) => None,
+                    }
+                })
+                .await;
+                match interrupted {
+                    Some(r) => r,
+                    None => return Err(self.requested_closing()),
+                }
             }
         };
         match res {
@@ -794,7 +365,7 @@ impl Session {
         match header.kind() {
             Some(Kind::Data) => {
                 if !self.bucket.take(now) {
-                    self.gw.metrics.reject("msg_rate");
+                    self.gw.metrics.reject(Reject::MsgRate);
                     self.queue_error(&header, &RequestError::RateLimited);
                     return Ok(());
                 }
@@ -886,16 +457,19 @@ impl Session {
         for b in &self.bindings {
             b.close(id, code, &reason);
         }
-        self.gw.sessions.remove(id);
         self.gw.metrics.sessions_active.dec();
-        // A session that moved is now owned elsewhere: the directory's epoch
-        // rule keeps the new owner even if this close arrives late.
-        self.gw.session_event(crate::SessionEvent {
-            session_id: id,
-            user_id: self.handle.user_id(),
-            open: false,
-            epoch: 0,
-        });
+        // A session resumed on another connection here already holds the
+        // table entry (and the directory's): leave both to it. One that
+        // moved to another gateway is kept there by the directory's epoch
+        // rule even if this close arrives late.
+        if self.gw.sessions.remove_if(&self.handle) {
+            self.gw.session_event(crate::SessionEvent {
+                session_id: id,
+                user_id: self.handle.user_id(),
+                open: false,
+                epoch: 0,
+            });
+        }
         self.gw
             .metrics
             .closes

@@ -1,0 +1,103 @@
+//! How a session ends: the close code and reason, its metric label, and
+//! the last words to the client (CLOSE, then the transport's own close).
+
+use std::time::Duration;
+
+use gg_proto::CloseCode;
+use gg_proto::control::{self};
+use gg_proto::frame::{FrameError, Kind};
+
+use super::io::{ClientIo, ReadError};
+use crate::Gateway;
+use crate::error::Reject;
+use crate::metrics::ProtoMetrics;
+
+/// How a session ends: the code, a reason for humans, and whether a CLOSE
+/// frame can still be written to the client.
+#[derive(Debug)]
+pub(crate) struct Closing {
+    pub(crate) code: u16,
+    pub(crate) reason: String,
+    pub(crate) notify_client: bool,
+}
+
+impl Closing {
+    pub(super) fn new(code: CloseCode, reason: impl Into<String>) -> Closing {
+        Closing {
+            code: code.code(),
+            reason: reason.into(),
+            notify_client: true,
+        }
+    }
+
+    /// A refusal by a check or limit: counted, with the [`Reject`]'s code.
+    pub(super) fn rejected(gw: &Gateway, r: Reject, reason: impl Into<String>) -> Closing {
+        gw.metrics.reject(r);
+        Closing::new(r.close_code().unwrap_or(CloseCode::ProtocolError), reason)
+    }
+
+    pub(super) fn silent(code: CloseCode, reason: impl Into<String>) -> Closing {
+        Closing {
+            notify_client: false,
+            ..Closing::new(code, reason)
+        }
+    }
+
+    /// Maps a transport read failure to its close code.
+    pub(super) fn from_read(e: ReadError, max: u32) -> Closing {
+        match e {
+            ReadError::Closed => Closing::silent(CloseCode::Normal, "client disconnected"),
+            ReadError::Io(e) => {
+                Closing::silent(CloseCode::Normal, format!("client connection error: {e}"))
+            }
+            ReadError::Frame(FrameError::TooLarge { len, .. }) => Closing::new(
+                CloseCode::FrameTooLarge,
+                if len == u32::MAX {
+                    format!("message exceeds the maximum frame size of {max} bytes")
+                } else {
+                    format!("frame length {len} exceeds the maximum of {max} bytes")
+                },
+            ),
+            ReadError::Frame(FrameError::UnsupportedVersion { header }) => Closing::new(
+                CloseCode::UnsupportedVersion,
+                format!(
+                    "protocol version {} is not supported; this gateway speaks version 1",
+                    header.version
+                ),
+            ),
+            ReadError::Frame(e) => Closing::new(CloseCode::ProtocolError, e.to_string()),
+            ReadError::Protocol(msg) => Closing::new(CloseCode::ProtocolError, msg),
+        }
+    }
+}
+
+/// Metric label of a close code (backends may kick with codes of their own).
+pub(crate) fn close_label(code: u16) -> &'static str {
+    CloseCode::from_u16(code).map_or("other", CloseCode::name)
+}
+
+/// Writes the CLOSE frame (when possible) and ends the transport.
+pub(super) async fn end_transport(
+    io: &mut ClientIo,
+    session_id: u64,
+    c: &Closing,
+    pm: &ProtoMetrics,
+) {
+    if c.notify_client {
+        let f = control::close_frame(session_id, CloseCode::Normal, "").header;
+        let frame = control::control_frame(
+            Kind::Close,
+            f,
+            &control::Close {
+                code: c.code,
+                reason: c.reason.clone(),
+            },
+        )
+        .to_bytes();
+        pm.frames_out.inc();
+        pm.bytes_out.inc_by(frame.len() as u64);
+        io.queue(frame);
+        let _ = tokio::time::timeout(Duration::from_secs(1), io.flush()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown(c.code, &c.reason)).await;
+    }
+}
