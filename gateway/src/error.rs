@@ -37,6 +37,12 @@ pub(crate) enum RequestError {
     Draining,
     #[error("{0}")]
     BadRequest(String),
+    /// A frame kind that is not valid now (a second HELLO, a WELCOME).
+    #[error("{0}")]
+    BadState(String),
+    /// A frame kind this protocol version does not define.
+    #[error("{0}")]
+    UnknownKind(String),
 }
 
 impl RequestError {
@@ -53,6 +59,8 @@ impl RequestError {
             RequestError::Timeout(_) => ErrorCode::Timeout,
             RequestError::Draining => ErrorCode::Draining,
             RequestError::BadRequest(_) => ErrorCode::BadPayload,
+            RequestError::BadState(_) => ErrorCode::BadState,
+            RequestError::UnknownKind(_) => ErrorCode::UnknownKind,
         }
     }
 
@@ -66,7 +74,9 @@ impl RequestError {
             RequestError::BackendOverloaded { .. } | RequestError::Draining => 503,
             RequestError::RateLimited => 429,
             RequestError::Timeout(_) => 504,
-            RequestError::BadRequest(_) => 400,
+            RequestError::BadRequest(_)
+            | RequestError::BadState(_)
+            | RequestError::UnknownKind(_) => 400,
         }
     }
 
@@ -76,7 +86,9 @@ impl RequestError {
             | RequestError::UnknownService(_)
             | RequestError::NoRealm { .. }
             | RequestError::RateLimited
-            | RequestError::BadRequest(_) => Side::Downstream,
+            | RequestError::BadRequest(_)
+            | RequestError::BadState(_)
+            | RequestError::UnknownKind(_) => Side::Downstream,
             RequestError::NoHealthyEndpoint { .. }
             | RequestError::BackendUnavailable { .. }
             | RequestError::BackendOverloaded { .. }
@@ -131,15 +143,18 @@ pub(crate) enum Reject {
     /// An HTTP body that did not arrive within `limits.http_body_timeout_ms`.
     HttpBodyTimeout,
     /// An HTTP request head that did not arrive within
-    /// `limits.http_header_timeout_ms`, or that hyper refused.
+    /// `limits.http_header_timeout_ms`, or that the parser refused (hyper
+    /// answers 400 or 431 itself).
     HttpBadHead,
+    /// An HTTP request body that broke off or was malformed (chunking).
+    HttpBadBody,
     /// The process-wide budget for buffered client bytes
     /// (`limits.max_buffered_bytes`) is spent.
     BufferBudget,
 }
 
 impl Reject {
-    pub(crate) const ALL: [Reject; 19] = [
+    pub(crate) const ALL: [Reject; 20] = [
         Reject::MaxConnections,
         Reject::MaxConnectionsPerIp,
         Reject::ConnRatePerIp,
@@ -158,6 +173,7 @@ impl Reject {
         Reject::FrameTooLarge,
         Reject::HttpBodyTimeout,
         Reject::HttpBadHead,
+        Reject::HttpBadBody,
         Reject::BufferBudget,
     ];
 
@@ -182,6 +198,7 @@ impl Reject {
             Reject::FrameTooLarge => "frame_too_large",
             Reject::HttpBodyTimeout => "http_body_timeout",
             Reject::HttpBadHead => "http_bad_head",
+            Reject::HttpBadBody => "http_bad_body",
             Reject::BufferBudget => "buffer_budget",
         }
     }
@@ -209,7 +226,7 @@ impl Reject {
             Reject::HttpBodyTimeout => 408,
             Reject::FrameTooLarge => 413,
             Reject::MsgRate => 429,
-            Reject::HttpBadHead => 400,
+            Reject::HttpBadHead | Reject::HttpBadBody => 400,
             Reject::Draining | Reject::BufferBudget => 503,
             _ => return None,
         })
@@ -242,6 +259,8 @@ mod tests {
             RequestError::Timeout(5),
             RequestError::Draining,
             RequestError::BadRequest("x".into()),
+            RequestError::BadState("x".into()),
+            RequestError::UnknownKind("x".into()),
         ];
         for e in all {
             // Retryable failures are never reported as a client's fault.

@@ -62,6 +62,8 @@ pub struct Gateway {
     pub(crate) backends: BackendPool,
     pub(crate) ids: SessionIds,
     pub(crate) limits: Arc<ConnLimits>,
+    /// Client bytes buffered in large frames and HTTP bodies, process-wide.
+    pub(crate) buffered: Arc<crate::limits::ByteBudget>,
     /// Gateway-local route overrides (admin API).
     pub(crate) overrides: Overrides,
     /// Resume-token keys when `resume:` is configured.
@@ -121,6 +123,7 @@ impl Gateway {
                 cfg.limits.conn_rate_per_ip,
                 cfg.limits.conn_burst_per_ip,
             )),
+            buffered: crate::limits::ByteBudget::new(cfg.limits.max_buffered_bytes),
             routes: ArcSwap::from_pointee(routes),
             tls: arc_swap::ArcSwapOption::new(cfg.tls.as_ref().map(|t| t.server.clone())),
             sessions: SessionTable::new(),

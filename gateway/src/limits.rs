@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -174,6 +174,79 @@ impl TokenBucket {
     }
 }
 
+/// A process-wide budget of bytes buffered for clients (partly read large
+/// frames, HTTP bodies): what a crowd of connections can make the gateway
+/// hold, whatever each is allowed alone. Taken as bytes arrive, never by
+/// what a peer announces.
+#[derive(Debug)]
+pub(crate) struct ByteBudget {
+    used: AtomicU64,
+    max: u64,
+}
+
+impl ByteBudget {
+    pub(crate) fn new(max: u64) -> Arc<ByteBudget> {
+        Arc::new(ByteBudget {
+            used: AtomicU64::new(0),
+            max,
+        })
+    }
+
+    /// Bytes held now.
+    pub(crate) fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn try_take(&self, n: u64) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                u.checked_add(n).filter(|t| *t <= self.max)
+            })
+            .is_ok()
+    }
+
+    fn give(&self, n: u64) {
+        self.used.fetch_sub(n, Ordering::AcqRel);
+    }
+}
+
+/// Bytes one buffer holds against the [`ByteBudget`]; given back on drop.
+#[derive(Debug)]
+pub(crate) struct Charge {
+    budget: Arc<ByteBudget>,
+    bytes: u64,
+}
+
+impl Charge {
+    /// Raises this buffer's share to `total` bytes; false (and nothing
+    /// taken) if the budget cannot cover it.
+    pub(crate) fn grow_to(slot: &mut Option<Charge>, budget: &Arc<ByteBudget>, total: u64) -> bool {
+        let held = slot.as_ref().map_or(0, |c| c.bytes);
+        if total <= held {
+            return true;
+        }
+        if !budget.try_take(total - held) {
+            return false;
+        }
+        match slot {
+            Some(c) => c.bytes = total,
+            None => {
+                *slot = Some(Charge {
+                    budget: budget.clone(),
+                    bytes: total,
+                })
+            }
+        }
+        true
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.budget.give(self.bytes);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,5 +303,23 @@ mod tests {
         // Never more than the burst, however long idle.
         let later = t0 + Duration::from_secs(60);
         assert_eq!((0..10).filter(|_| b.take(later)).count(), 3);
+    }
+
+    #[test]
+    fn the_byte_budget_is_shared_and_given_back() {
+        let b = ByteBudget::new(100);
+        let (mut x, mut y) = (None, None);
+        assert!(Charge::grow_to(&mut x, &b, 60));
+        assert!(Charge::grow_to(&mut x, &b, 60), "no growth, no charge");
+        assert!(!Charge::grow_to(&mut y, &b, 41), "over the budget");
+        assert!(y.is_none());
+        assert!(Charge::grow_to(&mut y, &b, 40));
+        assert_eq!(b.used(), 100);
+        drop(x);
+        assert_eq!(b.used(), 40);
+        assert!(Charge::grow_to(&mut y, &b, 100));
+        y = None;
+        assert_eq!(b.used(), 0);
+        assert!(y.is_none());
     }
 }

@@ -41,6 +41,8 @@ pub(crate) struct Metrics {
     ws: ProtoMetrics,
     http: ProtoMetrics,
     pub(crate) sessions_active: IntGauge,
+    /// Client bytes held against `limits.max_buffered_bytes` (set at scrape).
+    pub(crate) buffered_bytes: IntGauge,
     pub(crate) sessions_opened: IntCounter,
     pub(crate) rejections: IntCounterVec,
     pub(crate) closes: IntCounterVec,
@@ -151,7 +153,14 @@ impl Metrics {
         .expect("valid");
         r.register(Box::new(drain_force_closed.clone()))
             .expect("once");
+        let buffered_bytes = IntGauge::new(
+            "gg_client_buffered_bytes",
+            "Client bytes buffered in large frames and HTTP bodies, against limits.max_buffered_bytes.",
+        )
+        .expect("valid");
+        r.register(Box::new(buffered_bytes.clone())).expect("once");
         let m = Metrics {
+            buffered_bytes,
             tcp,
             ws,
             http,

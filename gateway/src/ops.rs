@@ -23,7 +23,9 @@ impl OpsHandler for Ops {
     }
 
     fn metrics(&self) -> String {
-        self.0.metrics.render()
+        let m = &self.0.metrics;
+        m.buffered_bytes.set(self.0.buffered.used() as i64);
+        m.render()
     }
 }
 

@@ -285,10 +285,17 @@ impl Frame {
     pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
         // An empty payload is the empty object, so `{}`-only kinds may omit it.
         if self.payload.is_empty() {
-            serde_json::from_slice(b"{}")
-        } else {
-            serde_json::from_slice(&self.payload)
+            return serde_json::from_slice(b"{}");
         }
+        // Control payloads are objects; serde would also take an array for
+        // a struct (`[]` as a HELLO with every field absent).
+        let first = self.payload.iter().find(|b| !b.is_ascii_whitespace());
+        if first != Some(&b'{') {
+            return Err(<serde_json::Error as serde::de::Error>::custom(
+                "the payload must be a JSON object",
+            ));
+        }
+        serde_json::from_slice(&self.payload)
     }
 }
 
@@ -296,6 +303,24 @@ impl Frame {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn control_payloads_must_be_objects() {
+        #[derive(serde::Deserialize, Debug)]
+        struct Hello {
+            #[allow(dead_code)]
+            token: Option<String>,
+        }
+        let f = |p: &'static [u8]| Frame::new(Header::new(Kind::Hello), Bytes::from_static(p));
+        assert!(f(b"").json::<Hello>().is_ok());
+        assert!(f(b" {\"token\": \"t\"}").json::<Hello>().is_ok());
+        for bad in [&b"[]"[..], b"[null]", b"null", b"1", b"\"x\""] {
+            let e = Frame::new(Header::new(Kind::Hello), Bytes::from_static(bad))
+                .json::<Hello>()
+                .unwrap_err();
+            assert!(e.to_string().contains("JSON object"), "{e}");
+        }
+    }
 
     fn arb_header() -> impl Strategy<Value = Header> {
         (

@@ -6,6 +6,7 @@ mod support;
 
 mod admin;
 mod client_auth;
+mod hostile;
 mod http;
 mod lifecycle;
 mod limits;

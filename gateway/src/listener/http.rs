@@ -7,10 +7,11 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use gg_proto::frame::{self, Header, Kind};
 use gg_proto::{CloseCode, Frame};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Body as _;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::server::conn::http1;
@@ -24,12 +25,13 @@ use tracing::{Instrument, debug};
 
 use super::prefixed::PrefixedIo;
 use crate::Gateway;
+use crate::config::SMALL_FRAME_BYTES;
 use crate::error::Reject;
 use crate::error::RequestError;
-use crate::limits::ConnGuard;
+use crate::limits::{Charge, ConnGuard};
 use crate::metrics::Protocol;
 use crate::session::binding::open_binding;
-use crate::session::closing::close_label;
+use crate::session::closing::{BUDGET_SPENT, close_label};
 use crate::session::hello::{Admission, start};
 use crate::session::io::ClientIo;
 use crate::session::{Outbound, SessionHandle};
@@ -73,7 +75,13 @@ pub(crate) async fn serve_conn<I>(
         .with_upgrades();
     tokio::pin!(conn);
     tokio::select! {
-        r = conn.as_mut() => if let Err(e) = r { debug!(%remote, error = %e, "http connection ended with error") },
+        r = conn.as_mut() => if let Err(e) = r {
+            // hyper answered 400/431 itself, or the head timed out.
+            if e.is_parse() || e.is_parse_too_large() || e.is_timeout() {
+                gw.metrics.reject(Reject::HttpBadHead);
+            }
+            debug!(%remote, error = %e, "http connection ended with error");
+        },
         _ = gw.drain_signal.cancelled() => {
             // Finish the request in flight, then close (no keep-alive).
             conn.as_mut().graceful_shutdown();
@@ -158,6 +166,14 @@ fn reject_response(gw: &Gateway, r: Reject, message: &str) -> Response<Body> {
         .unwrap_or(StatusCode::BAD_REQUEST);
     let code = r.close_code().map_or(0, CloseCode::code);
     let mut resp = json_error(status, code, r.label(), message);
+    if matches!(
+        r,
+        Reject::HttpBodyTimeout | Reject::HttpBadBody | Reject::FrameTooLarge
+    ) {
+        // The rest of the body is not read: the connection cannot be reused.
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     if r == Reject::Unauthorized {
         resp.headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -191,13 +207,33 @@ fn upgrade(
             "missing Sec-WebSocket-Key",
         );
     };
-    if req.method() != Method::GET || !version_ok {
+    let connection_upgrade = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if req.method() != Method::GET || !connection_upgrade {
         return json_error(
             StatusCode::BAD_REQUEST,
             0,
             "bad_upgrade",
-            "WebSocket upgrade needs GET with Sec-WebSocket-Version: 13",
+            "a WebSocket upgrade needs GET with Connection: Upgrade",
         );
+    }
+    if !version_ok {
+        // RFC 6455 4.4: name the version this server speaks.
+        let mut r = json_error(
+            StatusCode::UPGRADE_REQUIRED,
+            0,
+            "bad_upgrade",
+            "WebSocket version 13 is the one supported (Sec-WebSocket-Version: 13)",
+        );
+        r.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        return r;
     }
     if gw.draining() {
         gw.metrics.reject(Reject::Draining);
@@ -378,16 +414,7 @@ async fn call_inner(
             }
         }
     };
-    let max = gw.cfg.limits.max_frame_bytes as usize - frame::HEADER_AFTER_LEN;
-    let body = match Limited::new(req.into_body(), max).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
-            return Err(CallError::Rejected(
-                Reject::FrameTooLarge,
-                format!("request body exceeds {max} bytes"),
-            ));
-        }
-    };
+    let body = read_body(gw, req.into_body()).await?;
 
     let id = gw.ids.next_id();
     let (session, mut rx) = SessionHandle::new(id, user, realm, Protocol::Http, remote, 16);
@@ -424,6 +451,57 @@ async fn call_inner(
         .with_label_values(&[close_label(code)])
         .inc();
     result.map(|b| (format!("{}:{id}", gw.cfg.gateway_id), b))
+}
+
+/// The whole request body, as it arrives: at most a frame's payload,
+/// within `limits.http_body_timeout_ms`, and beyond [`SMALL_FRAME_BYTES`]
+/// only while the process's buffer budget lasts. A declared length over the
+/// limit is refused before a byte of the body is read.
+async fn read_body(gw: &Gateway, mut body: Incoming) -> Result<Bytes, CallError> {
+    let limits = &gw.cfg.limits;
+    let max = limits.max_frame_bytes as usize - frame::HEADER_AFTER_LEN;
+    let too_large = || {
+        CallError::Rejected(
+            Reject::FrameTooLarge,
+            format!("request body exceeds {max} bytes"),
+        )
+    };
+    if body.size_hint().lower() > max as u64 {
+        return Err(too_large());
+    }
+    let mut charge = None;
+    let read = async {
+        let mut buf = BytesMut::new();
+        while let Some(f) = body.frame().await {
+            let f = f.map_err(|e| {
+                CallError::Rejected(Reject::HttpBadBody, format!("request body: {e}"))
+            })?;
+            let Ok(data) = f.into_data() else { continue };
+            let total = buf.len() + data.len();
+            if total > max {
+                return Err(too_large());
+            }
+            let held = total.saturating_sub(SMALL_FRAME_BYTES as usize) as u64;
+            if !Charge::grow_to(&mut charge, &gw.buffered, held) {
+                return Err(CallError::Rejected(
+                    Reject::BufferBudget,
+                    BUDGET_SPENT.into(),
+                ));
+            }
+            buf.extend_from_slice(&data);
+        }
+        Ok(buf.freeze())
+    };
+    match tokio::time::timeout(limits.http_body_timeout, read).await {
+        Ok(r) => r,
+        Err(_) => Err(CallError::Rejected(
+            Reject::HttpBodyTimeout,
+            format!(
+                "the request body did not arrive within {} ms",
+                limits.http_body_timeout.as_millis()
+            ),
+        )),
+    }
 }
 
 /// Waits for the DATA (or ERROR) with the call's seq; other frames (pushes)

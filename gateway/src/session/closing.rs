@@ -52,11 +52,13 @@ impl Closing {
             }
             ReadError::Frame(FrameError::TooLarge { len, .. }) => Closing::new(
                 CloseCode::FrameTooLarge,
-                if len == u32::MAX {
-                    format!("message exceeds the maximum frame size of {max} bytes")
-                } else {
-                    format!("frame length {len} exceeds the maximum of {max} bytes")
-                },
+                format!("frame length {len} exceeds the maximum of {max} bytes"),
+            ),
+            ReadError::WsTooLarge(size) => Closing::new(
+                CloseCode::FrameTooLarge,
+                format!(
+                    "WebSocket message of {size} bytes exceeds the maximum frame size of {max} bytes"
+                ),
             ),
             ReadError::Frame(FrameError::UnsupportedVersion { header }) => Closing::new(
                 CloseCode::UnsupportedVersion,
@@ -67,9 +69,13 @@ impl Closing {
             ),
             ReadError::Frame(e) => Closing::new(CloseCode::ProtocolError, e.to_string()),
             ReadError::Protocol(msg) => Closing::new(CloseCode::ProtocolError, msg),
+            ReadError::Budget => Closing::new(CloseCode::Overloaded, BUDGET_SPENT),
         }
     }
 }
+
+/// The reason sent with [`Reject::BufferBudget`].
+pub(crate) const BUDGET_SPENT: &str = "the gateway is holding too many large frames (limits.max_buffered_bytes); retry later or send smaller frames";
 
 /// Metric label of a close code (backends may kick with codes of their own).
 pub(crate) fn close_label(code: u16) -> &'static str {
@@ -99,5 +105,9 @@ pub(super) async fn end_transport(
         io.queue(frame);
         let _ = tokio::time::timeout(Duration::from_secs(1), io.flush()).await;
         let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown(c.code, &c.reason)).await;
+    } else {
+        // A WebSocket client's Close is answered (tungstenite queued the
+        // echo when it read it).
+        let _ = tokio::time::timeout(Duration::from_secs(1), io.flush()).await;
     }
 }

@@ -139,24 +139,25 @@ struct Hello {
 async fn read_hello(gw: &Gateway, io: &mut ClientIo, pm: &ProtoMetrics) -> Result<Hello, Closing> {
     let limits = &gw.cfg.limits;
     let max = limits.max_hello_bytes;
-    let raw = match tokio::time::timeout(limits.hello_timeout, io.read_frame(max)).await {
-        Err(_) => {
-            return Err(Closing::rejected(
-                gw,
-                Reject::HelloTimeout,
-                format!("no HELLO within {} ms", limits.hello_timeout.as_millis()),
-            ));
-        }
-        Ok(Err(ReadError::Frame(FrameError::TooLarge { len, .. }))) => {
-            return Err(Closing::rejected(
-                gw,
-                Reject::HelloTooLarge,
-                format!("HELLO of {len} bytes exceeds limits.max_hello_bytes ({max})"),
-            ));
-        }
-        Ok(Err(e)) => return Err(Closing::from_read(e, max)),
-        Ok(Ok(raw)) => raw,
-    };
+    let raw =
+        match tokio::time::timeout(limits.hello_timeout, io.read_frame(max, &gw.buffered)).await {
+            Err(_) => {
+                return Err(Closing::rejected(
+                    gw,
+                    Reject::HelloTimeout,
+                    format!("no HELLO within {} ms", limits.hello_timeout.as_millis()),
+                ));
+            }
+            Ok(Err(ReadError::Frame(FrameError::TooLarge { len, .. }))) => {
+                return Err(Closing::rejected(
+                    gw,
+                    Reject::HelloTooLarge,
+                    format!("HELLO of {len} bytes exceeds limits.max_hello_bytes ({max})"),
+                ));
+            }
+            Ok(Err(e)) => return Err(Closing::from_read(e, max)),
+            Ok(Ok(raw)) => raw,
+        };
     pm.frames_in.inc();
     pm.bytes_in.inc_by(raw.len() as u64);
     accept_hello(gw, raw)

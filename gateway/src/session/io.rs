@@ -6,6 +6,7 @@
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -20,6 +21,8 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
 
+use crate::config::SMALL_FRAME_BYTES;
+use crate::limits::{ByteBudget, Charge};
 use crate::listener::prefixed::PrefixedIo;
 
 /// A WebSocket over an HTTP/1.1 connection upgraded by hyper.
@@ -40,6 +43,10 @@ pub(crate) enum ReadError {
     /// A transport-level rule was broken (text WebSocket message, several
     /// frames in one message, …).
     Protocol(&'static str),
+    /// The process-wide budget for buffered client bytes is spent.
+    Budget,
+    /// A WebSocket message of this many bytes, over the limit.
+    WsTooLarge(usize),
 }
 
 /// Encoded frames waiting for a flush. Two fit inline, so a session that
@@ -53,6 +60,9 @@ pub(crate) enum ClientIo {
         /// Bytes read and not yet framed; released whenever it empties, so
         /// an idle session holds no read buffer.
         rbuf: BytesMut,
+        /// What `rbuf` holds against the process's [`ByteBudget`] beyond
+        /// [`SMALL_FRAME_BYTES`].
+        charge: Option<Charge>,
         pending: Pending,
     },
     /// Frames over TLS. Boxed: rustls's state is large, and only TLS
@@ -60,6 +70,7 @@ pub(crate) enum ClientIo {
     Tls {
         stream: Box<TlsStream>,
         rbuf: BytesMut,
+        charge: Option<Charge>,
         pending: Pending,
     },
     Ws {
@@ -81,6 +92,7 @@ impl ClientIo {
         ClientIo::Tcp {
             stream,
             rbuf: prefix,
+            charge: None,
             pending: Pending::new(),
         }
     }
@@ -91,6 +103,7 @@ impl ClientIo {
         ClientIo::Tls {
             stream: Box::new(stream),
             rbuf: prefix,
+            charge: None,
             pending: Pending::new(),
         }
     }
@@ -108,15 +121,36 @@ impl ClientIo {
         &mut self,
         cx: &mut Context<'_>,
         max: u32,
+        budget: &Arc<ByteBudget>,
     ) -> Poll<Result<BytesMut, ReadError>> {
         match self {
             // Wait for readiness before allocating a read buffer.
-            ClientIo::Tcp { stream, rbuf, .. } => {
-                poll_frame(stream, rbuf, cx, max, |s, cx| s.poll_read_ready(cx))
+            ClientIo::Tcp {
+                stream,
+                rbuf,
+                charge,
+                ..
+            } => {
+                let mut rb = ReadBuf {
+                    rbuf,
+                    charge,
+                    budget,
+                };
+                poll_frame(stream, &mut rb, cx, max, |s, cx| s.poll_read_ready(cx))
             }
             // rustls buffers internally; there is no cheap readiness check.
-            ClientIo::Tls { stream, rbuf, .. } => {
-                poll_frame(&mut **stream, rbuf, cx, max, |_, _| Poll::Ready(Ok(())))
+            ClientIo::Tls {
+                stream,
+                rbuf,
+                charge,
+                ..
+            } => {
+                let mut rb = ReadBuf {
+                    rbuf,
+                    charge,
+                    budget,
+                };
+                poll_frame(&mut **stream, &mut rb, cx, max, |_, _| Poll::Ready(Ok(())))
             }
             ClientIo::Ws { ws, .. } => loop {
                 let msg = match ready!(Pin::new(&mut **ws).poll_next(cx)) {
@@ -146,8 +180,12 @@ impl ClientIo {
     }
 
     /// Reads one whole raw frame (see [`ClientIo::poll_read_frame`]).
-    pub(crate) async fn read_frame(&mut self, max: u32) -> Result<BytesMut, ReadError> {
-        std::future::poll_fn(|cx| self.poll_read_frame(cx, max)).await
+    pub(crate) async fn read_frame(
+        &mut self,
+        max: u32,
+        budget: &Arc<ByteBudget>,
+    ) -> Result<BytesMut, ReadError> {
+        std::future::poll_fn(|cx| self.poll_read_frame(cx, max, budget)).await
     }
 
     /// Queues an encoded frame; nothing is written until a flush.
@@ -232,9 +270,11 @@ fn ws_io(e: tungstenite::Error) -> io::Error {
 
 fn ws_read_error(e: tungstenite::Error, max: u32) -> ReadError {
     match e {
-        tungstenite::Error::Capacity(_) => {
-            ReadError::Frame(FrameError::TooLarge { len: u32::MAX, max })
-        }
+        tungstenite::Error::Capacity(tungstenite::error::CapacityError::MessageTooLong {
+            size,
+            ..
+        }) => ReadError::WsTooLarge(size),
+        tungstenite::Error::Capacity(_) => ReadError::WsTooLarge(max as usize + 1),
         tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => {
             ReadError::Closed
         }
@@ -243,16 +283,30 @@ fn ws_read_error(e: tungstenite::Error, max: u32) -> ReadError {
     }
 }
 
-/// Reads until `rbuf` holds a whole frame. `ready` is polled before each
-/// read, so a transport that can tell readiness does not allocate first.
+/// A transport's read buffer and what it holds against the budget.
+struct ReadBuf<'a> {
+    rbuf: &'a mut BytesMut,
+    charge: &'a mut Option<Charge>,
+    budget: &'a Arc<ByteBudget>,
+}
+
+/// Most bytes reserved ahead of what has arrived: a frame's announced
+/// length is a claim, not a reason to allocate.
+const READ_AHEAD: usize = 64 * 1024;
+
+/// Reads until the buffer holds a whole frame. `ready` is polled before
+/// each read, so a transport that can tell readiness does not allocate
+/// first. Bytes of a partly read frame beyond [`SMALL_FRAME_BYTES`] are
+/// charged to the budget as they arrive; a spent budget refuses the frame.
 fn poll_frame<S: AsyncRead + Unpin>(
     stream: &mut S,
-    rbuf: &mut BytesMut,
+    rb: &mut ReadBuf<'_>,
     cx: &mut Context<'_>,
     max: u32,
     mut ready: impl FnMut(&mut S, &mut Context<'_>) -> Poll<io::Result<()>>,
 ) -> Poll<Result<BytesMut, ReadError>> {
     loop {
+        let rbuf = &mut *rb.rbuf;
         match frame::check(rbuf, max) {
             Ok(Some(total)) => {
                 let raw = rbuf.split_to(total);
@@ -261,21 +315,26 @@ fn poll_frame<S: AsyncRead + Unpin>(
                     // forwarded; the session itself holds nothing.
                     *rbuf = BytesMut::new();
                 }
+                *rb.charge = None;
                 return Poll::Ready(Ok(raw));
             }
             Ok(None) => {}
             Err(e) => return Poll::Ready(Err(ReadError::Frame(e))),
         }
+        let held = rbuf.len().saturating_sub(SMALL_FRAME_BYTES as usize) as u64;
+        if !Charge::grow_to(rb.charge, rb.budget, held) {
+            return Poll::Ready(Err(ReadError::Budget));
+        }
         if let Err(e) = ready!(ready(stream, cx)) {
             return Poll::Ready(Err(ReadError::Io(e)));
         }
-        // Reserve exactly what the announced frame still needs (bounded by
-        // `max` above), at least a chunk.
+        // Room for what the announced frame still needs, but never more
+        // than a read-ahead beyond what has arrived.
         let want = if rbuf.len() >= frame::LEN_BYTES {
             let len = u32::from_be_bytes([rbuf[0], rbuf[1], rbuf[2], rbuf[3]]) as usize;
             (frame::LEN_BYTES + len)
                 .saturating_sub(rbuf.len())
-                .max(READ_CHUNK)
+                .clamp(READ_CHUNK, READ_AHEAD)
         } else {
             READ_CHUNK
         };

@@ -12,11 +12,11 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use gg_proto::control::{self};
 use gg_proto::frame::{self, FrameError, Header, Kind};
-use gg_proto::{CloseCode, ErrorCode, Frame};
+use gg_proto::{CloseCode, Frame};
 use tracing::{debug, info};
 
 use super::binding::{Binding, bind_on, open_binding};
-use super::closing::{Closing, close_label, end_transport};
+use super::closing::{BUDGET_SPENT, Closing, close_label, end_transport};
 use super::hello::Admission;
 use super::io::{ClientIo, ReadError};
 use super::{Outbound, SessionHandle};
@@ -103,10 +103,14 @@ impl Session {
         }
         let max = self.gw.cfg.limits.max_frame_bytes;
         for _ in 0..MAX_READS {
-            match self.io.poll_read_frame(cx, max) {
+            match self.io.poll_read_frame(cx, max, &self.gw.buffered) {
                 Poll::Ready(Ok(raw)) => {
                     self.on_client_frame(raw)?;
                     progress = true;
+                }
+                Poll::Ready(Err(ReadError::Budget)) => {
+                    let r = Reject::BufferBudget;
+                    return Poll::Ready(Err(Closing::rejected(&self.gw, r, BUDGET_SPENT)));
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(Closing::from_read(e, max))),
                 Poll::Pending => break,
@@ -333,19 +337,14 @@ impl Session {
             Ok(h) => h,
             Err(FrameError::UnknownKind { header }) => {
                 // The stream is still in sync: answer and carry on.
-                let e = ErrorCode::UnknownKind;
-                self.gw
-                    .metrics
-                    .errors_sent
-                    .with_label_values(&[e.name()])
-                    .inc();
-                let mut h = header;
-                h.session_id = self.handle.id();
+                if self.rate_limited(&header, now) {
+                    return Ok(());
+                }
                 let msg = format!(
                     "unknown frame kind 0x{:02x}; this gateway speaks protocol v1 kinds 0x01-0x09",
                     header.kind
                 );
-                self.queue(control::error_frame(&h, e, msg).to_bytes());
+                self.queue_error(&header, &RequestError::UnknownKind(msg));
                 return Ok(());
             }
             Err(e) => return Err(Closing::from_read(ReadError::Frame(e), 0)),
@@ -362,13 +361,16 @@ impl Session {
                 ),
             ));
         }
+        if header.kind() == Some(Kind::Close) {
+            return Err(Closing::silent(CloseCode::Normal, "closed by client"));
+        }
+        // Every kind a client sends costs a token: PINGs and refused kinds
+        // are answered too, so they must not be free to flood.
+        if self.rate_limited(&header, now) {
+            return Ok(());
+        }
         match header.kind() {
             Some(Kind::Data) => {
-                if !self.bucket.take(now) {
-                    self.gw.metrics.reject(Reject::MsgRate);
-                    self.queue_error(&header, &RequestError::RateLimited);
-                    return Ok(());
-                }
                 frame::stamp_ids(&mut raw, user, id);
                 if let Err(e) = self.forward(&header, raw.freeze()) {
                     self.queue_error(&header, &e);
@@ -381,20 +383,27 @@ impl Session {
                 h.user_id = user;
                 self.queue(Frame::new(h, Bytes::new()).to_bytes());
             }
-            Some(Kind::Pong) => {}
-            Some(Kind::Close) => {
-                return Err(Closing::silent(CloseCode::Normal, "closed by client"));
-            }
+            Some(Kind::Pong) | Some(Kind::Close) | None => {}
             Some(k) => {
-                let e = RequestError::BadRequest(format!(
+                let e = RequestError::BadState(format!(
                     "kind {} is not valid from a client on an open session",
                     k.name()
                 ));
                 self.queue_error(&header, &e);
             }
-            None => {}
         }
         Ok(())
+    }
+
+    /// Takes a token from the session's message rate; when there is none,
+    /// answers ERROR `rate_limited` and returns true.
+    fn rate_limited(&mut self, header: &Header, now: std::time::Instant) -> bool {
+        if self.bucket.take(now) {
+            return false;
+        }
+        self.gw.metrics.reject(Reject::MsgRate);
+        self.queue_error(header, &RequestError::RateLimited);
+        true
     }
 
     /// Sends a client DATA frame to the backend bound for its service,

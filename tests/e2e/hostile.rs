@@ -1,0 +1,272 @@
+//! Hostile input: stalled bodies, oversized first frames, a crowd of large
+//! frames against the process's buffer budget, floods of cheap frames, and
+//! malformed handshakes. Each is refused with its documented code and
+//! counted, and nothing else is disturbed.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use gg_proto::frame::{Header, Kind};
+use gg_proto::{CloseCode, ErrorCode, Frame};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::*;
+
+/// Sends `head` (and `body` bytes), then stalls; returns everything the
+/// gateway wrote until it closed the connection.
+async fn stalled_request(addr: std::net::SocketAddr, head: &str, body: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(head.as_bytes()).await.expect("head");
+    s.write_all(body).await.expect("body");
+    let mut out = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut out))
+        .await
+        .expect("the gateway must close a stalled request")
+        .expect("read");
+    String::from_utf8_lossy(&out).to_string()
+}
+
+#[tokio::test]
+async fn stalled_and_broken_http_bodies_are_refused_and_closed() {
+    let b = backend("b1").await;
+    let gw = gateway(&format!(
+        "{}limits: {{ http_body_timeout_ms: 300 }}\n",
+        one_service(b.addr)
+    ))
+    .await;
+    let post = "POST /v1/call/echo HTTP/1.1\r\nHost: x\r\n";
+    // A declared length, 3 bytes, silence.
+    let r = stalled_request(
+        gw.client,
+        &format!("{post}Content-Length: 100000\r\n\r\n"),
+        b"abc",
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 408"), "{r}");
+    assert!(r.contains("http_body_timeout"), "{r}");
+    // A chunked body that stops part-way.
+    let r = stalled_request(
+        gw.client,
+        &format!("{post}Transfer-Encoding: chunked\r\n\r\n"),
+        b"a\r\n12345",
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 408"), "{r}");
+    gw.wait_metric("gg_rejections_total{reason=\"http_body_timeout\"}", |v| {
+        v == 2.0
+    })
+    .await;
+    // Broken chunking is a bad request, not "too large".
+    let r = stalled_request(
+        gw.client,
+        &format!("{post}Transfer-Encoding: chunked\r\n\r\n"),
+        b"zz\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    assert!(r.contains("http_bad_body"), "{r}");
+    // A declared length over the limit is refused before the body is read.
+    let r = stalled_request(
+        gw.client,
+        &format!("{post}Content-Length: 900000000\r\n\r\n"),
+        b"",
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 413"), "{r}");
+    // A head hyper cannot parse is answered by hyper and counted.
+    let r = stalled_request(
+        gw.client,
+        "POST /v1/call/echo HTTP/1.1\r\nBad Header\r\n\r\n",
+        b"",
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    gw.wait_metric("gg_rejections_total{reason=\"http_bad_head\"}", |v| {
+        v >= 1.0
+    })
+    .await;
+    // Calls still work.
+    let (status, body) = http(gw.client, "POST", "/v1/call/echo", &[], b"fine").await;
+    assert_eq!((status, body.as_str()), (200, "fine"));
+}
+
+#[tokio::test]
+async fn a_long_first_frame_is_closed_before_its_body_arrives() {
+    let b = backend("b1").await;
+    let gw = gateway(&one_service(b.addr)).await;
+    let mut c = Client::tcp(gw.client).await;
+    // A HELLO announcing 5000 bytes (the default limit is 4096); only the
+    // length and the header are sent.
+    let mut raw = 5000u32.to_be_bytes().to_vec();
+    raw.extend_from_slice(&[1, Kind::Hello as u8, 0, 0]);
+    c.send_raw(&raw).await;
+    let close = c.expect_close().await;
+    assert_eq!(close.code, CloseCode::FrameTooLarge.code());
+    assert!(close.reason.contains("max_hello_bytes"), "{}", close.reason);
+    gw.wait_metric("gg_rejections_total{reason=\"hello_too_large\"}", |v| {
+        v == 1.0
+    })
+    .await;
+    // A 0xFFFFFFFF length is reported as a frame length, on any session.
+    let mut c = Client::tcp(gw.client).await;
+    c.hello(1, 0).await;
+    c.send_raw(&[0xff, 0xff, 0xff, 0xff, 1, 2, 0, 0]).await;
+    let close = c.expect_close().await;
+    assert!(
+        close.reason.contains("frame length 4294967295"),
+        "{}",
+        close.reason
+    );
+}
+
+#[tokio::test]
+async fn a_crowd_of_large_frames_is_stopped_by_the_buffer_budget() {
+    let b = backend("b1").await;
+    // Frames up to 300 000 bytes, but at most 300 000 bytes buffered beyond
+    // the first 64 KiB of each partly read frame, process-wide.
+    let gw = gateway(&format!(
+        "{}limits: {{ max_frame_bytes: 300000, max_buffered_bytes: 300000 }}\n",
+        one_service(b.addr)
+    ))
+    .await;
+    let partial = |n: usize| {
+        let mut raw = 290_000u32.to_be_bytes().to_vec();
+        let mut h = Header::new(Kind::Data);
+        h.service_type = 1;
+        let f = Frame::new(h, vec![0u8; 290_000 - 12]).to_bytes();
+        raw.extend_from_slice(&f[4..4 + n]);
+        raw
+    };
+    // What one such connection holds against the budget: the length prefix
+    // and 200 000 bytes, less the free first 64 KiB.
+    let share = (4 + 200_000 - 65_536) as f64;
+    let mut held = Vec::new();
+    for user in 1..=2 {
+        let mut c = Client::tcp(gw.client).await;
+        c.hello(user, 0).await;
+        // 200 000 bytes of a 290 000-byte frame.
+        c.send_raw(&partial(200_000)).await;
+        gw.wait_metric("gg_client_buffered_bytes", |v| v == share * user as f64)
+            .await;
+        held.push(c);
+    }
+    // The third would take the total past the budget: refused, retryable.
+    let mut third = Client::tcp(gw.client).await;
+    third.hello(3, 0).await;
+    third.send_raw(&partial(200_000)).await;
+    let close = third.expect_close().await;
+    assert_eq!(close.code, CloseCode::Overloaded.code());
+    assert!(
+        close.reason.contains("max_buffered_bytes"),
+        "{}",
+        close.reason
+    );
+    gw.wait_metric("gg_rejections_total{reason=\"buffer_budget\"}", |v| {
+        v == 1.0
+    })
+    .await;
+    // Closing a holder gives its share back; small frames never needed it.
+    drop(held.pop());
+    gw.wait_metric("gg_client_buffered_bytes", |v| v == share)
+        .await;
+    let mut small = Client::tcp(gw.client).await;
+    small.hello(4, 0).await;
+    assert_eq!(small.call_text(1, 1, "small").await, "small");
+}
+
+#[tokio::test]
+async fn every_client_frame_kind_costs_a_token_and_states_are_checked() {
+    let b = backend("b1").await;
+    let gw = gateway(&format!(
+        "{}limits: {{ msg_rate_per_sec: 1, msg_burst: 5 }}\n",
+        one_service(b.addr)
+    ))
+    .await;
+    let mut c = Client::tcp(gw.client).await;
+    c.hello(1, 0).await;
+    // A second HELLO is a frame in the wrong state: 103.
+    let mut h = Header::new(Kind::Hello);
+    h.seq = 1;
+    c.send(&Frame::new(h, Bytes::new())).await;
+    let e = c.recv_kind(Kind::Error).await;
+    assert_eq!(error_of(&e).code, ErrorCode::BadState.code());
+    for seq in 0..30 {
+        c.send(&frame(Kind::Ping, 0, seq, Bytes::new())).await;
+    }
+    let (mut pongs, mut limited) = (0, 0);
+    while pongs + limited < 30 {
+        let f = c.recv().await;
+        match f.header.kind() {
+            Some(Kind::Pong) => pongs += 1,
+            Some(Kind::Error) => {
+                assert_eq!(error_of(&f).code, ErrorCode::RateLimited.code());
+                limited += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(pongs <= 6, "{pongs} PONGs for a burst of 5");
+    assert!(limited >= 24, "{limited}");
+    assert!(gw.metric("gg_rejections_total{reason=\"msg_rate\"}").await >= 24.0);
+}
+
+#[tokio::test]
+async fn a_hello_payload_must_be_an_object() {
+    let b = backend("b1").await;
+    let gw = gateway(&one_service(b.addr)).await;
+    let mut c = Client::tcp(gw.client).await;
+    c.send_hello(1, serde_json::json!([])).await;
+    let close = c.expect_close().await;
+    assert_eq!(close.code, CloseCode::ProtocolError.code());
+    assert!(close.reason.contains("JSON object"), "{}", close.reason);
+}
+
+#[tokio::test]
+async fn websocket_handshakes_follow_rfc_6455() {
+    let b = backend("b1").await;
+    let gw = gateway(&one_service(b.addr)).await;
+    let head = |connection: &str, version: &str| {
+        format!(
+            "GET /v1/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n{connection}Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: {version}\r\n\r\n"
+        )
+    };
+    let r = stalled_request(gw.client, &head("Connection: close\r\n", "13"), b"").await;
+    assert!(r.starts_with("HTTP/1.1 400"), "no Connection: Upgrade: {r}");
+    let r = stalled_request(gw.client, &head("Connection: close, Upgrade\r\n", "8"), b"").await;
+    assert!(r.starts_with("HTTP/1.1 426"), "{r}");
+    assert!(
+        r.to_ascii_lowercase().contains("sec-websocket-version: 13"),
+        "{r}"
+    );
+    // A client's Close is answered with a Close.
+    use futures_util::{SinkExt, StreamExt};
+    let (mut ws, _) = tokio_tungstenite::client_async(
+        format!("ws://{}/v1/ws", gw.client),
+        TcpStream::connect(gw.client).await.expect("connect"),
+    )
+    .await
+    .expect("upgrade");
+    let mut h = Header::new(Kind::Hello);
+    h.user_id = 1;
+    let hello = Frame::new(h, Bytes::new()).to_bytes();
+    ws.send(tokio_tungstenite::tungstenite::Message::Binary(hello))
+        .await
+        .expect("hello");
+    let _welcome = ws.next().await.expect("welcome").expect("ok");
+    ws.close(None).await.expect("close");
+    let echoed = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(m) = ws.next().await {
+            if let Ok(tokio_tungstenite::tungstenite::Message::Close(_)) = m {
+                return true;
+            }
+            if m.is_err() {
+                return false;
+            }
+        }
+        false
+    })
+    .await
+    .expect("in time");
+    assert!(echoed, "the gateway must answer a Close with a Close");
+}
