@@ -59,6 +59,9 @@ pub(crate) enum SendError {
 
 /// Shared state of one pooled connection: `state = generation << 1 | up`,
 /// one atomic so readers see a consistent pair.
+/// How long a CLOSE that found its connection's queue full waits for room.
+const CLOSE_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
+
 pub(crate) struct Conn {
     tx: mpsc::Sender<Envelope>,
     state: AtomicU64,
@@ -94,6 +97,34 @@ impl Conn {
     /// Frames queued toward the backend now.
     pub(crate) fn queued(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    /// Queues a session's CLOSE. It must not be lost: when the queue is
+    /// full the binding is released at once (so the pool's view agrees
+    /// with the sessions that exist) and the CLOSE waits for room, behind
+    /// the session's earlier frames, for up to [`CLOSE_RETRY`]; a
+    /// connection that stays that stuck fails its heartbeat, and the
+    /// backend then drops every session of it anyway.
+    pub(crate) fn send_close(&self, generation: u64, session_id: u64, frame: Bytes) {
+        if self.live_generation() != Some(generation) {
+            // The connection is gone, and the session with it.
+            return;
+        }
+        let env = Envelope {
+            generation,
+            msg: ToBackend::Close { session_id, frame },
+        };
+        match self.tx.try_send(env) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(env)) => {
+                self.bound().remove(&session_id);
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(CLOSE_RETRY, tx.send(env)).await;
+                });
+            }
+        }
     }
 
     /// Queues a message for `generation` without waiting.

@@ -847,3 +847,77 @@ async fn breaker_opens_when_a_backend_dies_and_recovers() {
     // Sessions left on the dead backend were told with ERROR 105 (seq 0).
     let _ = ErrorCode::BackendUnavailable;
 }
+
+/// A session that ends while its backend's queue is full still tells the
+/// backend: the binding is released at once (ListBackends agrees with the
+/// sessions that exist) and the CLOSE arrives once the backend reads again.
+#[tokio::test]
+async fn a_close_that_finds_the_backend_queue_full_still_arrives() {
+    let b = backend("b1").await;
+    let gw = gateway(&format!(
+        "services:\n  - {{ name: echo, id: 1, strategy: round_robin, endpoints: [{}] }}\nbackend: {{ queue: 8, connections_per_endpoint: 1 }}\n{}",
+        b.addr,
+        admin_yaml()
+    ))
+    .await;
+    let a = admin(&gw, Some(ADMIN_TOKEN)).await;
+    let mut staller = Client::tcp(gw.client).await;
+    staller.hello(1, 0).await;
+    assert_eq!(staller.call_text(1, 1, "stall:3000").await, "stalled");
+    // The backend reads nothing now: fill the socket and then the queue
+    // until the gateway answers "overloaded".
+    let mut c = Client::tcp(gw.client).await;
+    c.hello(2, 0).await;
+    let big = vec![b'x'; 400_000];
+    for seq in 0..60 {
+        c.send(&frame(Kind::Data, 1, seq, big.clone())).await;
+    }
+    loop {
+        let f = c.recv().await;
+        if f.header.kind() == Some(Kind::Error) {
+            assert_eq!(error_of(&f).code, ErrorCode::BackendUnavailable.code());
+            assert!(error_of(&f).message.contains("overloaded"));
+            break;
+        }
+    }
+    c.send(&frame(Kind::Close, 0, 0, bytes::Bytes::new())).await;
+    drop(c);
+    let bound = || {
+        let mut a = a.clone();
+        let addr = b.addr.to_string();
+        async move {
+            let l = a
+                .list_backends(pb::ListBackendsRequest {})
+                .await
+                .expect("list")
+                .into_inner();
+            l.backends
+                .iter()
+                .find(|b| b.endpoint == addr)
+                .expect("endpoint listed")
+                .sessions
+        }
+    };
+    eventually(
+        "the closed session's binding is released at once",
+        || async { bound().await == 1 },
+    )
+    .await;
+    assert_eq!(gw.metric("gg_sessions_active").await, 1.0);
+    // Once the backend reads again it gets the CLOSE: it holds one session.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut seq = 100;
+    loop {
+        seq += 1;
+        let f = staller.call(1, seq, b"sessions").await;
+        // "overloaded" while the queue drains; then the backend's count.
+        if f.header.kind() == Some(Kind::Data) && &f.payload[..] == b"1" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the backend never learnt the session ended"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

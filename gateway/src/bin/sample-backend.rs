@@ -21,6 +21,9 @@
 //! - `kick[:reason]`    → CLOSE with code 3506 (kicked)
 //! - `flood:N:BYTES`    → N DATA frames of BYTES bytes each (load/slow-consumer tests)
 //! - `sleep:MS`         → replies `slept` after MS milliseconds
+//! - `stall:MS`         → replies `stalled`, then stops reading this gateway
+//!   connection for MS milliseconds (a backend that falls behind)
+//! - `sessions`         → how many sessions this backend holds open now
 //! - `error`            → ERROR frame `{code: 100, message}` with the request's seq
 //! - `trace`            → the W3C `traceparent` the session's OPEN carried (`-` if none)
 //! - anything else      → echoed back unchanged
@@ -217,6 +220,23 @@ async fn serve_gateway(
                         send(&tx, e).await;
                         continue;
                     };
+                    let text = std::str::from_utf8(&f.payload).unwrap_or("");
+                    if text == "sessions" {
+                        let open = sessions
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .values()
+                            .filter(|s| s.detached_at.is_none())
+                            .count();
+                        send(&tx, Frame::new(h, Bytes::from(open.to_string()))).await;
+                        continue;
+                    }
+                    if let Some(ms) = text.strip_prefix("stall:") {
+                        let ms = ms.parse().unwrap_or(0u64).min(60_000);
+                        send(&tx, Frame::new(h, Bytes::from_static(b"stalled"))).await;
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                        continue;
+                    }
                     if handle_data(&tx, &name, h, f.payload, count, trace).await {
                         sessions
                             .lock()

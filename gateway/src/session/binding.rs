@@ -38,7 +38,8 @@ impl Binding {
             .map_err(|e| send_error(e, &self.endpoint))
     }
 
-    /// Unbinds the session on the backend (best effort).
+    /// Unbinds the session on the backend; the CLOSE is never dropped
+    /// (see [`crate::backend::Conn::send_close`]).
     pub(crate) fn close(&self, session_id: u64, code: u16, reason: &str) {
         let mut h = Header::new(Kind::Close);
         h.service_type = self.service;
@@ -51,13 +52,7 @@ impl Binding {
                 reason: reason.to_string(),
             },
         );
-        let _ = self.endpoint.conns[self.slot].send(
-            self.generation,
-            ToBackend::Close {
-                session_id,
-                frame: f.to_bytes(),
-            },
-        );
+        self.endpoint.conns[self.slot].send_close(self.generation, session_id, f.to_bytes());
     }
 }
 
