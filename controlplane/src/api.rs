@@ -7,7 +7,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use gg_proto::model::Bundle;
 use gg_proto::pb::admin as gwpb;
 use gg_proto::pb::common::DrainPhase;
 use gg_proto::pb::controlplane as pb;
@@ -24,16 +23,16 @@ use tonic::{Request, Response, Status};
 use tracing::{error, info};
 
 use crate::Cp;
-use crate::store::StoreError;
+use crate::store::{ConfigStore as _, StoreError};
 
 pub fn store_status(e: StoreError) -> Status {
     match e {
         StoreError::Conflict { expected, current } => Status::failed_precondition(format!(
             "revision conflict: expected {expected}, current is {current}; re-read the config and retry"
         )),
-        StoreError::Redis(e) => Status::unavailable(format!(
-            "redis unavailable ({e}); nothing was written, retry later"
-        )),
+        StoreError::Redis(e) => {
+            Status::unavailable(format!("redis unavailable ({})", crate::redis_error(&e)))
+        }
         StoreError::Corrupt(m) => {
             error!(error = %m, "corrupt data in redis");
             Status::internal(format!("stored data is corrupt: {m}"))
@@ -80,83 +79,26 @@ pub struct Api {
 }
 
 impl Api {
-    /// Read → modify → validate → diff → CAS write (retried on a concurrent
-    /// write unless the caller pinned `expected_revision`).
+    /// One configuration write ([`crate::write::mutate`]); what it wrote is
+    /// published to this replica's gateways at once.
     async fn mutate(
         &self,
         author: String,
         opts: Option<pb::WriteOptions>,
-        mut change: impl FnMut(&mut pb::ConfigBundle) -> Result<(), Status>,
+        change: impl FnMut(&mut pb::ConfigBundle) -> Result<(), Status>,
     ) -> Result<pb::WriteResponse, Status> {
         let opts = opts.unwrap_or_default();
-        let author = if opts.author.is_empty() {
-            author
-        } else {
-            opts.author.clone()
+        let req = crate::write::Request {
+            author,
+            opts: &opts,
+            lock_wait: self.cp.cfg.redis_timeout,
         };
-        let _local = self.cp.write_lock.lock().await;
-        for _ in 0..5 {
-            let cur = self.cp.store.load().await.map_err(store_status)?;
-            if opts.expected_revision != 0 && opts.expected_revision != cur.revision {
-                return Err(Status::failed_precondition(format!(
-                    "expected revision {}, current is {}; re-read the config and retry",
-                    opts.expected_revision, cur.revision
-                )));
-            }
-            let old = cur.bundle.unwrap_or_default();
-            let mut new = old.clone();
-            change(&mut new)?;
-            // The domain model's validation: the same function every
-            // gateway runs before applying, so what is written here applies.
-            let model = Bundle::from_pb(&new).map_err(|e| {
-                Status::invalid_argument(format!(
-                    "invalid config (nothing written):\n  - {}",
-                    e.0.join("\n  - ")
-                ))
-            })?;
-            let new = model.to_pb();
-            // A stored bundle that no longer converts (written by an older
-            // contract) diffs as if empty: every item shows as added.
-            let d = Bundle::diff(&Bundle::from_pb(&old).unwrap_or_default(), &model);
-            if opts.dry_run || d.is_empty() {
-                return Ok(pb::WriteResponse {
-                    revision: cur.revision,
-                    epoch: cur.epoch,
-                    unchanged: d.is_empty(),
-                    diff: d,
-                    dry_run: opts.dry_run,
-                });
-            }
-            let record = pb::HistoryRecord {
-                revision: 0,
-                author: author.clone(),
-                at_ms: now_ms(),
-                comment: opts.comment.clone(),
-                diff: d.clone(),
-            };
-            match self.cp.store.write(cur.revision, &new, &record).await {
-                Ok(w) => {
-                    info!(revision = w.revision, %author, changes = d.len(), "config written");
-                    self.cp.metrics.writes.inc();
-                    self.cp.publish(pb::Versioned {
-                        revision: w.revision,
-                        epoch: w.epoch.clone(),
-                        bundle: Some(new),
-                    });
-                    return Ok(pb::WriteResponse {
-                        revision: w.revision,
-                        epoch: w.epoch,
-                        diff: d,
-                        dry_run: false,
-                        unchanged: false,
-                    });
-                }
-                // Another replica wrote in between: re-read and re-apply.
-                Err(StoreError::Conflict { .. }) if opts.expected_revision == 0 => continue,
-                Err(e) => return Err(store_status(e)),
-            }
+        let out = crate::write::mutate(&self.cp.store, &self.cp.write_lock, req, change).await?;
+        if let Some(v) = out.published {
+            self.cp.metrics.writes.inc();
+            self.cp.publish(v);
         }
-        Err(Status::aborted("too many concurrent writes; retry"))
+        Ok(out.response)
     }
 }
 

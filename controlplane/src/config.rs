@@ -60,6 +60,15 @@ pub struct FileRedis {
     /// URLs); without it the system trust store is used.
     #[serde(default)]
     pub tls_ca_file: Option<String>,
+    /// Bound on every Redis call (and on connecting).
+    #[serde(default = "d_redis_timeout")]
+    pub timeout_ms: u64,
+}
+
+pub const DEFAULT_REDIS_TIMEOUT_MS: u64 = 1_000;
+
+fn d_redis_timeout() -> u64 {
+    DEFAULT_REDIS_TIMEOUT_MS
 }
 
 #[derive(Debug, Deserialize)]
@@ -84,12 +93,53 @@ pub struct Config {
     pub redis: RedisTarget,
     /// PEM CA for `rediss://` (read at start).
     pub redis_tls_ca: Option<Vec<u8>>,
+    /// Bound on every Redis call.
+    pub redis_timeout: Duration,
     pub reconcile: Duration,
     pub lease: Duration,
     pub tokens: Vec<Token>,
     pub gateway_admin_token: Option<Token>,
     pub tls: Option<tonic::transport::ServerTlsConfig>,
     pub gateway_admin_tls: Option<tonic::transport::ClientTlsConfig>,
+}
+
+/// `redis:`: exactly one of url, cluster or sentinel; the CA; the timeout.
+fn redis_section(
+    r: FileRedis,
+    errs: &mut Vec<String>,
+) -> (Option<RedisTarget>, Option<Vec<u8>>, Duration) {
+    let tls_ca = r.tls_ca_file.as_ref().and_then(|p| match std::fs::read(p) {
+        Ok(pem) => Some(pem),
+        Err(e) => {
+            errs.push(format!("redis.tls_ca_file: cannot read {p}: {e}"));
+            None
+        }
+    });
+    if !(1..=60_000).contains(&r.timeout_ms) {
+        errs.push(format!(
+            "redis.timeout_ms {} must be between 1 and 60000",
+            r.timeout_ms
+        ));
+    }
+    let target = match (r.url, r.cluster.is_empty(), r.sentinel) {
+        (Some(u), true, None) => Some(RedisTarget::Single(u)),
+        (None, false, None) => Some(RedisTarget::Cluster(r.cluster)),
+        (None, true, Some(s)) if !s.nodes.is_empty() && !s.master.is_empty() => {
+            Some(RedisTarget::Sentinel {
+                nodes: s.nodes,
+                master: s.master,
+            })
+        }
+        (None, true, Some(_)) => {
+            errs.push("redis.sentinel needs nodes and a master name".into());
+            None
+        }
+        _ => {
+            errs.push("redis: set exactly one of url, cluster or sentinel".into());
+            None
+        }
+    };
+    (target, tls_ca, Duration::from_millis(r.timeout_ms))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -119,17 +169,6 @@ impl Config {
             f.redis.url = Some(u);
             f.redis.cluster.clear();
         }
-        let redis_tls_ca = f
-            .redis
-            .tls_ca_file
-            .as_ref()
-            .and_then(|p| match std::fs::read(p) {
-                Ok(pem) => Some(pem),
-                Err(e) => {
-                    errs.push(format!("redis.tls_ca_file: cannot read {p}: {e}"));
-                    None
-                }
-            });
         let addr = |k: &str, v: &str, errs: &mut Vec<String>| match v.parse::<SocketAddr>() {
             Ok(a) => Some(a),
             Err(_) => {
@@ -147,24 +186,7 @@ impl Config {
             o.ops_listen.as_deref().unwrap_or(&f.ops_listen),
             &mut errs,
         );
-        let redis = match (f.redis.url, f.redis.cluster.is_empty(), f.redis.sentinel) {
-            (Some(u), true, None) => Some(RedisTarget::Single(u)),
-            (None, false, None) => Some(RedisTarget::Cluster(f.redis.cluster)),
-            (None, true, Some(s)) if !s.nodes.is_empty() && !s.master.is_empty() => {
-                Some(RedisTarget::Sentinel {
-                    nodes: s.nodes,
-                    master: s.master,
-                })
-            }
-            (None, true, Some(_)) => {
-                errs.push("redis.sentinel needs nodes and a master name".into());
-                None
-            }
-            _ => {
-                errs.push("redis: set exactly one of url, cluster or sentinel".into());
-                None
-            }
-        };
+        let (redis, redis_tls_ca, redis_timeout) = redis_section(f.redis, &mut errs);
         if f.reconcile_ms == 0 || f.lease_ms < 1000 {
             errs.push("reconcile_ms must be > 0 and lease_ms >= 1000".into());
         }
@@ -203,6 +225,7 @@ impl Config {
                 ops_listen,
                 redis,
                 redis_tls_ca,
+                redis_timeout,
                 reconcile: Duration::from_millis(f.reconcile_ms),
                 lease: Duration::from_millis(f.lease_ms),
                 tokens,

@@ -16,6 +16,7 @@ pub mod config;
 pub mod ops;
 pub mod store;
 pub mod sync;
+pub mod write;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::{Config, RedisTarget};
-use crate::store::{Conn, Store};
+use crate::store::{ConfigStore as _, Conn, ConnKind, Store};
 
 /// Shared state of one replica.
 pub struct Cp {
@@ -154,34 +155,15 @@ pub fn client(url: &str, tls_ca: Option<&[u8]>) -> anyhow::Result<redis::Client>
     res.map_err(|e| anyhow::anyhow!("redis url {}: {e}", redact(url)))
 }
 
-/// Connects to Redis (fails fast with a message that says what to check).
-pub async fn connect(target: &RedisTarget, tls_ca: Option<&[u8]>) -> anyhow::Result<Conn> {
-    let timeout = Duration::from_secs(5);
-    let conn = match target {
-        RedisTarget::Single(url) => {
-            let client = client(url, tls_ca)?;
-            let cfg = redis::aio::ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(timeout))
-                .set_response_timeout(Some(timeout));
-            let cm = tokio::time::timeout(
-                timeout,
-                redis::aio::ConnectionManager::new_with_config(client, cfg),
-            )
-            .await
-            .map_err(|_| {
-                anyhow::anyhow!(
-                    "cannot reach Redis at {} (timed out after 5s) — is it running?",
-                    redact(url)
-                )
-            })?
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot reach Redis at {} ({e}) — is it running?",
-                    redact(url)
-                )
-            })?;
-            Conn::Single(cm)
-        }
+/// Connects to Redis, failing within `timeout` with a message that says
+/// what to check: not reachable, or reachable but refusing the credentials.
+pub async fn connect(
+    target: &RedisTarget,
+    tls_ca: Option<&[u8]>,
+    timeout: Duration,
+) -> anyhow::Result<Conn> {
+    let kind = match target {
+        RedisTarget::Single(url) => ConnKind::Single(connect_single(url, tls_ca, timeout).await?),
         RedisTarget::Sentinel { nodes, master } => {
             let sc = redis::sentinel::SentinelClient::build(
                 nodes.clone(),
@@ -193,8 +175,8 @@ pub async fn connect(target: &RedisTarget, tls_ca: Option<&[u8]>) -> anyhow::Res
             let c = tokio::time::timeout(timeout, store::SentinelConn::connect(sc))
                 .await
                 .map_err(|_| anyhow::anyhow!("cannot reach Redis through sentinels {nodes:?} (timed out) — are they running?"))?
-                .map_err(|e| anyhow::anyhow!("cannot reach Redis master {master:?} through sentinels {nodes:?} ({e}) — is it running?"))?;
-            Conn::Sentinel(Arc::new(c))
+                .map_err(|e| anyhow::anyhow!("cannot reach Redis master {master:?} through sentinels {nodes:?} ({}) — is it running?", redis_error(&e)))?;
+            ConnKind::Sentinel(Arc::new(c))
         }
         RedisTarget::Cluster(nodes) => {
             let client = redis::cluster::ClusterClient::new(nodes.clone())?;
@@ -204,12 +186,66 @@ pub async fn connect(target: &RedisTarget, tls_ca: Option<&[u8]>) -> anyhow::Res
                     anyhow::anyhow!("cannot reach the Redis cluster at {nodes:?} (timed out)")
                 })?
                 .map_err(|e| {
-                    anyhow::anyhow!("cannot reach the Redis cluster at {nodes:?} ({e})")
+                    anyhow::anyhow!(
+                        "cannot reach the Redis cluster at {nodes:?} ({})",
+                        redis_error(&e)
+                    )
                 })?;
-            Conn::Cluster(c)
+            ConnKind::Cluster(c)
         }
     };
-    Ok(conn)
+    Ok(Conn::new(kind, timeout))
+}
+
+/// One node: a first connection and PING decide at once (refused, timed
+/// out, or wrong credentials); then the reconnecting manager.
+async fn connect_single(
+    url: &str,
+    tls_ca: Option<&[u8]>,
+    timeout: Duration,
+) -> anyhow::Result<redis::aio::ConnectionManager> {
+    let client = client(url, tls_ca)?;
+    let where_ = redact(url);
+    let probe = async {
+        let mut c = client.get_multiplexed_async_connection().await?;
+        redis::cmd("PING").query_async::<String>(&mut c).await
+    };
+    match tokio::time::timeout(timeout, probe).await {
+        Err(_) => anyhow::bail!(
+            "cannot reach Redis at {where_} (no answer within {} ms) — is it running?",
+            timeout.as_millis()
+        ),
+        Ok(Err(e)) if e.is_connection_refusal() || e.is_io_error() => {
+            anyhow::bail!("cannot reach Redis at {where_} ({e}) — is it running?")
+        }
+        Ok(Err(e)) => anyhow::bail!("Redis at {where_}: {}", redis_error(&e)),
+        Ok(Ok(_)) => {}
+    }
+    let cfg = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout));
+    tokio::time::timeout(
+        timeout,
+        redis::aio::ConnectionManager::new_with_config(client, cfg),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("cannot reach Redis at {where_} (timed out)"))?
+    .map_err(|e| anyhow::anyhow!("Redis at {where_}: {}", redis_error(&e)))
+}
+
+/// A Redis error in the words an operator needs: credentials are named as
+/// such, not reported as a timeout or a generic failure.
+pub fn redis_error(e: &redis::RedisError) -> String {
+    let text = e.to_string();
+    if e.kind() == redis::ErrorKind::AuthenticationFailed
+        || text.contains("WRONGPASS")
+        || text.contains("NOAUTH")
+        || text.contains("invalid password")
+    {
+        format!("authentication failed — check the user and password in redis.url ({text})")
+    } else {
+        text
+    }
 }
 
 /// A Redis URL without its password, for messages.
@@ -269,6 +305,7 @@ pub async fn run(
     });
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(reconcile(cp.clone(), shutdown.clone()));
+    tasks.spawn(health(cp.clone(), shutdown.clone()));
     tasks.spawn(sweep(cp.clone(), shutdown.clone()));
     if let RedisTarget::Single(url) = &cp.cfg.redis
         && let Ok(c) = client(url, cp.cfg.redis_tls_ca.as_deref())
@@ -309,6 +346,23 @@ async fn reconcile(cp: Arc<Cp>, shutdown: CancellationToken) {
         }
         .await;
         cp.set_store_ok(res.is_ok());
+    }
+}
+
+/// How often readiness checks Redis actively.
+const HEALTH_EVERY: Duration = Duration::from_millis(500);
+
+/// Active readiness: PING every [`HEALTH_EVERY`], each bounded by
+/// `redis.timeout_ms`, so `/ready` turns 503 within about that much after
+/// Redis dies and back as soon as it answers again.
+async fn health(cp: Arc<Cp>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(HEALTH_EVERY) => {}
+        }
+        let ok = cp.store.ping().await.is_ok();
+        cp.set_store_ok(ok);
     }
 }
 

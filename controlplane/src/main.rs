@@ -70,7 +70,8 @@ fn main() -> ExitCode {
 async fn run(cfg: controlplane::config::Config) -> anyhow::Result<()> {
     // One crypto provider for every TLS client in the process (rediss://).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let conn = controlplane::connect(&cfg.redis, cfg.redis_tls_ca.as_deref()).await?;
+    let conn =
+        controlplane::connect(&cfg.redis, cfg.redis_tls_ca.as_deref(), cfg.redis_timeout).await?;
     let listeners = controlplane::Listeners::bind(&cfg).await?;
     let (grpc, ops) = listeners.addrs()?;
     println!("listening grpc={grpc} ops={ops} id={}", cfg.id);

@@ -7,6 +7,7 @@
 //! | `{gg}:rev` | integer | current config revision (only grows within an epoch) |
 //! | `{gg}:config` | string | protobuf `ConfigBundle` at `{gg}:rev` |
 //! | `{gg}:hist` | hash | `r:<rev>` → protobuf `HistoryRecord`, `b:<rev>` → protobuf bundle |
+//! | `{gg}:req:<request_id>` | string | the revision a write with that request id produced (24 h) |
 //! | `{gg}:gws` | set | gateway ids seen |
 //! | `{gg}:gw:<id>` | hash | one gateway's registration; expires with its lease |
 //! | `gg:s:{<sid>}` | hash | session ownership: `user`, `gw`, `epoch` |
@@ -54,10 +55,35 @@ pub const HISTORY_KEEP: u64 = 1000;
 /// A single-node connection, a Cluster connection, or a connection to the
 /// master that Sentinel names (re-resolved after a failover).
 #[derive(Clone)]
-pub enum Conn {
+pub enum ConnKind {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
     Sentinel(Arc<SentinelConn>),
+}
+
+/// A connection whose every call (command, pipeline, script) is bounded by
+/// `redis.timeout_ms`: a Redis that stops answering turns into an error
+/// within that, never a hang.
+#[derive(Clone)]
+pub struct Conn {
+    kind: ConnKind,
+    timeout: Duration,
+}
+
+impl Conn {
+    pub fn new(kind: ConnKind, timeout: Duration) -> Conn {
+        Conn { kind, timeout }
+    }
+}
+
+fn timed_out(after: Duration) -> redis::RedisError {
+    redis::RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!(
+            "no answer from redis within {} ms (redis.timeout_ms)",
+            after.as_millis()
+        ),
+    ))
 }
 
 /// The master's connection plus the Sentinel client that finds it again.
@@ -117,18 +143,27 @@ impl SentinelConn {
 
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Conn::Single(c) => c.req_packed_command(cmd),
-            Conn::Cluster(c) => c.req_packed_command(cmd),
-            Conn::Sentinel(s) => Box::pin(async move {
-                match s.current().req_packed_command(cmd).await {
-                    Err(e) if failover_error(&e) => {
-                        s.reresolve().await?.req_packed_command(cmd).await
+        let t = self.timeout;
+        let call: RedisFuture<'a, Value> = match &mut self.kind {
+            ConnKind::Single(c) => c.req_packed_command(cmd),
+            ConnKind::Cluster(c) => c.req_packed_command(cmd),
+            ConnKind::Sentinel(s) => {
+                let s = s.clone();
+                Box::pin(async move {
+                    match s.current().req_packed_command(cmd).await {
+                        Err(e) if failover_error(&e) => {
+                            s.reresolve().await?.req_packed_command(cmd).await
+                        }
+                        other => other,
                     }
-                    other => other,
-                }
-            }),
-        }
+                })
+            }
+        };
+        Box::pin(async move {
+            tokio::time::timeout(t, call)
+                .await
+                .unwrap_or_else(|_| Err(timed_out(t)))
+        })
     }
 
     fn req_packed_commands<'a>(
@@ -137,28 +172,37 @@ impl ConnectionLike for Conn {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Conn::Single(c) => c.req_packed_commands(p, offset, count),
-            Conn::Cluster(c) => c.req_packed_commands(p, offset, count),
-            Conn::Sentinel(s) => Box::pin(async move {
-                match s.current().req_packed_commands(p, offset, count).await {
-                    Err(e) if failover_error(&e) => {
-                        s.reresolve()
-                            .await?
-                            .req_packed_commands(p, offset, count)
-                            .await
+        let t = self.timeout;
+        let call: RedisFuture<'a, Vec<Value>> = match &mut self.kind {
+            ConnKind::Single(c) => c.req_packed_commands(p, offset, count),
+            ConnKind::Cluster(c) => c.req_packed_commands(p, offset, count),
+            ConnKind::Sentinel(s) => {
+                let s = s.clone();
+                Box::pin(async move {
+                    match s.current().req_packed_commands(p, offset, count).await {
+                        Err(e) if failover_error(&e) => {
+                            s.reresolve()
+                                .await?
+                                .req_packed_commands(p, offset, count)
+                                .await
+                        }
+                        other => other,
                     }
-                    other => other,
-                }
-            }),
-        }
+                })
+            }
+        };
+        Box::pin(async move {
+            tokio::time::timeout(t, call)
+                .await
+                .unwrap_or_else(|_| Err(timed_out(t)))
+        })
     }
 
     fn get_db(&self) -> i64 {
-        match self {
-            Conn::Single(c) => c.get_db(),
-            Conn::Cluster(c) => c.get_db(),
-            Conn::Sentinel(s) => s.current().get_db(),
+        match &self.kind {
+            ConnKind::Single(c) => c.get_db(),
+            ConnKind::Cluster(c) => c.get_db(),
+            ConnKind::Sentinel(s) => s.current().get_db(),
         }
     }
 }
@@ -174,10 +218,40 @@ pub enum StoreError {
 }
 
 /// What a config write stored.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Written {
     pub revision: u64,
     pub epoch: String,
+    /// The request id had already been applied: `revision` is the one that
+    /// write produced, and nothing was written now.
+    pub replayed: bool,
+}
+
+fn k_req(id: &str) -> String {
+    format!("{{gg}}:req:{id}")
+}
+
+/// The configuration half of the store: what [`crate::api`]'s writes and
+/// reads need. Redis in production ([`Store`]); an in-memory
+/// implementation backs the unit tests of the write path.
+#[tonic::async_trait]
+pub trait ConfigStore: Send + Sync {
+    /// The current versioned bundle.
+    async fn load(&self) -> Result<pb::Versioned, StoreError>;
+    /// Writes a new revision if the current one is `expected` (CAS). With a
+    /// non-empty `request_id`, at most once: a repeat answers the revision
+    /// the first write produced, `replayed`.
+    async fn write(
+        &self,
+        expected: u64,
+        bundle: &pb::ConfigBundle,
+        record: &pb::HistoryRecord,
+        request_id: &str,
+    ) -> Result<Written, StoreError>;
+    /// The revision a write with this request id produced, if any.
+    async fn applied(&self, request_id: &str) -> Result<Option<u64>, StoreError>;
+    /// History records, newest first.
+    async fn history(&self, limit: usize) -> Result<Vec<pb::HistoryRecord>, StoreError>;
 }
 
 // Atomic config write: CAS on the revision, then config + revision +
@@ -187,6 +261,10 @@ local epoch = redis.call('GET', KEYS[1])
 if not epoch then
   epoch = ARGV[5]
   redis.call('SET', KEYS[1], epoch)
+end
+if ARGV[7] ~= '' then
+  local prev = redis.call('GET', KEYS[5])
+  if prev then return {'DUP', prev, epoch} end
 end
 local cur = tonumber(redis.call('GET', KEYS[2]) or '0')
 local expected = tonumber(ARGV[1])
@@ -199,6 +277,9 @@ redis.call('HSET', KEYS[4], 'r:' .. rev, ARGV[3], 'b:' .. rev, ARGV[2])
 local keep = tonumber(ARGV[4])
 if rev > keep then
   redis.call('HDEL', KEYS[4], 'r:' .. (rev - keep), 'b:' .. (rev - keep))
+end
+if ARGV[7] ~= '' then
+  redis.call('SET', KEYS[5], tostring(rev), 'EX', 86400)
 end
 redis.call('PUBLISH', ARGV[6], tostring(rev))
 return {'OK', tostring(rev), epoch}
@@ -254,6 +335,105 @@ pub struct Store {
     write: Script,
     sess: Script,
     user: Script,
+}
+
+#[tonic::async_trait]
+impl ConfigStore for Store {
+    /// Read in one MULTI so revision and bundle match; revision 0 and an
+    /// empty bundle when nothing was written in this epoch.
+    async fn load(&self) -> Result<pb::Versioned, StoreError> {
+        let (rev, epoch, bytes): (Option<u64>, Option<String>, Option<Vec<u8>>) = redis::pipe()
+            .atomic()
+            .get(K_REV)
+            .get(K_EPOCH)
+            .get(K_CONFIG)
+            .query_async(&mut self.c())
+            .await?;
+        let bundle = match bytes {
+            Some(b) => pb::ConfigBundle::decode(&b[..])
+                .map_err(|e| StoreError::Corrupt(format!("{K_CONFIG}: {e}")))?,
+            None => pb::ConfigBundle::default(),
+        };
+        Ok(pb::Versioned {
+            revision: rev.unwrap_or(0),
+            epoch: epoch.unwrap_or_default(),
+            bundle: Some(bundle),
+        })
+    }
+
+    async fn write(
+        &self,
+        expected: u64,
+        bundle: &pb::ConfigBundle,
+        record: &pb::HistoryRecord,
+        request_id: &str,
+    ) -> Result<Written, StoreError> {
+        let fresh_epoch = uuid::Uuid::new_v4().to_string();
+        let (status, rev, epoch): (String, String, String) = self
+            .write
+            .key(K_EPOCH)
+            .key(K_REV)
+            .key(K_CONFIG)
+            .key(K_HIST)
+            .key(k_req(request_id))
+            .arg(expected as i64)
+            .arg(bundle.encode_to_vec())
+            .arg(record.encode_to_vec())
+            .arg(HISTORY_KEEP)
+            .arg(fresh_epoch)
+            .arg(CHANNEL)
+            .arg(request_id)
+            .invoke_async(&mut self.c())
+            .await?;
+        let revision: u64 = rev
+            .parse()
+            .map_err(|_| StoreError::Corrupt(format!("{K_REV}: {rev}")))?;
+        match status.as_str() {
+            "CAS" => Err(StoreError::Conflict {
+                expected,
+                current: revision,
+            }),
+            replay => Ok(Written {
+                revision,
+                epoch,
+                replayed: replay == "DUP",
+            }),
+        }
+    }
+
+    async fn applied(&self, request_id: &str) -> Result<Option<u64>, StoreError> {
+        if request_id.is_empty() {
+            return Ok(None);
+        }
+        let rev: Option<u64> = redis::cmd("GET")
+            .arg(k_req(request_id))
+            .query_async(&mut self.c())
+            .await?;
+        Ok(rev)
+    }
+
+    async fn history(&self, limit: usize) -> Result<Vec<pb::HistoryRecord>, StoreError> {
+        let (rev, _) = self.head().await?;
+        let first = rev.saturating_sub(limit as u64 - 1).max(1);
+        if rev == 0 {
+            return Ok(Vec::new());
+        }
+        let revs: Vec<u64> = (first..=rev).rev().collect();
+        let mut p = redis::pipe();
+        for r in &revs {
+            p.hget(K_HIST, format!("r:{r}"));
+        }
+        let raw: Vec<Option<Vec<u8>>> = p.query_async(&mut self.c()).await?;
+        let mut out = Vec::new();
+        for (r, b) in revs.into_iter().zip(raw) {
+            let Some(b) = b else { continue };
+            let mut rec = pb::HistoryRecord::decode(&b[..])
+                .map_err(|e| StoreError::Corrupt(format!("history {r}: {e}")))?;
+            rec.revision = r;
+            out.push(rec);
+        }
+        Ok(out)
+    }
 }
 
 /// A gateway's registration as stored.
@@ -321,87 +501,6 @@ impl Store {
         Ok(epoch.unwrap_or(fresh))
     }
 
-    /// The current versioned bundle (revision 0 and an empty bundle when
-    /// nothing was written in this epoch). Read in one MULTI so revision and
-    /// bundle match.
-    pub async fn load(&self) -> Result<pb::Versioned, StoreError> {
-        let (rev, epoch, bytes): (Option<u64>, Option<String>, Option<Vec<u8>>) = redis::pipe()
-            .atomic()
-            .get(K_REV)
-            .get(K_EPOCH)
-            .get(K_CONFIG)
-            .query_async(&mut self.c())
-            .await?;
-        let bundle = match bytes {
-            Some(b) => pb::ConfigBundle::decode(&b[..])
-                .map_err(|e| StoreError::Corrupt(format!("{K_CONFIG}: {e}")))?,
-            None => pb::ConfigBundle::default(),
-        };
-        Ok(pb::Versioned {
-            revision: rev.unwrap_or(0),
-            epoch: epoch.unwrap_or_default(),
-            bundle: Some(bundle),
-        })
-    }
-
-    /// Writes a new revision if the current one is `expected` (CAS).
-    pub async fn write(
-        &self,
-        expected: u64,
-        bundle: &pb::ConfigBundle,
-        record: &pb::HistoryRecord,
-    ) -> Result<Written, StoreError> {
-        let fresh_epoch = uuid::Uuid::new_v4().to_string();
-        let (status, rev, epoch): (String, String, String) = self
-            .write
-            .key(K_EPOCH)
-            .key(K_REV)
-            .key(K_CONFIG)
-            .key(K_HIST)
-            .arg(expected as i64)
-            .arg(bundle.encode_to_vec())
-            .arg(record.encode_to_vec())
-            .arg(HISTORY_KEEP)
-            .arg(fresh_epoch)
-            .arg(CHANNEL)
-            .invoke_async(&mut self.c())
-            .await?;
-        let revision: u64 = rev
-            .parse()
-            .map_err(|_| StoreError::Corrupt(format!("{K_REV}: {rev}")))?;
-        if status == "CAS" {
-            return Err(StoreError::Conflict {
-                expected,
-                current: revision,
-            });
-        }
-        Ok(Written { revision, epoch })
-    }
-
-    /// History records, newest first.
-    pub async fn history(&self, limit: usize) -> Result<Vec<pb::HistoryRecord>, StoreError> {
-        let (rev, _) = self.head().await?;
-        let first = rev.saturating_sub(limit as u64 - 1).max(1);
-        if rev == 0 {
-            return Ok(Vec::new());
-        }
-        let revs: Vec<u64> = (first..=rev).rev().collect();
-        let mut p = redis::pipe();
-        for r in &revs {
-            p.hget(K_HIST, format!("r:{r}"));
-        }
-        let raw: Vec<Option<Vec<u8>>> = p.query_async(&mut self.c()).await?;
-        let mut out = Vec::new();
-        for (r, b) in revs.into_iter().zip(raw) {
-            let Some(b) = b else { continue };
-            let mut rec = pb::HistoryRecord::decode(&b[..])
-                .map_err(|e| StoreError::Corrupt(format!("history {r}: {e}")))?;
-            rec.revision = r;
-            out.push(rec);
-        }
-        Ok(out)
-    }
-
     /// The bundle stored for one revision, if still in history.
     pub async fn bundle_at(&self, rev: u64) -> Result<Option<pb::ConfigBundle>, StoreError> {
         let b: Option<Vec<u8>> = redis::cmd("HGET")
@@ -442,6 +541,10 @@ impl Store {
             .arg(K_GWS)
             .query_async(&mut self.c())
             .await?;
+        if ids.is_empty() {
+            // An empty fleet (a pipeline of no commands is an error).
+            return Ok((Vec::new(), Vec::new()));
+        }
         let mut p = redis::pipe();
         for id in &ids {
             p.hgetall(k_gw(id));
@@ -588,15 +691,15 @@ impl Store {
     }
 
     async fn send_all(&self, cmds: &[Cmd]) -> Result<(), StoreError> {
-        match &self.conn {
-            Conn::Single(_) | Conn::Sentinel(_) => {
+        match &self.conn.kind {
+            ConnKind::Single(_) | ConnKind::Sentinel(_) => {
                 let mut p = redis::pipe();
                 for c in cmds {
                     p.add_command(c.clone()).ignore();
                 }
                 p.query_async::<()>(&mut self.c()).await?;
             }
-            Conn::Cluster(_) => {
+            ConnKind::Cluster(_) => {
                 let futs = cmds.iter().map(|c| {
                     let mut conn = self.c();
                     async move { c.query_async::<redis::Value>(&mut conn).await }

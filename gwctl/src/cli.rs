@@ -126,6 +126,11 @@ pub struct WriteArgs {
     /// Recorded in the history.
     #[arg(long)]
     pub comment: Option<String>,
+    /// Idempotency key (default: a fresh UUID, printed with the result).
+    /// When a write's outcome is unknown (timeout, lost connection), run it
+    /// again with the same --request-id: it is applied at most once.
+    #[arg(long)]
+    pub request_id: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -152,9 +157,9 @@ pub enum Routes {
     /// Create or replace a service.
     Set {
         name: String,
-        /// The `service_type` clients put in frames.
+        /// The `service_type` clients put in frames (1-65535).
         #[arg(long)]
-        id: u32,
+        id: gg_proto::model::ServiceId,
         /// round_robin, consistent_hash or realm.
         #[arg(long, value_parser = |s: &str| gg_proto::model::Strategy::parse(s))]
         strategy: gg_proto::model::Strategy,

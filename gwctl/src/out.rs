@@ -1,6 +1,7 @@
 //! Output: an aligned table for people, JSON or YAML for scripts. Every
 //! command builds one [`View`]; the `-o` flag picks how it is printed.
 
+use serde::Serialize;
 use serde_json::Value;
 
 use crate::cli::Format;
@@ -23,23 +24,35 @@ pub struct View {
 }
 
 impl View {
-    /// A list: `data[key]` holds one JSON value per item, the table one row
-    /// per item.
-    pub fn list<T>(
+    /// A list: `data[key]` holds one serialized row per item, the table
+    /// one row per item.
+    pub fn list<'a, T, R: Serialize>(
         key: &str,
-        items: &[T],
+        items: &'a [T],
         headers: Vec<&'static str>,
-        json: impl Fn(&T) -> Value,
+        json: impl Fn(&'a T) -> R,
         row: impl Fn(&T) -> Vec<String>,
     ) -> View {
+        let rows: Vec<Value> = items
+            .iter()
+            .map(|i| serde_json::to_value(json(i)).unwrap_or(Value::Null))
+            .collect();
         let mut data = serde_json::Map::new();
-        data.insert(key.into(), items.iter().map(json).collect());
+        data.insert(key.into(), Value::Array(rows));
         View {
             data: Value::Object(data),
             table: Table::Rows {
                 headers,
                 rows: items.iter().map(row).collect(),
             },
+        }
+    }
+
+    /// One serialized record and how the table shows it.
+    pub fn of(data: &impl Serialize, table: Table) -> View {
+        View {
+            data: serde_json::to_value(data).unwrap_or(Value::Null),
+            table,
         }
     }
 

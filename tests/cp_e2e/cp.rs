@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use gg_proto::pb::admin as gwpb;
 use gg_proto::pb::controlplane as pb;
@@ -871,9 +871,22 @@ async fn redis_acl_user_is_required_and_works() {
     )
     .await;
     assert_ne!(code, Some(0));
+    assert!(err.contains("authentication failed"), "{err}");
+    // A wrong password reads as such too, not as a timeout.
+    let (code, err) = run_to_exit(
+        "controlplane",
+        &format!(
+            "listen: 127.0.0.1:0\nops_listen: 127.0.0.1:0\nredis: {{ url: \"redis://gg:wrong-password-0000@127.0.0.1:{}/\" }}\n",
+            redis.port
+        ),
+        &[],
+    )
+    .await;
+    assert_ne!(code, Some(0));
+    assert!(err.contains("authentication failed"), "{err}");
     assert!(
-        err.contains("cannot reach Redis") || err.contains("NOAUTH") || err.contains("auth"),
-        "{err}"
+        !err.contains("wrong-password-0000"),
+        "password leaked: {err}"
     );
 
     // With the ACL user it serves, and the password never appears in its log.
@@ -1261,4 +1274,99 @@ async fn cluster_override_is_explained_and_followed_and_the_pool_follows_the_rul
         .await;
     }
     assert_eq!(client.call_text(1, 2, "whoami").await, "b1");
+}
+
+/// Redis stops answering (SIGSTOP, a blackhole): readiness turns within
+/// about a second or two, writes answer UNAVAILABLE within about
+/// `redis.timeout_ms` each and in parallel, and everything recovers when
+/// Redis answers again. A write retried with its request id is applied
+/// once; an empty fleet is an empty list.
+#[tokio::test]
+async fn redis_outage_fails_fast_in_parallel_and_retries_are_idempotent() {
+    let redis = Redis::start().await;
+    let cp = controlplane("cp-outage", &redis.url(), 5000).await;
+    let b = backend("b1").await;
+    let mut c = cp_client(&cp, Some(ADMIN_TOKEN)).await;
+    let fleet = c
+        .list_gateways(pb::ListGatewaysRequest {})
+        .await
+        .expect("an empty fleet is not an error")
+        .into_inner();
+    assert!(fleet.gateways.is_empty());
+
+    let with_id = |id: &str| {
+        Some(pb::WriteOptions {
+            request_id: id.into(),
+            ..Default::default()
+        })
+    };
+    let first = c
+        .put_service(pb::PutServiceRequest {
+            service: Some(svc("echo", 1, "round_robin", &[b.addr])),
+            options: with_id("req-1"),
+        })
+        .await
+        .expect("write")
+        .into_inner();
+    assert_eq!((first.revision, first.replayed), (1, false));
+    assert_eq!(first.request_id, "req-1");
+    // The same request again (say its answer was lost): the first result,
+    // no second revision — even though the retry's content differs.
+    let again = c
+        .put_service(pb::PutServiceRequest {
+            service: Some(svc("other", 2, "round_robin", &[b.addr])),
+            options: with_id("req-1"),
+        })
+        .await
+        .expect("replay")
+        .into_inner();
+    assert_eq!((again.revision, again.replayed), (1, true));
+    assert_eq!(again.diff, first.diff);
+    let v = c
+        .get_config(pb::GetConfigRequest {})
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(v.revision, 1);
+    assert_eq!(v.bundle.expect("bundle").services.len(), 1);
+
+    redis.proc.signal("STOP");
+    let stopped = Instant::now();
+    eventually("store=down while redis is stopped", || async {
+        http(cp.ops, "GET", "/ready", &[], b"").await.0 == 503
+    })
+    .await;
+    eprintln!("/ready 503 after {:?}", stopped.elapsed());
+    // Eight writes at once: each fails on its own bound, none queues
+    // behind another.
+    let started = Instant::now();
+    let writes = (0..8u32).map(|i| {
+        let mut c = c.clone();
+        async move {
+            c.put_realm(pb::PutRealmRequest {
+                realm_id: 10 + i,
+                endpoint: "127.0.0.1:1".into(),
+                options: None,
+            })
+            .await
+        }
+    });
+    let results = futures_util::future::join_all(writes).await;
+    let took = started.elapsed();
+    eprintln!("8 writes during the outage answered within {took:?}");
+    for r in &results {
+        let e = r
+            .as_ref()
+            .expect_err("no write succeeds while redis is stopped");
+        assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    }
+    assert!(took < Duration::from_secs(6), "writes queued: {took:?}");
+
+    redis.proc.signal("CONT");
+    eventually("store=up once redis answers", || async {
+        http(cp.ops, "GET", "/ready", &[], b"").await.0 == 200
+    })
+    .await;
+    let w = put_service(&mut c, svc("after", 3, "round_robin", &[b.addr])).await;
+    assert_eq!(w.revision, 2);
 }

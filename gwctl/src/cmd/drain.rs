@@ -1,0 +1,252 @@
+//! `drain start | status | cancel`, and following a drain to its end.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow};
+use futures_util::StreamExt;
+use gg_proto::pb::admin as gw;
+use gg_proto::pb::common::DrainPhase;
+use gg_proto::pb::controlplane as cp;
+use serde::Serialize;
+
+use super::fleet::list_gateways;
+use super::{Status, enum_name, progress, progress_done};
+use crate::cli;
+use crate::ctx::{Auth, Ctx, explain};
+use crate::out::{Table, View, time};
+
+type Admin = gw::gateway_admin_client::GatewayAdminClient<Auth>;
+
+fn phase_name(p: i32) -> String {
+    DrainPhase::try_from(p).map_or("unknown".into(), |p| {
+        enum_name(p.as_str_name(), "DRAIN_PHASE_")
+    })
+}
+
+fn finished(p: i32) -> bool {
+    matches!(
+        DrainPhase::try_from(p),
+        Ok(DrainPhase::Done | DrainPhase::Cancelled | DrainPhase::Idle)
+    )
+}
+
+#[derive(Serialize)]
+struct DrainRow<'a> {
+    phase: String,
+    request_id: &'a str,
+    reason: &'a str,
+    sessions_at_start: u64,
+    remaining: u64,
+    advised: u64,
+    closed: u64,
+    force_closed: u64,
+    started_at_ms: u64,
+    deadline_at_ms: u64,
+}
+
+fn view(s: &gw::DrainStatus) -> View {
+    let table = Table::Fields(vec![
+        ("phase", phase_name(s.phase)),
+        ("request id", s.request_id.clone()),
+        ("reason", s.reason.clone()),
+        (
+            "sessions",
+            format!("{} of {} left", s.remaining, s.sessions_at_start),
+        ),
+        (
+            "advised / closed / force-closed",
+            format!("{} / {} / {}", s.advised, s.closed, s.force_closed),
+        ),
+        ("started", time(s.started_at_ms)),
+        ("deadline", time(s.deadline_at_ms)),
+    ]);
+    let row = DrainRow {
+        phase: phase_name(s.phase),
+        request_id: &s.request_id,
+        reason: &s.reason,
+        sessions_at_start: s.sessions_at_start,
+        remaining: s.remaining,
+        advised: s.advised,
+        closed: s.closed,
+        force_closed: s.force_closed,
+        started_at_ms: s.started_at_ms,
+        deadline_at_ms: s.deadline_at_ms,
+    };
+    View::of(&row, table)
+}
+
+/// After a drain start: follow it (`--wait`), or this answer.
+enum Started {
+    Follow(Admin),
+    Answer(View),
+}
+
+/// What a drain start asks for.
+struct Start {
+    request_id: String,
+    deadline_ms: u64,
+    spread_ms: u64,
+    reason: String,
+}
+
+pub(super) async fn run(ctx: &Ctx, c: cli::Drain) -> anyhow::Result<(View, Status)> {
+    match c {
+        cli::Drain::Start {
+            gateway_id,
+            deadline,
+            spread,
+            reason,
+            request_id,
+            wait,
+            wait_timeout,
+        } => {
+            let ms = |d: Option<Duration>| d.map_or(0, |d| d.as_millis() as u64);
+            let start = Start {
+                request_id: request_id.unwrap_or_default(),
+                deadline_ms: ms(deadline),
+                spread_ms: ms(spread),
+                reason,
+            };
+            let started = match gateway_id {
+                Some(id) => start_via_controlplane(ctx, &id, start, wait).await?,
+                None => start_direct(ctx, start, wait).await?,
+            };
+            match started {
+                Started::Follow(mut admin) => follow(&mut admin, wait_timeout).await,
+                Started::Answer(view) => Ok((view, Status::Ok)),
+            }
+        }
+        cli::Drain::Status => {
+            let s = ctx
+                .gw()
+                .await?
+                .get_drain(gw::GetDrainRequest {})
+                .await
+                .map_err(explain)?
+                .into_inner();
+            Ok((view(&s), Status::Ok))
+        }
+        cli::Drain::Cancel => {
+            let s = ctx
+                .gw()
+                .await?
+                .cancel_drain(gw::CancelDrainRequest {})
+                .await
+                .map_err(explain)?
+                .into_inner();
+            Ok((view(&s), Status::Ok))
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct StartedRow<'a> {
+    gateway_id: &'a str,
+    phase: String,
+    sessions_at_start: u64,
+}
+
+/// Through the control plane (the operator needs only its token). Returns
+/// the gateway's admin client to follow it with `--wait`.
+async fn start_via_controlplane(
+    ctx: &Ctx,
+    id: &str,
+    s: Start,
+    wait: bool,
+) -> anyhow::Result<Started> {
+    let r = ctx
+        .cp()
+        .await?
+        .drain_gateway(cp::DrainGatewayRequest {
+            gateway_id: id.to_string(),
+            request_id: s.request_id,
+            deadline_ms: s.deadline_ms,
+            spread_ms: s.spread_ms,
+            reason: s.reason,
+        })
+        .await
+        .map_err(explain)?
+        .into_inner();
+    if !wait {
+        let lines = vec![format!(
+            "drain of {} started: {} sessions, phase {}",
+            r.gateway_id,
+            r.sessions_at_start,
+            phase_name(r.phase)
+        )];
+        let data = StartedRow {
+            gateway_id: &r.gateway_id,
+            phase: phase_name(r.phase),
+            sessions_at_start: r.sessions_at_start,
+        };
+        return Ok(Started::Answer(View::of(&data, Table::Lines(lines))));
+    }
+    let fleet = list_gateways(ctx).await?;
+    let g = fleet
+        .gateways
+        .iter()
+        .find(|g| g.gateway_id == id)
+        .ok_or_else(|| anyhow!("gateway {id:?} is not in the fleet list"))?;
+    let admin = ctx
+        .gw_at(&g.admin_addr)
+        .await
+        .with_context(|| format!("to follow the drain, gwctl reads {id}'s admin API"))?;
+    Ok(Started::Follow(admin))
+}
+
+/// On the `--gateway` admin address.
+async fn start_direct(ctx: &Ctx, s: Start, wait: bool) -> anyhow::Result<Started> {
+    let mut admin = ctx.gw().await?;
+    let st = admin
+        .start_drain(gw::StartDrainRequest {
+            request_id: s.request_id,
+            deadline_ms: s.deadline_ms,
+            spread_ms: s.spread_ms,
+            reason: s.reason,
+            reconnect_after_ms: 0,
+        })
+        .await
+        .map_err(explain)?
+        .into_inner();
+    Ok(if wait {
+        Started::Follow(admin)
+    } else {
+        Started::Answer(view(&st))
+    })
+}
+
+/// Follows WatchDrain until the drain finishes (or `limit` passes: exit 2).
+async fn follow(admin: &mut Admin, limit: Duration) -> anyhow::Result<(View, Status)> {
+    let mut stream = admin
+        .watch_drain(gw::WatchDrainRequest {})
+        .await
+        .map_err(explain)?
+        .into_inner();
+    let until = tokio::time::Instant::now() + limit;
+    let mut last = None;
+    while let Ok(Some(next)) = tokio::time::timeout_at(until, stream.next()).await {
+        let s = next.map_err(explain)?;
+        progress(&format!(
+            "{}: {}/{} sessions left (advised {}, closed {}, force-closed {})",
+            phase_name(s.phase),
+            s.remaining,
+            s.sessions_at_start,
+            s.advised,
+            s.closed,
+            s.force_closed
+        ));
+        let done = finished(s.phase);
+        last = Some(s);
+        if done {
+            break;
+        }
+    }
+    progress_done();
+    let s = last.ok_or_else(|| anyhow!("the gateway sent no drain status"))?;
+    let status = if finished(s.phase) {
+        Status::Ok
+    } else {
+        Status::Incomplete
+    };
+    Ok((view(&s), status))
+}
