@@ -81,30 +81,7 @@ pub async fn mutate(
                 opts.expected_revision, cur.revision
             )));
         }
-        let old = cur.bundle.unwrap_or_default();
-        let mut new = old.clone();
-        change(&mut new)?;
-        // The domain model's validation: the same function every gateway
-        // runs before applying, so what is written here applies.
-        let model = Bundle::from_pb(&new).map_err(|e| {
-            Status::invalid_argument(format!(
-                "invalid config (nothing written):\n  - {}",
-                e.0.join("\n  - ")
-            ))
-        })?;
-        let new = model.to_pb();
-        // A stored bundle that no longer converts (written by an older
-        // contract) diffs as if empty: every item shows as added.
-        let diff = Bundle::diff(&Bundle::from_pb(&old).unwrap_or_default(), &model);
-        let response = pb::WriteResponse {
-            revision: cur.revision,
-            epoch: cur.epoch,
-            unchanged: diff.is_empty(),
-            diff,
-            dry_run: opts.dry_run,
-            request_id: opts.request_id.clone(),
-            replayed: false,
-        };
+        let (new, response) = prepare(cur, opts, &mut change)?;
         if opts.dry_run || response.unchanged {
             return Ok(Outcome {
                 response,
@@ -119,7 +96,7 @@ pub async fn mutate(
             diff: response.diff.clone(),
         };
         match store
-            .write(cur.revision, &new, &record, &opts.request_id)
+            .write(response.revision, &new, &record, &opts.request_id)
             .await
         {
             Ok(Written {
@@ -151,6 +128,39 @@ pub async fn mutate(
         }
     }
     Err(Status::aborted("too many concurrent writes; retry"))
+}
+
+/// Applies the change to the current bundle and validates it with the
+/// domain model: the bundle to write and the answer (diff) so far.
+fn prepare(
+    cur: pb::Versioned,
+    opts: &pb::WriteOptions,
+    change: &mut impl FnMut(&mut pb::ConfigBundle) -> Result<(), Status>,
+) -> Result<(pb::ConfigBundle, pb::WriteResponse), Status> {
+    let old = cur.bundle.unwrap_or_default();
+    let mut new = old.clone();
+    change(&mut new)?;
+    // The same validation every gateway runs before applying, so what is
+    // written here applies.
+    let model = Bundle::from_pb(&new).map_err(|e| {
+        Status::invalid_argument(format!(
+            "invalid config (nothing written):\n  - {}",
+            e.0.join("\n  - ")
+        ))
+    })?;
+    // A stored bundle that no longer converts (written by an older
+    // contract) diffs as if empty: every item shows as added.
+    let diff = Bundle::diff(&Bundle::from_pb(&old).unwrap_or_default(), &model);
+    let response = pb::WriteResponse {
+        revision: cur.revision,
+        epoch: cur.epoch,
+        unchanged: diff.is_empty(),
+        diff,
+        dry_run: opts.dry_run,
+        request_id: opts.request_id.clone(),
+        replayed: false,
+    };
+    Ok((model.to_pb(), response))
 }
 
 /// The answer to a retry: the revision the first write produced, with its

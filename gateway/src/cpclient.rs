@@ -32,7 +32,7 @@ pub(crate) fn apply(
     v: &pb::Versioned,
     persist: Option<&Path>,
 ) -> Result<bool, String> {
-    let (rev, epoch) = gw.applied();
+    let (rev, epoch) = gw.routing.applied();
     if v.revision == 0 {
         return Err(format!(
             "the control plane has no config in epoch {} (store empty or wiped); keeping revision {rev}",
@@ -54,7 +54,7 @@ pub(crate) fn apply(
     {
         warn!(path = %path.display(), error = %e, "cannot save the config snapshot; a restart without the control plane would not be ready");
     }
-    gw.apply_routes(&routes, v.revision, &v.epoch);
+    gw.routing.apply_routes(&routes, v.revision, &v.epoch);
     info!(revision = v.revision, epoch = %v.epoch, services = routes.services.len(), "config applied");
     Ok(true)
 }
@@ -109,7 +109,7 @@ pub(crate) async fn run(gw: Arc<Gateway>, cfg: ControlPlaneSettings, stop: Cance
             _ = stop.cancelled() => return,
             r = stream_once(&gw, &cfg, &mut events) => r,
         };
-        let (rev, _) = gw.applied();
+        let (rev, _) = gw.routing.applied();
         match res {
             Ok(()) => backoff.reset(),
             Err(e) => {
@@ -131,11 +131,20 @@ fn state(gw: &Gateway) -> i32 {
     }) as i32
 }
 
-async fn stream_once(
-    gw: &Arc<Gateway>,
+/// The sending half of the Sync stream.
+type Outbox = mpsc::Sender<pb::GatewayMessage>;
+
+async fn send(tx: &Outbox, m: Out) -> Result<(), String> {
+    tx.send(pb::GatewayMessage { msg: Some(m) })
+        .await
+        .map_err(|_| "stream closed".to_string())
+}
+
+/// Connects and opens the Sync stream with HELLO (what this gateway runs).
+async fn open_stream(
+    gw: &Gateway,
     cfg: &ControlPlaneSettings,
-    events: &mut mpsc::Receiver<SessionEvent>,
-) -> Result<(), String> {
+) -> Result<(Outbox, tonic::Streaming<pb::ControlMessage>), String> {
     let mut endpoint =
         tonic::transport::Endpoint::from_shared(cfg.url.clone()).map_err(|e| e.to_string())?;
     if let Some(tls) = &cfg.tls {
@@ -151,10 +160,9 @@ async fn stream_once(
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let (tx, rx) = mpsc::channel::<pb::GatewayMessage>(64);
-    let send = |m: Out| pb::GatewayMessage { msg: Some(m) };
     let addrs = gw.addrs.get();
-    let (rev, epoch) = gw.applied();
-    tx.send(send(Out::Hello(pb::GatewayHello {
+    let (rev, epoch) = gw.routing.applied();
+    let hello = pb::GatewayHello {
         gateway_id: gw.cfg.gateway_id.clone(),
         client_addr: addrs.map(|a| a.client.to_string()).unwrap_or_default(),
         admin_addr: addrs
@@ -164,9 +172,8 @@ async fn stream_once(
         version: env!("CARGO_PKG_VERSION").into(),
         revision: rev,
         epoch,
-    })))
-    .await
-    .map_err(|_| "stream closed".to_string())?;
+    };
+    send(&tx, Out::Hello(hello)).await?;
     let mut req = tonic::Request::new(ReceiverStream::new(rx));
     if let Some(t) = &cfg.token {
         let v = format!("Bearer {}", String::from_utf8_lossy(&t.secret))
@@ -174,15 +181,24 @@ async fn stream_once(
             .map_err(|_| "controlplane.token is not valid header text".to_string())?;
         req.metadata_mut().insert("authorization", v);
     }
-    let mut inbound = pb::gateway_sync_client::GatewaySyncClient::new(channel)
+    let inbound = pb::gateway_sync_client::GatewaySyncClient::new(channel)
         .sync(req)
         .await
         .map_err(|e| format!("{}: {}", e.code(), e.message()))?
         .into_inner();
-    info!(url = %cfg.url, "control plane stream up");
+    Ok((tx, inbound))
+}
 
+async fn stream_once(
+    gw: &Arc<Gateway>,
+    cfg: &ControlPlaneSettings,
+    events: &mut mpsc::Receiver<SessionEvent>,
+) -> Result<(), String> {
+    let (tx, mut inbound) = open_stream(gw, cfg).await?;
+    info!(url = %cfg.url, "control plane stream up");
     // Everything open now, so the directory is right after any outage.
     let mut pending: Vec<pb::SessionEvent> = gw
+        .clients
         .sessions
         .all()
         .iter()
@@ -207,26 +223,14 @@ async fn stream_once(
                     return Err("control plane ended the stream".into());
                 };
                 match m {
-                    In::LeaseMs(ms) => {
-                        // Heartbeat three times per lease.
-                        let every = Duration::from_millis((ms / 3).max(100));
-                        heartbeat = tokio::time::interval(every);
-                    }
-                    In::Snapshot(v) => {
-                        let ack = match apply(gw, &v, Some(&cfg.snapshot_path)) {
-                            Ok(_) => pb::Ack { revision: v.revision, epoch: v.epoch.clone(), error: String::new() },
-                            Err(error) => {
-                                warn!(revision = v.revision, %error, "config rejected; keeping the previous one");
-                                pb::Ack { revision: v.revision, epoch: v.epoch.clone(), error }
-                            }
-                        };
-                        tx.send(send(Out::Ack(ack))).await.map_err(|_| "stream closed".to_string())?;
-                    }
+                    // Heartbeat three times per lease.
+                    In::LeaseMs(ms) => heartbeat = tokio::time::interval(Duration::from_millis((ms / 3).max(100))),
+                    In::Snapshot(v) => send(&tx, Out::Ack(ack(gw, cfg, &v))).await?,
                 }
             }
             _ = heartbeat.tick() => {
-                let hb = pb::Heartbeat { state: state(gw), sessions: gw.sessions.len() as u64 };
-                tx.send(send(Out::Heartbeat(hb))).await.map_err(|_| "stream closed".to_string())?;
+                let hb = pb::Heartbeat { state: state(gw), sessions: gw.clients.sessions.len() as u64 };
+                send(&tx, Out::Heartbeat(hb)).await?;
             }
             Some(e) = events.recv(), if pending.len() < cfg.session_batch => {
                 pending.push(e.into());
@@ -238,16 +242,32 @@ async fn stream_once(
                 }
                 if pending.len() >= cfg.session_batch {
                     let batch = std::mem::take(&mut pending);
-                    tx.send(send(Out::Sessions(pb::SessionEvents { events: batch }))).await.map_err(|_| "stream closed".to_string())?;
+                    send(&tx, Out::Sessions(pb::SessionEvents { events: batch })).await?;
                 }
             }
             _ = flush.tick(), if !pending.is_empty() => {
                 // Time-triggered: a quiet gateway still reports within session_flush_ms.
                 let n = pending.len().min(cfg.session_batch);
                 let batch: Vec<_> = pending.drain(..n).collect();
-                tx.send(send(Out::Sessions(pb::SessionEvents { events: batch }))).await.map_err(|_| "stream closed".to_string())?;
+                send(&tx, Out::Sessions(pb::SessionEvents { events: batch })).await?;
             }
         }
+    }
+}
+
+/// Applies a snapshot and says how it went.
+fn ack(gw: &Arc<Gateway>, cfg: &ControlPlaneSettings, v: &pb::Versioned) -> pb::Ack {
+    let error = match apply(gw, v, Some(&cfg.snapshot_path)) {
+        Ok(_) => String::new(),
+        Err(error) => {
+            warn!(revision = v.revision, %error, "config rejected; keeping the previous one");
+            error
+        }
+    };
+    pb::Ack {
+        revision: v.revision,
+        epoch: v.epoch.clone(),
+        error,
     }
 }
 
@@ -294,8 +314,8 @@ mod tests {
 
         assert_eq!(apply(&gw, &versioned(2, "e1", rr), None), Ok(true));
         assert!(gw.readiness().is_ok());
-        assert_eq!(gw.applied(), (2, "e1".to_string()));
-        assert_eq!(gw.routes.load().services[&1].name, "echo");
+        assert_eq!(gw.routing.applied(), (2, "e1".to_string()));
+        assert_eq!(gw.routing.routes.load().services[&1].name, "echo");
 
         // The same or an older revision of the epoch changes nothing.
         assert_eq!(apply(&gw, &versioned(2, "e1", rr), None), Ok(false));
@@ -304,14 +324,14 @@ mod tests {
         // Invalid: rejected with the reason, the previous config stays.
         let e = apply(&gw, &versioned(3, "e1", 0), None).unwrap_err();
         assert!(e.contains("services[echo]: strategy is not set"), "{e}");
-        assert_eq!(gw.applied(), (2, "e1".to_string()));
+        assert_eq!(gw.routing.applied(), (2, "e1".to_string()));
 
         // A new epoch (store wiped) applies even with a lower revision.
         let ch = Strategy::ConsistentHash.to_pb();
         assert_eq!(apply(&gw, &versioned(1, "e2", ch), None), Ok(true));
-        assert_eq!(gw.applied(), (1, "e2".to_string()));
+        assert_eq!(gw.routing.applied(), (1, "e2".to_string()));
         assert_eq!(
-            gw.routes.load().services[&1].strategy,
+            gw.routing.routes.load().services[&1].strategy,
             Strategy::ConsistentHash
         );
     }
@@ -326,7 +346,7 @@ mod tests {
         assert_eq!(apply(&gw, &versioned(5, "e1", rr), Some(&path)), Ok(true));
         let restarted = gateway();
         load_saved(&restarted, &path);
-        assert_eq!(restarted.applied(), (5, "e1".to_string()));
+        assert_eq!(restarted.routing.applied(), (5, "e1".to_string()));
         assert!(restarted.readiness().is_ok());
         // An unreadable file is ignored, not fatal.
         std::fs::write(&path, b"\xff\xff not protobuf").unwrap();

@@ -115,7 +115,7 @@ impl DrainCtl {
                 deadline_ms: req.deadline.as_millis() as u64,
             });
         }
-        let ctl = &gw.drain;
+        let ctl = &gw.life.drain;
         let mut running = ctl.running.lock().unwrap_or_else(|p| p.into_inner());
         let current = ctl.status();
         if running.is_some() && !current.phase.finished() {
@@ -130,7 +130,7 @@ impl DrainCtl {
         let cancel = CancellationToken::new();
         *running = Some(cancel.clone());
         gw.set_draining(true);
-        let sessions = gw.sessions.all();
+        let sessions = gw.clients.sessions.all();
         let start_ms = now_ms();
         let status = DrainStatus {
             phase: Phase::Advising,
@@ -152,7 +152,7 @@ impl DrainCtl {
     /// Cancels the running drain: the gateway takes sessions and reports
     /// ready again; sessions already advised drop their GOAWAY deadline.
     pub(crate) fn cancel(gw: &Arc<Gateway>) -> Result<DrainStatus, DrainError> {
-        let ctl = &gw.drain;
+        let ctl = &gw.life.drain;
         let mut running = ctl.running.lock().unwrap_or_else(|p| p.into_inner());
         let Some(token) = running.take() else {
             return Err(DrainError::NotRunning);
@@ -162,7 +162,7 @@ impl DrainCtl {
         }
         token.cancel();
         gw.set_draining(false);
-        for s in gw.sessions.all() {
+        for s in gw.clients.sessions.all() {
             s.deliver(Outbound::GoAwayCancelled);
         }
         ctl.status.send_modify(|s| s.phase = Phase::Cancelled);
@@ -178,7 +178,7 @@ impl Default for DrainCtl {
 }
 
 fn update(gw: &Gateway, f: impl FnOnce(&mut DrainStatus)) {
-    gw.drain.status.send_if_modified(|s| {
+    gw.life.drain.status.send_if_modified(|s| {
         let before = s.clone();
         f(s);
         *s != before
@@ -194,7 +194,7 @@ async fn run(
     let start = Instant::now();
     let deadline = start + req.deadline;
     let total = sessions.len() as u64;
-    let remaining = |gw: &Gateway| gw.sessions.len() as u64;
+    let remaining = |gw: &Gateway| gw.clients.sessions.len() as u64;
     for (i, session) in sessions.iter().enumerate() {
         // Session i is advised at start + spread * i / n.
         let at = start + req.spread.mul_f64(i as f64 / total.max(1) as f64);
@@ -220,7 +220,7 @@ async fn run(
         });
     }
     update(&gw, |s| s.phase = Phase::Waiting);
-    while !gw.sessions.is_empty() && Instant::now() < deadline {
+    while !gw.clients.sessions.is_empty() && Instant::now() < deadline {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(POLL) => {}
@@ -234,14 +234,14 @@ async fn run(
         return;
     }
     update(&gw, |s| s.phase = Phase::ForceClosing);
-    let left = gw.sessions.all();
+    let left = gw.clients.sessions.all();
     for session in &left {
         session.close(CloseCode::Shutdown);
     }
     gw.metrics.drain_force_closed.inc_by(left.len() as u64);
     // Give the closed sessions a moment to leave the table.
     let settle = Instant::now() + Duration::from_secs(2);
-    while !gw.sessions.is_empty() && Instant::now() < settle {
+    while !gw.clients.sessions.is_empty() && Instant::now() < settle {
         tokio::time::sleep(POLL).await;
     }
     let force_closed = left.len() as u64;
@@ -252,7 +252,7 @@ async fn run(
         s.phase = Phase::Done;
     });
     info!(
-        advised = gw.drain.status().advised,
+        advised = gw.life.drain.status().advised,
         force_closed, "drain done"
     );
 }
@@ -284,7 +284,7 @@ mod tests {
     #[tokio::test]
     async fn start_is_idempotent_on_request_id_and_runs_to_done() {
         let gw = gateway();
-        assert_eq!(gw.drain.status().phase, Phase::Idle);
+        assert_eq!(gw.life.drain.status().phase, Phase::Idle);
         assert!(matches!(
             DrainCtl::start(&gw, req("a", 100, 200)),
             Err(DrainError::BadWindow { .. })
@@ -304,7 +304,7 @@ mod tests {
             Err(DrainError::AlreadyRunning { request_id }) if request_id == "a"
         ));
         // No sessions: nothing to wait for.
-        let done = tokio::time::timeout(Duration::from_secs(5), gw.drain.wait_finished())
+        let done = tokio::time::timeout(Duration::from_secs(5), gw.life.drain.wait_finished())
             .await
             .expect("finishes");
         assert_eq!(done.phase, Phase::Done);
@@ -324,7 +324,7 @@ mod tests {
             "127.0.0.1:1".parse().unwrap(),
             8,
         );
-        assert!(gw.sessions.insert(s));
+        assert!(gw.clients.sessions.insert(s));
         DrainCtl::start(&gw, req("c", 60_000, 10)).unwrap();
         assert!(gw.readiness().is_err());
         let st = DrainCtl::cancel(&gw).unwrap();

@@ -50,35 +50,51 @@ use crate::router::overrides::Overrides;
 use crate::session::SessionIds;
 use crate::session::table::SessionTable;
 
-/// Everything a connection or session task needs, shared behind one `Arc`.
+/// Everything a connection or session task needs, shared behind one `Arc`,
+/// in the parts the modules use: the router and the control-plane client
+/// work on [`Routing`], listeners and sessions on [`Clients`], drain and
+/// shutdown on [`Lifecycle`].
 pub struct Gateway {
     pub cfg: Config,
     pub(crate) metrics: Arc<Metrics>,
+    pub(crate) routing: Routing,
+    pub(crate) clients: Clients,
+    pub(crate) life: Lifecycle,
+    pub(crate) events: SessionEvents,
+    /// Bound addresses, set once by [`serve`].
+    pub(crate) addrs: OnceLock<BoundAddrs>,
+    pub(crate) started: Instant,
+}
+
+/// Where traffic goes: the routing snapshot, local overrides, the pool.
+pub(crate) struct Routing {
     /// The routing snapshot; replaced whole, read lock-free.
     pub(crate) routes: ArcSwap<RouteTable>,
-    /// The client port's TLS config; swapped by [`Gateway::reload_tls`].
-    pub(crate) tls: arc_swap::ArcSwapOption<rustls::ServerConfig>,
-    pub(crate) sessions: SessionTable,
+    /// Gateway-local route overrides (admin API).
+    pub(crate) overrides: Overrides,
     pub(crate) backends: BackendPool,
+    routes_loaded: AtomicBool,
+    /// (revision, epoch) of the control-plane config applied now.
+    applied: std::sync::Mutex<(u64, String)>,
+}
+
+/// Who is connected, and what admits them.
+pub(crate) struct Clients {
+    pub(crate) sessions: SessionTable,
     pub(crate) ids: SessionIds,
     pub(crate) limits: Arc<ConnLimits>,
     /// Client bytes buffered in large frames and HTTP bodies, process-wide.
     pub(crate) buffered: Arc<crate::limits::ByteBudget>,
-    /// Gateway-local route overrides (admin API).
-    pub(crate) overrides: Overrides,
+    /// The client port's TLS config; swapped by [`Gateway::reload_tls`].
+    pub(crate) tls: arc_swap::ArcSwapOption<rustls::ServerConfig>,
     /// Resume-token keys when `resume:` is configured.
     pub(crate) resume: Option<ResumeKeys>,
+}
+
+/// Drain and shutdown.
+pub(crate) struct Lifecycle {
     /// The drain operation (admin API and SIGTERM).
     pub(crate) drain: DrainCtl,
-    /// Bound addresses, set once by [`serve`].
-    pub(crate) addrs: OnceLock<BoundAddrs>,
-    pub(crate) started: Instant,
-    routes_loaded: AtomicBool,
-    /// (revision, epoch) of the control-plane config applied now.
-    applied: std::sync::Mutex<(u64, String)>,
-    /// Session open/close events for the control plane's directory.
-    session_events: Option<tokio::sync::mpsc::Sender<SessionEvent>>,
-    session_events_rx: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<SessionEvent>>>,
     draining: AtomicBool,
     /// Every connection and session task.
     pub(crate) tracker: TaskTracker,
@@ -88,6 +104,12 @@ pub struct Gateway {
     pub(crate) hard_stop: CancellationToken,
     /// Backend connection tasks; cancelled after the sessions are gone.
     backend_stop: CancellationToken,
+}
+
+/// Session open/close events for the control plane's directory.
+pub(crate) struct SessionEvents {
+    session_events: Option<tokio::sync::mpsc::Sender<SessionEvent>>,
+    session_events_rx: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<SessionEvent>>>,
 }
 
 impl Gateway {
@@ -116,7 +138,7 @@ impl Gateway {
             let (tx, rx) = tokio::sync::mpsc::channel(SESSION_EVENTS_QUEUE);
             (Some(tx), Some(rx))
         };
-        Arc::new(Gateway {
+        let clients = Clients {
             limits: Arc::new(ConnLimits::new(
                 cfg.limits.max_connections,
                 cfg.limits.max_connections_per_ip,
@@ -124,25 +146,34 @@ impl Gateway {
                 cfg.limits.conn_burst_per_ip,
             )),
             buffered: crate::limits::ByteBudget::new(cfg.limits.max_buffered_bytes),
-            routes: ArcSwap::from_pointee(routes),
             tls: arc_swap::ArcSwapOption::new(cfg.tls.as_ref().map(|t| t.server.clone())),
             sessions: SessionTable::new(),
             ids: SessionIds::new(),
-            overrides: Overrides::default(),
             resume: cfg.resume.clone().map(ResumeKeys::new),
-            drain: DrainCtl::new(),
+        };
+        Arc::new(Gateway {
+            routing: Routing {
+                routes: ArcSwap::from_pointee(routes),
+                overrides: Overrides::default(),
+                backends,
+                routes_loaded: AtomicBool::new(standalone),
+                applied: std::sync::Mutex::new((0, String::new())),
+            },
+            clients,
+            life: Lifecycle {
+                drain: DrainCtl::new(),
+                draining: AtomicBool::new(false),
+                tracker: TaskTracker::new(),
+                hard_stop: CancellationToken::new(),
+                drain_signal: CancellationToken::new(),
+                backend_stop,
+            },
+            events: SessionEvents {
+                session_events: events_tx,
+                session_events_rx: std::sync::Mutex::new(events_rx),
+            },
             addrs: OnceLock::new(),
             started: Instant::now(),
-            routes_loaded: AtomicBool::new(standalone),
-            applied: std::sync::Mutex::new((0, String::new())),
-            session_events: events_tx,
-            session_events_rx: std::sync::Mutex::new(events_rx),
-            draining: AtomicBool::new(false),
-            tracker: TaskTracker::new(),
-            hard_stop: CancellationToken::new(),
-            drain_signal: CancellationToken::new(),
-            backend_stop,
-            backends,
             metrics,
             cfg,
         })
@@ -152,7 +183,7 @@ impl Gateway {
     pub(crate) fn readiness(&self) -> Result<(), &'static str> {
         if self.draining() {
             Err("draining")
-        } else if !self.routes_loaded.load(Ordering::Acquire) {
+        } else if !self.routing.loaded() {
             Err("no routing config applied yet")
         } else {
             Ok(())
@@ -160,7 +191,7 @@ impl Gateway {
     }
 
     pub(crate) fn draining(&self) -> bool {
-        self.draining.load(Ordering::Acquire)
+        self.life.draining.load(Ordering::Acquire)
     }
 
     /// Reads the client port's certificate and key again (SIGHUP): new
@@ -172,7 +203,7 @@ impl Gateway {
         };
         match t.reload() {
             Ok(server) => {
-                self.tls.store(Some(server));
+                self.clients.tls.store(Some(server));
                 self.metrics.tls_reloads.with_label_values(&["ok"]).inc();
                 info!("TLS certificate reloaded");
                 Ok(())
@@ -187,43 +218,11 @@ impl Gateway {
 
     /// Readiness and admission follow this flag (drain start / cancel).
     pub(crate) fn set_draining(&self, on: bool) {
-        self.draining.store(on, Ordering::Release);
+        self.life.draining.store(on, Ordering::Release);
     }
 }
 
-/// Session events waiting for the control plane (beyond this, events are
-/// dropped and counted; a reconnect resends every live session anyway).
-const SESSION_EVENTS_QUEUE: usize = 65_536;
-
-/// A session opened or closed here, for the cluster directory.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct SessionEvent {
-    pub(crate) session_id: u64,
-    pub(crate) user_id: u64,
-    pub(crate) open: bool,
-    /// Unix ms when this gateway opened (or resumed) the session.
-    pub(crate) epoch: u64,
-}
-
-impl Gateway {
-    /// Reports a session open/close to the control plane (no-op standalone).
-    pub(crate) fn session_event(&self, e: SessionEvent) {
-        if let Some(tx) = &self.session_events
-            && tx.try_send(e).is_err()
-        {
-            self.metrics
-                .reject(crate::error::Reject::SessionEventsQueueFull);
-        }
-    }
-
-    /// Takes the receiving end of session events (the control-plane client).
-    pub(crate) fn take_session_events(&self) -> Option<tokio::sync::mpsc::Receiver<SessionEvent>> {
-        self.session_events_rx
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-    }
-
+impl Routing {
     /// (revision, epoch) of the control-plane config in use.
     pub(crate) fn applied(&self) -> (u64, String) {
         self.applied
@@ -262,6 +261,46 @@ impl Gateway {
         for addr in self.backends.retain(&keep) {
             info!(endpoint = %addr, "backend endpoint no longer in the rules or overrides: moving its sessions and closing its connections");
         }
+    }
+
+    /// Whether a routing config was applied (standalone: the file).
+    pub(crate) fn loaded(&self) -> bool {
+        self.routes_loaded.load(Ordering::Acquire)
+    }
+}
+
+/// Session events waiting for the control plane (beyond this, events are
+/// dropped and counted; a reconnect resends every live session anyway).
+const SESSION_EVENTS_QUEUE: usize = 65_536;
+
+/// A session opened or closed here, for the cluster directory.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SessionEvent {
+    pub(crate) session_id: u64,
+    pub(crate) user_id: u64,
+    pub(crate) open: bool,
+    /// Unix ms when this gateway opened (or resumed) the session.
+    pub(crate) epoch: u64,
+}
+
+impl Gateway {
+    /// Reports a session open/close to the control plane (no-op standalone).
+    pub(crate) fn session_event(&self, e: SessionEvent) {
+        if let Some(tx) = &self.events.session_events
+            && tx.try_send(e).is_err()
+        {
+            self.metrics
+                .reject(crate::error::Reject::SessionEventsQueueFull);
+        }
+    }
+
+    /// Takes the receiving end of session events (the control-plane client).
+    pub(crate) fn take_session_events(&self) -> Option<tokio::sync::mpsc::Receiver<SessionEvent>> {
+        self.events
+            .session_events_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 }
 
@@ -339,12 +378,12 @@ pub async fn serve(gw: Arc<Gateway>, listeners: Listeners, shutdown: Cancellatio
             Ok(_) | Err(drain::DrainError::AlreadyRunning { .. }) => {}
             Err(e) => warn!(error = %e, "cannot start the shutdown drain"),
         }
-        let status = gw.drain.wait_finished().await;
+        let status = gw.life.drain.wait_finished().await;
         if status.phase == drain::Phase::Done {
             break status;
         }
     };
-    gw.drain_signal.cancel();
+    gw.life.drain_signal.cancel();
     info!(
         advised = report.advised,
         closed = report.closed,
@@ -352,15 +391,15 @@ pub async fn serve(gw: Arc<Gateway>, listeners: Listeners, shutdown: Cancellatio
         "drain finished"
     );
 
-    gw.hard_stop.cancel();
-    gw.tracker.close();
-    if tokio::time::timeout(Duration::from_secs(5), gw.tracker.wait())
+    gw.life.hard_stop.cancel();
+    gw.life.tracker.close();
+    if tokio::time::timeout(Duration::from_secs(5), gw.life.tracker.wait())
         .await
         .is_err()
     {
         warn!("some connections did not finish within 5s of the drain deadline; exiting anyway");
     }
-    gw.backend_stop.cancel();
+    gw.life.backend_stop.cancel();
     ops_stop.cancel();
     let _ = ops_task.await;
     if let Some(t) = admin_task {
@@ -395,15 +434,15 @@ async fn sweep_overrides(gw: Arc<Gateway>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {
                 let now = gg_runtime::clock::now_ms();
-                let expired = gw.overrides.sweep(now);
+                let expired = gw.routing.overrides.sweep(now);
                 for o in &expired {
                     info!(id = %o.o.id, service = o.o.key.service, target = %o.o.target, "route override expired");
                 }
-                let cluster_expired = gw.routes.load().cluster_overrides.iter().any(|o| o.expired(now));
+                let cluster_expired = gw.routing.routes.load().cluster_overrides.iter().any(|o| o.expired(now));
                 if !expired.is_empty() || cluster_expired {
-                    gw.retire_unused_endpoints();
+                    gw.routing.retire_unused_endpoints();
                 }
-                gw.limits.sweep();
+                gw.clients.limits.sweep();
             }
         }
     }

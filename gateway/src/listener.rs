@@ -37,7 +37,7 @@ pub(crate) async fn accept_loop(
             _ = shutdown.cancelled() => return,
             x = acceptor.accept(&listener) => x,
         };
-        let guard = match gw.limits.try_acquire(remote.ip()) {
+        let guard = match gw.clients.limits.try_acquire(remote.ip()) {
             Ok(g) => g,
             Err(refused) => {
                 // Refused before any byte is read: the client sees the
@@ -48,7 +48,8 @@ pub(crate) async fn accept_loop(
                 continue;
             }
         };
-        gw.tracker
+        gw.life
+            .tracker
             .spawn(handle_conn(gw.clone(), stream, remote, guard));
     }
 }
@@ -69,7 +70,7 @@ async fn handle_conn(gw: Arc<Gateway>, stream: TcpStream, remote: SocketAddr, gu
             let io = prefixed::PrefixedIo::new(prefix, stream);
             http::serve_conn(gw, io, remote, guard).await;
         }
-        Sniffed::Tls => match gw.tls.load_full() {
+        Sniffed::Tls => match gw.clients.tls.load_full() {
             Some(server) => tls_conn(gw, stream, prefix, remote, guard, server).await,
             None => {
                 gw.metrics.reject(Reject::TlsNotEnabled);

@@ -72,93 +72,78 @@ fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeV
     v
 }
 
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let v = IntCounter::new(name, help).expect("valid metric definition");
+    r.register(Box::new(v.clone()))
+        .expect("metric registered once");
+    v
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let v = IntGauge::new(name, help).expect("valid metric definition");
+    r.register(Box::new(v.clone()))
+        .expect("metric registered once");
+    v
+}
+
+/// The per-protocol families, resolved for TCP, WebSocket and HTTP.
+fn protocols(r: &Registry) -> [ProtoMetrics; 3] {
+    let family = |name: &str, help: &str| counter_vec(r, name, help, &["protocol"]);
+    let conns = family(
+        "gg_connections_total",
+        "Client connections accepted, by sniffed protocol.",
+    );
+    let active = gauge_vec(
+        r,
+        "gg_connections_active",
+        "Client connections open now, by protocol.",
+        &["protocol"],
+    );
+    let frames_in = family("gg_frames_in_total", "Frames received from clients.");
+    let bytes_in = family("gg_bytes_in_total", "Frame bytes received from clients.");
+    let frames_out = family("gg_frames_out_total", "Frames sent to clients.");
+    let bytes_out = family("gg_bytes_out_total", "Frame bytes sent to clients.");
+    [Protocol::Tcp, Protocol::Ws, Protocol::Http].map(|p| {
+        let l = [p.name()];
+        ProtoMetrics {
+            connections: conns.with_label_values(&l),
+            active: active.with_label_values(&l),
+            frames_in: frames_in.with_label_values(&l),
+            bytes_in: bytes_in.with_label_values(&l),
+            frames_out: frames_out.with_label_values(&l),
+            bytes_out: bytes_out.with_label_values(&l),
+        }
+    })
+}
+
 impl Metrics {
     // `expect` here: metric definitions are static; a failure is a programming
     // error caught by the first test that builds a gateway.
     #[allow(clippy::expect_used)]
     pub(crate) fn new() -> Metrics {
         let r = Registry::new();
-        let conns = counter_vec(
+        let [tcp, ws, http] = protocols(&r);
+        let sessions_active = gauge(&r, "gg_sessions_active", "Sessions open now.");
+        let sessions_opened = counter(
             &r,
-            "gg_connections_total",
-            "Client connections accepted, by sniffed protocol.",
-            &["protocol"],
-        );
-        let active = gauge_vec(
-            &r,
-            "gg_connections_active",
-            "Client connections open now, by protocol.",
-            &["protocol"],
-        );
-        let frames_in = counter_vec(
-            &r,
-            "gg_frames_in_total",
-            "Frames received from clients.",
-            &["protocol"],
-        );
-        let bytes_in = counter_vec(
-            &r,
-            "gg_bytes_in_total",
-            "Frame bytes received from clients.",
-            &["protocol"],
-        );
-        let frames_out = counter_vec(
-            &r,
-            "gg_frames_out_total",
-            "Frames sent to clients.",
-            &["protocol"],
-        );
-        let bytes_out = counter_vec(
-            &r,
-            "gg_bytes_out_total",
-            "Frame bytes sent to clients.",
-            &["protocol"],
-        );
-        let proto = |p: Protocol| {
-            let l = [p.name()];
-            ProtoMetrics {
-                connections: conns.with_label_values(&l),
-                active: active.with_label_values(&l),
-                frames_in: frames_in.with_label_values(&l),
-                bytes_in: bytes_in.with_label_values(&l),
-                frames_out: frames_out.with_label_values(&l),
-                bytes_out: bytes_out.with_label_values(&l),
-            }
-        };
-        let (tcp, ws, http) = (
-            proto(Protocol::Tcp),
-            proto(Protocol::Ws),
-            proto(Protocol::Http),
-        );
-        let sessions_active =
-            IntGauge::new("gg_sessions_active", "Sessions open now.").expect("valid");
-        r.register(Box::new(sessions_active.clone())).expect("once");
-        let sessions_opened = IntCounter::new(
             "gg_sessions_opened_total",
             "Sessions opened (HELLO accepted or HTTP call).",
-        )
-        .expect("valid");
-        r.register(Box::new(sessions_opened.clone())).expect("once");
-        let drain_goaway_sent = IntCounter::new(
+        );
+        let drain_goaway_sent = counter(
+            &r,
             "gg_drain_goaway_total",
             "GOAWAY frames sent while draining.",
-        )
-        .expect("valid");
-        r.register(Box::new(drain_goaway_sent.clone()))
-            .expect("once");
-        let drain_force_closed = IntCounter::new(
+        );
+        let drain_force_closed = counter(
+            &r,
             "gg_drain_force_closed_total",
             "Sessions still open at the drain deadline and closed by the gateway.",
-        )
-        .expect("valid");
-        r.register(Box::new(drain_force_closed.clone()))
-            .expect("once");
-        let buffered_bytes = IntGauge::new(
+        );
+        let buffered_bytes = gauge(
+            &r,
             "gg_client_buffered_bytes",
             "Client bytes buffered in large frames and HTTP bodies, against limits.max_buffered_bytes.",
-        )
-        .expect("valid");
-        r.register(Box::new(buffered_bytes.clone())).expect("once");
+        );
         let m = Metrics {
             buffered_bytes,
             tcp,

@@ -24,7 +24,7 @@ impl OpsHandler for Ops {
 
     fn metrics(&self) -> String {
         let m = &self.0.metrics;
-        m.buffered_bytes.set(self.0.buffered.used() as i64);
+        m.buffered_bytes.set(self.0.clients.buffered.used() as i64);
         m.render()
     }
 }

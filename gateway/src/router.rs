@@ -172,30 +172,8 @@ pub(crate) fn decide(
         None => most_specific(&routes.cluster_overrides, |o| o, key, now_ms)
             .map_or(Source::Rule, |o| Source::Cluster(o.clone())),
     };
-    if let Some(o) = source.override_ref() {
-        let scope = if matches!(source, Source::Local(_)) {
-            "local"
-        } else {
-            "cluster"
-        };
-        let ep = match mode {
-            Mode::Bind => Some(pool.endpoint(&o.target)),
-            Mode::Explain => pool.get(&o.target),
-        };
-        d.why = format!(
-            "{scope} override {} by {} ({}) matches {} and wins over the {} rule",
-            o.id, o.author, o.reason, o.key, svc.strategy
-        );
-        d.endpoint = match ep {
-            Some(ep) if ep.healthy() => Ok(ep),
-            _ => {
-                d.why.push_str("; its target is down");
-                Err(RequestError::BackendUnavailable {
-                    endpoint: format!("{} (pinned by override {})", o.target, o.id),
-                })
-            }
-        };
-        d.source = source;
+    if source.override_ref().is_some() {
+        pinned(&mut d, source, svc.strategy, pool, mode);
         return Ok(d);
     }
     let now = Instant::now();
@@ -224,32 +202,69 @@ pub(crate) fn decide(
             d.why = "consistent_hash: the user's highest-ranked available endpoint".into();
         }
         Strategy::Realm => {
-            d.hash_key = format!("realm_id={}", key.realm);
-            let Some(ep) = routes.realms.get(&key.realm) else {
-                d.why = format!(
-                    "realm: realm {} is not in the realm map (requests get ERROR 104)",
-                    key.realm
-                );
-                d.endpoint = Err(RequestError::NoRealm {
-                    service: svc.name.clone(),
-                    realm: key.realm,
-                });
-                return Ok(d);
-            };
-            // A realm lives on exactly one game server: no fallback.
-            d.candidates = vec![ep.clone()];
-            d.why = format!("realm: realm {} maps to {}", key.realm, ep.addr);
-            d.endpoint = if available(ep) {
-                Ok(ep.clone())
-            } else {
-                d.why.push_str(", which is unavailable");
-                Err(RequestError::BackendUnavailable {
-                    endpoint: ep.addr.to_string(),
-                })
-            };
+            realm(&mut d, routes, key.realm, available);
             return Ok(d);
         }
     }
+    first_available(&mut d, available);
+    Ok(d)
+}
+
+/// An override names the endpoint: no strategy, no fallback.
+fn pinned(d: &mut Decision, source: Source, rule: Strategy, pool: &BackendPool, mode: Mode) {
+    let Some(o) = source.override_ref() else {
+        return;
+    };
+    let scope = if matches!(source, Source::Local(_)) {
+        "local"
+    } else {
+        "cluster"
+    };
+    let ep = match mode {
+        Mode::Bind => Some(pool.endpoint(&o.target)),
+        Mode::Explain => pool.get(&o.target),
+    };
+    d.why = format!(
+        "{scope} override {} by {} ({}) matches {} and wins over the {rule} rule",
+        o.id, o.author, o.reason, o.key
+    );
+    d.endpoint = match ep {
+        Some(ep) if ep.healthy() => Ok(ep),
+        _ => {
+            d.why.push_str("; its target is down");
+            Err(RequestError::BackendUnavailable {
+                endpoint: format!("{} (pinned by override {})", o.target, o.id),
+            })
+        }
+    };
+    d.source = source;
+}
+
+/// A realm lives on exactly one game server: no fallback.
+fn realm(d: &mut Decision, routes: &RouteTable, realm: u32, available: impl Fn(&Endpoint) -> bool) {
+    d.hash_key = format!("realm_id={realm}");
+    let Some(ep) = routes.realms.get(&realm) else {
+        d.why = format!("realm: realm {realm} is not in the realm map (requests get ERROR 104)");
+        d.endpoint = Err(RequestError::NoRealm {
+            service: d.service.clone(),
+            realm,
+        });
+        return;
+    };
+    d.candidates = vec![ep.clone()];
+    d.why = format!("realm: realm {realm} maps to {}", ep.addr);
+    d.endpoint = if available(ep) {
+        Ok(ep.clone())
+    } else {
+        d.why.push_str(", which is unavailable");
+        Err(RequestError::BackendUnavailable {
+            endpoint: ep.addr.to_string(),
+        })
+    };
+}
+
+/// The first available candidate, in the strategy's order.
+fn first_available(d: &mut Decision, available: impl Fn(&Endpoint) -> bool) {
     match d.candidates.iter().position(|e| available(e)) {
         Some(i) => {
             if i > 0 {
@@ -263,7 +278,6 @@ pub(crate) fn decide(
             .why
             .push_str("; no endpoint is available (down, circuit open, or drain/maint)"),
     }
-    Ok(d)
 }
 
 /// The endpoint for a new binding ([`decide`] in [`Mode::Bind`]).

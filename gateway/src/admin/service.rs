@@ -165,7 +165,7 @@ impl GatewayAdmin for AdminService {
         let gw = &self.gw;
         let addrs = gw.addrs.get();
         let ready = gw.readiness();
-        let (config_revision, config_epoch) = gw.applied();
+        let (config_revision, config_epoch) = gw.routing.applied();
         Ok(Response::new(pb::GatewayInfo {
             gateway_id: gw.cfg.gateway_id.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -178,10 +178,10 @@ impl GatewayAdmin for AdminService {
             ready: ready.is_ok(),
             not_ready_reason: ready.err().unwrap_or_default().to_string(),
             draining: gw.draining(),
-            sessions: gw.sessions.len() as u64,
-            connections: gw.limits.active() as u64,
+            sessions: gw.clients.sessions.len() as u64,
+            connections: gw.clients.limits.active() as u64,
             uptime_ms: gw.started.elapsed().as_millis() as u64,
-            resume_enabled: gw.resume.is_some(),
+            resume_enabled: gw.clients.resume.is_some(),
             config_revision,
             config_epoch,
         }))
@@ -232,7 +232,7 @@ impl GatewayAdmin for AdminService {
         req: Request<pb::GetDrainRequest>,
     ) -> Result<Response<pb::DrainStatus>, Status> {
         require(&req, Scope::Read)?;
-        Ok(Response::new(drain_pb(&self.gw.drain.status())))
+        Ok(Response::new(drain_pb(&self.gw.life.drain.status())))
     }
 
     type WatchDrainStream = DrainStream;
@@ -242,7 +242,7 @@ impl GatewayAdmin for AdminService {
         req: Request<pb::WatchDrainRequest>,
     ) -> Result<Response<DrainStream>, Status> {
         require(&req, Scope::Read)?;
-        let rx = self.gw.drain.subscribe();
+        let rx = self.gw.life.drain.subscribe();
         let stop = self.stop.clone();
         // The current status first, then every change; the stream ends after
         // a finished phase (or at shutdown).
@@ -283,7 +283,7 @@ impl GatewayAdmin for AdminService {
     ) -> Result<Response<pb::Session>, Status> {
         require(&req, Scope::Read)?;
         let id = req.into_inner().session_id;
-        let s = self.gw.sessions.get(id).ok_or_else(|| {
+        let s = self.gw.clients.sessions.get(id).ok_or_else(|| {
             Status::not_found(format!(
                 "no session {id} on gateway {}",
                 self.gw.cfg.gateway_id
@@ -317,6 +317,7 @@ impl GatewayAdmin for AdminService {
         };
         let mut all: Vec<SessionHandle> = self
             .gw
+            .clients
             .sessions
             .all()
             .into_iter()
@@ -370,6 +371,7 @@ impl GatewayAdmin for AdminService {
         let mut not_found = Vec::new();
         let targets: Vec<SessionHandle> = if has_selector {
             self.gw
+                .clients
                 .sessions
                 .all()
                 .into_iter()
@@ -387,7 +389,7 @@ impl GatewayAdmin for AdminService {
             r.session_ids
                 .iter()
                 .filter_map(|id| {
-                    let s = self.gw.sessions.get(*id);
+                    let s = self.gw.clients.sessions.get(*id);
                     if s.is_none() {
                         not_found.push(*id);
                     }
@@ -446,11 +448,11 @@ impl GatewayAdmin for AdminService {
                         "give exactly one of session_id or user_id",
                     ));
                 }
-                (id, 0) => vec![self.gw.sessions.get(id).ok_or_else(|| {
+                (id, 0) => vec![self.gw.clients.sessions.get(id).ok_or_else(|| {
                     Status::not_found(format!("no session {id} on this gateway"))
                 })?],
                 (0, user) => {
-                    let v = self.gw.sessions.by_user(user);
+                    let v = self.gw.clients.sessions.by_user(user);
                     if v.is_empty() {
                         return Err(Status::not_found(format!(
                             "user {user} has no session on this gateway"
@@ -487,7 +489,14 @@ impl GatewayAdmin for AdminService {
             .r#override
             .ok_or_else(|| Status::invalid_argument("override is required"))?;
         let service = u16_arg("service_type", o.service_type)?;
-        if !self.gw.routes.load().services.contains_key(&service) {
+        if !self
+            .gw
+            .routing
+            .routes
+            .load()
+            .services
+            .contains_key(&service)
+        {
             return Err(Status::invalid_argument(format!(
                 "no service with service_type {service} is configured"
             )));
@@ -517,14 +526,14 @@ impl GatewayAdmin for AdminService {
             return Err(Status::invalid_argument(errs.join("; ")));
         }
         // Warm the pool so the target's connections are up before use.
-        self.gw.backends.endpoint(&o.target);
-        let set = self.gw.overrides.set(LocalOverride {
+        self.gw.routing.backends.endpoint(&o.target);
+        let set = self.gw.routing.overrides.set(LocalOverride {
             o: ovr,
             move_existing: o.move_existing,
         });
         info!(caller = %caller.name, id = %set.o.id, service, target = %set.o.target, expires_at_ms = set.o.expires_at_ms, "route override set");
         if set.move_existing {
-            for s in self.gw.sessions.all() {
+            for s in self.gw.clients.sessions.all() {
                 let binding = RouteKey {
                     service,
                     realm: s.realm_id(),
@@ -550,6 +559,7 @@ impl GatewayAdmin for AdminService {
         require(&req, Scope::Read)?;
         let overrides = self
             .gw
+            .routing
             .overrides
             .list(now_ms())
             .iter()
@@ -564,13 +574,13 @@ impl GatewayAdmin for AdminService {
     ) -> Result<Response<pb::DeleteRouteOverrideResponse>, Status> {
         let caller = require(&req, Scope::Admin)?;
         let id = req.into_inner().id;
-        if !self.gw.overrides.delete(&id) {
+        if !self.gw.routing.overrides.delete(&id) {
             return Err(Status::not_found(format!(
                 "no route override {id:?} (it may have expired)"
             )));
         }
         info!(caller = %caller.name, %id, "route override deleted");
-        self.gw.retire_unused_endpoints();
+        self.gw.routing.retire_unused_endpoints();
         Ok(Response::new(pb::DeleteRouteOverrideResponse {}))
     }
 
@@ -587,11 +597,11 @@ impl GatewayAdmin for AdminService {
             session: r.session_id,
         };
         // The very decision traffic makes, in the mode that changes nothing.
-        let routes = self.gw.routes.load();
+        let routes = self.gw.routing.routes.load();
         let d = router::decide(
             &routes,
-            &self.gw.overrides,
-            &self.gw.backends,
+            &self.gw.routing.overrides,
+            &self.gw.routing.backends,
             &key,
             now_ms(),
             router::Mode::Explain,
@@ -617,7 +627,7 @@ impl GatewayAdmin for AdminService {
                 out.why = format!("{}; requests get: {e}", out.why);
                 d.source
                     .override_ref()
-                    .and_then(|o| self.gw.backends.get(&o.target))
+                    .and_then(|o| self.gw.routing.backends.get(&o.target))
                     .or_else(|| d.candidates.first().cloned())
             }
         };
@@ -640,6 +650,7 @@ impl GatewayAdmin for AdminService {
         require(&req, Scope::Read)?;
         let backends = self
             .gw
+            .routing
             .backends
             .endpoints()
             .iter()
@@ -657,7 +668,7 @@ impl GatewayAdmin for AdminService {
         let state = AdminState::parse(&r.state).ok_or_else(|| {
             Status::invalid_argument(format!("state {:?} must be ready, drain or maint", r.state))
         })?;
-        let ep = self.gw.backends.get(&r.endpoint).ok_or_else(|| {
+        let ep = self.gw.routing.backends.get(&r.endpoint).ok_or_else(|| {
             Status::not_found(format!(
                 "no backend endpoint {:?}; see ListBackends",
                 r.endpoint

@@ -139,6 +139,8 @@ fn fail(msg: ToBackend, endpoint: &Arc<str>) {
     }
 }
 
+/// One live connection: HELLO, then the writer, the reader and the
+/// heartbeat run until one fails (or the endpoint is stopped).
 async fn relay(
     mut stream: TcpStream,
     ep: &Arc<Endpoint>,
@@ -147,7 +149,6 @@ async fn relay(
     rx: &mut mpsc::Receiver<Envelope>,
     ctx: &ConnCtx,
 ) -> io::Result<()> {
-    let conn = &ep.conns[slot];
     let hello = control::control_frame(
         Kind::Hello,
         Header::new(Kind::Hello),
@@ -157,28 +158,49 @@ async fn relay(
     );
     stream.write_all(&hello.to_bytes()).await?;
     let (mut rd, mut wr) = stream.split();
-    let label = [&*ep.addr];
-    let frames_out = ctx.metrics.backend_frames_out.with_label_values(&label);
-    let frames_in = ctx.metrics.backend_frames_in.with_label_values(&label);
-    let protocol_errors = ctx
-        .metrics
-        .backend_errors
-        .with_label_values(&[&*ep.addr, "protocol"]);
-    // Milliseconds since `epoch` of the last frame from the backend.
-    let epoch = Instant::now();
-    let last_rx = AtomicU64::new(0);
+    // Milliseconds since `heard.0` of the last frame from the backend.
+    let heard = (Instant::now(), AtomicU64::new(0));
+    let link = Link {
+        ep,
+        slot,
+        generation,
+        ctx,
+    };
+    tokio::select! {
+        r = link.write_loop(&mut wr, rx) => r,
+        r = link.read_loop(&mut rd, &heard) => r,
+        r = link.heartbeat(&heard) => r,
+        _ = ep.stop.cancelled() => Ok(()),
+    }
+}
 
-    let writer = async {
+/// What the three loops of one connection share.
+struct Link<'a> {
+    ep: &'a Arc<Endpoint>,
+    slot: usize,
+    generation: u64,
+    ctx: &'a ConnCtx,
+}
+
+impl Link<'_> {
+    /// Gathers everything queued into one write; OPEN and CLOSE maintain
+    /// the connection's bound sessions as they pass.
+    async fn write_loop(
+        &self,
+        wr: &mut (impl tokio::io::AsyncWrite + Unpin),
+        rx: &mut mpsc::Receiver<Envelope>,
+    ) -> io::Result<()> {
+        let conn = &self.ep.conns[self.slot];
+        let frames_out = (self.ctx.metrics.backend_frames_out).with_label_values(&[&*self.ep.addr]);
         let mut wbuf = BytesMut::with_capacity(8 * 1024);
         let mut gate = YieldGate::default();
         while let Some(first) = rx.recv().await {
             let mut n = 0u64;
             let mut next = Some(first);
             let mut yielded = false;
-            // Gather everything already queued into one write.
             while let Some(env) = next.take() {
-                if env.generation != generation {
-                    fail(env.msg, &ep.addr);
+                if env.generation != self.generation {
+                    fail(env.msg, &self.ep.addr);
                 } else {
                     n += 1;
                     match env.msg {
@@ -210,24 +232,37 @@ async fn relay(
             }
         }
         // The pool was dropped: the gateway is exiting.
-        Ok::<(), io::Error>(())
-    };
+        Ok(())
+    }
 
-    let reader = async {
+    /// Reads frames and hands each to its session; a frame this gateway
+    /// does not understand is skipped while the stream stays in sync.
+    async fn read_loop(
+        &self,
+        rd: &mut (impl tokio::io::AsyncRead + Unpin),
+        heard: &(Instant, AtomicU64),
+    ) -> io::Result<()> {
+        let (ep, ctx) = (self.ep, self.ctx);
+        let frames_in = ctx
+            .metrics
+            .backend_frames_in
+            .with_label_values(&[&*ep.addr]);
+        let protocol_errors =
+            (ctx.metrics.backend_errors).with_label_values(&[&*ep.addr, "protocol"]);
         let mut rbuf = BytesMut::with_capacity(16 * 1024);
-        let mut heard = false;
+        let mut first = true;
         loop {
             if rd.read_buf(&mut rbuf).await? == 0 {
-                return Err::<(), io::Error>(io::Error::new(
+                return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "backend closed the connection",
                 ));
             }
-            last_rx.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-            if !heard {
+            (heard.1).store(heard.0.elapsed().as_millis() as u64, Ordering::Relaxed);
+            if first {
                 // The first frame on a new connection proves the backend
                 // answers: it closes a half-open circuit.
-                heard = true;
+                first = false;
                 ep.breaker.on_success();
             }
             loop {
@@ -240,32 +275,29 @@ async fn relay(
                     }
                 };
                 frames_in.inc();
-                let header = match frame::parse_raw(&raw) {
-                    Ok(h) => h,
+                match frame::parse_raw(&raw) {
+                    Ok(header) => dispatch(header, raw.freeze(), ep, self.slot, self.generation),
                     Err(e) => {
-                        // In sync: skip the one frame and keep the connection.
                         warn!(endpoint = %ep.addr, error = %e, "backend sent a frame this gateway does not understand; dropped");
                         protocol_errors.inc();
-                        continue;
                     }
-                };
-                dispatch(header, raw.freeze(), ep, slot, generation);
+                }
             }
         }
-    };
+    }
 
-    // Heartbeat: PING every interval; a backend silent for MISSED_PONGS
-    // intervals (a blackholed link, a hung process) is declared dead.
-    let heartbeat = async {
-        let every = ctx.settings.ping_interval;
+    /// PING every interval; a backend silent for [`MISSED_PONGS`]
+    /// intervals (a blackholed link, a hung process) is declared dead.
+    async fn heartbeat(&self, heard: &(Instant, AtomicU64)) -> io::Result<()> {
+        let every = self.ctx.settings.ping_interval;
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         let mut seq = 0u32;
         loop {
             tick.tick().await;
-            let last = Duration::from_millis(last_rx.load(Ordering::Relaxed));
-            let silent_for = epoch.elapsed().saturating_sub(last);
+            let last = Duration::from_millis(heard.1.load(Ordering::Relaxed));
+            let silent_for = heard.0.elapsed().saturating_sub(last);
             if silent_for >= every * MISSED_PONGS {
-                return Err::<(), io::Error>(io::Error::new(
+                return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     format!(
                         "no frame from the backend for {} ms (heartbeat)",
@@ -276,18 +308,9 @@ async fn relay(
             seq = seq.wrapping_add(1);
             let mut h = Header::new(Kind::Ping);
             h.seq = seq;
-            let _ = conn.send(
-                generation,
-                ToBackend::Frame(Frame::new(h, Bytes::new()).to_bytes()),
-            );
+            let ping = ToBackend::Frame(Frame::new(h, Bytes::new()).to_bytes());
+            let _ = self.ep.conns[self.slot].send(self.generation, ping);
         }
-    };
-
-    tokio::select! {
-        r = writer => r,
-        r = reader => r,
-        r = heartbeat => r,
-        _ = ep.stop.cancelled() => Ok(()),
     }
 }
 

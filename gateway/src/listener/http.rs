@@ -82,12 +82,12 @@ pub(crate) async fn serve_conn<I>(
             }
             debug!(%remote, error = %e, "http connection ended with error");
         },
-        _ = gw.drain_signal.cancelled() => {
+        _ = gw.life.drain_signal.cancelled() => {
             // Finish the request in flight, then close (no keep-alive).
             conn.as_mut().graceful_shutdown();
             tokio::select! {
                 _ = conn.as_mut() => {}
-                _ = gw.hard_stop.cancelled() => {}
+                _ = gw.life.hard_stop.cancelled() => {}
             }
         }
     }
@@ -186,12 +186,9 @@ fn request_error(e: &RequestError) -> Response<Body> {
     json_error(status, e.code().code(), e.code().name(), &e.to_string())
 }
 
-fn upgrade(
-    gw: Arc<Gateway>,
-    remote: SocketAddr,
-    mut req: Request<Incoming>,
-    guard: Arc<Mutex<Option<ConnGuard>>>,
-) -> Response<Body> {
+/// Checks an upgrade request (RFC 6455 4.2.1); returns the
+/// `Sec-WebSocket-Accept` value, or the answer that refuses it.
+fn handshake(req: &Request<Incoming>) -> Result<String, Box<Response<Body>>> {
     let h = req.headers();
     let version_ok = h
         .get(header::SEC_WEBSOCKET_VERSION)
@@ -200,12 +197,12 @@ fn upgrade(
         .get(header::SEC_WEBSOCKET_KEY)
         .map(|k| derive_accept_key(k.as_bytes()))
     else {
-        return json_error(
+        return Err(Box::new(json_error(
             StatusCode::BAD_REQUEST,
             0,
             "bad_upgrade",
             "missing Sec-WebSocket-Key",
-        );
+        )));
     };
     let connection_upgrade = h
         .get_all(header::CONNECTION)
@@ -214,12 +211,12 @@ fn upgrade(
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
     if req.method() != Method::GET || !connection_upgrade {
-        return json_error(
+        return Err(Box::new(json_error(
             StatusCode::BAD_REQUEST,
             0,
             "bad_upgrade",
             "a WebSocket upgrade needs GET with Connection: Upgrade",
-        );
+        )));
     }
     if !version_ok {
         // RFC 6455 4.4: name the version this server speaks.
@@ -233,8 +230,21 @@ fn upgrade(
             header::SEC_WEBSOCKET_VERSION,
             HeaderValue::from_static("13"),
         );
-        return r;
+        return Err(Box::new(r));
     }
+    Ok(key)
+}
+
+fn upgrade(
+    gw: Arc<Gateway>,
+    remote: SocketAddr,
+    mut req: Request<Incoming>,
+    guard: Arc<Mutex<Option<ConnGuard>>>,
+) -> Response<Body> {
+    let key = match handshake(&req) {
+        Ok(k) => k,
+        Err(refused) => return *refused,
+    };
     if gw.draining() {
         gw.metrics.reject(Reject::Draining);
         return request_error(&RequestError::Draining);
@@ -250,7 +260,7 @@ fn upgrade(
         .max_message_size(Some(max_msg))
         .max_frame_size(Some(max_msg));
     let task_gw = gw.clone();
-    gw.tracker.spawn(async move {
+    gw.life.tracker.spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => {
@@ -406,7 +416,7 @@ async fn call_inner(
     }
     let realm: u32 = header_num(h, "x-realm-id")?.unwrap_or(0);
     let service = {
-        let routes = gw.routes.load();
+        let routes = gw.routing.routes.load();
         match routes.service_by_key(service_key) {
             Some(s) => s.id,
             None => {
@@ -416,9 +426,9 @@ async fn call_inner(
     };
     let body = read_body(gw, req.into_body()).await?;
 
-    let id = gw.ids.next_id();
+    let id = gw.clients.ids.next_id();
     let (session, mut rx) = SessionHandle::new(id, user, realm, Protocol::Http, remote, 16);
-    gw.sessions.insert(session.clone());
+    gw.clients.sessions.insert(session.clone());
     gw.metrics.sessions_opened.inc();
     gw.metrics.sessions_active.inc();
     let result = async {
@@ -439,7 +449,7 @@ async fn call_inner(
         reply
     }
     .await;
-    gw.sessions.remove(id);
+    gw.clients.sessions.remove(id);
     gw.metrics.sessions_active.dec();
     let code = if result.is_ok() {
         CloseCode::Normal.code()
@@ -482,7 +492,7 @@ async fn read_body(gw: &Gateway, mut body: Incoming) -> Result<Bytes, CallError>
                 return Err(too_large());
             }
             let held = total.saturating_sub(SMALL_FRAME_BYTES as usize) as u64;
-            if !Charge::grow_to(&mut charge, &gw.buffered, held) {
+            if !Charge::grow_to(&mut charge, &gw.clients.buffered, held) {
                 return Err(CallError::Rejected(
                     Reject::BufferBudget,
                     BUDGET_SPENT.into(),

@@ -80,14 +80,15 @@ pub(crate) fn open_binding(
     resumed: bool,
     traceparent: Option<&str>,
 ) -> Result<Binding, RequestError> {
-    let routes = gw.routes.load();
+    let routes = gw.routing.routes.load();
     let key = RouteKey {
         service,
         realm,
         user: session.user_id(),
         session: session.id(),
     };
-    let endpoint = crate::router::resolve(&routes, &gw.overrides, &gw.backends, &key)?;
+    let endpoint =
+        crate::router::resolve(&routes, &gw.routing.overrides, &gw.routing.backends, &key)?;
     let realm_key = routes
         .services
         .get(&service)

@@ -76,7 +76,7 @@ pub(crate) async fn start(
     let id = if hello.resumed {
         hello.header.session_id
     } else {
-        gw.ids.next_id()
+        gw.clients.ids.next_id()
     };
     crate::telemetry::set_parent(&span, hello.trace.as_deref());
     span.record("session_id", id);
@@ -96,7 +96,7 @@ pub(crate) async fn start(
     );
     if hello.resumed {
         take_over(&gw, &handle).await;
-    } else if !gw.sessions.insert(handle.clone()) {
+    } else if !gw.clients.sessions.insert(handle.clone()) {
         // Only possible if the id space wrapped onto a live session.
         let c = Closing::new(CloseCode::Internal, "session id collision, reconnect");
         end_transport(&mut io, 0, &c, pm).await;
@@ -122,7 +122,7 @@ pub(crate) async fn start(
     };
     s.queue(welcome(&gw, hello.header, id));
     drop(span);
-    gw.tracker.spawn(live(s));
+    gw.life.tracker.spawn(live(s));
 }
 
 /// An accepted HELLO.
@@ -139,25 +139,29 @@ struct Hello {
 async fn read_hello(gw: &Gateway, io: &mut ClientIo, pm: &ProtoMetrics) -> Result<Hello, Closing> {
     let limits = &gw.cfg.limits;
     let max = limits.max_hello_bytes;
-    let raw =
-        match tokio::time::timeout(limits.hello_timeout, io.read_frame(max, &gw.buffered)).await {
-            Err(_) => {
-                return Err(Closing::rejected(
-                    gw,
-                    Reject::HelloTimeout,
-                    format!("no HELLO within {} ms", limits.hello_timeout.as_millis()),
-                ));
-            }
-            Ok(Err(ReadError::Frame(FrameError::TooLarge { len, .. }))) => {
-                return Err(Closing::rejected(
-                    gw,
-                    Reject::HelloTooLarge,
-                    format!("HELLO of {len} bytes exceeds limits.max_hello_bytes ({max})"),
-                ));
-            }
-            Ok(Err(e)) => return Err(Closing::from_read(e, max)),
-            Ok(Ok(raw)) => raw,
-        };
+    let raw = match tokio::time::timeout(
+        limits.hello_timeout,
+        io.read_frame(max, &gw.clients.buffered),
+    )
+    .await
+    {
+        Err(_) => {
+            return Err(Closing::rejected(
+                gw,
+                Reject::HelloTimeout,
+                format!("no HELLO within {} ms", limits.hello_timeout.as_millis()),
+            ));
+        }
+        Ok(Err(ReadError::Frame(FrameError::TooLarge { len, .. }))) => {
+            return Err(Closing::rejected(
+                gw,
+                Reject::HelloTooLarge,
+                format!("HELLO of {len} bytes exceeds limits.max_hello_bytes ({max})"),
+            ));
+        }
+        Ok(Err(e)) => return Err(Closing::from_read(e, max)),
+        Ok(Ok(raw)) => raw,
+    };
     pm.frames_in.inc();
     pm.bytes_in.inc_by(raw.len() as u64);
     accept_hello(gw, raw)
@@ -168,7 +172,7 @@ async fn read_hello(gw: &Gateway, io: &mut ClientIo, pm: &ProtoMetrics) -> Resul
 /// once, even when the old connection's writes are stalled. The old task
 /// leaves the table entry alone ([`super::table::SessionTable::remove_if`]).
 async fn take_over(gw: &Gateway, handle: &SessionHandle) {
-    if let Some(old) = gw.sessions.replace(handle.clone()) {
+    if let Some(old) = gw.clients.sessions.replace(handle.clone()) {
         old.close(CloseCode::Moved);
         info!(
             session = handle.id(),
@@ -200,7 +204,11 @@ fn welcome(gw: &Gateway, header: Header, id: u64) -> bytes::Bytes {
         &Welcome {
             gateway_id: gw.cfg.gateway_id.clone(),
             session: format!("{}:{id}", gw.cfg.gateway_id),
-            resume_token: gw.resume.as_ref().map(|k| k.mint(id, header.user_id)),
+            resume_token: gw
+                .clients
+                .resume
+                .as_ref()
+                .map(|k| k.mint(id, header.user_id)),
             heartbeat_ms: gw.cfg.limits.heartbeat.as_millis() as u64,
         },
     )
@@ -249,7 +257,7 @@ fn accept_hello(gw: &Gateway, raw: BytesMut) -> Result<Hello, Closing> {
             trace: hello.traceparent,
         });
     }
-    let Some(keys) = &gw.resume else {
+    let Some(keys) = &gw.clients.resume else {
         return Err(Closing::new(
             CloseCode::BadResume,
             "session resume is not enabled on this gateway; send HELLO with session_id 0",

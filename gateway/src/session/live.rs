@@ -103,7 +103,7 @@ impl Session {
         }
         let max = self.gw.cfg.limits.max_frame_bytes;
         for _ in 0..MAX_READS {
-            match self.io.poll_read_frame(cx, max, &self.gw.buffered) {
+            match self.io.poll_read_frame(cx, max, &self.gw.clients.buffered) {
                 Poll::Ready(Ok(raw)) => {
                     self.on_client_frame(raw)?;
                     progress = true;
@@ -223,27 +223,7 @@ impl Session {
     fn on_outbound(&mut self, m: Outbound) -> Result<(), Closing> {
         match m {
             Outbound::Frame(f) => self.queue(f),
-            Outbound::BackendLost { endpoint } => {
-                // Only bindings whose connection really is gone; a stale
-                // notice for an older connection is ignored.
-                let mut lost = Vec::new();
-                self.bindings.retain(|b| {
-                    let gone = *b.endpoint.addr == *endpoint && !b.live();
-                    if gone {
-                        lost.push(b.service);
-                    }
-                    !gone
-                });
-                self.publish_bindings();
-                for service in lost {
-                    let mut h = Header::new(Kind::Error);
-                    h.service_type = service;
-                    let e = RequestError::BackendUnavailable {
-                        endpoint: endpoint.to_string(),
-                    };
-                    self.queue_error(&h, &e);
-                }
-            }
+            Outbound::BackendLost { endpoint } => self.backend_lost(&endpoint),
             Outbound::Kicked {
                 endpoint,
                 code,
@@ -261,31 +241,7 @@ impl Session {
                 reason,
                 reconnect_after,
                 deadline,
-            } => {
-                let mut h = Header::new(Kind::GoAway);
-                h.session_id = self.handle.id();
-                h.user_id = self.handle.user_id();
-                let f = control::control_frame(
-                    Kind::GoAway,
-                    h,
-                    &control::GoAway {
-                        reason,
-                        reconnect_after_ms: reconnect_after.as_millis() as u64,
-                        deadline_ms: deadline.as_millis() as u64,
-                        resume_token: self
-                            .gw
-                            .resume
-                            .as_ref()
-                            .map(|k| k.mint(self.handle.id(), self.handle.user_id())),
-                    },
-                );
-                self.queue(f.to_bytes());
-                self.goaway_sent = true;
-                // The drain controller force-closes (and counts) at the deadline;
-                // this timer is only a safety net if it cannot.
-                self.handle
-                    .set_goaway_deadline(Some(std::time::Instant::now() + deadline + GOAWAY_GRACE));
-            }
+            } => self.goaway(reason, reconnect_after, deadline),
             Outbound::GoAwayCancelled => {
                 self.handle.set_goaway_deadline(None);
                 self.goaway_sent = false;
@@ -316,6 +272,52 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// Drops the bindings whose connection really is gone (a stale notice
+    /// for an older connection is ignored) and tells the client per service.
+    fn backend_lost(&mut self, endpoint: &Arc<str>) {
+        let mut lost = Vec::new();
+        self.bindings.retain(|b| {
+            let gone = *b.endpoint.addr == **endpoint && !b.live();
+            if gone {
+                lost.push(b.service);
+            }
+            !gone
+        });
+        self.publish_bindings();
+        for service in lost {
+            let mut h = Header::new(Kind::Error);
+            h.service_type = service;
+            let e = RequestError::BackendUnavailable {
+                endpoint: endpoint.to_string(),
+            };
+            self.queue_error(&h, &e);
+        }
+    }
+
+    /// GOAWAY with a fresh resume token; the session closes itself if the
+    /// drain controller cannot (a safety net past the deadline).
+    fn goaway(&mut self, reason: String, reconnect_after: Duration, deadline: Duration) {
+        let mut h = Header::new(Kind::GoAway);
+        h.session_id = self.handle.id();
+        h.user_id = self.handle.user_id();
+        let token = (self.gw.clients.resume.as_ref())
+            .map(|k| k.mint(self.handle.id(), self.handle.user_id()));
+        let f = control::control_frame(
+            Kind::GoAway,
+            h,
+            &control::GoAway {
+                reason,
+                reconnect_after_ms: reconnect_after.as_millis() as u64,
+                deadline_ms: deadline.as_millis() as u64,
+                resume_token: token,
+            },
+        );
+        self.queue(f.to_bytes());
+        self.goaway_sent = true;
+        self.handle
+            .set_goaway_deadline(Some(std::time::Instant::now() + deadline + GOAWAY_GRACE));
     }
 
     fn publish_bindings(&self) {
@@ -471,7 +473,7 @@ impl Session {
         // table entry (and the directory's): leave both to it. One that
         // moved to another gateway is kept there by the directory's epoch
         // rule even if this close arrives late.
-        if self.gw.sessions.remove_if(&self.handle) {
+        if self.gw.clients.sessions.remove_if(&self.handle) {
             self.gw.session_event(crate::SessionEvent {
                 session_id: id,
                 user_id: self.handle.user_id(),
@@ -506,7 +508,7 @@ pub(crate) async fn sweep_timers(gw: Arc<Gateway>, stop: tokio_util::sync::Cance
             _ = tick.tick() => {}
         }
         let now = std::time::Instant::now();
-        gw.sessions.for_each(|s| {
+        gw.clients.sessions.for_each(|s| {
             // HTTP calls are bounded by the request timeout instead.
             if s.protocol() != Protocol::Http {
                 s.check_timers(now, idle);
@@ -549,7 +551,7 @@ mod tests {
             resumed: false,
             trace: None,
             _admission: Admission {
-                _guard: gw.limits.try_acquire(remote.ip()).ok(),
+                _guard: gw.clients.limits.try_acquire(remote.ip()).ok(),
                 active: gw.metrics.proto(Protocol::Tcp).active.clone(),
             },
             gw,
