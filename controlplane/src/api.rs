@@ -52,6 +52,7 @@ pub async fn serve(
     health.set_serving::<SessionDirectoryServer<Api>>().await;
     let (v1, v1alpha) = gg_runtime::grpc::reflection(gg_proto::pb::CONTROL_PLANE_SERVICES)?;
     let api = Api { cp: cp.clone() };
+    let idle = cp.cfg.idle_timeout;
     gg_runtime::grpc::server(cp.cfg.tls.clone())?
         .add_service(health_svc)
         .add_service(v1)
@@ -66,7 +67,7 @@ pub async fn serve(
             auth,
         ))
         .serve_with_incoming_shutdown(
-            gg_runtime::grpc::incoming(listener, "grpc"),
+            gg_runtime::grpc::incoming(listener, "grpc", idle),
             stop.cancelled(),
         )
         .await?;

@@ -34,10 +34,16 @@ pub struct FileConfig {
     /// TLS to gateways' admin APIs (when they serve TLS).
     #[serde(default)]
     pub gateway_admin_tls: Option<grpc_tls::FileClientTls>,
+    /// A gRPC connection that sends nothing for this long is closed.
+    #[serde(default = "d_idle")]
+    pub idle_timeout_ms: u64,
 }
 
 fn d_reconcile() -> u64 {
     DEFAULT_RECONCILE_MS
+}
+fn d_idle() -> u64 {
+    gg_runtime::listener::DEFAULT_IDLE_TIMEOUT.as_millis() as u64
 }
 fn d_lease() -> u64 {
     DEFAULT_LEASE_MS
@@ -95,6 +101,8 @@ pub struct Config {
     pub redis_tls_ca: Option<Vec<u8>>,
     /// Bound on every Redis call.
     pub redis_timeout: Duration,
+    /// gRPC connections that send nothing for this long are closed.
+    pub idle_timeout: Duration,
     pub reconcile: Duration,
     pub lease: Duration,
     pub tokens: Vec<Token>,
@@ -187,6 +195,9 @@ impl Config {
             &mut errs,
         );
         let (redis, redis_tls_ca, redis_timeout) = redis_section(f.redis, &mut errs);
+        if f.idle_timeout_ms == 0 {
+            errs.push("idle_timeout_ms must be greater than 0".into());
+        }
         if f.reconcile_ms == 0 || f.lease_ms < 1000 {
             errs.push("reconcile_ms must be > 0 and lease_ms >= 1000".into());
         }
@@ -226,6 +237,7 @@ impl Config {
                 redis,
                 redis_tls_ca,
                 redis_timeout,
+                idle_timeout: Duration::from_millis(f.idle_timeout_ms),
                 reconcile: Duration::from_millis(f.reconcile_ms),
                 lease: Duration::from_millis(f.lease_ms),
                 tokens,

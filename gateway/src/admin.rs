@@ -43,6 +43,9 @@ pub(crate) async fn serve(gw: Arc<Gateway>, listener: TcpListener, stop: Cancell
         }
     };
     let tls = gw.cfg.admin.as_ref().and_then(|a| a.tls.clone());
+    let idle = (gw.cfg.admin.as_ref()).map_or(gg_runtime::listener::DEFAULT_IDLE_TIMEOUT, |a| {
+        a.idle_timeout
+    });
     let mut builder = match gg_runtime::grpc::server(tls) {
         Ok(b) => b,
         Err(e) => {
@@ -56,7 +59,7 @@ pub(crate) async fn serve(gw: Arc<Gateway>, listener: TcpListener, stop: Cancell
         .add_service(v1alpha)
         .add_service(GatewayAdminServer::with_interceptor(svc, interceptor))
         .serve_with_incoming_shutdown(
-            gg_runtime::grpc::incoming(listener, "admin"),
+            gg_runtime::grpc::incoming(listener, "admin", idle),
             stop.cancelled(),
         )
         .await;

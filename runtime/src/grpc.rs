@@ -22,8 +22,9 @@ pub const CONCURRENCY_PER_CONNECTION: usize = 256;
 /// HTTP/2 streams per connection.
 pub const MAX_CONCURRENT_STREAMS: u32 = 512;
 /// HTTP/2 PING interval and the time to wait for its answer: a peer that
-/// vanished without a FIN is dropped within about 50 s.
-pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// vanished without a FIN is dropped within about 30 s. A live peer's
+/// answers also keep its connection under the listener's idle timeout.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Largest request header block.
 pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
@@ -120,18 +121,23 @@ where
 }
 
 /// The connections of a gRPC listener for `serve_with_incoming*`, accepted
-/// with back-off on descriptor exhaustion (see [`crate::listener`]).
+/// with back-off on descriptor exhaustion (see [`crate::listener`]), each
+/// closed once nothing arrives from the peer for `idle` (a connection that
+/// never sends its HTTP/2 preface, or stops part-way).
 pub fn incoming(
     listener: tokio::net::TcpListener,
     name: &'static str,
-) -> impl futures_util::Stream<Item = Result<tokio::net::TcpStream, std::io::Error>> + Send + 'static
-{
+    idle: Duration,
+) -> impl futures_util::Stream<
+    Item = Result<crate::listener::IdleTimeout<tokio::net::TcpStream>, std::io::Error>,
+> + Send
++ 'static {
     Box::pin(futures_util::stream::unfold(
         (listener, crate::listener::Acceptor::new(name)),
-        |(l, mut a)| async move {
+        move |(l, mut a)| async move {
             let (s, _) = a.accept(&l).await;
             let _ = s.set_nodelay(true);
-            Some((Ok(s), (l, a)))
+            Some((Ok(crate::listener::IdleTimeout::new(s, idle)), (l, a)))
         },
     ))
 }

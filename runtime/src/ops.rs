@@ -94,7 +94,13 @@ pub async fn serve<H: OpsHandler>(handler: Arc<H>, listener: TcpListener, stop: 
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), svc);
+                .serve_connection(
+                    TokioIo::new(crate::listener::IdleTimeout::new(
+                        stream,
+                        crate::listener::DEFAULT_IDLE_TIMEOUT,
+                    )),
+                    svc,
+                );
             tokio::select! {
                 _ = conn => {}
                 _ = stop.cancelled() => {}

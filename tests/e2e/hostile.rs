@@ -270,3 +270,37 @@ async fn websocket_handshakes_follow_rfc_6455() {
     .expect("in time");
     assert!(echoed, "the gateway must answer a Close with a Close");
 }
+
+#[tokio::test]
+async fn silent_and_half_open_connections_to_the_admin_port_are_closed() {
+    let b = backend("b1").await;
+    let gw = gateway(&format!(
+        "{}admin:\n  listen: 127.0.0.1:0\n  idle_timeout_ms: 300\n",
+        one_service(b.addr)
+    ))
+    .await;
+    let addr = gw.admin.expect("admin port");
+    for sent in [&b""[..], b"PRI * HTTP/2.0\r\n"] {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(sent).await.expect("write");
+        let started = std::time::Instant::now();
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
+            .await
+            .expect("the admin port must close a silent connection");
+        eprintln!(
+            "closed after {:?} having sent {} bytes",
+            started.elapsed(),
+            sent.len()
+        );
+    }
+    // A real client still works (and reconnects after an idle close).
+    let mut a = admin(&gw, None).await;
+    a.get_info(gg_proto::pb::admin::GetInfoRequest {})
+        .await
+        .expect("info");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    a.get_info(gg_proto::pb::admin::GetInfoRequest {})
+        .await
+        .expect("info after the idle close");
+}

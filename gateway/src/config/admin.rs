@@ -20,6 +20,13 @@ pub struct FileAdmin {
     /// TLS (and, with `client_ca_file`, mutual TLS) for the admin API.
     #[serde(default)]
     pub tls: Option<gg_runtime::grpc_tls::FileServerTls>,
+    /// A connection that sends nothing for this long is closed.
+    #[serde(default = "default_idle")]
+    pub idle_timeout_ms: u64,
+}
+
+fn default_idle() -> u64 {
+    gg_runtime::listener::DEFAULT_IDLE_TIMEOUT.as_millis() as u64
 }
 
 #[derive(Debug, Clone)]
@@ -28,6 +35,7 @@ pub struct AdminSettings {
     /// Empty only on a loopback address (then every caller is admin).
     pub tokens: Vec<Token>,
     pub tls: Option<tonic::transport::ServerTlsConfig>,
+    pub idle_timeout: Duration,
 }
 
 impl FileAdmin {
@@ -45,10 +53,12 @@ impl FileAdmin {
                 .map_err(|e| errs.push(format!("admin.tls: {e}")))
                 .ok()
         });
+        positive("admin.idle_timeout_ms", self.idle_timeout_ms, errs);
         Some(AdminSettings {
             listen,
             tokens,
             tls,
+            idle_timeout: ms(self.idle_timeout_ms),
         })
     }
 }
