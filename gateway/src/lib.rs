@@ -19,6 +19,7 @@ pub mod config;
 pub(crate) mod cpclient;
 pub(crate) mod drain;
 pub(crate) mod error;
+pub mod fuzzing;
 pub(crate) mod limits;
 pub(crate) mod listener;
 pub(crate) mod metrics;

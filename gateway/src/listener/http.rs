@@ -139,7 +139,7 @@ async fn route(
     resp
 }
 
-fn is_ws_upgrade(h: &HeaderMap) -> bool {
+pub(crate) fn is_ws_upgrade(h: &HeaderMap) -> bool {
     h.get(header::UPGRADE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
@@ -188,7 +188,7 @@ fn request_error(e: &RequestError) -> Response<Body> {
 
 /// Checks an upgrade request (RFC 6455 4.2.1); returns the
 /// `Sec-WebSocket-Accept` value, or the answer that refuses it.
-fn handshake(req: &Request<Incoming>) -> Result<String, Box<Response<Body>>> {
+pub(crate) fn handshake<B>(req: &Request<B>) -> Result<String, Box<Response<Body>>> {
     let h = req.headers();
     let version_ok = h
         .get(header::SEC_WEBSOCKET_VERSION)
@@ -291,7 +291,10 @@ fn upgrade(
     r
 }
 
-fn header_num<T: std::str::FromStr>(h: &HeaderMap, name: &str) -> Result<Option<T>, RequestError> {
+pub(crate) fn header_num<T: std::str::FromStr>(
+    h: &HeaderMap,
+    name: &str,
+) -> Result<Option<T>, RequestError> {
     match h.get(name) {
         None => Ok(None),
         Some(v) => v
