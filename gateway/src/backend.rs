@@ -14,8 +14,10 @@ pub(crate) mod conn;
 
 use std::collections::HashMap;
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -85,8 +87,8 @@ impl Conn {
         self.state.fetch_and(!1, Ordering::AcqRel);
     }
 
-    fn bound(&self) -> std::sync::MutexGuard<'_, HashMap<u64, SessionHandle>> {
-        self.bound.lock().unwrap_or_else(|p| p.into_inner())
+    fn bound(&self) -> parking_lot::MutexGuard<'_, HashMap<u64, SessionHandle>> {
+        self.bound.lock()
     }
 
     /// Sessions bound to this connection now.
@@ -312,7 +314,7 @@ impl BackendPool {
 
     /// The pool entry for `addr`, spawning its connection tasks on first use.
     pub(crate) fn endpoint(&self, addr: &str) -> Arc<Endpoint> {
-        let mut map = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.endpoints.lock();
         if let Some(ep) = map.get(addr) {
             return ep.clone();
         }
@@ -358,11 +360,7 @@ impl BackendPool {
 
     /// The pool entry for `addr` if it exists.
     pub(crate) fn get(&self, addr: &str) -> Option<Arc<Endpoint>> {
-        self.endpoints
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(addr)
-            .cloned()
+        self.endpoints.lock().get(addr).cloned()
     }
 
     /// Drains and closes every endpoint not in `keep` (removed from the
@@ -373,7 +371,7 @@ impl BackendPool {
     /// [`RETIRE_GRACE`] later). Returns the addresses retired.
     pub(crate) fn retain(&self, keep: &HashSet<&str>) -> Vec<Arc<str>> {
         let gone: Vec<Arc<Endpoint>> = {
-            let mut map = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+            let mut map = self.endpoints.lock();
             let gone = map
                 .iter()
                 .filter(|(addr, _)| !keep.contains(addr.as_str()))
@@ -410,7 +408,7 @@ impl BackendPool {
 
     /// Snapshot of every endpoint, sorted by address.
     pub(crate) fn endpoints(&self) -> Vec<Arc<Endpoint>> {
-        let map = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        let map = self.endpoints.lock();
         let mut v: Vec<_> = map.values().cloned().collect();
         v.sort_by(|a, b| a.addr.cmp(&b.addr));
         v

@@ -5,7 +5,9 @@
 //! pushed); cancel makes the gateway ready again. SIGTERM runs the same
 //! operation and exits when it is done.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use gg_proto::CloseCode;
@@ -116,7 +118,7 @@ impl DrainCtl {
             });
         }
         let ctl = &gw.life.drain;
-        let mut running = ctl.running.lock().unwrap_or_else(|p| p.into_inner());
+        let mut running = ctl.running.lock();
         let current = ctl.status();
         if running.is_some() && !current.phase.finished() {
             return if current.request_id == req.request_id {
@@ -153,7 +155,7 @@ impl DrainCtl {
     /// ready again; sessions already advised drop their GOAWAY deadline.
     pub(crate) fn cancel(gw: &Arc<Gateway>) -> Result<DrainStatus, DrainError> {
         let ctl = &gw.life.drain;
-        let mut running = ctl.running.lock().unwrap_or_else(|p| p.into_inner());
+        let mut running = ctl.running.lock();
         let Some(token) = running.take() else {
             return Err(DrainError::NotRunning);
         };

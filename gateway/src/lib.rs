@@ -76,7 +76,7 @@ pub(crate) struct Routing {
     pub(crate) backends: BackendPool,
     routes_loaded: AtomicBool,
     /// (revision, epoch) of the control-plane config applied now.
-    applied: std::sync::Mutex<(u64, String)>,
+    applied: parking_lot::Mutex<(u64, String)>,
 }
 
 /// Who is connected, and what admits them.
@@ -110,7 +110,7 @@ pub(crate) struct Lifecycle {
 /// Session open/close events for the control plane's directory.
 pub(crate) struct SessionEvents {
     session_events: Option<tokio::sync::mpsc::Sender<SessionEvent>>,
-    session_events_rx: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<SessionEvent>>>,
+    session_events_rx: parking_lot::Mutex<Option<tokio::sync::mpsc::Receiver<SessionEvent>>>,
 }
 
 impl Gateway {
@@ -158,7 +158,7 @@ impl Gateway {
                 overrides: Overrides::default(),
                 backends,
                 routes_loaded: AtomicBool::new(standalone),
-                applied: std::sync::Mutex::new((0, String::new())),
+                applied: parking_lot::Mutex::new((0, String::new())),
             },
             clients,
             life: Lifecycle {
@@ -171,7 +171,7 @@ impl Gateway {
             },
             events: SessionEvents {
                 session_events: events_tx,
-                session_events_rx: std::sync::Mutex::new(events_rx),
+                session_events_rx: parking_lot::Mutex::new(events_rx),
             },
             addrs: OnceLock::new(),
             started: Instant::now(),
@@ -226,10 +226,7 @@ impl Gateway {
 impl Routing {
     /// (revision, epoch) of the control-plane config in use.
     pub(crate) fn applied(&self) -> (u64, String) {
-        self.applied
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.applied.lock().clone()
     }
 
     /// Swaps a validated bundle in atomically; sessions keep their
@@ -244,7 +241,7 @@ impl Routing {
     ) {
         let table = RouteTable::build(routes, &self.backends);
         self.routes.store(Arc::new(table));
-        *self.applied.lock().unwrap_or_else(|p| p.into_inner()) = (revision, epoch.to_string());
+        *self.applied.lock() = (revision, epoch.to_string());
         self.routes_loaded.store(true, Ordering::Release);
         self.retire_unused_endpoints();
     }
@@ -297,11 +294,7 @@ impl Gateway {
 
     /// Takes the receiving end of session events (the control-plane client).
     pub(crate) fn take_session_events(&self) -> Option<tokio::sync::mpsc::Receiver<SessionEvent>> {
-        self.events
-            .session_events_rx
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
+        self.events.session_events_rx.lock().take()
     }
 }
 

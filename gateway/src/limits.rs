@@ -4,8 +4,10 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+
+use parking_lot::Mutex;
 use std::time::Instant;
 
 use crate::error::Reject;
@@ -61,7 +63,7 @@ impl ConnLimits {
             self.active.fetch_sub(1, Ordering::AcqRel);
             return Err(Reject::MaxConnections);
         }
-        let mut map = self.shard(&ip).lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.shard(&ip).lock();
         let st = map.entry(ip).or_insert_with(|| IpState {
             conns: 0,
             bucket: TokenBucket::new(self.rate, self.burst, now),
@@ -92,7 +94,6 @@ impl ConnLimits {
         for shard in self.by_ip.iter() {
             shard
                 .lock()
-                .unwrap_or_else(|p| p.into_inner())
                 .retain(|_, st| st.conns > 0 || !st.bucket.full(now));
         }
     }
@@ -100,10 +101,7 @@ impl ConnLimits {
     /// Source addresses tracked now.
     #[cfg(test)]
     pub(crate) fn tracked(&self) -> usize {
-        self.by_ip
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len())
-            .sum()
+        self.by_ip.iter().map(|s| s.lock().len()).sum()
     }
 
     /// Connections admitted and not yet released.
@@ -120,11 +118,7 @@ pub(crate) struct ConnGuard {
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
-        let mut map = self
-            .limits
-            .shard(&self.ip)
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut map = self.limits.shard(&self.ip).lock();
         if let Some(st) = map.get_mut(&self.ip) {
             st.conns -= 1;
             if st.conns == 0 && st.bucket.full(Instant::now()) {

@@ -68,7 +68,7 @@ struct Inner {
     opened_ms: u64,
     /// The session's bounded queue. A `VecDeque` rather than a channel: an
     /// idle session's queue holds no allocation at all.
-    queue: std::sync::Mutex<VecDeque<Outbound>>,
+    queue: parking_lot::Mutex<VecDeque<Outbound>>,
     queue_cap: usize,
     /// The session task, woken by a queued message or a close request. One
     /// waker, not a `Notify`: the task polls its sources by hand, and an
@@ -84,7 +84,7 @@ struct Inner {
     goaway_deadline_ms: AtomicU64,
     /// (service_type, endpoint) of each binding, for admin lookups; written
     /// only when bindings change.
-    bindings: std::sync::Mutex<Vec<(u16, Arc<str>)>>,
+    bindings: parking_lot::Mutex<Vec<(u16, Arc<str>)>>,
 }
 
 /// A cloneable reference to a live session.
@@ -115,13 +115,13 @@ impl SessionHandle {
             remote,
             opened: Instant::now(),
             opened_ms: gg_runtime::clock::now_ms(),
-            queue: std::sync::Mutex::new(VecDeque::new()),
+            queue: parking_lot::Mutex::new(VecDeque::new()),
             queue_cap: queue.max(1),
             waker: AtomicWaker::new(),
             close_code: AtomicU16::new(0),
             last_rx_ms: AtomicU64::new(0),
             goaway_deadline_ms: AtomicU64::new(0),
-            bindings: std::sync::Mutex::new(Vec::new()),
+            bindings: parking_lot::Mutex::new(Vec::new()),
         };
         let inner = Arc::new(inner);
         (SessionHandle(inner.clone()), Inbox(inner))
@@ -155,14 +155,10 @@ impl SessionHandle {
     }
     /// (service_type, endpoint) of each binding now.
     pub(crate) fn bindings(&self) -> Vec<(u16, Arc<str>)> {
-        self.0
-            .bindings
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.0.bindings.lock().clone()
     }
     fn set_bindings(&self, b: Vec<(u16, Arc<str>)>) {
-        *self.0.bindings.lock().unwrap_or_else(|p| p.into_inner()) = b;
+        *self.0.bindings.lock() = b;
     }
 
     /// Closes the session with an operator's code and reason (falls back to
@@ -177,7 +173,7 @@ impl SessionHandle {
     /// not reading fast enough: the session is closed as a slow consumer.
     /// Returns whether the message was queued.
     pub(crate) fn deliver(&self, msg: Outbound) -> bool {
-        let mut q = self.0.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let mut q = self.0.queue.lock();
         if q.len() >= self.0.queue_cap {
             drop(q);
             self.close(CloseCode::SlowConsumer);
@@ -291,7 +287,7 @@ impl Inbox {
 
     /// Next message if one is queued.
     pub(crate) fn try_recv(&mut self) -> Option<Outbound> {
-        let mut q = self.0.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let mut q = self.0.queue.lock();
         let m = q.pop_front();
         // Give back memory after a burst.
         if q.is_empty() && q.capacity() > 16 {

@@ -9,7 +9,7 @@
 //! PONG to the gateway's heartbeat PING counts, so recovery needs no client
 //! traffic).
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::config::BreakerSettings;
@@ -34,8 +34,8 @@ impl Breaker {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, (State, u32)> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, (State, u32)> {
+        self.inner.lock()
     }
 
     /// Whether a new binding may use this endpoint now.

@@ -5,7 +5,9 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use bytes::{Bytes, BytesMut};
 use gg_proto::frame::{self, Header, Kind};
@@ -250,7 +252,7 @@ fn upgrade(
         return request_error(&RequestError::Draining);
     }
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let guard = guard.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let guard = guard.lock().take();
     let max_msg = gw.cfg.limits.max_frame_bytes as usize + frame::LEN_BYTES;
     // A small read buffer keeps idle WebSocket sessions cheap (tungstenite's
     // default is 128 KiB per connection).

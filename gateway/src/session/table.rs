@@ -3,8 +3,8 @@
 //! rarely touch the same lock. Locks are std (not async) and never held
 //! across an await.
 
+use parking_lot::RwLock;
 use std::collections::HashMap;
-use std::sync::RwLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::SessionHandle;
@@ -53,9 +53,7 @@ impl SessionTable {
     pub(crate) fn insert(&self, s: SessionHandle) -> bool {
         let (id, user) = (s.id(), s.user_id());
         {
-            let mut shard = self.ids[shard_of(id)]
-                .write()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut shard = self.ids[shard_of(id)].write();
             if shard.by_id.contains_key(&id) {
                 return false;
             }
@@ -63,7 +61,6 @@ impl SessionTable {
         }
         self.users[shard_of(user)]
             .write()
-            .unwrap_or_else(|p| p.into_inner())
             .by_user
             .entry(user)
             .or_default()
@@ -76,11 +73,7 @@ impl SessionTable {
     /// this gateway); returns the one it displaced.
     pub(crate) fn replace(&self, s: SessionHandle) -> Option<SessionHandle> {
         let (id, user) = (s.id(), s.user_id());
-        let old = self.ids[shard_of(id)]
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .by_id
-            .insert(id, s);
+        let old = self.ids[shard_of(id)].write().by_id.insert(id, s);
         if let Some(old) = &old {
             self.unlink_user(old.user_id(), id);
         } else {
@@ -88,7 +81,6 @@ impl SessionTable {
         }
         self.users[shard_of(user)]
             .write()
-            .unwrap_or_else(|p| p.into_inner())
             .by_user
             .entry(user)
             .or_default()
@@ -100,9 +92,7 @@ impl SessionTable {
     pub(crate) fn remove_if(&self, s: &SessionHandle) -> bool {
         let id = s.id();
         {
-            let mut shard = self.ids[shard_of(id)]
-                .write()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut shard = self.ids[shard_of(id)].write();
             if !shard.by_id.get(&id).is_some_and(|cur| cur.same(s)) {
                 return false;
             }
@@ -114,9 +104,7 @@ impl SessionTable {
     }
 
     fn unlink_user(&self, user: u64, id: u64) {
-        let mut shard = self.users[shard_of(user)]
-            .write()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut shard = self.users[shard_of(user)].write();
         if let Some(list) = shard.by_user.get_mut(&user) {
             if let Some(i) = list.iter().position(|x| *x == id) {
                 list.swap_remove(i);
@@ -129,30 +117,20 @@ impl SessionTable {
 
     /// Removes a session; returns it if it was present.
     pub(crate) fn remove(&self, id: u64) -> Option<SessionHandle> {
-        let s = self.ids[shard_of(id)]
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .by_id
-            .remove(&id)?;
+        let s = self.ids[shard_of(id)].write().by_id.remove(&id)?;
         self.unlink_user(s.user_id(), id);
         self.len.fetch_sub(1, Ordering::Relaxed);
         Some(s)
     }
 
     pub(crate) fn get(&self, id: u64) -> Option<SessionHandle> {
-        self.ids[shard_of(id)]
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .by_id
-            .get(&id)
-            .cloned()
+        self.ids[shard_of(id)].read().by_id.get(&id).cloned()
     }
 
     /// Every session of one user.
     pub(crate) fn by_user(&self, user: u64) -> Vec<SessionHandle> {
         let ids: Vec<u64> = self.users[shard_of(user)]
             .read()
-            .unwrap_or_else(|p| p.into_inner())
             .by_user
             .get(&user)
             .cloned()
@@ -164,14 +142,7 @@ impl SessionTable {
     pub(crate) fn all(&self) -> Vec<SessionHandle> {
         let mut out = Vec::with_capacity(self.len());
         for shard in self.ids.iter() {
-            out.extend(
-                shard
-                    .read()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .by_id
-                    .values()
-                    .cloned(),
-            );
+            out.extend(shard.read().by_id.values().cloned());
         }
         out
     }
@@ -180,12 +151,7 @@ impl SessionTable {
     /// copying the table (`f` must be quick and must not block).
     pub(crate) fn for_each(&self, mut f: impl FnMut(&SessionHandle)) {
         for shard in self.ids.iter() {
-            shard
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .by_id
-                .values()
-                .for_each(&mut f);
+            shard.read().by_id.values().for_each(&mut f);
         }
     }
 }
