@@ -1370,3 +1370,40 @@ async fn redis_outage_fails_fast_in_parallel_and_retries_are_idempotent() {
     let w = put_service(&mut c, svc("after", 3, "round_robin", &[b.addr])).await;
     assert_eq!(w.revision, 2);
 }
+
+/// The control plane stops answering (SIGSTOP: no FIN, no RST): the gateway
+/// notices through its HTTP/2 keepalive (10 s + 5 s), keeps routing on its
+/// last config meanwhile, and converges once the control plane is back.
+#[tokio::test]
+async fn a_stopped_control_plane_is_noticed_and_gateways_keep_serving() {
+    let redis = Redis::start().await;
+    let cp = controlplane("cp-stop", &redis.url(), 5000).await;
+    let b = backend("b1").await;
+    let mut c = cp_client(&cp, Some(ADMIN_TOKEN)).await;
+    put_service(&mut c, svc("echo", 1, "round_robin", &[b.addr])).await;
+    let gw = cp_gateway("gw-stop", cp.grpc, &scratch("snap", "pb")).await;
+    eventually("config applied", || async { gw_revision(&gw).await == 1 }).await;
+
+    cp.proc.signal("STOP");
+    let stopped = Instant::now();
+    let deadline = stopped + Duration::from_secs(40);
+    while !gw.proc.log_text().contains("control plane stream down") {
+        assert!(Instant::now() < deadline, "the gateway never noticed");
+        assert_eq!(call(&gw, "echo", b"meanwhile").await.0, 200);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eprintln!("stream loss noticed after {:?}", stopped.elapsed());
+    assert_eq!(
+        call(&gw, "echo", b"still").await,
+        (200, "still".to_string())
+    );
+
+    cp.proc.signal("CONT");
+    let w = put_service(&mut c, svc("echo2", 2, "round_robin", &[b.addr])).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while gw_revision(&gw).await != w.revision {
+        assert!(Instant::now() < deadline, "the gateway never converged");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(call(&gw, "echo2", b"back").await.0, 200);
+}
