@@ -6,3 +6,4 @@ mod support;
 
 mod cp;
 mod redis_proc;
+mod run_local;
