@@ -347,6 +347,7 @@ impl ControlPlane for Api {
             gateways,
             revision: cur.revision,
             epoch: cur.epoch.clone(),
+            controlplane_version: env!("CARGO_PKG_VERSION").into(),
         }))
     }
 

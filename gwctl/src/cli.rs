@@ -109,9 +109,50 @@ pub enum Cmd {
     /// A gateway's identity and state.
     Info,
     /// Print shell completions.
-    Completions {
+    #[command(alias = "completions")]
+    Completion {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
+    },
+    /// Contexts of the gwctl config: where to connect and with what token.
+    #[command(subcommand)]
+    Context(ContextCmd),
+    /// This gwctl's version and each server's (control plane, gateway).
+    Version,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ContextCmd {
+    /// Every context; `*` marks the current one.
+    List,
+    /// Make NAME the current context.
+    Use { name: String },
+    /// Create or update NAME (only the given fields change).
+    Set {
+        name: String,
+        /// Control plane gRPC address.
+        #[arg(long)]
+        controlplane: Option<String>,
+        /// A gateway's admin gRPC address.
+        #[arg(long)]
+        gateway: Option<String>,
+        /// File holding the bearer token.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// Environment variable holding the bearer token.
+        #[arg(long)]
+        token_env: Option<String>,
+        /// CA of the servers' certificates (TLS).
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+        /// Client certificate and key (mutual TLS).
+        #[arg(long)]
+        cert_file: Option<PathBuf>,
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+        /// Also make it the current context.
+        #[arg(long)]
+        current: bool,
     },
 }
 

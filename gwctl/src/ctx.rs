@@ -17,34 +17,42 @@ use anyhow::{Context as _, anyhow, bail};
 use gg_proto::pb::admin::gateway_admin_client::GatewayAdminClient;
 use gg_proto::pb::controlplane::control_plane_client::ControlPlaneClient;
 use gg_proto::pb::controlplane::session_directory_client::SessionDirectoryClient;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::cli::Global;
 
-#[derive(Deserialize, Default, Debug)]
+#[derive(Deserialize, Serialize, Default, Debug)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub current_context: Option<String>,
     #[serde(default)]
     pub contexts: Vec<ContextConfig>,
 }
 
-#[derive(Deserialize, Default, Debug, Clone)]
+#[derive(Deserialize, Serialize, Default, Debug, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct ContextConfig {
     pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub controlplane: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
     /// Name of an environment variable holding the token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_env: Option<String>,
     /// TLS: the CA that signed the servers' certificates, and a client
     /// certificate and key for mutual TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_file: Option<PathBuf>,
 }
 
@@ -70,6 +78,33 @@ impl tonic::service::Interceptor for Bearer {
         }
         Ok(req)
     }
+}
+
+/// The config file `--config` / `GWCTL_CONFIG` names, else the default.
+pub fn config_path(g: &Global) -> Option<PathBuf> {
+    g.config.clone().or_else(default_config_path)
+}
+
+/// The config file's contexts (empty when there is no file yet).
+pub fn load_file(p: &Path) -> anyhow::Result<FileConfig> {
+    if !p.exists() {
+        return Ok(FileConfig::default());
+    }
+    let text = std::fs::read_to_string(p)
+        .with_context(|| format!("cannot read the gwctl config {}", p.display()))?;
+    yaml_serde::from_str::<FileConfig>(&text)
+        .map_err(|e| anyhow!("invalid gwctl config {}: {e}", p.display()))
+}
+
+/// Writes the config file (creating its directory), replacing it whole.
+pub fn save_file(p: &Path, f: &FileConfig) -> anyhow::Result<()> {
+    if let Some(dir) = p.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let text = yaml_serde::to_string(f)?;
+    let tmp = p.with_extension("yaml.tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, p).with_context(|| format!("cannot write {}", p.display()))
 }
 
 fn default_config_path() -> Option<PathBuf> {

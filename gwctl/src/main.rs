@@ -27,9 +27,22 @@ fn main() -> ExitCode {
             };
         }
     };
-    if let Cmd::Completions { shell } = cli.cmd {
+    if let Cmd::Completion { shell } = cli.cmd {
         clap_complete::generate(shell, &mut Cli::command(), "gwctl", &mut std::io::stdout());
         return ExitCode::SUCCESS;
+    }
+    if let Cmd::Context(c) = cli.cmd {
+        // Edits the config file only: no connection.
+        return match cmd::context::run(&cli.global, c).and_then(|v| v.render(cli.global.output)) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("gwctl: {e:#}");
+                ExitCode::from(1)
+            }
+        };
     }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

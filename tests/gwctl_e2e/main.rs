@@ -694,3 +694,95 @@ async fn everything_over_mutual_tls() {
     let refused = run_gwctl(&home, &plain, &["--timeout", "3s", "fleet", "list"]).await;
     assert_eq!(refused.code, 1, "{}", refused.stdout);
 }
+
+/// Contexts are managed by gwctl itself (`context set | use | list`), and
+/// `version` reports each server's version through the current context;
+/// `completions` still works as an alias of `completion`.
+#[tokio::test]
+async fn contexts_version_and_completion() {
+    let s = Stack::start().await;
+    let config = s.home.join("gwctl.yaml");
+    let env = |_: &[()]| {
+        vec![
+            ("GWCTL_CONFIG", config.display().to_string()),
+            ("GWCTL_TOKEN", ADMIN_TOKEN.to_string()),
+        ]
+    };
+    let cp = format!("http://{}", s.cp);
+    let admin = format!("http://{}", s.gw.admin.expect("admin"));
+    run_gwctl(
+        &s.home,
+        &env(&[]),
+        &[
+            "context",
+            "set",
+            "here",
+            "--controlplane",
+            &cp,
+            "--gateway",
+            &admin,
+        ],
+    )
+    .await
+    .ok();
+    run_gwctl(
+        &s.home,
+        &env(&[]),
+        &[
+            "context",
+            "set",
+            "elsewhere",
+            "--controlplane",
+            "http://127.0.0.1:1",
+        ],
+    )
+    .await
+    .ok();
+    // The first context became current; a second `set` does not steal it.
+    let list = run_gwctl(&s.home, &env(&[]), &["-o", "json", "context", "list"])
+        .await
+        .ok()
+        .json();
+    let current: Vec<&str> = list["contexts"]
+        .as_array()
+        .expect("contexts")
+        .iter()
+        .filter(|c| c["current"] == true)
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(current, ["here"]);
+    let v = run_gwctl(&s.home, &env(&[]), &["-o", "json", "version"])
+        .await
+        .ok()
+        .json();
+    let me = v["gwctl"].as_str().expect("gwctl version");
+    assert_eq!(v["controlplane"].as_str(), Some(me));
+    assert_eq!(v["gateway"].as_str(), Some(me));
+    // Switching contexts: the other control plane does not answer, and
+    // `version` says so instead of failing.
+    run_gwctl(&s.home, &env(&[]), &["context", "use", "elsewhere"])
+        .await
+        .ok();
+    let v = run_gwctl(&s.home, &env(&[]), &["-o", "json", "version"])
+        .await
+        .ok()
+        .json();
+    assert!(
+        v["controlplane"]
+            .as_str()
+            .expect("cp")
+            .starts_with("unreachable"),
+        "{v}"
+    );
+    let e = run_gwctl(&s.home, &env(&[]), &["context", "use", "nowhere"]).await;
+    assert_eq!(e.code, 1);
+    assert!(
+        e.stderr.contains("no context named \"nowhere\""),
+        "{}",
+        e.stderr
+    );
+    for name in ["completion", "completions"] {
+        let out = run_gwctl(&s.home, &env(&[]), &[name, "bash"]).await.ok();
+        assert!(out.stdout.contains("_gwctl"), "{name}");
+    }
+}

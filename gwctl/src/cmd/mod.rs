@@ -15,6 +15,7 @@ use crate::out::{Table, View};
 
 mod backends;
 mod config;
+pub mod context;
 mod drain;
 mod fleet;
 mod overrides;
@@ -49,10 +50,55 @@ pub async fn run(ctx: &Ctx, cmd: Cmd, format: Format) -> anyhow::Result<Status> 
         Cmd::Sessions(c) => ok(sessions::run(ctx, c).await?),
         Cmd::Backends(c) => ok(backends::run(ctx, c).await?),
         Cmd::Info => ok(backends::info(ctx).await?),
-        Cmd::Completions { .. } => unreachable!("handled before connecting"),
+        Cmd::Version => ok(version(ctx).await),
+        Cmd::Completion { .. } | Cmd::Context(_) => unreachable!("handled before connecting"),
     };
     print!("{}", view.render(format)?);
     Ok(status)
+}
+
+#[derive(Serialize)]
+struct Versions {
+    gwctl: &'static str,
+    controlplane: Option<String>,
+    gateway: Option<String>,
+}
+
+/// This gwctl's version and each configured server's; a server that does
+/// not answer is shown as such rather than failing the command.
+async fn version(ctx: &Ctx) -> View {
+    let cp = match &ctx.controlplane {
+        None => None,
+        Some(_) => Some(match ctx.cp().await {
+            Ok(mut c) => match c.list_gateways(cp::ListGatewaysRequest {}).await {
+                Ok(r) => r.into_inner().controlplane_version,
+                Err(e) => format!("unreachable ({})", e.message()),
+            },
+            Err(e) => format!("unreachable ({e})"),
+        }),
+    };
+    let gw = match &ctx.gateway {
+        None => None,
+        Some(_) => Some(match ctx.gw().await {
+            Ok(mut g) => match g.get_info(gg_proto::pb::admin::GetInfoRequest {}).await {
+                Ok(i) => i.into_inner().version,
+                Err(e) => format!("unreachable ({})", e.message()),
+            },
+            Err(e) => format!("unreachable ({e})"),
+        }),
+    };
+    let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "- (not configured)".into());
+    let table = Table::Fields(vec![
+        ("gwctl", env!("CARGO_PKG_VERSION").to_string()),
+        ("control plane", dash(&cp)),
+        ("gateway", dash(&gw)),
+    ]);
+    let data = Versions {
+        gwctl: env!("CARGO_PKG_VERSION"),
+        controlplane: cp,
+        gateway: gw,
+    };
+    View::of(&data, table)
 }
 
 fn options(w: &WriteArgs) -> cp::WriteOptions {
