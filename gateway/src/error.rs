@@ -151,10 +151,12 @@ pub(crate) enum Reject {
     /// The process-wide budget for buffered client bytes
     /// (`limits.max_buffered_bytes`) is spent.
     BufferBudget,
+    /// A trusted source sent no valid PROXY protocol header.
+    ProxyHeader,
 }
 
 impl Reject {
-    pub(crate) const ALL: [Reject; 20] = [
+    pub(crate) const ALL: [Reject; 21] = [
         Reject::MaxConnections,
         Reject::MaxConnectionsPerIp,
         Reject::ConnRatePerIp,
@@ -175,6 +177,7 @@ impl Reject {
         Reject::HttpBadHead,
         Reject::HttpBadBody,
         Reject::BufferBudget,
+        Reject::ProxyHeader,
     ];
 
     /// The `reason` label of `gg_rejections_total`.
@@ -200,6 +203,7 @@ impl Reject {
             Reject::HttpBadHead => "http_bad_head",
             Reject::HttpBadBody => "http_bad_body",
             Reject::BufferBudget => "buffer_budget",
+            Reject::ProxyHeader => "proxy_header",
         }
     }
 

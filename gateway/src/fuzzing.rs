@@ -10,7 +10,8 @@ use gg_proto::frame;
 use crate::listener::http::{CALL_PREFIX, handshake, header_num, is_ws_upgrade};
 use crate::listener::sniff::{Sniffed, classify};
 
-/// The first bytes of a connection: classified from the first byte alone,
+/// The first bytes of a connection: a PROXY header parses within them;
+/// classified from the first byte alone,
 /// and on the frame path the pre-HELLO check never asks to buffer more
 /// than `max_hello_bytes` (4096 by default) plus the length prefix.
 pub fn sniff(data: &[u8]) {
@@ -22,6 +23,11 @@ pub fn sniff(data: &[u8]) {
         0x16 => assert_eq!(kind, Sniffed::Tls),
         b if b.is_ascii_uppercase() => assert_eq!(kind, Sniffed::Http),
         _ => assert_eq!(kind, Sniffed::Frames),
+    }
+    // The PROXY header parser (for trusted sources) never reads past the
+    // bytes it was given.
+    if let Some(Ok((_, len))) = crate::listener::proxy::parse(data) {
+        assert!(len <= data.len(), "{len}");
     }
     if kind == Sniffed::Frames {
         let max = crate::config::DEFAULT_MAX_HELLO_BYTES;

@@ -4,6 +4,7 @@
 
 pub(crate) mod http;
 pub(crate) mod prefixed;
+pub(crate) mod proxy;
 pub(crate) mod sniff;
 
 use std::net::SocketAddr;
@@ -37,26 +38,71 @@ pub(crate) async fn accept_loop(
             _ = shutdown.cancelled() => return,
             x = acceptor.accept(&listener) => x,
         };
-        let guard = match gw.clients.limits.try_acquire(remote.ip()) {
-            Ok(g) => g,
-            Err(refused) => {
-                // Refused before any byte is read: the client sees the
-                // connection close and should back off and retry.
-                gw.metrics.reject(refused);
-                debug!(%remote, reason = refused.label(), "connection refused by limit");
-                drop(stream);
-                continue;
-            }
+        if gw.cfg.proxy_trusted.iter().any(|c| c.contains(remote.ip())) {
+            // The player's address (and so the admission decision) comes
+            // with the PROXY header.
+            gw.life.tracker.spawn(proxied(gw.clone(), stream, remote));
+            continue;
+        }
+        let Some(guard) = admit(&gw, remote) else {
+            drop(stream);
+            continue;
         };
-        gw.life
-            .tracker
-            .spawn(handle_conn(gw.clone(), stream, remote, guard));
+        gw.life.tracker.spawn(handle_conn(
+            gw.clone(),
+            stream,
+            remote,
+            guard,
+            bytes::BytesMut::new(),
+        ));
     }
 }
 
-async fn handle_conn(gw: Arc<Gateway>, stream: TcpStream, remote: SocketAddr, guard: ConnGuard) {
+/// The admission limits for `remote`; refused connections are counted and
+/// closed before any byte is read (the client should back off and retry).
+fn admit(gw: &Gateway, remote: SocketAddr) -> Option<ConnGuard> {
+    match gw.clients.limits.try_acquire(remote.ip()) {
+        Ok(g) => Some(g),
+        Err(refused) => {
+            gw.metrics.reject(refused);
+            debug!(%remote, reason = refused.label(), "connection refused by limit");
+            None
+        }
+    }
+}
+
+/// A connection from a trusted load balancer: the PROXY header first
+/// (within the sniff timeout), then admission for the player's address.
+async fn proxied(gw: Arc<Gateway>, mut stream: TcpStream, peer: SocketAddr) {
+    let (player, rest) = match proxy::read_header(&mut stream, gw.cfg.limits.sniff_timeout).await {
+        Ok(x) => x,
+        Err(reason) => {
+            gw.metrics.reject(reason);
+            debug!(%peer, reason = reason.label(), "no valid PROXY header from a trusted source");
+            return;
+        }
+    };
+    let remote = player.unwrap_or(peer);
+    if let Some(guard) = admit(&gw, remote) {
+        handle_conn(gw, stream, remote, guard, rest).await;
+    }
+}
+
+/// `first`: bytes already read after a PROXY header (sniffed from them).
+async fn handle_conn(
+    gw: Arc<Gateway>,
+    stream: TcpStream,
+    remote: SocketAddr,
+    guard: ConnGuard,
+    first: bytes::BytesMut,
+) {
     let _ = stream.set_nodelay(true);
-    let (stream, sniffed, prefix) = match sniff::sniff(stream, gw.cfg.limits.sniff_timeout).await {
+    let sniffed = if first.is_empty() {
+        sniff::sniff(stream, gw.cfg.limits.sniff_timeout).await
+    } else {
+        Ok((stream, sniff::classify(&first), first))
+    };
+    let (stream, sniffed, prefix) = match sniffed {
         Ok(x) => x,
         Err(reason) => {
             gw.metrics.reject(reason);

@@ -304,3 +304,77 @@ async fn silent_and_half_open_connections_to_the_admin_port_are_closed() {
         .await
         .expect("info after the idle close");
 }
+
+/// Behind an L4 load balancer speaking PROXY protocol, the player's address
+/// is what the limits, the admin API and the logs see; only trusted sources
+/// may (and must) send the header.
+#[tokio::test]
+async fn proxy_protocol_names_the_players_address() {
+    let b = backend("b1").await;
+    let gw = gateway(&format!(
+        "{}proxy_protocol: {{ trusted: [127.0.0.1/32] }}\nlimits: {{ max_connections_per_ip: 1 }}\n{}",
+        one_service(b.addr),
+        admin_yaml()
+    ))
+    .await;
+    let lb: std::net::IpAddr = "127.0.0.1".parse().expect("ip");
+    // v1 from the trusted balancer: the session belongs to 203.0.113.7.
+    let mut p1 = Client::tcp_from(gw.client, lb).await;
+    p1.send_raw(b"PROXY TCP4 203.0.113.7 10.0.0.1 40000 7000\r\n")
+        .await;
+    p1.hello(1, 0).await;
+    // v2 (binary) for another player.
+    let mut p2 = Client::tcp_from(gw.client, lb).await;
+    let mut v2 = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    v2.extend_from_slice(&[
+        0x21, 0x11, 0, 12, 198, 51, 100, 9, 10, 0, 0, 1, 0x9c, 0x41, 0x1b, 0x58,
+    ]);
+    p2.send_raw(&v2).await;
+    p2.hello(2, 0).await;
+    let mut a = admin(&gw, Some(ADMIN_TOKEN)).await;
+    let list = a
+        .list_sessions(gg_proto::pb::admin::ListSessionsRequest::default())
+        .await
+        .expect("list")
+        .into_inner();
+    let mut remotes: Vec<String> = list
+        .sessions
+        .iter()
+        .map(|s| s.remote_addr.clone())
+        .collect();
+    remotes.sort();
+    assert_eq!(remotes, ["198.51.100.9:40001", "203.0.113.7:40000"]);
+    // The per-address limit (1) counts players, not the balancer: a second
+    // connection for 203.0.113.7 is refused, the balancer itself is not.
+    let mut again = Client::tcp_from(gw.client, lb).await;
+    again
+        .send_raw(b"PROXY TCP4 203.0.113.7 10.0.0.1 40002 7000\r\n")
+        .await;
+    again.expect_eof(WAIT).await;
+    gw.wait_metric(
+        "gg_rejections_total{reason=\"max_connections_per_ip\"}",
+        |v| v == 1.0,
+    )
+    .await;
+    // A trusted source must send the header.
+    let mut bare = Client::tcp_from(gw.client, lb).await;
+    bare.send_hello(3, serde_json::json!({})).await;
+    bare.expect_eof(WAIT).await;
+    gw.wait_metric("gg_rejections_total{reason=\"proxy_header\"}", |v| v == 1.0)
+        .await;
+    // Anyone else's header is not honoured: it is read as what it looks
+    // like (an HTTP request line, refused), and no session opens.
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.bind("127.0.0.2:0".parse().expect("addr"))
+        .expect("bind");
+    let mut spoof = sock.connect(gw.client).await.expect("connect");
+    spoof
+        .write_all(b"PROXY TCP4 192.0.2.1 10.0.0.1 1 7000\r\n\r\n")
+        .await
+        .expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(WAIT, spoof.read_to_end(&mut out)).await;
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert_eq!(gw.metric("gg_sessions_active").await, 2.0);
+}

@@ -67,6 +67,17 @@ pub struct FileConfig {
     pub client_auth: Option<FileClientAuth>,
     #[serde(default)]
     pub tls: Option<FileTls>,
+    #[serde(default)]
+    pub proxy_protocol: Option<FileProxyProtocol>,
+}
+
+/// `proxy_protocol:` — connections from these sources (an L4 load balancer)
+/// start with a PROXY v1/v2 header naming the player's address.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileProxyProtocol {
+    /// Addresses or CIDR blocks allowed (and required) to send the header.
+    pub trusted: Vec<String>,
 }
 
 /// The routing part of the config (services and realms; overrides stay
@@ -90,6 +101,8 @@ pub struct Config {
     pub telemetry: Option<TelemetrySettings>,
     pub(crate) client_auth: Option<Arc<crate::client_auth::ClientAuth>>,
     pub tls: Option<TlsSettings>,
+    /// Sources whose connections carry a PROXY header (empty: none).
+    pub proxy_trusted: Vec<crate::listener::proxy::Cidr>,
 }
 
 /// Every problem found in a config file, one per line.
@@ -152,6 +165,7 @@ impl Config {
                 .as_ref()
                 .and_then(|a| a.validate(&mut errs)),
             tls: file.tls.as_ref().and_then(|t| t.validate(&mut errs)),
+            proxy_trusted: proxy_trusted(file.proxy_protocol, &mut errs),
         };
         if errs.is_empty() {
             Ok(cfg)
@@ -159,6 +173,24 @@ impl Config {
             Err(ConfigError(errs))
         }
     }
+}
+
+fn proxy_trusted(
+    p: Option<FileProxyProtocol>,
+    errs: &mut Errors,
+) -> Vec<crate::listener::proxy::Cidr> {
+    let Some(p) = p else { return Vec::new() };
+    if p.trusted.is_empty() {
+        errs.push("proxy_protocol.trusted must name the load balancers' addresses".into());
+    }
+    p.trusted
+        .iter()
+        .filter_map(|c| {
+            c.parse()
+                .map_err(|e| errs.push(format!("proxy_protocol.trusted: {e}")))
+                .ok()
+        })
+        .collect()
 }
 
 /// Stands in for an address that did not parse (the config is then refused).
