@@ -251,3 +251,67 @@ impl Default for Metrics {
         Metrics::new()
     }
 }
+
+#[cfg(test)]
+mod doc_tests {
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
+    /// Metric families named in docs/metrics.md tables (`a` / `b` cells too).
+    fn documented() -> BTreeSet<String> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let doc = std::fs::read_to_string(root.join("docs/metrics.md")).expect("docs");
+        doc.lines()
+            .filter(|l| l.starts_with("| `"))
+            .flat_map(|l| {
+                let first = l.split('|').nth(1).unwrap_or_default().to_string();
+                first
+                    .split('`')
+                    .filter(|t| t.starts_with("gg_") || t.starts_with("cp_"))
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// Metric names registered in the sources of both processes.
+    fn registered() -> BTreeSet<String> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut out = BTreeSet::new();
+        for f in ["gateway/src/metrics.rs", "controlplane/src/lib.rs"] {
+            let text = std::fs::read_to_string(root.join(f)).expect("source");
+            for piece in text.split('"').skip(1).step_by(2) {
+                if (piece.starts_with("gg_") || piece.starts_with("cp_"))
+                    && !piece.ends_with('_')
+                    && piece.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                {
+                    out.insert(piece.to_string());
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_metric_is_documented() {
+        let (doc, reg) = (documented(), registered());
+        let missing: Vec<_> = reg.difference(&doc).collect();
+        let stale: Vec<_> = doc.difference(&reg).collect();
+        assert!(
+            missing.is_empty(),
+            "registered but not in docs/metrics.md: {missing:?}"
+        );
+        assert!(
+            stale.is_empty(),
+            "in docs/metrics.md but not registered: {stale:?}"
+        );
+        // And what a gateway exposes is among them.
+        let m = super::Metrics::new();
+        for line in m.render().lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let name = rest.split_whitespace().next().unwrap_or_default();
+                assert!(doc.contains(name), "{name} is exposed but not documented");
+            }
+        }
+    }
+}

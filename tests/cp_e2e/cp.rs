@@ -1070,6 +1070,9 @@ async fn readiness_without_config_and_with_redis_down() {
         http(cp.ops, "GET", "/ready", &[], b"").await,
         (200, "ready store=up\n".to_string())
     );
+    let (status, metrics) = http(cp.ops, "GET", "/metrics", &[], b"").await;
+    assert_eq!(status, 200);
+    assert_metrics_documented(&metrics);
 
     // A gateway with no config anywhere (empty store, no snapshot) is not ready.
     let gw = cp_gateway("gw-0", cp.grpc, &scratch("snap", "pb")).await;

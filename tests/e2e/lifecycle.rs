@@ -56,6 +56,7 @@ async fn ops_health_ready_metrics() {
         (200, "ready\n".to_string())
     );
     let m = gw.metrics().await;
+    assert_metrics_documented(&m);
     for family in [
         "gg_connections_total",
         "gg_sessions_active",

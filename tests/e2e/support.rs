@@ -798,3 +798,24 @@ pub fn make_certs(dir: &std::path::Path) {
         "client.cnf",
     ]);
 }
+
+/// Panics if a `/metrics` text exposes a family docs/metrics.md does not
+/// list.
+pub fn assert_metrics_documented(metrics: &str) {
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/metrics.md"),
+    )
+    .expect("docs/metrics.md");
+    let mut seen = 0;
+    for line in metrics.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let name = rest.split_whitespace().next().unwrap_or_default();
+            assert!(
+                doc.contains(&format!("`{name}`")),
+                "{name} is exposed but not in docs/metrics.md"
+            );
+            seen += 1;
+        }
+    }
+    assert!(seen > 0, "no metric families in {metrics:?}");
+}
