@@ -206,9 +206,10 @@ async fn every_client_frame_kind_costs_a_token_and_states_are_checked() {
             other => panic!("unexpected {other:?}"),
         }
     }
-    assert!(pongs <= 6, "{pongs} PONGs for a burst of 5");
-    assert!(limited >= 24, "{limited}");
-    assert!(gw.metric("gg_rejections_total{reason=\"msg_rate\"}").await >= 24.0);
+    // A burst of 5 and 1/s: a slow run may refill a token or two.
+    assert!(pongs <= 8, "{pongs} PONGs for a burst of 5");
+    assert!(limited >= 22, "{limited}");
+    assert!(gw.metric("gg_rejections_total{reason=\"msg_rate\"}").await >= 22.0);
 }
 
 #[tokio::test]
