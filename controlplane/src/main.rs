@@ -25,6 +25,10 @@ struct Args {
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "CP_LOG", default_value = "info")]
     log: String,
+    /// Validate the config (and read its token and TLS files), print the
+    /// result and exit (0 valid, 64 invalid); Redis is not contacted.
+    #[arg(long)]
+    check: bool,
 }
 
 fn main() -> ExitCode {
@@ -41,6 +45,10 @@ fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
+    if args.check {
+        println!("config ok: id={} tokens={}", cfg.id, cfg.tokens.len());
+        return ExitCode::SUCCESS;
+    }
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()

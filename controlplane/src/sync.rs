@@ -46,6 +46,7 @@ impl pb::gateway_sync_server::GatewaySync for SyncService {
         req: Request<Streaming<pb::GatewayMessage>>,
     ) -> Result<Response<OutStream>, Status> {
         require(&req, Scope::Operate)?;
+        let peer = req.remote_addr().map(|a| a.ip());
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(Duration::from_secs(10), inbound.message())
             .await
@@ -67,8 +68,8 @@ impl pb::gateway_sync_server::GatewaySync for SyncService {
             .gateway_update(
                 &id,
                 &[
-                    ("client_addr", hello.client_addr.clone()),
-                    ("admin_addr", hello.admin_addr.clone()),
+                    ("client_addr", reachable(&hello.client_addr, peer)),
+                    ("admin_addr", reachable(&hello.admin_addr, peer)),
                     ("version", hello.version.clone()),
                     ("applied_rev", hello.revision.to_string()),
                     ("applied_epoch", hello.epoch.clone()),
@@ -96,6 +97,19 @@ impl pb::gateway_sync_server::GatewaySync for SyncService {
             info!(gateway = %id, "gateway disconnected");
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// A gateway listening on every interface (`0.0.0.0:9200`, as in a pod)
+/// reports that address; the control plane dials the address the gateway's
+/// stream came from instead, with the reported port. Anything else (a
+/// specific address, a name, empty) is kept as reported.
+fn reachable(reported: &str, peer: Option<std::net::IpAddr>) -> String {
+    match (reported.parse::<std::net::SocketAddr>(), peer) {
+        (Ok(a), Some(ip)) if a.ip().is_unspecified() => {
+            std::net::SocketAddr::new(ip, a.port()).to_string()
+        }
+        _ => reported.to_string(),
     }
 }
 
@@ -216,4 +230,22 @@ async fn handle(cp: &Arc<Cp>, id: &str, msg: pb::GatewayMessage) -> Result<(), S
         None => Ok(()),
     };
     res.map_err(crate::api::store_status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reachable;
+
+    #[test]
+    fn an_unspecified_listen_address_becomes_the_stream_peer() {
+        let peer = Some("10.1.2.3".parse().unwrap());
+        assert_eq!(reachable("0.0.0.0:9200", peer), "10.1.2.3:9200");
+        assert_eq!(
+            reachable("[::]:9200", Some("fd00::7".parse().unwrap())),
+            "[fd00::7]:9200"
+        );
+        assert_eq!(reachable("127.0.0.1:9200", peer), "127.0.0.1:9200");
+        assert_eq!(reachable("0.0.0.0:9200", None), "0.0.0.0:9200");
+        assert_eq!(reachable("", peer), "");
+    }
 }

@@ -5,5 +5,6 @@
 mod support;
 
 mod cp;
+mod deploy;
 mod redis_proc;
 mod run_local;

@@ -484,32 +484,4 @@ limits: { max_frame_bytes: 10, idle_timeout_ms: 5, heartbeat_ms: 10 }
         }
         assert_eq!(copied, 4);
     }
-
-    #[test]
-    fn k8s_manifests_parse_and_mount_the_config_the_args_name() {
-        use serde::Deserialize as _;
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/k8s.yaml");
-        let text = std::fs::read_to_string(path).unwrap();
-        let docs: Vec<yaml_serde::Value> = yaml_serde::Deserializer::from_str(&text)
-            .map(|d| yaml_serde::Value::deserialize(d).unwrap())
-            .collect();
-        assert_eq!(docs.len(), 2);
-        let container = &docs[0]["spec"]["template"]["spec"]["containers"][0];
-        let args: Vec<&str> = container["args"]
-            .as_sequence()
-            .unwrap()
-            .iter()
-            .map(|a| a.as_str().unwrap())
-            .collect();
-        let mount = container["volumeMounts"][0]["mountPath"].as_str().unwrap();
-        assert!(
-            args[1].starts_with(mount),
-            "--config {} is not under {mount}",
-            args[1]
-        );
-        assert_eq!(
-            container["readinessProbe"]["httpGet"]["path"].as_str(),
-            Some("/ready")
-        );
-    }
 }
