@@ -53,7 +53,7 @@ pub async fn serve(
     let (v1, v1alpha) = gg_runtime::grpc::reflection(gg_proto::pb::CONTROL_PLANE_SERVICES)?;
     let api = Api { cp: cp.clone() };
     let idle = cp.cfg.idle_timeout;
-    gg_runtime::grpc::server(cp.cfg.tls.clone())?
+    gg_runtime::grpc::server(cp.cfg.tls.clone(), cp.metrics.rpc_seconds.clone())?
         .add_service(health_svc)
         .add_service(v1)
         .add_service(v1alpha)
@@ -417,6 +417,8 @@ impl ControlPlane for Api {
                 .map_err(|_| Status::internal("gateway_admin_token is not valid header text"))?;
             call.metadata_mut().insert("authorization", v);
         }
+        // The gateway's span joins this call's trace.
+        gg_runtime::telemetry::inject(call.metadata_mut());
         let s = gwpb::gateway_admin_client::GatewayAdminClient::new(channel)
             .start_drain(call)
             .await

@@ -37,6 +37,9 @@ pub struct FileConfig {
     /// A gRPC connection that sends nothing for this long is closed.
     #[serde(default = "d_idle")]
     pub idle_timeout_ms: u64,
+    /// OpenTelemetry span export (the same section as the gateway's).
+    #[serde(default)]
+    pub telemetry: Option<gg_runtime::telemetry::FileTelemetry>,
 }
 
 fn d_reconcile() -> u64 {
@@ -109,6 +112,7 @@ pub struct Config {
     pub gateway_admin_token: Option<Token>,
     pub tls: Option<tonic::transport::ServerTlsConfig>,
     pub gateway_admin_tls: Option<tonic::transport::ClientTlsConfig>,
+    pub telemetry: Option<gg_runtime::telemetry::TelemetrySettings>,
 }
 
 /// `redis:`: exactly one of url, cluster or sentinel; the CA; the timeout.
@@ -221,6 +225,10 @@ impl Config {
                 .map_err(|e| errs.push(format!("gateway_admin_tls: {e}")))
                 .ok()
         });
+        let telemetry = f
+            .telemetry
+            .as_ref()
+            .map(|t| t.validate("game-gateway-controlplane", &mut errs));
         let id =
             f.id.or_else(|| std::env::var("POD_NAME").ok())
                 .or_else(|| {
@@ -244,6 +252,7 @@ impl Config {
                 gateway_admin_token,
                 tls,
                 gateway_admin_tls,
+                telemetry,
             }),
             _ => Err(ConfigError(errs)),
         }

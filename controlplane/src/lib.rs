@@ -57,7 +57,29 @@ pub struct CpMetrics {
     pub directory_errors: IntCounter,
     pub sync_streams: IntGauge,
     pub snapshots_sent: IntCounter,
+    /// gRPC calls served, by method (observed by the runtime's gRPC layer).
+    pub rpc_seconds: prometheus::HistogramVec,
 }
+
+/// Every Redis call of this process, by command (`pipeline` for a
+/// pipeline or transaction). Process-wide because the connection exists
+/// before the metrics; each registry of [`CpMetrics`] exports it.
+#[allow(clippy::expect_used)]
+pub(crate) static REDIS_SECONDS: std::sync::LazyLock<prometheus::HistogramVec> =
+    std::sync::LazyLock::new(|| {
+        prometheus::HistogramVec::new(
+            prometheus::HistogramOpts::new(
+                "cp_redis_call_duration_seconds",
+                "Redis calls (commands, pipelines, scripts) until the answer or the timeout, by command.",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5,
+            ]),
+            &["command"],
+        )
+        .expect("valid metric")
+    });
 
 impl CpMetrics {
     #[allow(clippy::expect_used)]
@@ -103,7 +125,24 @@ impl CpMetrics {
                 "cp_snapshots_sent_total",
                 "Config snapshots sent to gateways.",
             ),
-            registry: r,
+            rpc_seconds: {
+                let h = prometheus::HistogramVec::new(
+                    prometheus::HistogramOpts::new(
+                        "cp_rpc_duration_seconds",
+                        "gRPC calls served until the response starts (a stream: until it opens), by method.",
+                    )
+                    .buckets(gg_runtime::grpc::RPC_BUCKETS.to_vec()),
+                    &["method"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(h.clone())).expect("registered once");
+                h
+            },
+            registry: {
+                r.register(Box::new(REDIS_SECONDS.clone()))
+                    .expect("registered once");
+                r
+            },
         }
     }
 }

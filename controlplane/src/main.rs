@@ -6,6 +6,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 #[derive(Parser, Debug)]
 #[command(name = "controlplane", version, about = "Game Gateway control plane")]
@@ -51,11 +54,6 @@ fn main() -> ExitCode {
     }
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -66,7 +64,35 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(cfg)) {
+    // Logs through `--log`; spans for OpenTelemetry through their own
+    // filter (only `gg::trace` spans), so `--log warn` keeps tracing on.
+    let (telemetry, otel) = match &cfg.telemetry {
+        None => (None, None),
+        Some(t) => {
+            let _in_runtime = rt.enter();
+            match gg_runtime::telemetry::Telemetry::start(t, &cfg.id) {
+                Ok((tel, layer)) => (Some(tel), Some(layer)),
+                Err(e) => {
+                    eprintln!("controlplane: {e:#}");
+                    return ExitCode::from(64);
+                }
+            }
+        }
+    };
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_filter(filter);
+    tracing_subscriber::registry().with(fmt).with(otel).init();
+    let res = rt.block_on(run(cfg));
+    if let Some(t) = telemetry {
+        // Flushes buffered spans; the exporter needs the runtime.
+        let _in_runtime = rt.enter();
+        if let Err(e) = t.shutdown() {
+            eprintln!("{e}");
+        }
+    }
+    match res {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("controlplane: {e:#}");

@@ -86,6 +86,64 @@ fn timed_out(after: Duration) -> redis::RedisError {
     ))
 }
 
+/// The metric label of a command: its name, from the few this process
+/// sends (anything unexpected is `other`, so labels stay bounded).
+fn command_label(cmd: &Cmd) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "GET",
+        "SET",
+        "DEL",
+        "EXISTS",
+        "EXPIRE",
+        "PEXPIRE",
+        "HGET",
+        "HSET",
+        "HDEL",
+        "HGETALL",
+        "HMGET",
+        "SADD",
+        "SREM",
+        "SMEMBERS",
+        "ZADD",
+        "ZREM",
+        "ZRANGE",
+        "ZRANGEBYSCORE",
+        "ZREMRANGEBYSCORE",
+        "INCR",
+        "EVAL",
+        "EVALSHA",
+        "SCRIPT",
+        "PING",
+        "MGET",
+        "SCAN",
+        "LRANGE",
+        "LPUSH",
+        "LTRIM",
+        "WATCH",
+        "UNWATCH",
+        "MULTI",
+        "EXEC",
+        "INFO",
+        "CLIENT",
+        "HKEYS",
+        "PUBLISH",
+        "SSCAN",
+        "HSCAN",
+        "TTL",
+        "PTTL",
+        "HINCRBY",
+    ];
+    let name = match cmd.args_iter().next() {
+        Some(redis::Arg::Simple(b)) => b,
+        _ => return "other",
+    };
+    KNOWN
+        .iter()
+        .find(|k| k.as_bytes().eq_ignore_ascii_case(name))
+        .copied()
+        .unwrap_or("other")
+}
+
 /// The master's connection plus the Sentinel client that finds it again.
 pub struct SentinelConn {
     client: tokio::sync::Mutex<redis::sentinel::SentinelClient>,
@@ -159,10 +217,16 @@ impl ConnectionLike for Conn {
                 })
             }
         };
+        let label = command_label(cmd);
         Box::pin(async move {
-            tokio::time::timeout(t, call)
+            let started = std::time::Instant::now();
+            let r = tokio::time::timeout(t, call)
                 .await
-                .unwrap_or_else(|_| Err(timed_out(t)))
+                .unwrap_or_else(|_| Err(timed_out(t)));
+            (crate::REDIS_SECONDS)
+                .with_label_values(&[label])
+                .observe(started.elapsed().as_secs_f64());
+            r
         })
     }
 
@@ -192,9 +256,14 @@ impl ConnectionLike for Conn {
             }
         };
         Box::pin(async move {
-            tokio::time::timeout(t, call)
+            let started = std::time::Instant::now();
+            let r = tokio::time::timeout(t, call)
                 .await
-                .unwrap_or_else(|_| Err(timed_out(t)))
+                .unwrap_or_else(|_| Err(timed_out(t)));
+            (crate::REDIS_SECONDS)
+                .with_label_values(&["pipeline"])
+                .observe(started.elapsed().as_secs_f64());
+            r
         })
     }
 

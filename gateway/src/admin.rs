@@ -46,7 +46,7 @@ pub(crate) async fn serve(gw: Arc<Gateway>, listener: TcpListener, stop: Cancell
     let idle = (gw.cfg.admin.as_ref()).map_or(gg_runtime::listener::DEFAULT_IDLE_TIMEOUT, |a| {
         a.idle_timeout
     });
-    let mut builder = match gg_runtime::grpc::server(tls) {
+    let mut builder = match gg_runtime::grpc::server(tls, gw.metrics.admin_rpc_seconds.clone()) {
         Ok(b) => b,
         Err(e) => {
             error!(error = %e, "admin API TLS config rejected; admin API not served");

@@ -54,7 +54,9 @@ pub(crate) fn apply(
     {
         warn!(path = %path.display(), error = %e, "cannot save the config snapshot; a restart without the control plane would not be ready");
     }
+    let started = std::time::Instant::now();
     gw.routing.apply_routes(&routes, v.revision, &v.epoch);
+    (gw.metrics.config_apply_seconds).observe(started.elapsed().as_secs_f64());
     info!(revision = v.revision, epoch = %v.epoch, services = routes.services.len(), "config applied");
     Ok(true)
 }

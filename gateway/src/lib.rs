@@ -27,7 +27,6 @@ pub(crate) mod ops;
 pub(crate) mod resume;
 pub(crate) mod router;
 pub(crate) mod session;
-pub mod telemetry;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};

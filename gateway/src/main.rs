@@ -90,7 +90,7 @@ fn main() -> ExitCode {
         None => (None, None),
         Some(t) => {
             let _in_runtime = rt.enter();
-            match gateway::telemetry::Telemetry::start(t, &cfg.gateway_id) {
+            match gg_runtime::telemetry::Telemetry::start(t, &cfg.gateway_id) {
                 Ok((tel, layer)) => (Some(tel), Some(layer)),
                 Err(e) => {
                     eprintln!("gateway: {e:#}");
@@ -107,7 +107,9 @@ fn main() -> ExitCode {
     if let Some(t) = telemetry {
         // Flushes buffered spans; the exporter needs the runtime.
         let _in_runtime = rt.enter();
-        t.shutdown();
+        if let Err(e) = t.shutdown() {
+            eprintln!("{e}");
+        }
     }
     match res {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,7 +3,8 @@
 //! label lookup happens per frame. Every family is listed in `docs/metrics.md`.
 
 use prometheus::{
-    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Client protocol, a label on per-connection metrics.
@@ -56,6 +57,37 @@ pub(crate) struct Metrics {
     pub(crate) drain_goaway_sent: IntCounter,
     pub(crate) drain_force_closed: IntCounter,
     pub(crate) tls_reloads: IntCounterVec,
+    /// PING → PONG on pooled backend connections, by endpoint.
+    pub(crate) backend_rtt: HistogramVec,
+    /// HTTP calls: the body sent to the backend → its reply, by service and result.
+    pub(crate) http_call_seconds: HistogramVec,
+    /// Building and swapping in a config revision from the control plane.
+    pub(crate) config_apply_seconds: Histogram,
+    /// Admin API calls, by method (the runtime's gRPC layer observes them).
+    pub(crate) admin_rpc_seconds: HistogramVec,
+}
+
+/// Buckets for network round trips and calls: 100 µs to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    10.0,
+];
+
+fn histogram_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: &[f64],
+) -> HistogramVec {
+    let v = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        labels,
+    )
+    .expect("valid metric definition");
+    r.register(Box::new(v.clone()))
+        .expect("metric registered once");
+    v
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -212,6 +244,40 @@ impl Metrics {
                 "gg_backend_unknown_session_total",
                 "Backend frames for a session not open on that connection (dropped).",
                 &["endpoint"],
+            ),
+            backend_rtt: histogram_vec(
+                &r,
+                "gg_backend_rtt_seconds",
+                "Round trip of the heartbeat PING on pooled backend connections, by endpoint.",
+                &["endpoint"],
+                LATENCY_BUCKETS,
+            ),
+            http_call_seconds: histogram_vec(
+                &r,
+                "gg_http_call_duration_seconds",
+                "HTTP calls from the whole body sent to the backend to its reply, by service and result (ok, error).",
+                &["service", "result"],
+                LATENCY_BUCKETS,
+            ),
+            config_apply_seconds: {
+                let h = Histogram::with_opts(
+                    HistogramOpts::new(
+                        "gg_config_apply_duration_seconds",
+                        "Time to build and swap in a config revision from the control plane.",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                )
+                .expect("valid metric definition");
+                r.register(Box::new(h.clone()))
+                    .expect("metric registered once");
+                h
+            },
+            admin_rpc_seconds: histogram_vec(
+                &r,
+                "gg_admin_rpc_duration_seconds",
+                "Admin API calls until the response starts (a stream: until it opens), by method.",
+                &["method"],
+                gg_runtime::grpc::RPC_BUCKETS,
             ),
             registry: r,
         };

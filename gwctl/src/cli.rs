@@ -50,6 +50,12 @@ pub struct Global {
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = Format::Table, global = true)]
     pub output: Format,
+    /// OpenTelemetry collector (OTLP/gRPC, e.g. http://127.0.0.1:4317): the
+    /// command is traced — one span, its calls carry the trace context so
+    /// the control plane's and gateways' spans join it — and the trace id
+    /// is printed on stderr.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", global = true)]
+    pub otlp_endpoint: Option<String>,
     /// Time limit of each call, e.g. 10s, 500ms, 2m.
     #[arg(long, default_value = "10s", value_parser = parse_duration, global = true)]
     pub timeout: std::time::Duration,

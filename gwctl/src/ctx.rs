@@ -67,7 +67,8 @@ pub struct Ctx {
 
 pub type Auth = InterceptedService<Channel, Bearer>;
 
-/// Adds `authorization: Bearer …` to every call.
+/// Adds `authorization: Bearer …` to every call, and the current trace
+/// context (`traceparent`) when gwctl exports spans.
 #[derive(Clone)]
 pub struct Bearer(Option<MetadataValue<tonic::metadata::Ascii>>);
 
@@ -76,6 +77,7 @@ impl tonic::service::Interceptor for Bearer {
         if let Some(v) = &self.0 {
             req.metadata_mut().insert("authorization", v.clone());
         }
+        gg_runtime::telemetry::inject(req.metadata_mut());
         Ok(req)
     }
 }

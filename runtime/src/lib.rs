@@ -4,8 +4,9 @@
 //! server builder with keepalive, limits, health and reflection of only the
 //! services a process serves ([`grpc`]), the ops HTTP server with timeouts
 //! and accept back-off ([`ops`]), reconnect backoff with jitter
-//! ([`backoff`]), wall-clock helpers ([`clock`]) and shutdown signals
-//! ([`signal`]).
+//! ([`backoff`]), wall-clock helpers ([`clock`]), shutdown signals
+//! ([`signal`]) and OpenTelemetry export with W3C trace context
+//! ([`telemetry`]).
 //!
 //! It knows nothing of routing, sessions or Redis: those belong to the
 //! process crates. The wire contract and domain model live in `gg-proto`.
@@ -20,3 +21,4 @@ pub mod grpc_tls;
 pub mod listener;
 pub mod ops;
 pub mod signal;
+pub mod telemetry;

@@ -32,11 +32,16 @@ async fn controlplane(id: &str, redis: &str, lease_ms: u64) -> Cp {
 
 /// `redis_yaml` is the `redis:` value (single url or cluster seeds).
 async fn controlplane_with(id: &str, redis_yaml: &str, lease_ms: u64) -> Cp {
+    controlplane_extra(id, redis_yaml, lease_ms, "").await
+}
+
+/// With `extra` appended to the config file.
+async fn controlplane_extra(id: &str, redis_yaml: &str, lease_ms: u64, extra: &str) -> Cp {
     let config = scratch("cp", "yaml");
     std::fs::write(
         &config,
         format!(
-            "id: {id}\nlisten: 127.0.0.1:0\nops_listen: 127.0.0.1:0\nredis: {redis_yaml}\nreconcile_ms: 200\nlease_ms: {lease_ms}\ntokens:\n  - {{ name: reader, scope: read, value: {READ_TOKEN} }}\n  - {{ name: op, scope: operate, value: {OPERATE_TOKEN} }}\n  - {{ name: root, scope: admin, value: {ADMIN_TOKEN} }}\ngateway_admin_token: {{ name: cp, scope: admin, value: {ADMIN_TOKEN} }}\n"
+            "id: {id}\nlisten: 127.0.0.1:0\nops_listen: 127.0.0.1:0\nredis: {redis_yaml}\nreconcile_ms: 200\nlease_ms: {lease_ms}\ntokens:\n  - {{ name: reader, scope: read, value: {READ_TOKEN} }}\n  - {{ name: op, scope: operate, value: {OPERATE_TOKEN} }}\n  - {{ name: root, scope: admin, value: {ADMIN_TOKEN} }}\ngateway_admin_token: {{ name: cp, scope: admin, value: {ADMIN_TOKEN} }}\n{extra}"
         ),
     )
     .expect("write cp config");
@@ -744,6 +749,132 @@ async fn drain_a_gateway_through_the_control_plane() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
+}
+
+/// One `gwctl drain start … --wait` through the control plane is one
+/// trace at a real OTLP receiver: gwctl's span is the root, the control
+/// plane's DrainGateway is its child, the gateway's StartDrain is the
+/// control plane's child, and gwctl's WatchDrain on the gateway is gwctl's
+/// child. Both servers sample nothing of their own (`sample_ratio: 0`), so
+/// every server span there was continued from the caller's context.
+#[tokio::test]
+async fn one_drain_is_one_trace_across_gwctl_the_control_plane_and_the_gateway() {
+    use crate::otlp::{Receiver, hex};
+    let (rx, otlp) = Receiver::start().await;
+    let telemetry = |name: &str| {
+        format!(
+            "telemetry:\n  otlp_endpoint: http://{otlp}\n  service_name: {name}\n  sample_ratio: 0.0\n  export_interval_ms: 100\n"
+        )
+    };
+    let redis = Redis::start().await;
+    let cp = controlplane_extra(
+        "cp-trace",
+        &format!("{{ url: \"{}\" }}", redis.url()),
+        5000,
+        &telemetry("cp-under-test"),
+    )
+    .await;
+    let gw = gateway_named(
+        "gw-trace",
+        &format!(
+            "controlplane:\n  url: http://{}\n  token: {{ name: cp, scope: operate, value: {OPERATE_TOKEN} }}\n  snapshot_path: {}\n{}{}",
+            cp.grpc,
+            scratch("snap", "pb").display(),
+            admin_yaml(),
+            telemetry("gw-under-test")
+        ),
+    )
+    .await;
+    let c = cp_client(&cp, Some(ADMIN_TOKEN)).await;
+    eventually("registered", || {
+        let mut c = c.clone();
+        async move {
+            c.list_gateways(pb::ListGatewaysRequest {})
+                .await
+                .map(|l| !l.into_inner().gateways.is_empty())
+                .unwrap_or(false)
+        }
+    })
+    .await;
+    let out = tokio::process::Command::new(bin("gwctl"))
+        .args(["--controlplane", &format!("http://{}", cp.grpc)])
+        .args(["--otlp-endpoint", &format!("http://{otlp}")])
+        .args([
+            "drain",
+            "start",
+            "gw-trace",
+            "--deadline",
+            "5s",
+            "--spread",
+            "0s",
+            "--wait",
+        ])
+        .env("GWCTL_TOKEN", ADMIN_TOKEN)
+        .env_remove("GWCTL_CONFIG")
+        .env("XDG_CONFIG_HOME", scratch("no-config", "d"))
+        .output()
+        .await
+        .expect("gwctl");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let trace = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("gwctl: trace "))
+        .unwrap_or_else(|| panic!("gwctl printed no trace id: {stderr}"))
+        .to_string();
+
+    let wanted = [
+        ("gwctl", "gwctl drain start"),
+        (
+            "cp-under-test",
+            "/controlplane.v1.ControlPlane/DrainGateway",
+        ),
+        ("gw-under-test", "/gateway.admin.v1.GatewayAdmin/StartDrain"),
+        ("gw-under-test", "/gateway.admin.v1.GatewayAdmin/WatchDrain"),
+    ];
+    let deadline = Instant::now() + WAIT;
+    let spans = loop {
+        let spans: Vec<_> = rx
+            .all()
+            .into_iter()
+            .filter(|(_, s)| hex(&s.trace_id) == trace)
+            .collect();
+        let all = wanted.iter().all(|(svc, name)| {
+            spans
+                .iter()
+                .any(|(s, sp)| s.contains(svc) && sp.name == *name)
+        });
+        if all {
+            break spans;
+        }
+        if Instant::now() > deadline {
+            let seen: Vec<_> = rx
+                .all()
+                .iter()
+                .map(|(svc, s)| format!("{svc} {} trace={}", s.name, hex(&s.trace_id)))
+                .collect();
+            panic!(
+                "trace {trace}: not all of {wanted:?} exported; seen: {seen:#?}; gwctl: {stderr}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let id_of = |name: &str| {
+        let (_, s) = spans.iter().find(|(_, s)| s.name == name).expect("span");
+        (hex(&s.span_id), hex(&s.parent_span_id))
+    };
+    let (root, root_parent) = id_of("gwctl drain start");
+    assert_eq!(root_parent, "", "gwctl's span is the root");
+    let (cp_span, cp_parent) = id_of("/controlplane.v1.ControlPlane/DrainGateway");
+    assert_eq!(cp_parent, root);
+    let (_, start_parent) = id_of("/gateway.admin.v1.GatewayAdmin/StartDrain");
+    assert_eq!(
+        start_parent, cp_span,
+        "the gateway continues the control plane's span"
+    );
+    let (_, watch_parent) = id_of("/gateway.admin.v1.GatewayAdmin/WatchDrain");
+    assert_eq!(watch_parent, root);
+    drop(gw);
 }
 
 #[tokio::test]

@@ -6,5 +6,7 @@ mod support;
 
 mod cp;
 mod deploy;
+#[path = "../e2e/otlp.rs"]
+mod otlp;
 mod redis_proc;
 mod run_local;

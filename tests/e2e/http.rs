@@ -77,3 +77,34 @@ async fn http_call_to_a_down_backend_is_502() {
     assert_eq!(st, 502, "{body}");
     assert!(body.contains("\"code\":105"), "{body}");
 }
+
+/// The latency histograms operators alert on are observed: an HTTP call by
+/// service and result, the heartbeat round trip by endpoint.
+#[tokio::test]
+async fn http_calls_and_backend_round_trips_are_timed() {
+    let b = backend("b1").await;
+    let gw = gateway(&format!(
+        "{}backend: {{ ping_interval_ms: 50 }}\n",
+        one_service(b.addr)
+    ))
+    .await;
+    for _ in 0..3 {
+        assert_eq!(
+            http(gw.client, "POST", "/v1/call/echo", &[], b"hi").await.0,
+            200
+        );
+    }
+    assert_eq!(
+        gw.metric("gg_http_call_duration_seconds_count{result=\"ok\",service=\"echo\"}")
+            .await,
+        3.0
+    );
+    let rtt = format!("gg_backend_rtt_seconds_count{{endpoint=\"{}\"}}", b.addr);
+    gw.wait_metric(&rtt, |n| n >= 2.0).await;
+    // A call to a service nobody configured is not a label.
+    assert_eq!(
+        http(gw.client, "POST", "/v1/call/nope", &[], b"hi").await.0,
+        404
+    );
+    assert!(!gw.metrics().await.contains("service=\"nope\""));
+}

@@ -11,6 +11,7 @@ mod hostile;
 mod http;
 mod lifecycle;
 mod limits;
+mod otlp;
 mod routing;
 mod tcp;
 mod telemetry;

@@ -158,8 +158,7 @@ async fn relay(
     );
     stream.write_all(&hello.to_bytes()).await?;
     let (mut rd, mut wr) = stream.split();
-    // Milliseconds since `heard.0` of the last frame from the backend.
-    let heard = (Instant::now(), AtomicU64::new(0));
+    let heard = Liveness::new();
     let link = Link {
         ep,
         slot,
@@ -171,6 +170,43 @@ async fn relay(
         r = link.read_loop(&mut rd, &heard) => r,
         r = link.heartbeat(&heard) => r,
         _ = ep.stop.cancelled() => Ok(()),
+    }
+}
+
+/// What the reader tells the heartbeat: when the backend was last heard
+/// from, and the outstanding PING, so its PONG gives the round trip.
+struct Liveness {
+    start: Instant,
+    /// Milliseconds since `start` of the last frame from the backend.
+    last_heard_ms: AtomicU64,
+    /// Microseconds since `start` when PING `ping_seq` was queued.
+    ping_sent_us: AtomicU64,
+    ping_seq: std::sync::atomic::AtomicU32,
+}
+
+impl Liveness {
+    fn new() -> Liveness {
+        Liveness {
+            start: Instant::now(),
+            last_heard_ms: AtomicU64::new(0),
+            ping_sent_us: AtomicU64::new(0),
+            ping_seq: std::sync::atomic::AtomicU32::new(0),
+        }
+    }
+
+    /// The round trip of PONG `seq`, if it answers the outstanding PING
+    /// (once: a duplicate PONG is not measured again).
+    fn pong(&self, seq: u32) -> Option<Duration> {
+        if seq == 0
+            || self
+                .ping_seq
+                .compare_exchange(seq, 0, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return None;
+        }
+        let sent = Duration::from_micros(self.ping_sent_us.load(Ordering::Relaxed));
+        Some(self.start.elapsed().saturating_sub(sent))
     }
 }
 
@@ -240,9 +276,10 @@ impl Link<'_> {
     async fn read_loop(
         &self,
         rd: &mut (impl tokio::io::AsyncRead + Unpin),
-        heard: &(Instant, AtomicU64),
+        heard: &Liveness,
     ) -> io::Result<()> {
         let (ep, ctx) = (self.ep, self.ctx);
+        let rtt = ctx.metrics.backend_rtt.with_label_values(&[&*ep.addr]);
         let frames_in = ctx
             .metrics
             .backend_frames_in
@@ -258,7 +295,8 @@ impl Link<'_> {
                     "backend closed the connection",
                 ));
             }
-            (heard.1).store(heard.0.elapsed().as_millis() as u64, Ordering::Relaxed);
+            (heard.last_heard_ms)
+                .store(heard.start.elapsed().as_millis() as u64, Ordering::Relaxed);
             if first {
                 // The first frame on a new connection proves the backend
                 // answers: it closes a half-open circuit.
@@ -276,7 +314,14 @@ impl Link<'_> {
                 };
                 frames_in.inc();
                 match frame::parse_raw(&raw) {
-                    Ok(header) => dispatch(header, raw.freeze(), ep, self.slot, self.generation),
+                    Ok(header) => {
+                        if header.kind == Kind::Pong as u8
+                            && let Some(t) = heard.pong(header.seq)
+                        {
+                            rtt.observe(t.as_secs_f64());
+                        }
+                        dispatch(header, raw.freeze(), ep, self.slot, self.generation)
+                    }
                     Err(e) => {
                         warn!(endpoint = %ep.addr, error = %e, "backend sent a frame this gateway does not understand; dropped");
                         protocol_errors.inc();
@@ -288,14 +333,14 @@ impl Link<'_> {
 
     /// PING every interval; a backend silent for [`MISSED_PONGS`]
     /// intervals (a blackholed link, a hung process) is declared dead.
-    async fn heartbeat(&self, heard: &(Instant, AtomicU64)) -> io::Result<()> {
+    async fn heartbeat(&self, heard: &Liveness) -> io::Result<()> {
         let every = self.ctx.settings.ping_interval;
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         let mut seq = 0u32;
         loop {
             tick.tick().await;
-            let last = Duration::from_millis(heard.1.load(Ordering::Relaxed));
-            let silent_for = heard.0.elapsed().saturating_sub(last);
+            let last = Duration::from_millis(heard.last_heard_ms.load(Ordering::Relaxed));
+            let silent_for = heard.start.elapsed().saturating_sub(last);
             if silent_for >= every * MISSED_PONGS {
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
@@ -305,9 +350,12 @@ impl Link<'_> {
                     ),
                 ));
             }
-            seq = seq.wrapping_add(1);
+            seq = seq.wrapping_add(1).max(1);
             let mut h = Header::new(Kind::Ping);
             h.seq = seq;
+            let now_us = heard.start.elapsed().as_micros() as u64;
+            heard.ping_sent_us.store(now_us, Ordering::Relaxed);
+            heard.ping_seq.store(seq, Ordering::Relaxed);
             let ping = ToBackend::Frame(Frame::new(h, Bytes::new()).to_bytes());
             let _ = self.ep.conns[self.slot].send(self.generation, ping);
         }

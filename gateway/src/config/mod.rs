@@ -17,7 +17,6 @@ mod client_auth;
 mod controlplane;
 mod drain;
 mod limits;
-mod telemetry;
 mod tls;
 
 pub use admin::{AdminSettings, DEFAULT_RESUME_TTL_MS, FileAdmin, FileResume, ResumeSettings};
@@ -27,8 +26,8 @@ pub use controlplane::{
     ControlPlaneSettings, DEFAULT_SESSION_BATCH, DEFAULT_SESSION_FLUSH_MS, FileControlPlane,
 };
 pub use drain::*;
+pub use gg_runtime::telemetry::{FileTelemetry, TelemetrySettings};
 pub use limits::*;
-pub use telemetry::{FileTelemetry, TelemetrySettings};
 pub use tls::{FileTls, TlsSettings};
 
 /// Validation problems, collected so that all are reported at once.
@@ -159,7 +158,10 @@ impl Config {
             resume: file.resume.as_ref().and_then(|r| r.validate(&mut errs)),
             breaker: file.breaker.validate(&mut errs),
             controlplane: (file.controlplane.as_ref()).map(|c| c.validate(file_routes, &mut errs)),
-            telemetry: file.telemetry.as_ref().map(|t| t.validate(&mut errs)),
+            telemetry: file
+                .telemetry
+                .as_ref()
+                .map(|t| t.validate("game-gateway", &mut errs)),
             client_auth: file
                 .client_auth
                 .as_ref()

@@ -317,7 +317,7 @@ async fn call(
     req: Request<Incoming>,
 ) -> Response<Body> {
     let span = tracing::info_span!(
-        target: crate::telemetry::TARGET,
+        target: gg_runtime::telemetry::TARGET,
         "http.call",
         otel.kind = "server",
         service = service_key,
@@ -330,8 +330,8 @@ async fn call(
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    crate::telemetry::set_parent(&span, incoming.as_deref());
-    let trace = crate::telemetry::traceparent(&span, incoming.as_deref());
+    gg_runtime::telemetry::set_parent(&span, incoming.as_deref());
+    let trace = gg_runtime::telemetry::traceparent(&span, incoming.as_deref());
     let r = call_response(gw, remote, service_key, req, trace.as_deref())
         .instrument(span.clone())
         .await;
@@ -420,10 +420,10 @@ async fn call_inner(
             .map_err(|e| CallError::Rejected(Reject::Unauthorized, e.to_string()))?;
     }
     let realm: u32 = header_num(h, "x-realm-id")?.unwrap_or(0);
-    let service = {
+    let (service, service_name) = {
         let routes = gw.routing.routes.load();
         match routes.service_by_key(service_key) {
-            Some(s) => s.id,
+            Some(s) => (s.id, s.name.clone()),
             None => {
                 return Err(RequestError::UnknownService(service_key.to_string()).into());
             }
@@ -445,11 +445,16 @@ async fn call_inner(
         hd.user_id = user;
         hd.session_id = id;
         hd.seq = CALL_SEQ;
+        let started = std::time::Instant::now();
         let sent = binding.send(Frame::new(hd, body).to_bytes());
         let reply = match sent {
             Ok(()) => wait_reply(gw, &mut rx).await,
             Err(e) => Err(e.into()),
         };
+        let result = if reply.is_ok() { "ok" } else { "error" };
+        (gw.metrics.http_call_seconds)
+            .with_label_values(&[service_name.as_str(), result])
+            .observe(started.elapsed().as_secs_f64());
         binding.close(id, CloseCode::Normal.code(), "http call complete");
         reply
     }

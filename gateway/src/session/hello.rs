@@ -51,7 +51,7 @@ pub(crate) async fn start(
 ) {
     let pm = gw.metrics.proto(protocol);
     let span = tracing::info_span!(
-        target: crate::telemetry::TARGET,
+        target: gg_runtime::telemetry::TARGET,
         "session.open",
         otel.kind = "server",
         protocol = protocol.name(),
@@ -78,14 +78,14 @@ pub(crate) async fn start(
     } else {
         gw.clients.ids.next_id()
     };
-    crate::telemetry::set_parent(&span, hello.trace.as_deref());
+    gg_runtime::telemetry::set_parent(&span, hello.trace.as_deref());
     span.record("session_id", id);
     span.record("user_id", hello.header.user_id);
     span.record("resumed", hello.resumed);
     // The backend continues this trace (OPEN carries it); kept only when
     // there is one.
-    let trace =
-        crate::telemetry::traceparent(&span, hello.trace.as_deref()).map(String::into_boxed_str);
+    let trace = gg_runtime::telemetry::traceparent(&span, hello.trace.as_deref())
+        .map(String::into_boxed_str);
     let (handle, rx) = SessionHandle::new(
         id,
         hello.header.user_id,

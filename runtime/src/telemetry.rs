@@ -1,14 +1,14 @@
-//! OpenTelemetry traces. Two spans, both short, none on the per-frame path:
-//! `session.open` (HELLO → WELCOME of a TCP or WebSocket session) and
-//! `http.call` (one `POST /v1/call/{service}`). Each continues the caller's
-//! W3C trace context — the `traceparent` HTTP header, or the `traceparent`
-//! key of HELLO — and hands its own to the backend in the `traceparent` key
-//! of OPEN, so a backend can continue the same trace.
+//! OpenTelemetry traces for every Game Gateway process: the `telemetry:`
+//! config section ([`FileTelemetry`]), the OTLP/gRPC exporter and the layer
+//! that feeds it ([`Telemetry`]), and W3C trace context in and out — a
+//! `traceparent` string ([`set_parent`], [`traceparent`]) or gRPC metadata
+//! ([`inject`]; the server side is [`crate::grpc::RequestSpanLayer`]).
 //!
-//! Spans are exported over OTLP/gRPC with a batch processor and sampled by
-//! trace id (`telemetry.sample_ratio`); a sampled parent is always followed.
-//! Without a `telemetry:` section nothing is exported, and a caller's
-//! `traceparent` is still passed on to backends unchanged.
+//! Only spans with target [`TARGET`] are exported, so ordinary `tracing`
+//! spans cost nothing extra. Spans are exported with a batch processor and
+//! sampled by trace id (`sample_ratio`); a sampled parent is always
+//! followed. Without a `telemetry:` section nothing is exported, and a
+//! caller's `traceparent` is still passed on unchanged.
 
 use std::collections::HashMap;
 
@@ -25,10 +25,113 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::Layer;
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::config::TelemetrySettings;
+use std::time::Duration;
+
+use serde::Deserialize;
 
 /// Target of the spans exported; the OTel layer passes nothing else.
-pub const TARGET: &str = "gateway::trace";
+pub const TARGET: &str = "gg::trace";
+
+/// The `telemetry:` section as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTelemetry {
+    pub otlp_endpoint: String,
+    #[serde(default)]
+    pub service_name: Option<String>,
+    #[serde(default = "default_sample_ratio")]
+    pub sample_ratio: f64,
+    #[serde(default = "default_export_timeout")]
+    pub export_timeout_ms: u64,
+    #[serde(default = "default_export_interval")]
+    pub export_interval_ms: u64,
+    #[serde(default = "default_export_queue")]
+    pub export_queue: usize,
+}
+
+fn default_sample_ratio() -> f64 {
+    0.01
+}
+fn default_export_timeout() -> u64 {
+    5000
+}
+fn default_export_interval() -> u64 {
+    5000
+}
+fn default_export_queue() -> usize {
+    2048
+}
+
+/// Where and how much to trace.
+#[derive(Debug, Clone)]
+pub struct TelemetrySettings {
+    pub otlp_endpoint: String,
+    pub service_name: String,
+    /// Fraction of new traces sampled; a sampled parent (`traceparent`) is
+    /// always followed.
+    pub sample_ratio: f64,
+    pub export_timeout: Duration,
+    /// Spans are sent at least this often.
+    pub export_interval: Duration,
+    /// Finished spans waiting for export; beyond it they are dropped.
+    pub export_queue: usize,
+}
+
+impl TelemetrySettings {
+    /// Everything sampled, exported at once: for a short-lived CLI.
+    pub fn cli(otlp_endpoint: String, service_name: &str) -> TelemetrySettings {
+        TelemetrySettings {
+            otlp_endpoint,
+            service_name: service_name.into(),
+            sample_ratio: 1.0,
+            export_timeout: Duration::from_secs(3),
+            export_interval: Duration::from_millis(200),
+            export_queue: 256,
+        }
+    }
+}
+
+impl FileTelemetry {
+    /// `default_service` names the process when `service_name` is absent.
+    pub fn validate(&self, default_service: &str, errs: &mut Vec<String>) -> TelemetrySettings {
+        let t = self;
+        if !(t.otlp_endpoint.starts_with("http://") || t.otlp_endpoint.starts_with("https://")) {
+            errs.push(format!(
+                "telemetry.otlp_endpoint {:?} must start with http:// or https:// (an OTLP/gRPC collector, usually port 4317)",
+                t.otlp_endpoint
+            ));
+        }
+        if !(0.0..=1.0).contains(&t.sample_ratio) {
+            errs.push(format!(
+                "telemetry.sample_ratio {} must be between 0 and 1",
+                t.sample_ratio
+            ));
+        }
+        if t.service_name.as_deref() == Some("") {
+            errs.push("telemetry.service_name must not be empty".into());
+        }
+        for (k, v) in [
+            ("telemetry.export_timeout_ms", t.export_timeout_ms),
+            ("telemetry.export_interval_ms", t.export_interval_ms),
+            ("telemetry.export_queue", t.export_queue as u64),
+        ] {
+            if v == 0 {
+                errs.push(format!("{k} must be greater than 0"));
+            }
+        }
+        TelemetrySettings {
+            otlp_endpoint: t.otlp_endpoint.clone(),
+            service_name: t
+                .service_name
+                .clone()
+                .unwrap_or_else(|| default_service.to_string()),
+            sample_ratio: t.sample_ratio,
+            export_timeout: Duration::from_millis(t.export_timeout_ms),
+            export_interval: Duration::from_millis(t.export_interval_ms),
+            export_queue: t.export_queue,
+        }
+    }
+}
 
 /// The exporter behind the tracing layer; [`Telemetry::shutdown`] flushes it.
 pub struct Telemetry {
@@ -42,7 +145,7 @@ impl Telemetry {
     /// start.
     pub fn start<S>(
         cfg: &TelemetrySettings,
-        gateway_id: &str,
+        instance_id: &str,
     ) -> anyhow::Result<(Telemetry, impl Layer<S> + Send + Sync + 'static)>
     where
         S: Subscriber + for<'a> LookupSpan<'a> + Send + Sync,
@@ -69,13 +172,16 @@ impl Telemetry {
             .with_resource(
                 opentelemetry_sdk::Resource::builder()
                     .with_service_name(cfg.service_name.clone())
-                    .with_attribute(KeyValue::new("service.instance.id", gateway_id.to_string()))
+                    .with_attribute(KeyValue::new(
+                        "service.instance.id",
+                        instance_id.to_string(),
+                    ))
                     .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
                     .build(),
             )
             .build();
         let layer = tracing_opentelemetry::layer()
-            .with_tracer(provider.tracer("gateway"))
+            .with_tracer(provider.tracer(cfg.service_name.clone()))
             .with_tracked_inactivity(false)
             .with_threads(false)
             .with_filter(tracing_subscriber::filter::filter_fn(|m| {
@@ -84,11 +190,22 @@ impl Telemetry {
         Ok((Telemetry { provider }, layer))
     }
 
-    /// Exports what is buffered and stops the exporter.
-    pub fn shutdown(self) {
-        if let Err(e) = self.provider.shutdown() {
-            tracing::warn!(error = %e, "telemetry: could not flush spans at shutdown");
-        }
+    /// Exports what is buffered and stops the exporter; says why not.
+    pub fn shutdown(self) -> Result<(), String> {
+        self.provider
+            .shutdown()
+            .map_err(|e| format!("telemetry: could not flush spans at shutdown: {e}"))
+    }
+}
+
+/// Adds the current span's W3C trace context to an outgoing gRPC call's
+/// metadata (nothing when the span is not recorded).
+pub fn inject(metadata: &mut tonic::metadata::MetadataMap) {
+    let span = tracing::Span::current();
+    if let Some(tp) = traceparent(&span, None)
+        && let Ok(v) = tp.parse()
+    {
+        metadata.insert("traceparent", v);
     }
 }
 
