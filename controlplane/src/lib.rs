@@ -57,6 +57,8 @@ pub struct CpMetrics {
     pub directory_errors: IntCounter,
     pub sync_streams: IntGauge,
     pub snapshots_sent: IntCounter,
+    /// 1 while Redis answers the health PING, else 0.
+    pub store_up: IntGauge,
     /// gRPC calls served, by method (observed by the runtime's gRPC layer).
     pub rpc_seconds: prometheus::HistogramVec,
 }
@@ -125,6 +127,14 @@ impl CpMetrics {
                 "cp_snapshots_sent_total",
                 "Config snapshots sent to gateways.",
             ),
+            store_up: {
+                let m = g(
+                    "cp_store_up",
+                    "1 while Redis answers this replica's health PING, 0 while it does not.",
+                );
+                m.set(1);
+                m
+            },
             rpc_seconds: {
                 let h = prometheus::HistogramVec::new(
                     prometheus::HistogramOpts::new(
@@ -153,6 +163,7 @@ impl Cp {
     }
 
     fn set_store_ok(&self, ok: bool) {
+        self.metrics.store_up.set(i64::from(ok));
         if self.store_ok.swap(ok, Ordering::Relaxed) != ok {
             if ok {
                 info!("redis reachable again");

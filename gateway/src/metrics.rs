@@ -63,6 +63,8 @@ pub(crate) struct Metrics {
     pub(crate) http_call_seconds: HistogramVec,
     /// Building and swapping in a config revision from the control plane.
     pub(crate) config_apply_seconds: Histogram,
+    /// The config revision this gateway serves (control-plane mode).
+    pub(crate) config_revision: IntGauge,
     /// Admin API calls, by method (the runtime's gRPC layer observes them).
     pub(crate) admin_rpc_seconds: HistogramVec,
 }
@@ -272,6 +274,11 @@ impl Metrics {
                     .expect("metric registered once");
                 h
             },
+            config_revision: gauge(
+                &r,
+                "gg_config_revision",
+                "Config revision this gateway serves (control-plane mode; 0 standalone or before the first).",
+            ),
             admin_rpc_seconds: histogram_vec(
                 &r,
                 "gg_admin_rpc_duration_seconds",
@@ -379,5 +386,203 @@ mod doc_tests {
                 assert!(doc.contains(name), "{name} is exposed but not documented");
             }
         }
+    }
+
+    /// Family → (type, label names) from the docs/metrics.md tables.
+    fn documented_families() -> std::collections::BTreeMap<String, (String, Vec<String>)> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let doc = std::fs::read_to_string(root.join("docs/metrics.md")).expect("docs");
+        let ticked = |cell: &str| -> Vec<String> {
+            cell.split('`')
+                .skip(1)
+                .step_by(2)
+                .map(str::to_string)
+                .collect()
+        };
+        let mut out = std::collections::BTreeMap::new();
+        for l in doc.lines().filter(|l| l.starts_with("| `")) {
+            let cells: Vec<&str> = l.split('|').collect();
+            let labels = ticked(cells[3]);
+            for name in ticked(cells[1]) {
+                out.insert(name, (cells[2].trim().to_string(), labels.clone()));
+            }
+        }
+        out
+    }
+
+    /// A label matcher: (label, value, is a regex).
+    type Matcher = (String, String, bool);
+
+    /// What a PromQL expression uses: selectors (name, matchers) and
+    /// grouping labels.
+    #[derive(Default)]
+    struct Uses {
+        selectors: Vec<(String, Vec<Matcher>)>,
+        grouping: Vec<String>,
+    }
+
+    impl promql_parser::util::ExprVisitor for Uses {
+        type Error = String;
+        fn pre_visit(&mut self, e: &promql_parser::parser::Expr) -> Result<bool, String> {
+            use promql_parser::label::MatchOp;
+            use promql_parser::parser::{Expr, LabelModifier};
+            let vs = match e {
+                Expr::VectorSelector(vs) => Some(vs),
+                Expr::MatrixSelector(ms) => Some(&ms.vs),
+                Expr::Aggregate(a) => {
+                    if let Some(LabelModifier::Include(l) | LabelModifier::Exclude(l)) = &a.modifier
+                    {
+                        self.grouping.extend(l.labels.iter().cloned());
+                    }
+                    None
+                }
+                _ => None,
+            };
+            if let Some(vs) = vs {
+                let matchers = vs
+                    .matchers
+                    .matchers
+                    .iter()
+                    .map(|m| {
+                        let regex = matches!(m.op, MatchOp::Re(_) | MatchOp::NotRe(_));
+                        (m.name.clone(), m.value.clone(), regex)
+                    })
+                    .collect();
+                self.selectors
+                    .push((vs.name.clone().unwrap_or_default(), matchers));
+            }
+            Ok(true)
+        }
+    }
+
+    /// Every expression of the Grafana dashboard and the alert rules in
+    /// deploy/observability parses as PromQL and names documented metrics
+    /// (histogram series by their `_bucket`/`_sum`/`_count`), labels those
+    /// metrics have, and label values the docs define.
+    #[test]
+    fn deploy_observability_names_real_metrics() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/observability");
+        let families = documented_families();
+        let docs = ["docs/metrics.md", "docs/protocol.md"]
+            .map(|f| std::fs::read_to_string(root.join("../..").join(f)).expect("docs"))
+            .join("\n");
+        // Labels every scraped series has, from Prometheus itself.
+        let target_labels = ["instance", "job"];
+        let mut exprs: Vec<(String, String)> = Vec::new();
+        let dash: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(root.join("grafana-dashboard.json")).expect("dashboard"),
+        )
+        .expect("dashboard json");
+        let panels = dash["panels"].as_array().expect("panels");
+        for p in panels.iter().filter(|p| p["type"] != "row") {
+            let targets = p["targets"].as_array().expect("targets");
+            assert!(!targets.is_empty(), "panel {} has no query", p["title"]);
+            for t in targets {
+                exprs.push((
+                    format!("panel {}", p["title"]),
+                    t["expr"].as_str().expect("expr").into(),
+                ));
+            }
+        }
+        let rules: yaml_serde::Value = yaml_serde::from_str(
+            &std::fs::read_to_string(root.join("alerts.yaml")).expect("alerts"),
+        )
+        .expect("alerts yaml");
+        let mut alerts = 0;
+        for g in rules["groups"].as_sequence().expect("groups") {
+            for r in g["rules"].as_sequence().expect("rules") {
+                alerts += 1;
+                let name = r["alert"].as_str().expect("alert name");
+                assert!(
+                    r["annotations"]["summary"].is_string(),
+                    "{name}: no summary"
+                );
+                exprs.push((
+                    format!("alert {name}"),
+                    r["expr"].as_str().expect("expr").into(),
+                ));
+            }
+        }
+        assert!(
+            alerts >= 10 && exprs.len() >= 30,
+            "{alerts} alerts, {} expressions",
+            exprs.len()
+        );
+        let mut used = std::collections::BTreeSet::new();
+        for (what, expr) in &exprs {
+            let e = expr
+                .replace("$__rate_interval", "5m")
+                .replace("$instance", "x");
+            let ast = promql_parser::parser::parse(&e)
+                .unwrap_or_else(|err| panic!("{what}: {expr:?} is not PromQL: {err}"));
+            let mut uses = Uses::default();
+            promql_parser::util::walk_expr(&mut uses, &ast).expect("walk");
+            let mut labels_here: Vec<&str> = target_labels.to_vec();
+            for (name, matchers) in &uses.selectors {
+                if name == "up" {
+                    continue;
+                }
+                let (family, suffix_ok) = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|sfx| name.strip_suffix(sfx).map(|b| (b, *sfx)))
+                    .filter(|(b, _)| families.get(*b).is_some_and(|f| f.0 == "histogram"))
+                    .map_or((name.as_str(), ""), |(b, s)| (b, s));
+                let Some((kind, labels)) = families.get(family) else {
+                    panic!("{what}: {name} is not a documented metric");
+                };
+                assert!(
+                    kind != "histogram" || !suffix_ok.is_empty(),
+                    "{what}: histogram {name} is queried without _bucket/_sum/_count"
+                );
+                used.insert(family.to_string());
+                labels_here.extend(labels.iter().map(String::as_str));
+                if suffix_ok == "_bucket" {
+                    labels_here.push("le");
+                }
+                for (label, value, regex) in matchers {
+                    assert!(
+                        target_labels.contains(&label.as_str())
+                            || labels.contains(label)
+                            || (label == "le" && suffix_ok == "_bucket"),
+                        "{what}: {name} has no label {label}"
+                    );
+                    if target_labels.contains(&label.as_str()) {
+                        continue;
+                    }
+                    let values: Vec<&str> = if *regex {
+                        value.split('|').collect()
+                    } else {
+                        vec![value]
+                    };
+                    for v in values {
+                        let word = |t: &str| {
+                            t.match_indices(v).any(|(i, _)| {
+                                let ok = |c: Option<char>| {
+                                    !c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+                                };
+                                ok(t[..i].chars().next_back())
+                                    && ok(t[i + v.len()..].chars().next())
+                            })
+                        };
+                        assert!(
+                            word(&docs),
+                            "{what}: {label}={v:?} is no value the docs define"
+                        );
+                    }
+                }
+            }
+            for g in &uses.grouping {
+                assert!(
+                    labels_here.contains(&g.as_str()),
+                    "{what}: groups by {g}, which none of its metrics has"
+                );
+            }
+        }
+        // The dashboard shows every family the gateway and control plane export.
+        let shown: Vec<_> = families.keys().filter(|f| !used.contains(*f)).collect();
+        assert!(
+            shown.is_empty(),
+            "neither dashboard nor alerts use {shown:?}"
+        );
     }
 }
