@@ -19,7 +19,7 @@ cd "$(dirname "$0")/.."
 . .ci/env
 B=${GG_BASE:-7000}
 if [ -z "${GG_BIN:-}" ]; then
-  cargo build --release --locked -p gateway -p controlplane -p gwctl --bins
+  cargo build --release --locked -p gateway -p gg-backend -p controlplane -p gwctl --bins
   GG_BIN="$CARGO_TARGET_DIR/release"
 fi
 BIN=$GG_BIN

@@ -877,6 +877,64 @@ async fn one_drain_is_one_trace_across_gwctl_the_control_plane_and_the_gateway()
     drop(gw);
 }
 
+/// The backend kit's `Directory`: who owns a session, and a push to it
+/// through the owning gateway, with the tokens a backend team gets.
+#[tokio::test]
+async fn backend_kit_directory_finds_the_owner_and_pushes_through_it() {
+    use gg_backend::{Directory, DirectoryError};
+    let redis = Redis::start().await;
+    let cp = controlplane("cp-kit", &redis.url(), 5000).await;
+    let b = backend("b1").await;
+    let mut c = cp_client(&cp, Some(ADMIN_TOKEN)).await;
+    put_service(&mut c, svc("echo", 1, "round_robin", &[b.addr])).await;
+    let gw = cp_gateway("gw-kit", cp.grpc, &scratch("snap", "pb")).await;
+    eventually("gateway ready", || async {
+        http(gw.ops, "GET", "/ready", &[], b"").await.0 == 200
+    })
+    .await;
+    let mut s = Client::tcp(gw.client).await;
+    s.hello(77, 0).await;
+    let sid = s.session_id;
+
+    let url = format!("http://{}", cp.grpc);
+    let dir = Directory::new(&url, Some(READ_TOKEN.into()), Some(OPERATE_TOKEN.into()))
+        .expect("directory");
+    let deadline = Instant::now() + WAIT;
+    let o = loop {
+        if let Some(o) = dir.lookup(sid).await.expect("lookup") {
+            break o;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the directory never knew session {sid}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!((o.gateway_id.as_str(), o.user_id), ("gw-kit", 77));
+    assert_eq!(dir.lookup_user(77).await.expect("by user").len(), 1);
+
+    assert!(
+        dir.push(sid, 1, b"from the kit".to_vec())
+            .await
+            .expect("push")
+    );
+    let f = s.recv_kind(gg_proto::Kind::Data).await;
+    assert_eq!(&f.payload[..], b"from the kit");
+
+    // Unknown ids are "nobody", not errors; a wrong token is an error.
+    assert!(dir.lookup(sid + 1_000_000).await.expect("lookup").is_none());
+    assert!(
+        !dir.push(sid + 1_000_000, 1, b"x".to_vec())
+            .await
+            .expect("push")
+    );
+    let bad = Directory::new(&url, Some("not-a-real-token-at-all".into()), None).expect("dir");
+    match bad.lookup(sid).await {
+        Err(DirectoryError::Status(Code::Unauthenticated, _)) => {}
+        other => panic!("expected unauthenticated, got {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn fails_fast_when_redis_is_unreachable() {
     let dead = dead_addr();

@@ -121,7 +121,11 @@ pub fn bin(name: &str) -> String {
             "-p",
             "gateway",
             "-p",
+            "gg-backend",
+            "-p",
             "controlplane",
+            "-p",
+            "gwctl",
             "--bins",
             "--target-dir",
         ])

@@ -449,6 +449,7 @@ limits: { max_frame_bytes: 10, idle_timeout_ms: 5, heartbeat_ms: 10 }
         let docker = std::fs::read_to_string(root.join("deploy/Dockerfile")).unwrap();
         let manifests = [
             "gateway/Cargo.toml",
+            "backend/Cargo.toml",
             "controlplane/Cargo.toml",
             "gwctl/Cargo.toml",
         ]
