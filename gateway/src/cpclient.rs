@@ -56,6 +56,7 @@ pub(crate) fn apply(
     }
     let started = std::time::Instant::now();
     gw.routing.apply_routes(&routes, v.revision, &v.epoch);
+    gw.close_denied_sessions();
     (gw.metrics.config_apply_seconds).observe(started.elapsed().as_secs_f64());
     (gw.metrics.config_revision).set(i64::try_from(v.revision).unwrap_or(i64::MAX));
     info!(revision = v.revision, epoch = %v.epoch, services = routes.services.len(), "config applied");

@@ -153,10 +153,14 @@ pub(crate) enum Reject {
     BufferBudget,
     /// A trusted source sent no valid PROXY protocol header.
     ProxyHeader,
+    /// The address is in a deny list (fleet-wide or this gateway's).
+    IpDenied,
+    /// An allow list exists and the address is not in it.
+    IpNotAllowed,
 }
 
 impl Reject {
-    pub(crate) const ALL: [Reject; 21] = [
+    pub(crate) const ALL: [Reject; 23] = [
         Reject::MaxConnections,
         Reject::MaxConnectionsPerIp,
         Reject::ConnRatePerIp,
@@ -178,6 +182,8 @@ impl Reject {
         Reject::HttpBadBody,
         Reject::BufferBudget,
         Reject::ProxyHeader,
+        Reject::IpDenied,
+        Reject::IpNotAllowed,
     ];
 
     /// The `reason` label of `gg_rejections_total`.
@@ -204,6 +210,8 @@ impl Reject {
             Reject::HttpBadBody => "http_bad_body",
             Reject::BufferBudget => "buffer_budget",
             Reject::ProxyHeader => "proxy_header",
+            Reject::IpDenied => "ip_denied",
+            Reject::IpNotAllowed => "ip_not_allowed",
         }
     }
 

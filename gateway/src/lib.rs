@@ -76,6 +76,8 @@ pub(crate) struct Routing {
     routes_loaded: AtomicBool,
     /// (revision, epoch) of the control-plane config applied now.
     applied: parking_lot::Mutex<(u64, String)>,
+    /// The fleet-wide client IP lists of the applied bundle.
+    pub(crate) ip_fleet: ArcSwap<gg_proto::ip::IpFilter>,
 }
 
 /// Who is connected, and what admits them.
@@ -89,6 +91,8 @@ pub(crate) struct Clients {
     pub(crate) tls: arc_swap::ArcSwapOption<rustls::ServerConfig>,
     /// Resume-token keys when `resume:` is configured.
     pub(crate) resume: Option<ResumeKeys>,
+    /// This gateway's client IP lists (config and file; SIGHUP reloads).
+    pub(crate) ip_local: ArcSwap<gg_proto::ip::IpFilter>,
 }
 
 /// Drain and shutdown.
@@ -150,6 +154,12 @@ impl Gateway {
             sessions: SessionTable::new(),
             ids: SessionIds::new(),
             resume: cfg.resume.clone().map(ResumeKeys::new),
+            // Checked when the config was loaded; a file changed since is
+            // reported and counts as empty until it loads.
+            ip_local: ArcSwap::from_pointee(cfg.ip_lists.load().unwrap_or_else(|e| {
+                warn!(errors = ?e, "ip_lists could not be loaded; no local lists");
+                gg_proto::ip::IpFilter::default()
+            })),
         };
         Arc::new(Gateway {
             routing: Routing {
@@ -158,6 +168,7 @@ impl Gateway {
                 backends,
                 routes_loaded: AtomicBool::new(standalone),
                 applied: parking_lot::Mutex::new((0, String::new())),
+                ip_fleet: ArcSwap::from_pointee(gg_proto::ip::IpFilter::default()),
             },
             clients,
             life: Lifecycle {
@@ -216,6 +227,64 @@ impl Gateway {
         }
     }
 
+    /// Reads `ip_lists` (and its file) again (SIGHUP). Lists that do not
+    /// load leave the current ones in place.
+    pub fn reload_ip_lists(&self) -> Result<(), String> {
+        match self.cfg.ip_lists.load() {
+            Ok(f) => {
+                info!(
+                    allow_ranges = f.allow.ranges(),
+                    deny_ranges = f.deny.ranges(),
+                    "ip_lists reloaded"
+                );
+                self.clients.ip_local.store(Arc::new(f));
+                self.close_denied_sessions();
+                Ok(())
+            }
+            Err(e) => {
+                let e = e.join("; ");
+                warn!(error = %e, "ip_lists reload failed; keeping the current lists");
+                Err(e)
+            }
+        }
+    }
+
+    /// Closes open sessions whose address the IP lists now refuse (3505
+    /// `unauthorized`: the client must not simply reconnect). Returns how
+    /// many.
+    pub(crate) fn close_denied_sessions(&self) -> usize {
+        let denied: Vec<_> = (self.clients.sessions.all().into_iter())
+            .filter(|s| self.ip_admitted(s.remote().ip()).is_err())
+            .collect();
+        for s in &denied {
+            s.kick(
+                gg_proto::CloseCode::Unauthorized.code(),
+                "this address is refused by an IP list".into(),
+            );
+        }
+        if !denied.is_empty() {
+            info!(
+                sessions = denied.len(),
+                "closed sessions from addresses the IP lists now refuse"
+            );
+        }
+        denied.len()
+    }
+
+    /// The fleet's and this gateway's IP lists for a client address.
+    pub(crate) fn ip_admitted(&self, ip: std::net::IpAddr) -> Result<(), crate::error::Reject> {
+        use gg_proto::ip::IpRefusal;
+        let fleet = self.routing.ip_fleet.load();
+        let local = self.clients.ip_local.load();
+        fleet
+            .check(ip)
+            .and_then(|()| local.check(ip))
+            .map_err(|r| match r {
+                IpRefusal::Denied => crate::error::Reject::IpDenied,
+                IpRefusal::NotAllowed => crate::error::Reject::IpNotAllowed,
+            })
+    }
+
     /// Readiness and admission follow this flag (drain start / cancel).
     pub(crate) fn set_draining(&self, on: bool) {
         self.life.draining.store(on, Ordering::Release);
@@ -240,6 +309,9 @@ impl Routing {
     ) {
         let table = RouteTable::build(routes, &self.backends);
         self.routes.store(Arc::new(table));
+        // Validated with the bundle: nothing to report here.
+        let ip = routes.ip_lists.compile("ip_lists", &mut Vec::new());
+        self.ip_fleet.store(Arc::new(ip));
         *self.applied.lock() = (revision, epoch.to_string());
         self.routes_loaded.store(true, Ordering::Release);
         self.retire_unused_endpoints();

@@ -58,9 +58,15 @@ pub(crate) async fn accept_loop(
     }
 }
 
-/// The admission limits for `remote`; refused connections are counted and
-/// closed before any byte is read (the client should back off and retry).
+/// The IP lists and admission limits for `remote`; refused connections are
+/// counted and closed before any byte is read (the client should back off
+/// and retry).
 fn admit(gw: &Gateway, remote: SocketAddr) -> Option<ConnGuard> {
+    if let Err(refused) = gw.ip_admitted(remote.ip()) {
+        gw.metrics.reject(refused);
+        debug!(%remote, reason = refused.label(), "connection refused by an IP list");
+        return None;
+    }
     match gw.clients.limits.try_acquire(remote.ip()) {
         Ok(g) => Some(g),
         Err(refused) => {

@@ -140,9 +140,9 @@ async fn run(cfg: gateway::config::Config) -> anyhow::Result<()> {
         signal.cancel();
     });
     let gw = gateway::Gateway::new(cfg);
-    if gw.cfg.tls.is_some() {
-        // SIGHUP: load the client port's certificate again (rotation
-        // without dropping sessions).
+    if gw.cfg.tls.is_some() || gw.cfg.ip_lists.file.is_some() {
+        // SIGHUP: load the client port's certificate and the IP list file
+        // again (rotation without dropping sessions).
         let gw = gw.clone();
         tokio::spawn(async move {
             use tokio::signal::unix::{SignalKind, signal};
@@ -151,6 +151,9 @@ async fn run(cfg: gateway::config::Config) -> anyhow::Result<()> {
             };
             while hup.recv().await.is_some() {
                 let _ = gw.reload_tls();
+                if gw.cfg.ip_lists.file.is_some() {
+                    let _ = gw.reload_ip_lists();
+                }
             }
         });
     }

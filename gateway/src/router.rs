@@ -381,7 +381,7 @@ mod tests {
                 rule("game", 3, Strategy::Realm, &[]),
             ],
             realms: [(7, w.addrs[2].clone())].into(),
-            overrides: Vec::new(),
+            ..Bundle::default()
         }
     }
 

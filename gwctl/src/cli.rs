@@ -79,6 +79,9 @@ pub enum Cmd {
     /// Route overrides: cluster-wide (control plane) or `--local` to one gateway.
     #[command(subcommand)]
     Overrides(Overrides),
+    /// Fleet-wide client IP allow/deny lists (every gateway checks them at accept).
+    #[command(subcommand, name = "ip-lists")]
+    IpLists(IpListsCmd),
     /// Replace the whole routing bundle with a file (declarative).
     Apply(ApplyArgs),
     /// Show what `apply -f` would change; exit 2 when it would change something.
@@ -178,6 +181,38 @@ pub struct WriteArgs {
     /// again with the same --request-id: it is applied at most once.
     #[arg(long)]
     pub request_id: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum IpListsCmd {
+    /// Both lists, one block per row.
+    List,
+    /// Add address blocks (`10.0.0.0/8`, `2001:db8::/32`, one address) to a list.
+    Add {
+        #[arg(value_enum)]
+        list: IpListName,
+        #[arg(required = true)]
+        blocks: Vec<String>,
+        #[command(flatten)]
+        write: WriteArgs,
+    },
+    /// Remove blocks from a list (as written when added).
+    Remove {
+        #[arg(value_enum)]
+        list: IpListName,
+        #[arg(required = true)]
+        blocks: Vec<String>,
+        #[command(flatten)]
+        write: WriteArgs,
+    },
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpListName {
+    /// When non-empty, only these blocks may connect.
+    Allow,
+    /// These blocks may not connect (deny wins over allow).
+    Deny,
 }
 
 #[derive(Args, Debug)]

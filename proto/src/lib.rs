@@ -15,6 +15,7 @@ pub mod control;
 pub mod frame;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod ip;
 pub mod model;
 
 pub use codes::{CloseCode, ErrorCode};

@@ -366,6 +366,9 @@ pub struct Bundle {
     pub realms: Realms,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub overrides: Vec<Override>,
+    /// Fleet-wide client address lists (the gateways' `ip_lists` add to them).
+    #[serde(default, skip_serializing_if = "crate::ip::IpLists::is_empty")]
+    pub ip_lists: crate::ip::IpLists,
 }
 
 /// Every problem found in a bundle, one per line.
@@ -444,6 +447,7 @@ impl Bundle {
             }
             o.check(&at, Some(&self.services), errs);
         }
+        self.ip_lists.compile("ip_lists", errs);
     }
 
     /// Converts and validates a wire bundle; every problem is listed.
@@ -461,6 +465,14 @@ impl Bundle {
                 .iter()
                 .filter_map(|o| Override::from_pb(o, &mut errs))
                 .collect(),
+            ip_lists: b
+                .ip_lists
+                .as_ref()
+                .map(|l| crate::ip::IpLists {
+                    allow: l.allow.clone(),
+                    deny: l.deny.clone(),
+                })
+                .unwrap_or_default(),
         };
         bundle.check(&mut errs);
         if errs.is_empty() {
@@ -476,6 +488,10 @@ impl Bundle {
             services: self.services.iter().map(Service::to_pb).collect(),
             realms: self.realms.iter().map(|(k, v)| (*k, v.clone())).collect(),
             overrides: self.overrides.iter().map(Override::to_pb).collect(),
+            ip_lists: (!self.ip_lists.is_empty()).then(|| pb::IpLists {
+                allow: self.ip_lists.allow.clone(),
+                deny: self.ip_lists.deny.clone(),
+            }),
         };
         normalize(&mut b);
         b
@@ -533,6 +549,7 @@ impl Bundle {
                 out.push(format!("- override {}", o.id));
             }
         }
+        crate::ip::IpLists::diff(&old.ip_lists, &new.ip_lists, &mut out);
         out
     }
 }
@@ -541,6 +558,15 @@ impl Bundle {
 pub fn normalize(b: &mut pb::ConfigBundle) {
     b.services.sort_by(|x, y| x.name.cmp(&y.name));
     b.overrides.sort_by(|x, y| x.id.cmp(&y.id));
+    if let Some(l) = &mut b.ip_lists {
+        for list in [&mut l.allow, &mut l.deny] {
+            list.sort();
+            list.dedup();
+        }
+        if l.allow.is_empty() && l.deny.is_empty() {
+            b.ip_lists = None;
+        }
+    }
 }
 
 /// `host:port` with a non-empty host and a port in 1..=65535.
@@ -649,8 +675,16 @@ mod tests {
                 expires_at_ms: 0,
                 created_at_ms: 0,
             }],
+            ip_lists: crate::ip::IpLists {
+                allow: vec!["10.0.0.0/40".into()],
+                deny: vec![],
+            },
         };
         let all = b.validate().unwrap_err().0.join("\n");
+        assert!(
+            all.contains("ip_lists.allow: \"10.0.0.0/40\": the prefix must be 0-32"),
+            "{all}"
+        );
         for needle in [
             "needs at least one endpoint",
             "duplicate service name",
@@ -724,6 +758,10 @@ mod tests {
                 expires_at_ms: 5,
                 created_at_ms: 0,
             }],
+            ip_lists: crate::ip::IpLists {
+                allow: vec!["10.0.0.0/8".into(), "2001:db8::/32".into()],
+                deny: vec!["10.6.0.0/16".into()],
+            },
         };
         b.validate().unwrap();
         assert_eq!(Bundle::from_pb(&b.to_pb()).unwrap(), b);

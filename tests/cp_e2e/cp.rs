@@ -935,6 +935,114 @@ async fn backend_kit_directory_finds_the_owner_and_pushes_through_it() {
     }
 }
 
+/// Fleet-wide IP lists set with gwctl reach every gateway: new connections
+/// from a denied block are refused at accept, open sessions from it are
+/// closed 3505, an allow list admits only its blocks, bad blocks are
+/// refused with the reason, and removing a block admits it again.
+#[tokio::test]
+async fn fleet_ip_lists_set_with_gwctl_apply_on_every_gateway() {
+    let redis = Redis::start().await;
+    let cp = controlplane("cp-ip", &redis.url(), 5000).await;
+    let b = backend("b1").await;
+    let mut c = cp_client(&cp, Some(ADMIN_TOKEN)).await;
+    put_service(&mut c, svc("echo", 1, "round_robin", &[b.addr])).await;
+    let gws = [
+        cp_gateway("gw-ip-0", cp.grpc, &scratch("snap", "pb")).await,
+        cp_gateway("gw-ip-1", cp.grpc, &scratch("snap", "pb")).await,
+    ];
+    for gw in &gws {
+        eventually("gateway ready", || async {
+            http(gw.ops, "GET", "/ready", &[], b"").await.0 == 200
+        })
+        .await;
+    }
+    let mut abuser = Client::tcp_from(gws[0].client, "127.0.0.2".parse().expect("ip")).await;
+    abuser.hello(2, 0).await;
+    let gwctl = |args: &[&str]| {
+        let out = std::process::Command::new(bin("gwctl"))
+            .args(["--controlplane", &format!("http://{}", cp.grpc)])
+            .args(args)
+            .env("GWCTL_TOKEN", ADMIN_TOKEN)
+            .env_remove("GWCTL_CONFIG")
+            .env("XDG_CONFIG_HOME", scratch("no-config", "d"))
+            .output()
+            .expect("gwctl");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+
+    let (code, text) = gwctl(&[
+        "ip-lists",
+        "add",
+        "deny",
+        "127.0.0.2/32",
+        "--comment",
+        "abuse",
+    ]);
+    assert_eq!(code, Some(0), "{text}");
+    let started = Instant::now();
+    for gw in &gws {
+        eventually("127.0.0.2 refused", || refused_from(gw.client, "127.0.0.2")).await;
+    }
+    eprintln!(
+        "deny list applied on both gateways after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(abuser.expect_close().await.code, 3505);
+    for gw in &gws {
+        assert!(!refused_from(gw.client, "127.0.0.1").await);
+        assert!(gw.metric("gg_rejections_total{reason=\"ip_denied\"}").await >= 1.0);
+    }
+    let (_, listed) = gwctl(&["ip-lists", "list", "-o", "json"]);
+    assert!(listed.contains("\"block\": \"127.0.0.2/32\""), "{listed}");
+
+    // Bad input is refused with the reason, by gwctl and by the control plane.
+    let (code, text) = gwctl(&["ip-lists", "add", "deny", "10.0.0.0/33"]);
+    assert_eq!(code, Some(1));
+    assert!(text.contains("prefix must be 0-32"), "{text}");
+    let bad = scratch("bad-bundle", "yaml");
+    std::fs::write(
+        &bad,
+        format!("services:\n  - {{ name: echo, id: 1, strategy: round_robin, endpoints: [{}] }}\nip_lists: {{ deny: [not-an-address] }}\n", b.addr),
+    )
+    .expect("write");
+    let (code, text) = gwctl(&["apply", "-f", bad.to_str().expect("utf8")]);
+    assert_eq!(code, Some(1));
+    assert!(text.contains("not-an-address"), "{text}");
+    let (code, text) = gwctl(&["ip-lists", "remove", "deny", "192.0.2.1"]);
+    assert_eq!(code, Some(1), "{text}");
+
+    // An allow list admits only its blocks.
+    let (code, text) = gwctl(&["ip-lists", "add", "allow", "127.0.0.1"]);
+    assert_eq!(code, Some(0), "{text}");
+    for gw in &gws {
+        eventually("127.0.0.3 not allowed", || {
+            refused_from(gw.client, "127.0.0.3")
+        })
+        .await;
+        assert!(!refused_from(gw.client, "127.0.0.1").await);
+    }
+    // Removing both admits everyone again.
+    assert_eq!(
+        gwctl(&["ip-lists", "remove", "allow", "127.0.0.1"]).0,
+        Some(0)
+    );
+    assert_eq!(
+        gwctl(&["ip-lists", "remove", "deny", "127.0.0.2/32"]).0,
+        Some(0)
+    );
+    for gw in &gws {
+        eventually("127.0.0.2 admitted", || async {
+            !refused_from(gw.client, "127.0.0.2").await
+        })
+        .await;
+    }
+}
+
 #[tokio::test]
 async fn fails_fast_when_redis_is_unreachable() {
     let dead = dead_addr();

@@ -631,6 +631,13 @@ impl Client {
     }
 }
 
+/// Whether the gateway closes a TCP connection from `src` before anything
+/// is sent on it (refused at accept); an admitted one waits for bytes.
+pub async fn refused_from(addr: SocketAddr, src: &str) -> bool {
+    let mut c = Client::tcp_from(addr, src.parse().expect("ip")).await;
+    matches!(c.next(Duration::from_millis(300)).await, Some(Got::Eof))
+}
+
 /// The ERROR payload of a frame (panics if it is not an ERROR).
 pub fn error_of(f: &Frame) -> control::Error {
     assert_eq!(

@@ -68,6 +68,64 @@ pub struct FileConfig {
     pub tls: Option<FileTls>,
     #[serde(default)]
     pub proxy_protocol: Option<FileProxyProtocol>,
+    #[serde(default)]
+    pub ip_lists: Option<FileIpLists>,
+}
+
+/// `ip_lists:` — this gateway's client-port allow/deny lists, in addition
+/// to the fleet-wide ones from the control plane.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileIpLists {
+    #[serde(default)]
+    pub allow: Vec<String>,
+    #[serde(default)]
+    pub deny: Vec<String>,
+    /// A file of `allow BLOCK` / `deny BLOCK` lines, read at start and on
+    /// SIGHUP (added to the lists above).
+    #[serde(default)]
+    pub file: Option<std::path::PathBuf>,
+}
+
+/// This gateway's own lists, as configured (the file is read by
+/// [`IpListSettings::load`], at start and on SIGHUP).
+#[derive(Debug, Clone, Default)]
+pub struct IpListSettings {
+    pub lists: gg_proto::ip::IpLists,
+    pub file: Option<std::path::PathBuf>,
+}
+
+impl IpListSettings {
+    /// The lists plus the file's, compiled; every problem is listed.
+    pub fn load(&self) -> Result<gg_proto::ip::IpFilter, Vec<String>> {
+        let mut errs = Vec::new();
+        let mut lists = self.lists.clone();
+        if let Some(path) = &self.file {
+            match std::fs::read_to_string(path) {
+                Ok(text) => {
+                    let mut file_errs = Vec::new();
+                    let more = gg_proto::ip::IpLists::parse_lines(&text, &mut file_errs);
+                    errs.extend(
+                        file_errs
+                            .into_iter()
+                            .map(|e| format!("ip_lists.file {}: {e}", path.display())),
+                    );
+                    lists.allow.extend(more.allow);
+                    lists.deny.extend(more.deny);
+                }
+                Err(e) => errs.push(format!(
+                    "ip_lists.file: cannot read {}: {e}",
+                    path.display()
+                )),
+            }
+        }
+        let filter = lists.compile("ip_lists", &mut errs);
+        if errs.is_empty() {
+            Ok(filter)
+        } else {
+            Err(errs)
+        }
+    }
 }
 
 /// `proxy_protocol:` — connections from these sources (an L4 load balancer)
@@ -102,6 +160,8 @@ pub struct Config {
     pub tls: Option<TlsSettings>,
     /// Sources whose connections carry a PROXY header (empty: none).
     pub proxy_trusted: Vec<crate::listener::proxy::Cidr>,
+    /// This gateway's client-port IP lists.
+    pub ip_lists: IpListSettings,
 }
 
 /// Every problem found in a config file, one per line.
@@ -137,7 +197,7 @@ impl Config {
         let routes = RoutesConfig {
             services: file.services,
             realms: file.realms,
-            overrides: Vec::new(),
+            ..RoutesConfig::default()
         };
         routes.check(&mut errs);
         let file_routes = !routes.services.is_empty() || !routes.realms.is_empty();
@@ -168,6 +228,7 @@ impl Config {
                 .and_then(|a| a.validate(&mut errs)),
             tls: file.tls.as_ref().and_then(|t| t.validate(&mut errs)),
             proxy_trusted: proxy_trusted(file.proxy_protocol, &mut errs),
+            ip_lists: ip_lists(file.ip_lists, &mut errs),
         };
         if errs.is_empty() {
             Ok(cfg)
@@ -193,6 +254,23 @@ fn proxy_trusted(
                 .ok()
         })
         .collect()
+}
+
+fn ip_lists(l: Option<FileIpLists>, errs: &mut Errors) -> IpListSettings {
+    let Some(l) = l else {
+        return IpListSettings::default();
+    };
+    let settings = IpListSettings {
+        lists: gg_proto::ip::IpLists {
+            allow: l.allow,
+            deny: l.deny,
+        },
+        file: l.file,
+    };
+    if let Err(e) = settings.load() {
+        errs.extend(e);
+    }
+    settings
 }
 
 /// Stands in for an address that did not parse (the config is then refused).
