@@ -82,6 +82,9 @@ pub enum Cmd {
     /// Fleet-wide client IP allow/deny lists (every gateway checks them at accept).
     #[command(subcommand, name = "ip-lists")]
     IpLists(IpListsCmd),
+    /// Bring routing from another system into the control plane.
+    #[command(subcommand)]
+    Import(ImportCmd),
     /// Replace the whole routing bundle with a file (declarative).
     Apply(ApplyArgs),
     /// Show what `apply -f` would change; exit 2 when it would change something.
@@ -202,6 +205,29 @@ pub enum IpListsCmd {
         list: IpListName,
         #[arg(required = true)]
         blocks: Vec<String>,
+        #[command(flatten)]
+        write: WriteArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImportCmd {
+    /// The Go game gateway's rules and realm map from its Redis
+    /// (`game-gateway:routing:rules`, `game-gateway:realm:mapping`).
+    /// Shows the change (exit 2 when there is one); `--yes` applies it.
+    #[command(name = "go-gateway")]
+    GoGateway {
+        /// The Go gateway's Redis, e.g. redis://10.0.0.5:6379/0 (read only).
+        #[arg(long)]
+        redis: String,
+        /// YAML or JSON map of service name → numeric id (`service_type`).
+        /// Services not in it keep the id they have in the control plane,
+        /// else get the next free id (the mapping is printed).
+        #[arg(long)]
+        ids: Option<PathBuf>,
+        /// Apply the change (without it nothing is written).
+        #[arg(long)]
+        yes: bool,
         #[command(flatten)]
         write: WriteArgs,
     },

@@ -786,3 +786,156 @@ async fn contexts_version_and_completion() {
         assert!(out.stdout.contains("_gwctl"), "{name}");
     }
 }
+
+/// `gwctl import go-gateway` against a real Redis seeded the way the Go
+/// gateway keeps its routing: a dry run shows the change (exit 2) and
+/// writes nothing, `--yes` applies it with ids from the file, kept or
+/// assigned; broken sources are refused with what is wrong.
+#[tokio::test]
+async fn import_from_the_go_gateways_redis() {
+    let s = Stack::start().await;
+    let go = Redis::start().await;
+    let rules = r#"{"chat":{"strategy":"consistent_hash","endpoints":["10.1.0.1:9001","10.1.0.2:9001"]},"login":{"strategy":"round_robin","endpoints":["10.1.0.3:9000"]},"battle":{"strategy":"realm","endpoints":[]}}"#;
+    assert!(
+        go.cmd(&["SET", "game-gateway:routing:rules", rules])
+            .await
+            .contains("OK")
+    );
+    go.cmd(&[
+        "HSET",
+        "game-gateway:realm:mapping",
+        "1",
+        "10.2.0.1:7000",
+        "2",
+        "10.2.0.2:7000",
+    ])
+    .await;
+    let ids = s.home.join("ids.yaml");
+    std::fs::write(&ids, "chat: 10\n").expect("write ids");
+    let url = go.url();
+    let ids_arg = ids.to_str().expect("utf8");
+    let before = revision(&s).await;
+
+    let dry = s
+        .gwctl(
+            Some(ADMIN_TOKEN),
+            &["import", "go-gateway", "--redis", &url, "--ids", ids_arg],
+        )
+        .await;
+    assert_eq!(dry.code, 2, "{}{}", dry.stdout, dry.stderr);
+    for needle in [
+        "+ service chat",
+        "+ service login",
+        "+ realm 1",
+        "gets id",
+        "--yes",
+    ] {
+        assert!(dry.stdout.contains(needle), "{needle}: {}", dry.stdout);
+    }
+    assert_eq!(revision(&s).await, before, "a dry run writes nothing");
+
+    s.gwctl(
+        Some(ADMIN_TOKEN),
+        &[
+            "import",
+            "go-gateway",
+            "--redis",
+            &url,
+            "--ids",
+            ids_arg,
+            "--yes",
+        ],
+    )
+    .await
+    .ok();
+    let routes = s.json(READ_TOKEN, &["routes", "list"]).await;
+    let text = routes.to_string();
+    assert!(
+        text.contains("\"chat\"") && text.contains("10.1.0.2:9001"),
+        "{text}"
+    );
+    let id_of = |name: &str| {
+        routes["services"]
+            .as_array()
+            .expect("services")
+            .iter()
+            .find(|x| x["name"] == name)
+            .and_then(|x| x["id"].as_u64())
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    };
+    assert_eq!(id_of("chat"), 10, "from --ids");
+    assert!(id_of("login") != 10 && id_of("battle") != 10);
+    let realms = s.json(READ_TOKEN, &["realms", "list"]).await.to_string();
+    assert!(realms.contains("10.2.0.2:7000"), "{realms}");
+    // Again: nothing left to change, ids kept.
+    let again = s
+        .gwctl(
+            Some(ADMIN_TOKEN),
+            &["import", "go-gateway", "--redis", &url],
+        )
+        .await
+        .ok();
+    assert!(again.stdout.contains("no changes"), "{}", again.stdout);
+
+    // Broken sources.
+    let empty = Redis::start().await;
+    let out = s
+        .gwctl(
+            Some(ADMIN_TOKEN),
+            &["import", "go-gateway", "--redis", &empty.url()],
+        )
+        .await;
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("has no game-gateway:routing:rules"),
+        "{}",
+        out.stderr
+    );
+    empty
+        .cmd(&["SET", "game-gateway:routing:rules", "{not json"])
+        .await;
+    let out = s
+        .gwctl(
+            Some(ADMIN_TOKEN),
+            &["import", "go-gateway", "--redis", &empty.url()],
+        )
+        .await;
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("is not the Go gateway's JSON rules"),
+        "{}",
+        out.stderr
+    );
+    empty
+        .cmd(&[
+            "SET",
+            "game-gateway:routing:rules",
+            r#"{"x":{"strategy":"least_conn","endpoints":["a:1"]}}"#,
+        ])
+        .await;
+    let out = s
+        .gwctl(
+            Some(ADMIN_TOKEN),
+            &["import", "go-gateway", "--redis", &empty.url()],
+        )
+        .await;
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("least_conn"), "{}", out.stderr);
+    let out = s
+        .gwctl(
+            Some(ADMIN_TOKEN),
+            &[
+                "import",
+                "go-gateway",
+                "--redis",
+                &format!("redis://{}", dead_addr()),
+            ],
+        )
+        .await;
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("cannot reach the Go gateway's Redis"),
+        "{}",
+        out.stderr
+    );
+}

@@ -18,6 +18,7 @@ mod config;
 pub mod context;
 mod drain;
 mod fleet;
+mod import;
 mod iplists;
 mod overrides;
 mod routes;
@@ -38,6 +39,7 @@ pub async fn run(ctx: &Ctx, cmd: Cmd, format: Format) -> anyhow::Result<Status> 
         Cmd::Realms(c) => ok(routes::realms(ctx, c).await?),
         Cmd::Overrides(c) => ok(overrides::run(ctx, c).await?),
         Cmd::IpLists(c) => ok(iplists::run(ctx, c).await?),
+        Cmd::Import(c) => import::run(ctx, c).await?,
         Cmd::Apply(a) => ok(config::apply(ctx, &a.file.file, &a.write).await?),
         Cmd::Diff(f) => config::diff(ctx, &f.file).await?,
         Cmd::Dump => {
