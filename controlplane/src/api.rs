@@ -5,7 +5,6 @@
 //! `NOT_FOUND`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use gg_proto::pb::admin as gwpb;
 use gg_proto::pb::common::DrainPhase;
@@ -375,51 +374,33 @@ impl ControlPlane for Api {
                 r.gateway_id
             )));
         }
-        let unreachable = |e: String| {
-            Status::unavailable(format!(
-                "cannot reach gateway {} admin API at {addr}: {e}",
-                r.gateway_id
-            ))
-        };
-        let tls = self.cp.cfg.gateway_admin_tls.clone();
-        let scheme = if tls.is_some() { "https" } else { "http" };
-        let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))
-            .map_err(|e| unreachable(e.to_string()))?;
-        if let Some(tls) = tls {
-            endpoint = endpoint
-                .tls_config(tls)
-                .map_err(|e| unreachable(e.to_string()))?;
-        }
-        let channel = endpoint
-            .connect_timeout(Duration::from_secs(3))
-            .timeout(Duration::from_secs(10))
-            .connect()
+        let mut admin = crate::gwadmin::connect(&self.cp, &addr)
             .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        let mut call = Request::new(gwpb::StartDrainRequest {
-            request_id: if r.request_id.is_empty() {
-                format!("cp-{}", uuid::Uuid::new_v4())
-            } else {
-                r.request_id
+            .map_err(|e| {
+                Status::unavailable(format!(
+                    "cannot reach gateway {} admin API at {addr}: {e}",
+                    r.gateway_id
+                ))
+            })?;
+        let call = crate::gwadmin::request(
+            &self.cp,
+            gwpb::StartDrainRequest {
+                request_id: if r.request_id.is_empty() {
+                    format!("cp-{}", uuid::Uuid::new_v4())
+                } else {
+                    r.request_id
+                },
+                deadline_ms: r.deadline_ms,
+                spread_ms: r.spread_ms,
+                reason: if r.reason.is_empty() {
+                    format!("drain requested by {who} via the control plane")
+                } else {
+                    r.reason
+                },
+                reconnect_after_ms: 0,
             },
-            deadline_ms: r.deadline_ms,
-            spread_ms: r.spread_ms,
-            reason: if r.reason.is_empty() {
-                format!("drain requested by {who} via the control plane")
-            } else {
-                r.reason
-            },
-            reconnect_after_ms: 0,
-        });
-        if let Some(t) = &self.cp.cfg.gateway_admin_token {
-            let v = format!("Bearer {}", String::from_utf8_lossy(&t.secret))
-                .parse()
-                .map_err(|_| Status::internal("gateway_admin_token is not valid header text"))?;
-            call.metadata_mut().insert("authorization", v);
-        }
-        // The gateway's span joins this call's trace.
-        gg_runtime::telemetry::inject(call.metadata_mut());
-        let s = gwpb::gateway_admin_client::GatewayAdminClient::new(channel)
+        )?;
+        let s = admin
             .start_drain(call)
             .await
             .map_err(|e| {

@@ -13,7 +13,9 @@
 
 pub mod api;
 pub mod config;
+mod gwadmin;
 pub mod ops;
+mod policy;
 pub mod store;
 pub mod sync;
 pub mod write;
@@ -59,6 +61,8 @@ pub struct CpMetrics {
     pub snapshots_sent: IntCounter,
     /// 1 while Redis answers the health PING, else 0.
     pub store_up: IntGauge,
+    /// Sessions closed by the session policy.
+    pub policy_closes: IntCounter,
     /// gRPC calls served, by method (observed by the runtime's gRPC layer).
     pub rpc_seconds: prometheus::HistogramVec,
 }
@@ -126,6 +130,10 @@ impl CpMetrics {
             snapshots_sent: c(
                 "cp_snapshots_sent_total",
                 "Config snapshots sent to gateways.",
+            ),
+            policy_closes: c(
+                "cp_session_policy_closes_total",
+                "Sessions closed because their user had more than session_policy.max_sessions_per_user.",
             ),
             store_up: {
                 let m = g(

@@ -793,6 +793,21 @@ impl Store {
         }))
     }
 
+    /// One user's sessions from the index: (session id, gateway, opened
+    /// ms). Callers check that the gateway is alive.
+    pub async fn user_session_list(&self, uid: u64) -> Result<Vec<(u64, String, u64)>, StoreError> {
+        let m: std::collections::HashMap<u64, String> = redis::cmd("HGETALL")
+            .arg(k_user(uid))
+            .query_async(&mut self.c())
+            .await?;
+        Ok(m.into_iter()
+            .filter_map(|(sid, v)| {
+                let (gw, ep) = v.split_once('|')?;
+                Some((sid, gw.to_string(), ep.parse().unwrap_or(0)))
+            })
+            .collect())
+    }
+
     /// Session ids of one user from the index (callers re-check ownership).
     pub async fn user_sessions(&self, uid: u64) -> Result<Vec<u64>, StoreError> {
         let keys: Vec<u64> = redis::cmd("HKEYS")

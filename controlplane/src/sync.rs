@@ -212,6 +212,14 @@ async fn handle(cp: &Arc<Cp>, id: &str, msg: pb::GatewayMessage) -> Result<(), S
                     cp.metrics.directory_events.inc_by(n);
                     cp.metrics.directory_roundtrips.inc();
                     cp.metrics.directory_commands.inc_by(cmds as u64);
+                    // Read after this write: see crate::policy.
+                    let mut users: Vec<u64> = (batch.events.iter())
+                        .filter(|e| e.open && e.user_id != 0)
+                        .map(|e| e.user_id)
+                        .collect();
+                    users.sort_unstable();
+                    users.dedup();
+                    crate::policy::enforce(cp, users);
                 }
                 Err(e) => {
                     // Config sync matters more than the directory: keep the

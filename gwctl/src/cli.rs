@@ -82,6 +82,9 @@ pub enum Cmd {
     /// Fleet-wide client IP allow/deny lists (every gateway checks them at accept).
     #[command(subcommand, name = "ip-lists")]
     IpLists(IpListsCmd),
+    /// The fleet-wide limit of live sessions per user.
+    #[command(subcommand, name = "session-policy")]
+    SessionPolicy(SessionPolicyCmd),
     /// Bring routing from another system into the control plane.
     #[command(subcommand)]
     Import(ImportCmd),
@@ -208,6 +211,34 @@ pub enum IpListsCmd {
         #[command(flatten)]
         write: WriteArgs,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SessionPolicyCmd {
+    /// The policy in force (or none).
+    Get,
+    /// At most N live sessions per user; the excess is closed.
+    Set {
+        #[arg(long)]
+        max_per_user: u32,
+        /// Which sessions go: the oldest (3508 replaced; the newest login
+        /// wins) or the newest (3509 session_limit).
+        #[arg(long, value_enum)]
+        on_excess: OnExcess,
+        #[command(flatten)]
+        write: WriteArgs,
+    },
+    /// No limit.
+    Clear {
+        #[command(flatten)]
+        write: WriteArgs,
+    },
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnExcess {
+    KickOldest,
+    RejectNew,
 }
 
 #[derive(Subcommand, Debug)]

@@ -45,11 +45,17 @@ pub enum CloseCode {
     Kicked = 3506,
     /// A resume token was forged, expired or for another session.
     BadResume = 3507,
+    /// Another login of the same user replaced this session (session
+    /// policy `kick_oldest`).
+    Replaced = 3508,
+    /// The user already has the most sessions allowed (session policy
+    /// `reject_new`).
+    SessionLimit = 3509,
 }
 
 impl CloseCode {
     /// Every close code, in numeric order.
-    pub const ALL: [CloseCode; 15] = [
+    pub const ALL: [CloseCode; 17] = [
         CloseCode::Shutdown,
         CloseCode::Internal,
         CloseCode::HeartbeatTimeout,
@@ -65,6 +71,8 @@ impl CloseCode {
         CloseCode::Unauthorized,
         CloseCode::Kicked,
         CloseCode::BadResume,
+        CloseCode::Replaced,
+        CloseCode::SessionLimit,
     ];
 
     /// The numeric code.
@@ -99,6 +107,8 @@ impl CloseCode {
             CloseCode::SessionMismatch => "session_mismatch",
             CloseCode::Unauthorized => "unauthorized",
             CloseCode::Kicked => "kicked",
+            CloseCode::Replaced => "replaced",
+            CloseCode::SessionLimit => "session_limit",
             CloseCode::BadResume => "bad_resume",
         }
     }

@@ -369,6 +369,61 @@ pub struct Bundle {
     /// Fleet-wide client address lists (the gateways' `ip_lists` add to them).
     #[serde(default, skip_serializing_if = "crate::ip::IpLists::is_empty")]
     pub ip_lists: crate::ip::IpLists,
+    /// How many live sessions one user may hold across the fleet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_policy: Option<SessionPolicy>,
+}
+
+/// One user's sessions across the fleet: at most `max_sessions_per_user`
+/// live ones; the control plane closes the excess (resumes keep their
+/// session id and do not count twice).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionPolicy {
+    pub max_sessions_per_user: u32,
+    pub on_excess: ExcessSessions,
+}
+
+/// Which sessions go when a user has too many.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExcessSessions {
+    /// The oldest are closed (3508 `replaced`): the newest login wins.
+    KickOldest,
+    /// The newest are closed (3509 `session_limit`).
+    RejectNew,
+}
+
+impl ExcessSessions {
+    pub fn name(self) -> &'static str {
+        match self {
+            ExcessSessions::KickOldest => "kick_oldest",
+            ExcessSessions::RejectNew => "reject_new",
+        }
+    }
+}
+
+impl SessionPolicy {
+    /// Of a user's live sessions `(opened_ms, session_id)`, the ones to
+    /// close, and with which code. Deterministic for a set, and monotone:
+    /// a session chosen from part of the set is also chosen from all of
+    /// it, so control-plane replicas deciding on what each has seen
+    /// converge on the same survivors.
+    pub fn excess(&self, sessions: &mut [(u64, u64)]) -> (Vec<u64>, crate::CloseCode) {
+        sessions.sort_unstable();
+        let keep = self.max_sessions_per_user as usize;
+        let n = sessions.len().saturating_sub(keep);
+        match self.on_excess {
+            ExcessSessions::KickOldest => (
+                sessions[..n].iter().map(|s| s.1).collect(),
+                crate::CloseCode::Replaced,
+            ),
+            ExcessSessions::RejectNew => (
+                sessions[sessions.len() - n..].iter().map(|s| s.1).collect(),
+                crate::CloseCode::SessionLimit,
+            ),
+        }
+    }
 }
 
 /// Every problem found in a bundle, one per line.
@@ -448,6 +503,11 @@ impl Bundle {
             o.check(&at, Some(&self.services), errs);
         }
         self.ip_lists.compile("ip_lists", errs);
+        if let Some(p) = &self.session_policy
+            && p.max_sessions_per_user == 0
+        {
+            errs.push("session_policy.max_sessions_per_user must be at least 1".into());
+        }
     }
 
     /// Converts and validates a wire bundle; every problem is listed.
@@ -473,6 +533,23 @@ impl Bundle {
                     deny: l.deny.clone(),
                 })
                 .unwrap_or_default(),
+            session_policy: b.session_policy.as_ref().and_then(|p| {
+                let on_excess = match pb::ExcessSessions::try_from(p.on_excess) {
+                    Ok(pb::ExcessSessions::KickOldest) => ExcessSessions::KickOldest,
+                    Ok(pb::ExcessSessions::RejectNew) => ExcessSessions::RejectNew,
+                    _ => {
+                        errs.push(format!(
+                            "session_policy.on_excess {} is not kick_oldest or reject_new",
+                            p.on_excess
+                        ));
+                        return None;
+                    }
+                };
+                Some(SessionPolicy {
+                    max_sessions_per_user: p.max_sessions_per_user,
+                    on_excess,
+                })
+            }),
         };
         bundle.check(&mut errs);
         if errs.is_empty() {
@@ -491,6 +568,13 @@ impl Bundle {
             ip_lists: (!self.ip_lists.is_empty()).then(|| pb::IpLists {
                 allow: self.ip_lists.allow.clone(),
                 deny: self.ip_lists.deny.clone(),
+            }),
+            session_policy: self.session_policy.map(|p| pb::SessionPolicy {
+                max_sessions_per_user: p.max_sessions_per_user,
+                on_excess: match p.on_excess {
+                    ExcessSessions::KickOldest => pb::ExcessSessions::KickOldest,
+                    ExcessSessions::RejectNew => pb::ExcessSessions::RejectNew,
+                } as i32,
             }),
         };
         normalize(&mut b);
@@ -550,6 +634,21 @@ impl Bundle {
             }
         }
         crate::ip::IpLists::diff(&old.ip_lists, &new.ip_lists, &mut out);
+        let policy = |p: &Option<SessionPolicy>| match p {
+            Some(p) => format!(
+                "max {} per user, {}",
+                p.max_sessions_per_user,
+                p.on_excess.name()
+            ),
+            None => "none".into(),
+        };
+        if old.session_policy != new.session_policy {
+            out.push(format!(
+                "~ session_policy: {} → {}",
+                policy(&old.session_policy),
+                policy(&new.session_policy)
+            ));
+        }
         out
     }
 }
@@ -679,6 +778,7 @@ mod tests {
                 allow: vec!["10.0.0.0/40".into()],
                 deny: vec![],
             },
+            session_policy: None,
         };
         let all = b.validate().unwrap_err().0.join("\n");
         assert!(
@@ -762,6 +862,10 @@ mod tests {
                 allow: vec!["10.0.0.0/8".into(), "2001:db8::/32".into()],
                 deny: vec!["10.6.0.0/16".into()],
             },
+            session_policy: Some(SessionPolicy {
+                max_sessions_per_user: 2,
+                on_excess: ExcessSessions::KickOldest,
+            }),
         };
         b.validate().unwrap();
         assert_eq!(Bundle::from_pb(&b.to_pb()).unwrap(), b);
@@ -842,6 +946,49 @@ mod tests {
             ..b(42, 7)
         };
         assert_eq!(t(other, 0), None);
+    }
+
+    #[test]
+    fn session_policy_picks_the_same_survivors_from_any_part_of_the_set() {
+        let p = |on_excess| SessionPolicy {
+            max_sessions_per_user: 1,
+            on_excess,
+        };
+        let all = [(10, 1), (20, 2), (30, 3)];
+        let (gone, code) = p(ExcessSessions::KickOldest).excess(&mut all.clone());
+        assert_eq!((gone, code), (vec![1, 2], crate::CloseCode::Replaced));
+        let (gone, code) = p(ExcessSessions::RejectNew).excess(&mut all.clone());
+        assert_eq!((gone, code), (vec![2, 3], crate::CloseCode::SessionLimit));
+        // Seen in part (another replica's write not visible yet): what it
+        // closes is closed from the whole set too.
+        for part in [
+            &[(10, 1), (30, 3)][..],
+            &[(20, 2), (30, 3)],
+            &[(10, 1), (20, 2)],
+        ] {
+            for on in [ExcessSessions::KickOldest, ExcessSessions::RejectNew] {
+                let (some, _) = p(on).excess(&mut part.to_vec());
+                let (whole, _) = p(on).excess(&mut all.clone());
+                assert!(some.iter().all(|s| whole.contains(s)), "{on:?} {part:?}");
+            }
+        }
+        let (gone, _) = p(ExcessSessions::KickOldest).excess(&mut [(5, 9)]);
+        assert!(gone.is_empty());
+        let b = Bundle {
+            session_policy: Some(SessionPolicy {
+                max_sessions_per_user: 0,
+                on_excess: ExcessSessions::KickOldest,
+            }),
+            ..Bundle::default()
+        };
+        assert!(b.validate().unwrap_err().0[0].contains("at least 1"));
+        let ok = Bundle {
+            session_policy: Some(p(ExcessSessions::RejectNew)),
+            ..Bundle::default()
+        };
+        assert_eq!(Bundle::from_pb(&ok.to_pb()).unwrap(), ok);
+        let yaml = yaml_serde::to_string(&ok).unwrap();
+        assert!(yaml.contains("on_excess: reject_new"), "{yaml}");
     }
 
     #[test]

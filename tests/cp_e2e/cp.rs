@@ -1043,6 +1043,133 @@ async fn fleet_ip_lists_set_with_gwctl_apply_on_every_gateway() {
     }
 }
 
+/// Session policy across two gateways: a second login kicks the first
+/// (3508) with `kick_oldest`, or is closed itself (3509) with
+/// `reject_new`; of two logins at once exactly one survives; a resume
+/// keeps its session id and is not a second session; a limit of 0 is
+/// refused.
+#[tokio::test]
+async fn one_session_per_user_across_two_gateways() {
+    let redis = Redis::start().await;
+    let cp = controlplane("cp-pol", &redis.url(), 5000).await;
+    let b = backend("b1").await;
+    let mut c = cp_client(&cp, Some(ADMIN_TOKEN)).await;
+    put_service(&mut c, svc("echo", 1, "round_robin", &[b.addr])).await;
+    let secret = scratch("resume", "key");
+    std::fs::write(&secret, "0123456789abcdef0123456789abcdef").expect("secret");
+    let mut gws = Vec::new();
+    for id in ["gw-pol-0", "gw-pol-1"] {
+        let gw = gateway_named(
+            id,
+            &format!(
+                "controlplane:\n  url: http://{}\n  token: {{ name: cp, scope: operate, value: {OPERATE_TOKEN} }}\n  snapshot_path: {}\n  session_flush_ms: 20\n{}resume: {{ secret_file: {} }}\n",
+                cp.grpc,
+                scratch("snap", "pb").display(),
+                admin_yaml(),
+                secret.display()
+            ),
+        )
+        .await;
+        eventually("gateway ready", || async {
+            http(gw.ops, "GET", "/ready", &[], b"").await.0 == 200
+        })
+        .await;
+        gws.push(gw);
+    }
+    let gwctl = |args: &[&str]| {
+        let out = std::process::Command::new(bin("gwctl"))
+            .args(["--controlplane", &format!("http://{}", cp.grpc)])
+            .args(args)
+            .env("GWCTL_TOKEN", ADMIN_TOKEN)
+            .env_remove("GWCTL_CONFIG")
+            .env("XDG_CONFIG_HOME", scratch("no-config", "d"))
+            .output()
+            .expect("gwctl");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+    let (code, text) = gwctl(&[
+        "session-policy",
+        "set",
+        "--max-per-user",
+        "0",
+        "--on-excess",
+        "kick-oldest",
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(text.contains("at least 1"), "{text}");
+    let (code, text) = gwctl(&[
+        "session-policy",
+        "set",
+        "--max-per-user",
+        "1",
+        "--on-excess",
+        "kick-oldest",
+    ]);
+    assert_eq!(code, Some(0), "{text}");
+
+    // A second login on the other gateway replaces the first.
+    let mut first = Client::tcp(gws[0].client).await;
+    first.hello(5, 0).await;
+    let mut second = Client::tcp(gws[1].client).await;
+    let w = second.hello(5, 0).await;
+    let started = Instant::now();
+    let close = first.expect_close().await;
+    eprintln!(
+        "first login closed {:?} after the second",
+        started.elapsed()
+    );
+    assert_eq!(close.code, 3508, "{close:?}");
+    assert_eq!(second.call_text(1, 1, "still here").await, "still here");
+
+    // Resuming the survivor elsewhere is the same session, not a second one.
+    let token = w.resume_token.expect("resume token");
+    let mut resumed = Client::tcp(gws[0].client).await;
+    resumed.resume(5, second.session_id, &token).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(resumed.call_text(1, 2, "resumed").await, "resumed");
+
+    // Two logins at once: exactly one survives.
+    let (mut x, mut y) = (
+        Client::tcp(gws[0].client).await,
+        Client::tcp(gws[1].client).await,
+    );
+    tokio::join!(x.hello(6, 0), y.hello(6, 0));
+    let closed = tokio::select! {
+        c = x.expect_close() => { assert_eq!(y.call_text(1, 3, "y").await, "y"); c }
+        c = y.expect_close() => { assert_eq!(x.call_text(1, 3, "x").await, "x"); c }
+    };
+    assert_eq!(closed.code, 3508);
+
+    // reject_new: the newest login is the one closed.
+    let (code, text) = gwctl(&[
+        "session-policy",
+        "set",
+        "--max-per-user",
+        "1",
+        "--on-excess",
+        "reject-new",
+    ]);
+    assert_eq!(code, Some(0), "{text}");
+    let mut early = Client::tcp(gws[1].client).await;
+    early.hello(7, 0).await;
+    let mut late = Client::tcp(gws[0].client).await;
+    late.hello(7, 0).await;
+    assert_eq!(late.expect_close().await.code, 3509);
+    assert_eq!(early.call_text(1, 4, "early").await, "early");
+    let m = http(cp.ops, "GET", "/metrics", &[], b"").await.1;
+    assert!(m.contains("cp_session_policy_closes_total 3"), "{m}");
+    let (_, shown) = gwctl(&["session-policy", "get"]);
+    assert!(
+        shown.contains("max 1 session(s) per user; excess: reject_new"),
+        "{shown}"
+    );
+}
+
 #[tokio::test]
 async fn fails_fast_when_redis_is_unreachable() {
     let dead = dead_addr();

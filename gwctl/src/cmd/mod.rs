@@ -19,8 +19,8 @@ pub mod context;
 mod drain;
 mod fleet;
 mod import;
-mod iplists;
 mod overrides;
+mod policy;
 mod routes;
 mod sessions;
 
@@ -38,8 +38,9 @@ pub async fn run(ctx: &Ctx, cmd: Cmd, format: Format) -> anyhow::Result<Status> 
         Cmd::Routes(c) => ok(routes::routes(ctx, c).await?),
         Cmd::Realms(c) => ok(routes::realms(ctx, c).await?),
         Cmd::Overrides(c) => ok(overrides::run(ctx, c).await?),
-        Cmd::IpLists(c) => ok(iplists::run(ctx, c).await?),
+        Cmd::IpLists(c) => ok(policy::ip_lists(ctx, c).await?),
         Cmd::Import(c) => import::run(ctx, c).await?,
+        Cmd::SessionPolicy(c) => ok(policy::session_policy(ctx, c).await?),
         Cmd::Apply(a) => ok(config::apply(ctx, &a.file.file, &a.write).await?),
         Cmd::Diff(f) => config::diff(ctx, &f.file).await?,
         Cmd::Dump => {
