@@ -17,6 +17,7 @@ pub(crate) mod backend;
 pub(crate) mod client_auth;
 pub mod config;
 pub(crate) mod cpclient;
+pub(crate) mod discovery;
 pub(crate) mod drain;
 pub(crate) mod error;
 pub mod fuzzing;
@@ -78,6 +79,9 @@ pub(crate) struct Routing {
     applied: parking_lot::Mutex<(u64, String)>,
     /// The fleet-wide client IP lists of the applied bundle.
     pub(crate) ip_fleet: ArcSwap<gg_proto::ip::IpFilter>,
+    /// The bundle in force as written (`dns://` endpoints unexpanded).
+    source: parking_lot::Mutex<Arc<crate::config::RoutesConfig>>,
+    pub(crate) discovery: crate::discovery::Discovery,
 }
 
 /// Who is connected, and what admits them.
@@ -132,7 +136,8 @@ impl Gateway {
             backend_tracker,
             backend_stop.clone(),
         );
-        let routes = RouteTable::build(&cfg.routes, &backends);
+        let discovery = crate::discovery::Discovery::new(&cfg.discovery);
+        let routes = RouteTable::build(&discovery.expand(&cfg.routes), &backends);
         // Standalone: the file's routes are the first snapshot. With a
         // control plane: not ready until a snapshot (disk or stream) applies.
         let standalone = cfg.controlplane.is_none();
@@ -169,6 +174,8 @@ impl Gateway {
                 routes_loaded: AtomicBool::new(standalone),
                 applied: parking_lot::Mutex::new((0, String::new())),
                 ip_fleet: ArcSwap::from_pointee(gg_proto::ip::IpFilter::default()),
+                source: parking_lot::Mutex::new(Arc::new(cfg.routes.clone())),
+                discovery,
             },
             clients,
             life: Lifecycle {
@@ -307,13 +314,28 @@ impl Routing {
         revision: u64,
         epoch: &str,
     ) {
-        let table = RouteTable::build(routes, &self.backends);
+        *self.source.lock() = Arc::new(routes.clone());
+        let table = RouteTable::build(&self.discovery.expand(routes), &self.backends);
         self.routes.store(Arc::new(table));
         // Validated with the bundle: nothing to report here.
         let ip = routes.ip_lists.compile("ip_lists", &mut Vec::new());
         self.ip_fleet.store(Arc::new(ip));
         *self.applied.lock() = (revision, epoch.to_string());
         self.routes_loaded.store(true, Ordering::Release);
+        self.retire_unused_endpoints();
+    }
+
+    /// The bundle in force, as written.
+    pub(crate) fn source(&self) -> Arc<crate::config::RoutesConfig> {
+        self.source.lock().clone()
+    }
+
+    /// Rebuilds the route table from the bundle in force with the latest
+    /// DNS answers (same revision), then retires what nothing names now.
+    pub(crate) fn rebuild(&self) {
+        let source = self.source();
+        let table = RouteTable::build(&self.discovery.expand(&source), &self.backends);
+        self.routes.store(Arc::new(table));
         self.retire_unused_endpoints();
     }
 
@@ -429,6 +451,7 @@ pub async fn serve(gw: Arc<Gateway>, listeners: Listeners, shutdown: Cancellatio
         .map(|l| tokio::spawn(admin::serve(gw.clone(), l, ops_stop.clone())));
     let sweeper = tokio::spawn(sweep_overrides(gw.clone(), ops_stop.clone()));
     let timers = tokio::spawn(session::live::sweep_timers(gw.clone(), ops_stop.clone()));
+    let discovery = tokio::spawn(discovery::run(gw.clone(), ops_stop.clone()));
     let cp_task = gw
         .cfg
         .controlplane
@@ -472,6 +495,7 @@ pub async fn serve(gw: Arc<Gateway>, listeners: Listeners, shutdown: Cancellatio
     }
     let _ = sweeper.await;
     let _ = timers.await;
+    let _ = discovery.await;
     if let Some(t) = cp_task {
         let _ = t.await;
     }

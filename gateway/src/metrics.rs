@@ -65,6 +65,8 @@ pub(crate) struct Metrics {
     pub(crate) config_apply_seconds: Histogram,
     /// The config revision this gateway serves (control-plane mode).
     pub(crate) config_revision: IntGauge,
+    /// Addresses of each `dns://` endpoint in the last good answer.
+    pub(crate) discovery_addresses: IntGaugeVec,
     /// Admin API calls, by method (the runtime's gRPC layer observes them).
     pub(crate) admin_rpc_seconds: HistogramVec,
 }
@@ -274,6 +276,12 @@ impl Metrics {
                     .expect("metric registered once");
                 h
             },
+            discovery_addresses: gauge_vec(
+                &r,
+                "gg_discovery_addresses",
+                "Addresses each dns:// service endpoint resolved to in its last good answer.",
+                &["endpoint"],
+            ),
             config_revision: gauge(
                 &r,
                 "gg_config_revision",

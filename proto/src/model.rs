@@ -478,7 +478,10 @@ impl Bundle {
             }
             let mut seen = HashSet::new();
             for e in &s.endpoints {
-                check_endpoint(&format!("{at}.endpoints"), e, errs);
+                match e.strip_prefix(DNS_PREFIX) {
+                    Some(name) => check_endpoint(&format!("{at}.endpoints"), name, errs),
+                    None => check_endpoint(&format!("{at}.endpoints"), e, errs),
+                }
                 if !seen.insert(e) {
                     errs.push(format!("{at}: endpoint {e} listed twice"));
                 }
@@ -668,8 +671,20 @@ pub fn normalize(b: &mut pb::ConfigBundle) {
     }
 }
 
+/// An endpoint written `dns://name:port` stands for every address `name`
+/// resolves to (re-resolved by each gateway), e.g. a Kubernetes headless
+/// Service. Only service endpoints may use it: a realm or an override names
+/// one server.
+pub const DNS_PREFIX: &str = "dns://";
+
 /// `host:port` with a non-empty host and a port in 1..=65535.
 pub fn check_endpoint(at: &str, ep: &str, errs: &mut Vec<String>) {
+    if ep.contains("://") {
+        errs.push(format!(
+            "{at}: {ep:?} is not host:port (dns://name:port is only for service endpoints)"
+        ));
+        return;
+    }
     let ok = ep
         .rsplit_once(':')
         .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0));
@@ -989,6 +1004,26 @@ mod tests {
         assert_eq!(Bundle::from_pb(&ok.to_pb()).unwrap(), ok);
         let yaml = yaml_serde::to_string(&ok).unwrap();
         assert!(yaml.contains("on_excess: reject_new"), "{yaml}");
+    }
+
+    #[test]
+    fn dns_endpoints_are_for_services_only() {
+        let mut b = Bundle {
+            services: vec![svc(
+                "a",
+                1,
+                Strategy::RoundRobin,
+                &["dns://backends.ns.svc:7101"],
+            )],
+            ..Default::default()
+        };
+        b.validate().unwrap();
+        b.services[0].endpoints = vec!["dns://:7101".into(), "dns://x".into()];
+        assert_eq!(b.validate().unwrap_err().0.len(), 2);
+        b.services[0].endpoints = vec!["h:1".into()];
+        b.realms.insert(1, "dns://game:7000".into());
+        let e = b.validate().unwrap_err().0.join(";");
+        assert!(e.contains("only for service endpoints"), "{e}");
     }
 
     #[test]

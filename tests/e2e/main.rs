@@ -6,6 +6,7 @@ mod support;
 
 mod admin;
 mod client_auth;
+mod discovery;
 mod examples;
 mod faults;
 mod hostile;

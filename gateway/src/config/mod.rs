@@ -70,6 +70,75 @@ pub struct FileConfig {
     pub proxy_protocol: Option<FileProxyProtocol>,
     #[serde(default)]
     pub ip_lists: Option<FileIpLists>,
+    #[serde(default)]
+    pub discovery: Option<FileDiscovery>,
+}
+
+/// `discovery:` — how `dns://name:port` service endpoints are resolved.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDiscovery {
+    /// DNS servers (`ip:port`); empty: the system's (`/etc/resolv.conf`).
+    #[serde(default)]
+    pub nameservers: Vec<String>,
+    #[serde(default = "default_discovery_interval")]
+    pub interval_ms: u64,
+    #[serde(default = "default_discovery_timeout")]
+    pub timeout_ms: u64,
+}
+
+fn default_discovery_interval() -> u64 {
+    5_000
+}
+fn default_discovery_timeout() -> u64 {
+    2_000
+}
+
+/// Resolved `discovery:` settings.
+#[derive(Debug, Clone)]
+pub struct DiscoverySettings {
+    pub nameservers: Vec<SocketAddr>,
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+impl Default for DiscoverySettings {
+    fn default() -> Self {
+        DiscoverySettings {
+            nameservers: Vec::new(),
+            interval: Duration::from_millis(default_discovery_interval()),
+            timeout: Duration::from_millis(default_discovery_timeout()),
+        }
+    }
+}
+
+impl FileDiscovery {
+    fn validate(&self, errs: &mut Errors) -> DiscoverySettings {
+        let nameservers = (self.nameservers.iter())
+            .filter_map(|a| {
+                a.parse()
+                    .map_err(|_| errs.push(format!("discovery.nameservers: {a:?} is not ip:port")))
+                    .ok()
+            })
+            .collect();
+        if !(100..=3_600_000).contains(&self.interval_ms) {
+            errs.push(format!(
+                "discovery.interval_ms {} must be between 100 and 3600000",
+                self.interval_ms
+            ));
+        }
+        if !(10..=60_000).contains(&self.timeout_ms) {
+            errs.push(format!(
+                "discovery.timeout_ms {} must be between 10 and 60000",
+                self.timeout_ms
+            ));
+        }
+        DiscoverySettings {
+            nameservers,
+            interval: ms(self.interval_ms),
+            timeout: ms(self.timeout_ms),
+        }
+    }
 }
 
 /// `ip_lists:` — this gateway's client-port allow/deny lists, in addition
@@ -162,6 +231,8 @@ pub struct Config {
     pub proxy_trusted: Vec<crate::listener::proxy::Cidr>,
     /// This gateway's client-port IP lists.
     pub ip_lists: IpListSettings,
+    /// Resolution of `dns://` endpoints.
+    pub discovery: DiscoverySettings,
 }
 
 /// Every problem found in a config file, one per line.
@@ -229,6 +300,9 @@ impl Config {
             tls: file.tls.as_ref().and_then(|t| t.validate(&mut errs)),
             proxy_trusted: proxy_trusted(file.proxy_protocol, &mut errs),
             ip_lists: ip_lists(file.ip_lists, &mut errs),
+            discovery: (file.discovery.as_ref())
+                .map(|d| d.validate(&mut errs))
+                .unwrap_or_default(),
         };
         if errs.is_empty() {
             Ok(cfg)
