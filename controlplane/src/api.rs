@@ -339,6 +339,7 @@ impl ControlPlane for Api {
                     sessions: g.sessions,
                     last_seen_ms: g.last_seen_ms,
                     connected_to: g.connected_to,
+                    region: g.region,
                 }
             })
             .collect();
@@ -467,16 +468,17 @@ impl Api {
         };
         // A dead gateway's sessions are gone as soon as its lease expires,
         // even before the sweeper deletes them.
-        let Some(admin) = self
+        let Some((admin, region)) = self
             .cp
             .store
-            .gateway_admin_addr(&gw)
+            .gateway_contact(&gw)
             .await
             .map_err(store_status)?
         else {
             return Ok(None);
         };
         Ok(Some(pb::Ownership {
+            gateway_region: region,
             session_id: sid,
             user_id: user,
             gateway_id: gw,

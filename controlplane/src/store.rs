@@ -520,6 +520,7 @@ pub struct GatewayRecord {
     pub sessions: u64,
     pub last_seen_ms: u64,
     pub connected_to: String,
+    pub region: String,
 }
 
 impl Store {
@@ -641,6 +642,7 @@ impl Store {
                 sessions: num("sessions"),
                 last_seen_ms: num("last_seen_ms"),
                 connected_to: get("connected_to"),
+                region: get("region"),
                 id,
             });
         }
@@ -650,12 +652,18 @@ impl Store {
 
     /// A live gateway's admin address (`None` when its lease expired).
     pub async fn gateway_admin_addr(&self, id: &str) -> Result<Option<String>, StoreError> {
-        let alive: (u64, Option<String>) = redis::pipe()
+        Ok(self.gateway_contact(id).await?.map(|(admin, _)| admin))
+    }
+
+    /// A live gateway's admin address and region (`None`: lease expired).
+    pub async fn gateway_contact(&self, id: &str) -> Result<Option<(String, String)>, StoreError> {
+        let alive: (u64, Option<String>, Option<String>) = redis::pipe()
             .exists(k_gw(id))
             .hget(k_gw(id), "admin_addr")
+            .hget(k_gw(id), "region")
             .query_async(&mut self.c())
             .await?;
-        Ok((alive.0 == 1).then(|| alive.1.unwrap_or_default()))
+        Ok((alive.0 == 1).then(|| (alive.1.unwrap_or_default(), alive.2.unwrap_or_default())))
     }
 
     /// Whether a gateway's lease is alive.

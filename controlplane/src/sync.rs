@@ -71,6 +71,7 @@ impl pb::gateway_sync_server::GatewaySync for SyncService {
                     ("client_addr", reachable(&hello.client_addr, peer)),
                     ("admin_addr", reachable(&hello.admin_addr, peer)),
                     ("version", hello.version.clone()),
+                    ("region", hello.region.clone()),
                     ("applied_rev", hello.revision.to_string()),
                     ("applied_epoch", hello.epoch.clone()),
                     ("last_seen_ms", now_ms().to_string()),

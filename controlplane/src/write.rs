@@ -316,6 +316,7 @@ mod tests {
                 id,
                 strategy: gg_proto::model::Strategy::RoundRobin.to_pb(),
                 endpoints: vec!["127.0.0.1:1".into()],
+                ..Default::default()
             });
             Ok(())
         }

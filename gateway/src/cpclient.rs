@@ -176,6 +176,7 @@ async fn open_stream(
         version: env!("CARGO_PKG_VERSION").into(),
         revision: rev,
         epoch,
+        region: gw.cfg.region.clone().unwrap_or_default(),
     };
     send(&tx, Out::Hello(hello)).await?;
     let mut req = tonic::Request::new(ReceiverStream::new(rx));
@@ -301,6 +302,7 @@ mod tests {
                     id: 1,
                     strategy,
                     endpoints: vec!["127.0.0.1:9".into()],
+                    ..Default::default()
                 }],
                 ..Default::default()
             }),

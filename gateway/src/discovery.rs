@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use gg_proto::model::{Bundle, DNS_PREFIX};
+use gg_proto::model::{Bundle, DNS_PREFIX, split_region};
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
@@ -87,9 +87,14 @@ impl Discovery {
             }
             let mut eps = Vec::with_capacity(s.endpoints.len());
             for e in &s.endpoints {
-                if e.starts_with(DNS_PREFIX) {
-                    match resolved.get(e) {
-                        Some(addrs) => eps.extend(addrs.iter().cloned()),
+                let (addr, region) = split_region(e);
+                if addr.starts_with(DNS_PREFIX) {
+                    match resolved.get(addr) {
+                        // Each address keeps the name's region.
+                        Some(addrs) => eps.extend(addrs.iter().map(|a| match region {
+                            Some(r) => format!("{a}@{r}"),
+                            None => a.clone(),
+                        })),
                         None => unresolved = true,
                     }
                 } else {
@@ -134,8 +139,9 @@ pub(crate) async fn run(gw: Arc<Gateway>, stop: CancellationToken) {
     loop {
         let names: BTreeSet<String> = (gw.routing.source().services.iter())
             .flat_map(|s| s.endpoints.iter())
+            .map(|e| split_region(e).0)
             .filter(|e| e.starts_with(DNS_PREFIX))
-            .cloned()
+            .map(str::to_string)
             .collect();
         let mut changed = false;
         for name in &names {

@@ -24,6 +24,9 @@ struct Args {
     /// Gateway id; overrides `gateway_id` in the file (default: the file, then $POD_NAME, then the hostname).
     #[arg(long, env = "GATEWAY_ID")]
     gateway_id: Option<String>,
+    /// This gateway's region (`eu`, `us-east-1`); overrides `region` in the file.
+    #[arg(long, env = "REGION")]
+    region: Option<String>,
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `gateway=debug`.
     #[arg(long, env = "GATEWAY_LOG", default_value = "info")]
     log: String,
@@ -41,13 +44,20 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let cfg = match gateway::config::Config::load(&args.config, args.gateway_id.clone()) {
+    let mut cfg = match gateway::config::Config::load(&args.config, args.gateway_id.clone()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("gateway: {}: {e}", args.config.display());
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if let Some(r) = args.region.clone().filter(|r| !r.is_empty()) {
+        if !gg_proto::model::valid_region(&r) {
+            eprintln!("gateway: --region / REGION {r:?} must be [a-z0-9-], 1 to 32 characters");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+        cfg.region = Some(r);
+    }
     if args.check {
         println!(
             "config ok: gateway_id={} services={} realms={}",

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use gg_proto::model::{Override, RouteKey, Strategy, most_specific};
+use gg_proto::model::{Override, PreferRegion, RouteKey, Strategy, most_specific, split_region};
 
 use crate::backend::{BackendPool, Endpoint};
 use crate::config::RoutesConfig;
@@ -32,6 +32,22 @@ pub(crate) struct Service {
     pub(crate) strategy: Strategy,
     pub(crate) endpoints: Vec<Arc<Endpoint>>,
     rr: AtomicUsize,
+    prefer_region: PreferRegion,
+    /// Endpoint address → its region (`host:port@eu`).
+    regions: HashMap<Arc<str>, Arc<str>>,
+}
+
+impl Service {
+    fn region_of(&self, e: &Endpoint) -> Option<&str> {
+        self.regions.get(&e.addr).map(|r| &**r)
+    }
+}
+
+/// The regions a decision may prefer: this gateway's and the client's.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Regions<'a> {
+    pub(crate) gateway: Option<&'a str>,
+    pub(crate) client: Option<&'a str>,
 }
 
 /// Everything needed to route, built from one validated config.
@@ -50,12 +66,25 @@ impl RouteTable {
             .services
             .iter()
             .map(|s| {
+                let mut regions = HashMap::new();
+                let endpoints = (s.endpoints.iter())
+                    .map(|e| {
+                        let (addr, region) = split_region(e);
+                        let ep = pool.endpoint(addr);
+                        if let Some(r) = region {
+                            regions.insert(ep.addr.clone(), Arc::from(r));
+                        }
+                        ep
+                    })
+                    .collect();
                 let svc = Service {
                     name: s.name.clone(),
                     id: s.id,
                     strategy: s.strategy,
-                    endpoints: s.endpoints.iter().map(|e| pool.endpoint(e)).collect(),
+                    endpoints,
                     rr: AtomicUsize::new(0),
+                    prefer_region: s.prefer_region,
+                    regions,
                 };
                 (s.id, svc)
             })
@@ -140,6 +169,10 @@ pub(crate) struct Decision {
     pub(crate) endpoint: Result<Arc<Endpoint>, RequestError>,
     /// Human-readable decision trail.
     pub(crate) why: String,
+    /// The region tried first, if the service prefers one.
+    pub(crate) preferred_region: Option<String>,
+    /// The chosen endpoint's region, if it has one.
+    pub(crate) endpoint_region: Option<String>,
 }
 
 /// Routes one binding. Fails only for an unknown service; every other
@@ -149,6 +182,7 @@ pub(crate) fn decide(
     local: &Overrides,
     pool: &BackendPool,
     key: &RouteKey,
+    regions: &Regions<'_>,
     now_ms: u64,
     mode: Mode,
 ) -> Result<Decision, RequestError> {
@@ -166,6 +200,8 @@ pub(crate) fn decide(
             service: svc.name.clone(),
         }),
         why: String::new(),
+        preferred_region: None,
+        endpoint_region: None,
     };
     let source = match local.find(key, now_ms) {
         Some(o) => Source::Local(o),
@@ -206,8 +242,47 @@ pub(crate) fn decide(
             return Ok(d);
         }
     }
-    first_available(&mut d, available);
+    let in_region = prefer_region(&mut d, svc, regions);
+    first_available(&mut d, &available);
+    if let Ok(ep) = &d.endpoint {
+        d.endpoint_region = svc.region_of(ep).map(str::to_string);
+        if let (Some(want), Some(n)) = (&d.preferred_region, in_region)
+            && d.endpoint_region.as_deref() != Some(want.as_str())
+        {
+            d.why.push_str(&format!(
+                "; none of the {n} endpoint(s) in {want} is available: fell back to {}",
+                d.endpoint_region
+                    .as_deref()
+                    .unwrap_or("an endpoint without a region")
+            ));
+        }
+    }
     Ok(d)
+}
+
+/// Moves the candidates in the preferred region to the front (keeping
+/// the strategy's order within each part); returns how many there are.
+fn prefer_region(d: &mut Decision, svc: &Service, regions: &Regions<'_>) -> Option<usize> {
+    let (want, whose) = match svc.prefer_region {
+        PreferRegion::None => return None,
+        PreferRegion::Gateway => (regions.gateway?, "the gateway's"),
+        PreferRegion::Client => match (regions.client, regions.gateway) {
+            (Some(c), _) => (c, "the client's"),
+            (None, Some(g)) => (g, "the gateway's (the client named none)"),
+            (None, None) => return None,
+        },
+    };
+    let (mut first, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut d.candidates)
+        .into_iter()
+        .partition(|e| svc.region_of(e) == Some(want));
+    let n = first.len();
+    first.extend(rest);
+    d.candidates = first;
+    d.preferred_region = Some(want.to_string());
+    d.why.push_str(&format!(
+        "; prefers region {want}, {whose}: {n} endpoint(s) there"
+    ));
+    Some(n)
 }
 
 /// An override names the endpoint: no strategy, no fallback.
@@ -264,7 +339,7 @@ fn realm(d: &mut Decision, routes: &RouteTable, realm: u32, available: impl Fn(&
 }
 
 /// The first available candidate, in the strategy's order.
-fn first_available(d: &mut Decision, available: impl Fn(&Endpoint) -> bool) {
+fn first_available(d: &mut Decision, available: &impl Fn(&Endpoint) -> bool) {
     match d.candidates.iter().position(|e| available(e)) {
         Some(i) => {
             if i > 0 {
@@ -286,12 +361,14 @@ pub(crate) fn resolve(
     local: &Overrides,
     pool: &BackendPool,
     key: &RouteKey,
+    regions: &Regions<'_>,
 ) -> Result<Arc<Endpoint>, RequestError> {
     decide(
         routes,
         local,
         pool,
         key,
+        regions,
         gg_runtime::clock::now_ms(),
         Mode::Bind,
     )?
@@ -373,6 +450,7 @@ mod tests {
             id,
             strategy,
             endpoints: eps.to_vec(),
+            prefer_region: gg_proto::model::PreferRegion::None,
         };
         Bundle {
             services: vec![
@@ -417,7 +495,18 @@ mod tests {
         let t = RouteTable::build(&bundle(&w), &w.pool);
         up(&t).await;
         let local = Overrides::default();
-        let d = |mode| decide(&t, &local, &w.pool, &key(1, 0, 1), 0, mode).unwrap();
+        let d = |mode| {
+            decide(
+                &t,
+                &local,
+                &w.pool,
+                &key(1, 0, 1),
+                &Regions::default(),
+                0,
+                mode,
+            )
+            .unwrap()
+        };
         let first = addr(&d(Mode::Explain));
         assert_eq!(addr(&d(Mode::Explain)), first, "explain does not rotate");
         assert_eq!(addr(&d(Mode::Bind)), first, "bind takes what explain named");
@@ -432,12 +521,30 @@ mod tests {
         let t = RouteTable::build(&bundle(&w), &w.pool);
         up(&t).await;
         let local = Overrides::default();
-        let d = decide(&t, &local, &w.pool, &key(2, 0, 42), 0, Mode::Explain).unwrap();
+        let d = decide(
+            &t,
+            &local,
+            &w.pool,
+            &key(2, 0, 42),
+            &Regions::default(),
+            0,
+            Mode::Explain,
+        )
+        .unwrap();
         assert_eq!(d.hash_key, "user_id=42");
         assert_eq!(d.candidates.len(), 3);
         assert_eq!(addr(&d), d.candidates[0].addr.to_string());
         d.candidates[0].set_admin_state(AdminState::Drain);
-        let again = decide(&t, &local, &w.pool, &key(2, 0, 42), 0, Mode::Bind).unwrap();
+        let again = decide(
+            &t,
+            &local,
+            &w.pool,
+            &key(2, 0, 42),
+            &Regions::default(),
+            0,
+            Mode::Bind,
+        )
+        .unwrap();
         assert_eq!(addr(&again), d.candidates[1].addr.to_string());
         assert!(
             again.why.contains("1 endpoint(s) before it"),
@@ -448,10 +555,28 @@ mod tests {
         for _ in 0..2 {
             d.candidates[1].breaker.on_failure(Instant::now());
         }
-        let third = decide(&t, &local, &w.pool, &key(2, 0, 42), 0, Mode::Explain).unwrap();
+        let third = decide(
+            &t,
+            &local,
+            &w.pool,
+            &key(2, 0, 42),
+            &Regions::default(),
+            0,
+            Mode::Explain,
+        )
+        .unwrap();
         assert_eq!(addr(&third), d.candidates[2].addr.to_string());
         d.candidates[2].set_admin_state(AdminState::Maint);
-        let none = decide(&t, &local, &w.pool, &key(2, 0, 42), 0, Mode::Bind).unwrap();
+        let none = decide(
+            &t,
+            &local,
+            &w.pool,
+            &key(2, 0, 42),
+            &Regions::default(),
+            0,
+            Mode::Bind,
+        )
+        .unwrap();
         assert!(matches!(
             none.endpoint,
             Err(RequestError::NoHealthyEndpoint { .. })
@@ -464,15 +589,41 @@ mod tests {
         let t = RouteTable::build(&bundle(&w), &w.pool);
         up(&t).await;
         let local = Overrides::default();
-        let d = decide(&t, &local, &w.pool, &key(3, 7, 1), 0, Mode::Bind).unwrap();
+        let d = decide(
+            &t,
+            &local,
+            &w.pool,
+            &key(3, 7, 1),
+            &Regions::default(),
+            0,
+            Mode::Bind,
+        )
+        .unwrap();
         assert_eq!(addr(&d), w.addrs[2]);
-        let missing = decide(&t, &local, &w.pool, &key(3, 8, 1), 0, Mode::Bind).unwrap();
+        let missing = decide(
+            &t,
+            &local,
+            &w.pool,
+            &key(3, 8, 1),
+            &Regions::default(),
+            0,
+            Mode::Bind,
+        )
+        .unwrap();
         assert!(matches!(
             missing.endpoint,
             Err(RequestError::NoRealm { realm: 8, .. })
         ));
         assert!(matches!(
-            decide(&t, &local, &w.pool, &key(9, 0, 1), 0, Mode::Explain),
+            decide(
+                &t,
+                &local,
+                &w.pool,
+                &key(9, 0, 1),
+                &Regions::default(),
+                0,
+                Mode::Explain
+            ),
             Err(RequestError::NoService(9))
         ));
     }
@@ -498,7 +649,16 @@ mod tests {
         let t = RouteTable::build(&b, &w.pool);
         up(&t).await;
         let local = Overrides::default();
-        let d = decide(&t, &local, &w.pool, &key(2, 0, 42), 10, Mode::Explain).unwrap();
+        let d = decide(
+            &t,
+            &local,
+            &w.pool,
+            &key(2, 0, 42),
+            &Regions::default(),
+            10,
+            Mode::Explain,
+        )
+        .unwrap();
         assert_eq!(d.source.override_ref().map(|o| o.id.as_str()), Some("c1"));
         assert!(d.why.starts_with("cluster override c1"), "{}", d.why);
         assert_eq!(addr(&d), w.addrs[1]);
@@ -506,14 +666,41 @@ mod tests {
             o: ovr("l1", &w.addrs[0], 0),
             move_existing: false,
         });
-        let d = decide(&t, &local, &w.pool, &key(2, 0, 42), 10, Mode::Bind).unwrap();
+        let d = decide(
+            &t,
+            &local,
+            &w.pool,
+            &key(2, 0, 42),
+            &Regions::default(),
+            10,
+            Mode::Bind,
+        )
+        .unwrap();
         assert!(matches!(d.source, Source::Local(_)));
         assert_eq!(addr(&d), w.addrs[0]);
         assert!(local.delete("l1"));
-        let expired = decide(&t, &local, &w.pool, &key(2, 0, 42), 1000, Mode::Bind).unwrap();
+        let expired = decide(
+            &t,
+            &local,
+            &w.pool,
+            &key(2, 0, 42),
+            &Regions::default(),
+            1000,
+            Mode::Bind,
+        )
+        .unwrap();
         assert!(matches!(expired.source, Source::Rule));
         // Other users follow the rule.
-        let other = decide(&t, &local, &w.pool, &key(2, 0, 43), 10, Mode::Bind).unwrap();
+        let other = decide(
+            &t,
+            &local,
+            &w.pool,
+            &key(2, 0, 43),
+            &Regions::default(),
+            10,
+            Mode::Bind,
+        )
+        .unwrap();
         assert!(matches!(other.source, Source::Rule));
     }
 

@@ -66,6 +66,8 @@ struct Inner {
     remote: SocketAddr,
     opened: Instant,
     opened_ms: u64,
+    /// The region the client asked for (HELLO `region`, HTTP `x-region`).
+    region: std::sync::OnceLock<Box<str>>,
     /// The session's bounded queue. A `VecDeque` rather than a channel: an
     /// idle session's queue holds no allocation at all.
     queue: parking_lot::Mutex<VecDeque<Outbound>>,
@@ -115,6 +117,7 @@ impl SessionHandle {
             remote,
             opened: Instant::now(),
             opened_ms: gg_runtime::clock::now_ms(),
+            region: std::sync::OnceLock::new(),
             queue: parking_lot::Mutex::new(VecDeque::new()),
             queue_cap: queue.max(1),
             waker: AtomicWaker::new(),
@@ -143,6 +146,17 @@ impl SessionHandle {
     pub(crate) fn protocol(&self) -> Protocol {
         self.0.protocol
     }
+    /// The client's region, once (an invalid name is ignored).
+    pub(crate) fn set_region(&self, region: &str) {
+        if gg_proto::model::valid_region(region) {
+            let _ = self.0.region.set(region.into());
+        }
+    }
+
+    pub(crate) fn region(&self) -> Option<&str> {
+        self.0.region.get().map(|r| &**r)
+    }
+
     pub(crate) fn remote(&self) -> SocketAddr {
         self.0.remote
     }

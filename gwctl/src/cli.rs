@@ -236,6 +236,23 @@ pub enum SessionPolicyCmd {
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PreferRegionArg {
+    None,
+    Gateway,
+    Client,
+}
+
+impl From<PreferRegionArg> for gg_proto::model::PreferRegion {
+    fn from(p: PreferRegionArg) -> Self {
+        match p {
+            PreferRegionArg::None => gg_proto::model::PreferRegion::None,
+            PreferRegionArg::Gateway => gg_proto::model::PreferRegion::Gateway,
+            PreferRegionArg::Client => gg_proto::model::PreferRegion::Client,
+        }
+    }
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnExcess {
     KickOldest,
     RejectNew,
@@ -302,9 +319,13 @@ pub enum Routes {
         /// round_robin, consistent_hash or realm.
         #[arg(long, value_parser = |s: &str| gg_proto::model::Strategy::parse(s))]
         strategy: gg_proto::model::Strategy,
-        /// host:port; repeat for several.
+        /// host:port or dns://name:port, optionally @region; repeat for several.
         #[arg(long = "endpoint")]
         endpoints: Vec<String>,
+        /// Try endpoints in this region first: the gateway's, or the one
+        /// the client asks for (HELLO `region`).
+        #[arg(long, value_enum, default_value_t = PreferRegionArg::None)]
+        prefer_region: PreferRegionArg,
         #[command(flatten)]
         write: WriteArgs,
     },
@@ -328,6 +349,9 @@ pub enum Routes {
         /// A session id, to see session-scoped local overrides.
         #[arg(long, default_value_t = 0)]
         session: u64,
+        /// The region the client asks for (services with prefer_region client).
+        #[arg(long, default_value = "")]
+        client_region: String,
     },
 }
 
@@ -417,7 +441,11 @@ pub enum Rollout {
 #[derive(Subcommand, Debug)]
 pub enum Fleet {
     /// Every gateway with its sync status.
-    List,
+    List {
+        /// Only the gateways of this region.
+        #[arg(long)]
+        region: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -426,6 +454,14 @@ pub enum Drain {
     /// `--gateway` admin address directly.
     Start {
         gateway_id: Option<String>,
+        /// Drain every gateway of this region through the control plane,
+        /// `--max-unavailable` at a time, each followed to its end. Safe to
+        /// run again: drained gateways are skipped, running drains joined.
+        #[arg(long, conflicts_with = "gateway_id")]
+        region: Option<String>,
+        /// Gateways of the region draining at once.
+        #[arg(long, default_value_t = 1, requires = "region", value_parser = clap::value_parser!(u32).range(1..))]
+        max_unavailable: u32,
         /// Close sessions still open after this long (default: the gateway's).
         #[arg(long, value_parser = parse_duration)]
         deadline: Option<std::time::Duration>,

@@ -19,6 +19,10 @@ pub struct Hello {
     /// continues this trace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
+    /// The region the client prefers (`eu`, `us`): services with
+    /// `prefer_region: client` try its endpoints first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
 }
 
 /// HELLO gateway→backend: first frame on each pooled connection.

@@ -100,8 +100,54 @@ pub struct Service {
     pub name: String,
     pub id: ServiceId,
     pub strategy: Strategy,
+    /// `host:port` or `dns://name:port`, optionally `@region`.
     #[serde(default)]
     pub endpoints: Vec<String>,
+    #[serde(default, skip_serializing_if = "PreferRegion::is_none")]
+    pub prefer_region: PreferRegion,
+}
+
+/// Which endpoints of a service are tried first; the rest are the fallback
+/// when none of those is available.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PreferRegion {
+    /// Every endpoint alike.
+    #[default]
+    None,
+    /// The gateway's region.
+    Gateway,
+    /// The region the client asked for (HELLO `region`), else the gateway's.
+    Client,
+}
+
+impl PreferRegion {
+    pub fn is_none(&self) -> bool {
+        *self == PreferRegion::None
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PreferRegion::None => "none",
+            PreferRegion::Gateway => "gateway",
+            PreferRegion::Client => "client",
+        }
+    }
+}
+
+/// `host:port@eu` → (`host:port`, `Some("eu")`); no `@` → no region.
+pub fn split_region(ep: &str) -> (&str, Option<&str>) {
+    match ep.rsplit_once('@') {
+        Some((addr, region)) => (addr, Some(region)),
+        None => (ep, None),
+    }
+}
+
+/// A region name: `[a-z0-9-]{1,32}` (`eu`, `us-east-1`).
+pub fn valid_region(r: &str) -> bool {
+    (1..=32).contains(&r.len())
+        && r.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 impl Service {
@@ -111,6 +157,11 @@ impl Service {
             id: u32::from(self.id),
             strategy: self.strategy.to_pb(),
             endpoints: self.endpoints.clone(),
+            prefer_region: match self.prefer_region {
+                PreferRegion::None => pb::RegionPreference::None,
+                PreferRegion::Gateway => pb::RegionPreference::Gateway,
+                PreferRegion::Client => pb::RegionPreference::Client,
+            } as i32,
         }
     }
 
@@ -123,17 +174,35 @@ impl Service {
         let strategy = Strategy::from_pb(s.strategy)
             .map_err(|e| errs.push(format!("{at}: {e}")))
             .ok();
+        let prefer_region = match pb::RegionPreference::try_from(s.prefer_region) {
+            Ok(pb::RegionPreference::None) => Some(PreferRegion::None),
+            Ok(pb::RegionPreference::Gateway) => Some(PreferRegion::Gateway),
+            Ok(pb::RegionPreference::Client) => Some(PreferRegion::Client),
+            Err(_) => {
+                errs.push(format!(
+                    "{at}: prefer_region {} is unknown",
+                    s.prefer_region
+                ));
+                None
+            }
+        };
         Some(Service {
             name: s.name.clone(),
             id: id?,
             strategy: strategy?,
             endpoints: s.endpoints.clone(),
+            prefer_region: prefer_region?,
         })
     }
 
     fn line(&self) -> String {
+        let prefer = if self.prefer_region.is_none() {
+            String::new()
+        } else {
+            format!(" prefer_region={}", self.prefer_region.name())
+        };
         format!(
-            "id={} {} [{}]",
+            "id={} {} [{}]{prefer}",
             self.id,
             self.strategy,
             self.endpoints.join(", ")
@@ -478,9 +547,17 @@ impl Bundle {
             }
             let mut seen = HashSet::new();
             for e in &s.endpoints {
-                match e.strip_prefix(DNS_PREFIX) {
+                let (addr, region) = split_region(e);
+                if let Some(r) = region
+                    && !valid_region(r)
+                {
+                    errs.push(format!(
+                        "{at}.endpoints: {e:?}: the region must be [a-z0-9-], 1 to 32 characters"
+                    ));
+                }
+                match addr.strip_prefix(DNS_PREFIX) {
                     Some(name) => check_endpoint(&format!("{at}.endpoints"), name, errs),
-                    None => check_endpoint(&format!("{at}.endpoints"), e, errs),
+                    None => check_endpoint(&format!("{at}.endpoints"), addr, errs),
                 }
                 if !seen.insert(e) {
                     errs.push(format!("{at}: endpoint {e} listed twice"));
@@ -761,6 +838,7 @@ mod tests {
 
     fn svc(name: &str, id: u16, strategy: Strategy, eps: &[&str]) -> Service {
         Service {
+            prefer_region: PreferRegion::None,
             name: name.into(),
             id,
             strategy,
@@ -826,18 +904,21 @@ mod tests {
                     id: 1,
                     strategy: 0,
                     endpoints: vec!["h:1".into()],
+                    prefer_region: 0,
                 },
                 pb::Service {
                     name: "b".into(),
                     id: 70000,
                     strategy: cpb::Strategy::RoundRobin as i32,
                     endpoints: vec!["h:1".into()],
+                    prefer_region: 0,
                 },
                 pb::Service {
                     name: "c".into(),
                     id: 3,
                     strategy: 42,
                     endpoints: vec!["h:1".into()],
+                    prefer_region: 9,
                 },
             ],
             ..Default::default()
@@ -1004,6 +1085,28 @@ mod tests {
         assert_eq!(Bundle::from_pb(&ok.to_pb()).unwrap(), ok);
         let yaml = yaml_serde::to_string(&ok).unwrap();
         assert!(yaml.contains("on_excess: reject_new"), "{yaml}");
+    }
+
+    #[test]
+    fn endpoints_carry_regions_and_services_a_preference() {
+        let mut b = Bundle {
+            services: vec![svc(
+                "a",
+                1,
+                Strategy::ConsistentHash,
+                &["h:1@eu", "dns://x:2@us-east-1", "h:3"],
+            )],
+            ..Default::default()
+        };
+        b.services[0].prefer_region = PreferRegion::Client;
+        b.validate().unwrap();
+        assert_eq!(Bundle::from_pb(&b.to_pb()).unwrap(), b);
+        assert_eq!(split_region("h:1@eu"), ("h:1", Some("eu")));
+        assert_eq!(split_region("h:1"), ("h:1", None));
+        let yaml = yaml_serde::to_string(&b).unwrap();
+        assert!(yaml.contains("prefer_region: client"), "{yaml}");
+        b.services[0].endpoints = vec!["h:1@EU".into(), "h:2@".into()];
+        assert_eq!(b.validate().unwrap_err().0.len(), 2);
     }
 
     #[test]

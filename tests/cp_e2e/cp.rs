@@ -98,6 +98,7 @@ fn svc(name: &str, id: u32, strategy: &str, eps: &[SocketAddr]) -> pb::Service {
         // Unknown names go out unset, which the control plane refuses.
         strategy: gg_proto::model::Strategy::parse(strategy).map_or(0, |s| s.to_pb()),
         endpoints: eps.iter().map(|e| e.to_string()).collect(),
+        ..Default::default()
     }
 }
 
@@ -1168,6 +1169,208 @@ async fn one_session_per_user_across_two_gateways() {
         shown.contains("max 1 session(s) per user; excess: reject_new"),
         "{shown}"
     );
+}
+
+/// Regions: gateways and endpoints carry one; a service prefers the
+/// gateway's region or the client's, falls back when none there is
+/// available (and ExplainRoute says so); the fleet list and the directory
+/// show regions; a whole region drains one gateway at a time, and running
+/// it again skips what is drained.
+#[tokio::test]
+async fn regions_prefer_fall_back_list_and_drain() {
+    let redis = Redis::start().await;
+    let cp = controlplane("cp-reg", &redis.url(), 5000).await;
+    let mut a = backend("a").await;
+    let b = backend("b").await;
+    let gwctl = |args: &[&str]| {
+        let out = std::process::Command::new(bin("gwctl"))
+            .args(["--controlplane", &format!("http://{}", cp.grpc)])
+            .args(args)
+            .env("GWCTL_TOKEN", ADMIN_TOKEN)
+            .env_remove("GWCTL_CONFIG")
+            .env("XDG_CONFIG_HOME", scratch("no-config", "d"))
+            .output()
+            .expect("gwctl");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+    let (ea, eb) = (format!("{}@eu", a.addr), format!("{}@us", b.addr));
+    let (code, text) = gwctl(&[
+        "routes",
+        "set",
+        "echo",
+        "--id",
+        "1",
+        "--strategy",
+        "round_robin",
+        "--endpoint",
+        &ea,
+        "--endpoint",
+        &eb,
+        "--prefer-region",
+        "gateway",
+    ]);
+    assert_eq!(code, Some(0), "{text}");
+    let (code, text) = gwctl(&[
+        "routes",
+        "set",
+        "bad",
+        "--id",
+        "2",
+        "--strategy",
+        "round_robin",
+        "--endpoint",
+        "h:1@EU",
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(text.contains("the region must be"), "{text}");
+    let (code, err) = run_to_exit(
+        "gateway",
+        "listen: 127.0.0.1:0\nops_listen: 127.0.0.1:0\nregion: EU\n",
+        &["--check"],
+    )
+    .await;
+    assert_eq!(code, Some(64));
+    assert!(err.contains("region \"EU\""), "{err}");
+
+    let mut gws = Vec::new();
+    for (id, region) in [("gw-eu-0", "eu"), ("gw-eu-1", "eu"), ("gw-us-0", "us")] {
+        let gw = gateway_named(
+            id,
+            &format!(
+                "region: {region}\ncontrolplane:\n  url: http://{}\n  token: {{ name: cp, scope: operate, value: {OPERATE_TOKEN} }}\n  snapshot_path: {}\n  session_flush_ms: 20\n{}drain: {{ deadline_ms: 2000, spread_ms: 0, reconnect_after_ms: 0 }}\n",
+                cp.grpc,
+                scratch("snap", "pb").display(),
+                admin_yaml()
+            ),
+        )
+        .await;
+        eventually("gateway ready", || async {
+            http(gw.ops, "GET", "/ready", &[], b"").await.0 == 200
+        })
+        .await;
+        gws.push(gw);
+    }
+    let whoami = |gw: &Gw, hdrs: &'static [(&'static str, &'static str)]| {
+        let addr = gw.client;
+        async move { http(addr, "POST", "/v1/call/echo", hdrs, b"whoami").await.1 }
+    };
+    for _ in 0..3 {
+        assert_eq!(whoami(&gws[0], &[]).await, "a", "eu gateway prefers eu");
+        assert_eq!(whoami(&gws[2], &[]).await, "b", "us gateway prefers us");
+    }
+
+    // The client's region wins where the service says so.
+    let (code, text) = gwctl(&[
+        "routes",
+        "set",
+        "echo",
+        "--id",
+        "1",
+        "--strategy",
+        "round_robin",
+        "--endpoint",
+        &ea,
+        "--endpoint",
+        &eb,
+        "--prefer-region",
+        "client",
+    ]);
+    assert_eq!(code, Some(0), "{text}");
+    let (code, text) = gwctl(&["rollout", "status", "--wait", "--wait-timeout", "10s"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(whoami(&gws[2], &[("x-region", "eu")]).await, "a");
+    assert_eq!(
+        whoami(&gws[2], &[]).await,
+        "b",
+        "no client region: the gateway's"
+    );
+    let mut c = Client::tcp(gws[0].client).await;
+    c.hello_json(3, serde_json::json!({ "region": "us" })).await;
+    assert_eq!(c.call_text(1, 1, "whoami").await, "b");
+
+    // Nothing available in the preferred region: the fallback, explained.
+    a.proc.child.kill().await.expect("kill a");
+    eventually("eu gateways fall back to us", || async {
+        whoami(&gws[0], &[]).await == "b"
+    })
+    .await;
+    let explained = admin(&gws[0], Some(READ_TOKEN))
+        .await
+        .explain_route(gwpb::ExplainRouteRequest {
+            service_type: 1,
+            ..Default::default()
+        })
+        .await
+        .expect("explain")
+        .into_inner();
+    assert_eq!(
+        (
+            explained.preferred_region.as_str(),
+            explained.endpoint_region.as_str()
+        ),
+        ("eu", "us")
+    );
+    assert!(
+        explained.why.contains("fell back to us"),
+        "{}",
+        explained.why
+    );
+
+    // The fleet list and the directory show regions.
+    let (_, fleet) = gwctl(&["fleet", "list", "--region", "eu", "-o", "json"]);
+    assert!(
+        fleet.contains("gw-eu-0") && fleet.contains("gw-eu-1") && !fleet.contains("gw-us-0"),
+        "{fleet}"
+    );
+    let deadline = Instant::now() + WAIT;
+    let o = loop {
+        let r = dir_client(&cp)
+            .await
+            .lookup(pb::LookupRequest {
+                session_id: c.session_id,
+            })
+            .await;
+        if let Ok(r) = r {
+            break r.into_inner().ownership.expect("ownership");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the directory never knew the session"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(o.gateway_region, "eu");
+
+    // Drain the region, one gateway at a time; again: nothing to do.
+    let (code, text) = gwctl(&[
+        "drain",
+        "start",
+        "--region",
+        "eu",
+        "--max-unavailable",
+        "1",
+        "--wait",
+    ]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("gw-eu-0: drained") && text.contains("gw-eu-1: drained"),
+        "{text}"
+    );
+    for gw in &gws[..2] {
+        assert_eq!(http(gw.ops, "GET", "/ready", &[], b"").await.0, 503);
+    }
+    assert_eq!(http(gws[2].ops, "GET", "/ready", &[], b"").await.0, 200);
+    let (code, text) = gwctl(&["drain", "start", "--region", "eu"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(text.matches("already drained").count(), 2, "{text}");
+    let (code, text) = gwctl(&["drain", "start", "--region", "asia"]);
+    assert_eq!(code, Some(1));
+    assert!(text.contains("no live gateway in region"), "{text}");
 }
 
 #[tokio::test]

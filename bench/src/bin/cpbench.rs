@@ -164,6 +164,7 @@ async fn main() -> anyhow::Result<()> {
             id: 1,
             strategy: gg_proto::model::Strategy::RoundRobin.to_pb(),
             endpoints: vec![backend.to_string()],
+            ..Default::default()
         }),
         options: None,
     })

@@ -598,11 +598,16 @@ impl GatewayAdmin for AdminService {
         };
         // The very decision traffic makes, in the mode that changes nothing.
         let routes = self.gw.routing.routes.load();
+        let regions = router::Regions {
+            gateway: self.gw.cfg.region.as_deref(),
+            client: Some(r.client_region.as_str()).filter(|c| !c.is_empty()),
+        };
         let d = router::decide(
             &routes,
             &self.gw.routing.overrides,
             &self.gw.routing.backends,
             &key,
+            &regions,
             now_ms(),
             router::Mode::Explain,
         )
@@ -618,6 +623,8 @@ impl GatewayAdmin for AdminService {
             hash_key: d.hash_key,
             candidates: d.candidates.iter().map(|e| e.addr.to_string()).collect(),
             why: d.why,
+            preferred_region: d.preferred_region.unwrap_or_default(),
+            endpoint_region: d.endpoint_region.unwrap_or_default(),
             ..Default::default()
         };
         // On failure, show what was tried first so the operator sees its state.

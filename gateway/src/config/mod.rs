@@ -39,6 +39,9 @@ type Errors = Vec<String>;
 pub struct FileConfig {
     #[serde(default)]
     pub gateway_id: Option<String>,
+    /// This gateway's region (`--region` / `$REGION` override it).
+    #[serde(default)]
+    pub region: Option<String>,
     pub listen: String,
     pub ops_listen: String,
     #[serde(default)]
@@ -214,6 +217,9 @@ pub type RoutesConfig = gg_proto::model::Bundle;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub gateway_id: String,
+    /// This gateway's region: in the fleet registry, and preferred by
+    /// services with `prefer_region`.
+    pub region: Option<String>,
     pub listen: SocketAddr,
     pub ops_listen: SocketAddr,
     pub routes: RoutesConfig,
@@ -263,6 +269,14 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let mut errs = Errors::new();
         let gateway_id = gateway_id(gateway_id_override.or(file.gateway_id), &mut errs);
+        let region = file.region.clone();
+        if let Some(r) = &region
+            && !gg_proto::model::valid_region(r)
+        {
+            errs.push(format!(
+                "region {r:?} must be [a-z0-9-], 1 to 32 characters"
+            ));
+        }
         let listen = parse_addr("listen", &file.listen, &mut errs);
         let ops_listen = parse_addr("ops_listen", &file.ops_listen, &mut errs);
         let routes = RoutesConfig {
@@ -279,6 +293,7 @@ impl Config {
         distinct_ports(ports.flatten(), &mut errs);
         let cfg = Config {
             gateway_id,
+            region,
             listen: listen.unwrap_or(UNSPECIFIED),
             ops_listen: ops_listen.unwrap_or(UNSPECIFIED),
             routes,

@@ -420,6 +420,7 @@ async fn call_inner(
             .map_err(|e| CallError::Rejected(Reject::Unauthorized, e.to_string()))?;
     }
     let realm: u32 = header_num(h, "x-realm-id")?.unwrap_or(0);
+    let region = (h.get("x-region").and_then(|v| v.to_str().ok())).map(str::to_string);
     let (service, service_name) = {
         let routes = gw.routing.routes.load();
         match routes.service_by_key(service_key) {
@@ -433,6 +434,9 @@ async fn call_inner(
 
     let id = gw.clients.ids.next_id();
     let (session, mut rx) = SessionHandle::new(id, user, realm, Protocol::Http, remote, 16);
+    if let Some(r) = region.as_deref() {
+        session.set_region(r);
+    }
     gw.clients.sessions.insert(session.clone());
     gw.metrics.sessions_opened.inc();
     gw.metrics.sessions_active.inc();

@@ -87,8 +87,17 @@ pub(crate) fn open_binding(
         user: session.user_id(),
         session: session.id(),
     };
-    let endpoint =
-        crate::router::resolve(&routes, &gw.routing.overrides, &gw.routing.backends, &key)?;
+    let regions = crate::router::Regions {
+        gateway: gw.cfg.region.as_deref(),
+        client: session.region(),
+    };
+    let endpoint = crate::router::resolve(
+        &routes,
+        &gw.routing.overrides,
+        &gw.routing.backends,
+        &key,
+        &regions,
+    )?;
     let realm_key = routes
         .services
         .get(&service)

@@ -94,6 +94,9 @@ pub(crate) async fn start(
         remote,
         gw.cfg.limits.session_queue,
     );
+    if let Some(r) = &hello.region {
+        handle.set_region(r);
+    }
     if hello.resumed {
         take_over(&gw, &handle).await;
     } else if !gw.clients.sessions.insert(handle.clone()) {
@@ -133,6 +136,8 @@ struct Hello {
     resumed: bool,
     /// The client's W3C trace context.
     trace: Option<String>,
+    /// The region the client prefers.
+    region: Option<String>,
 }
 
 /// The first frame, within `hello_timeout`, checked by [`accept_hello`].
@@ -255,6 +260,7 @@ fn accept_hello(gw: &Gateway, raw: BytesMut) -> Result<Hello, Closing> {
             header,
             resumed: false,
             trace: hello.traceparent,
+            region: hello.region,
         });
     }
     let Some(keys) = &gw.clients.resume else {
@@ -276,6 +282,7 @@ fn accept_hello(gw: &Gateway, raw: BytesMut) -> Result<Hello, Closing> {
                 header,
                 resumed: true,
                 trace: hello.traceparent,
+                region: hello.region,
             })
         }
         Err(e) => Err(Closing::rejected(

@@ -93,6 +93,8 @@ pub(super) async fn run(ctx: &Ctx, c: cli::Drain) -> anyhow::Result<(View, Statu
     match c {
         cli::Drain::Start {
             gateway_id,
+            region,
+            max_unavailable,
             deadline,
             spread,
             reason,
@@ -107,6 +109,9 @@ pub(super) async fn run(ctx: &Ctx, c: cli::Drain) -> anyhow::Result<(View, Statu
                 spread_ms: ms(spread),
                 reason,
             };
+            if let Some(region) = region {
+                return drain_region(ctx, &region, start, max_unavailable, wait_timeout).await;
+            }
             let started = match gateway_id {
                 Some(id) => start_via_controlplane(ctx, &id, start, wait).await?,
                 None => start_direct(ctx, start, wait).await?,
@@ -192,6 +197,125 @@ async fn start_via_controlplane(
         .await
         .with_context(|| format!("to follow the drain, gwctl reads {id}'s admin API"))?;
     Ok(Started::Follow(admin))
+}
+
+#[derive(Serialize)]
+struct RegionRow {
+    gateway_id: String,
+    outcome: String,
+    sessions_at_start: u64,
+    force_closed: u64,
+}
+
+/// Every gateway of `region`, `batch` at a time, each followed to its end.
+/// Re-running is safe: a finished drain is skipped, a running one joined,
+/// and each gateway's start carries the same request id every run.
+async fn drain_region(
+    ctx: &Ctx,
+    region: &str,
+    s: Start,
+    batch: u32,
+    limit: Duration,
+) -> anyhow::Result<(View, Status)> {
+    let fleet = list_gateways(ctx).await?;
+    let members: Vec<&cp::GatewayStatus> = fleet
+        .gateways
+        .iter()
+        .filter(|g| g.region == region)
+        .collect();
+    if members.is_empty() {
+        anyhow::bail!(
+            "no live gateway in region {region:?} (gwctl fleet list shows each gateway's region)"
+        );
+    }
+    let mut rows = Vec::new();
+    let mut status = Status::Ok;
+    for chunk in members.chunks(batch as usize) {
+        let runs = chunk.iter().map(|g| drain_one(ctx, g, &s, region, limit));
+        for r in futures_util::future::join_all(runs).await {
+            let (row, st) = r?;
+            if st == Status::Incomplete {
+                status = Status::Incomplete;
+            }
+            rows.push(row);
+        }
+        if status == Status::Incomplete {
+            // One still draining: do not take down more of the region.
+            break;
+        }
+    }
+    let lines = rows
+        .iter()
+        .map(|r: &RegionRow| {
+            format!(
+                "{}: {} ({} sessions at start, {} force-closed)",
+                r.gateway_id, r.outcome, r.sessions_at_start, r.force_closed
+            )
+        })
+        .collect();
+    Ok((View::of(&rows, Table::Lines(lines)), status))
+}
+
+/// One gateway of a region drain: skip, join or start, then follow.
+async fn drain_one(
+    ctx: &Ctx,
+    g: &cp::GatewayStatus,
+    s: &Start,
+    region: &str,
+    limit: Duration,
+) -> anyhow::Result<(RegionRow, Status)> {
+    let id = &g.gateway_id;
+    let mut admin = ctx
+        .gw_at(&g.admin_addr)
+        .await
+        .with_context(|| format!("a region drain reads {id}'s admin API"))?;
+    let now = admin
+        .get_drain(gw::GetDrainRequest {})
+        .await
+        .map_err(explain)?
+        .into_inner();
+    let row = |outcome: &str, st: &gw::DrainStatus| RegionRow {
+        gateway_id: id.clone(),
+        outcome: outcome.into(),
+        sessions_at_start: st.sessions_at_start,
+        force_closed: st.force_closed,
+    };
+    if DrainPhase::try_from(now.phase) == Ok(DrainPhase::Done) {
+        return Ok((row("already drained", &now), Status::Ok));
+    }
+    let outcome = if finished(now.phase) {
+        let request_id = if s.request_id.is_empty() {
+            format!("drain-region-{region}-{id}")
+        } else {
+            format!("{}-{id}", s.request_id)
+        };
+        ctx.cp()
+            .await?
+            .drain_gateway(cp::DrainGatewayRequest {
+                gateway_id: id.clone(),
+                request_id,
+                deadline_ms: s.deadline_ms,
+                spread_ms: s.spread_ms,
+                reason: s.reason.clone(),
+            })
+            .await
+            .map_err(explain)?;
+        "drained"
+    } else {
+        "drained (joined a running drain)"
+    };
+    let (_, st) = follow(&mut admin, limit).await?;
+    let last = admin
+        .get_drain(gw::GetDrainRequest {})
+        .await
+        .map_err(explain)?
+        .into_inner();
+    let outcome = if st == Status::Ok {
+        outcome
+    } else {
+        "still draining"
+    };
+    Ok((row(outcome, &last), st))
 }
 
 /// On the `--gateway` admin address.

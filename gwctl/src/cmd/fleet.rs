@@ -54,6 +54,7 @@ struct GatewayRow<'a> {
     sessions: u64,
     last_seen_ms: u64,
     connected_to: &'a str,
+    region: &'a str,
 }
 
 fn gateway_row(g: &cp::GatewayStatus) -> GatewayRow<'_> {
@@ -69,14 +70,19 @@ fn gateway_row(g: &cp::GatewayStatus) -> GatewayRow<'_> {
         sessions: g.sessions,
         last_seen_ms: g.last_seen_ms,
         connected_to: &g.connected_to,
+        region: &g.region,
     }
 }
 
-pub(super) async fn list(ctx: &Ctx) -> anyhow::Result<View> {
-    let r = list_gateways(ctx).await?;
+pub(super) async fn list(ctx: &Ctx, region: Option<&str>) -> anyhow::Result<View> {
+    let mut r = list_gateways(ctx).await?;
+    if let Some(region) = region {
+        r.gateways.retain(|g| g.region == region);
+    }
     let current = r.revision;
     let headers = vec![
         "GATEWAY",
+        "REGION",
         "STATE",
         "SYNC",
         "REVISION",
@@ -93,6 +99,11 @@ pub(super) async fn list(ctx: &Ctx) -> anyhow::Result<View> {
         };
         vec![
             g.gateway_id.clone(),
+            if g.region.is_empty() {
+                "-".into()
+            } else {
+                g.region.clone()
+            },
             state_name(g.state),
             sync,
             format!("{}/{current}", g.applied_revision),

@@ -201,6 +201,7 @@ fn convert(
             id,
             strategy,
             endpoints,
+            prefer_region: gg_proto::model::PreferRegion::None,
         };
         match out.services.iter_mut().find(|s| s.name == *name) {
             Some(s) => *s = svc,
@@ -251,6 +252,7 @@ mod tests {
                 id: 1,
                 strategy: Strategy::RoundRobin,
                 endpoints: vec!["old:1".into()],
+                prefer_region: gg_proto::model::PreferRegion::None,
             }],
             ..Bundle::default()
         };

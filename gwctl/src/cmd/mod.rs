@@ -50,7 +50,9 @@ pub async fn run(ctx: &Ctx, cmd: Cmd, format: Format) -> anyhow::Result<Status> 
         Cmd::History { limit } => ok(config::history(ctx, limit).await?),
         Cmd::Rollback { revision, write } => ok(config::rollback(ctx, revision, &write).await?),
         Cmd::Rollout(c) => fleet::rollout(ctx, c).await?,
-        Cmd::Fleet(_) => ok(fleet::list(ctx).await?),
+        Cmd::Fleet(crate::cli::Fleet::List { region }) => {
+            ok(fleet::list(ctx, region.as_deref()).await?)
+        }
         Cmd::Drain(c) => drain::run(ctx, c).await?,
         Cmd::Sessions(c) => ok(sessions::run(ctx, c).await?),
         Cmd::Backends(c) => ok(backends::run(ctx, c).await?),

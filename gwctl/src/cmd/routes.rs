@@ -26,6 +26,7 @@ pub(super) async fn routes(ctx: &Ctx, c: cli::Routes) -> anyhow::Result<View> {
             id,
             strategy,
             endpoints,
+            prefer_region,
             write,
         } => {
             let s = Service {
@@ -33,6 +34,7 @@ pub(super) async fn routes(ctx: &Ctx, c: cli::Routes) -> anyhow::Result<View> {
                 id,
                 strategy,
                 endpoints,
+                prefer_region: prefer_region.into(),
             };
             set(ctx, &s, &write).await
         }
@@ -54,12 +56,14 @@ pub(super) async fn routes(ctx: &Ctx, c: cli::Routes) -> anyhow::Result<View> {
             user,
             realm,
             session,
+            client_region,
         } => {
             let req = gw::ExplainRouteRequest {
                 service_type: service,
                 realm_id: realm,
                 user_id: user,
                 session_id: session,
+                client_region,
             };
             explain_route(ctx, req).await
         }
@@ -98,6 +102,7 @@ async fn get(ctx: &Ctx, name: &str) -> anyhow::Result<View> {
         ("id", s.id.to_string()),
         ("strategy", s.strategy.to_string()),
         ("endpoints", s.endpoints.join(", ")),
+        ("prefer_region", s.prefer_region.name().to_string()),
     ]);
     Ok(View::of(&s, table))
 }
@@ -160,6 +165,8 @@ async fn explain_route(ctx: &Ctx, req: gw::ExplainRouteRequest) -> anyhow::Resul
         ("override", dash(&r.override_id)),
         ("hash key", dash(&r.hash_key)),
         ("candidates", r.candidates.join(", ")),
+        ("preferred region", dash(&r.preferred_region)),
+        ("endpoint region", dash(&r.endpoint_region)),
         ("why", r.why.clone()),
     ]);
     let data = Explained {
