@@ -1373,6 +1373,48 @@ async fn regions_prefer_fall_back_list_and_drain() {
     assert!(text.contains("no live gateway in region"), "{text}");
 }
 
+/// A `dns://` endpoint set through the control plane: every gateway
+/// resolves it with its own resolver and follows the answers.
+#[tokio::test]
+async fn dns_endpoints_set_through_the_control_plane() {
+    use std::net::Ipv4Addr;
+    let (a_ip, b_ip) = (Ipv4Addr::new(127, 0, 0, 21), Ipv4Addr::new(127, 0, 0, 22));
+    let port = std::net::TcpListener::bind((a_ip, 0))
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let _a = backend_at("a", &format!("{a_ip}:{port}")).await;
+    let _b = backend_at("b", &format!("{b_ip}:{port}")).await;
+    let dns = crate::dns::Dns::start(&[a_ip]).await;
+    let redis = Redis::start().await;
+    let cp = controlplane("cp-dns", &redis.url(), 5000).await;
+    let mut c = cp_client(&cp, Some(ADMIN_TOKEN)).await;
+    let mut s = svc("echo", 1, "round_robin", &[]);
+    s.endpoints = vec![format!("dns://backends.test:{port}")];
+    put_service(&mut c, s).await;
+    let gw = gateway_named(
+        "gw-dns",
+        &format!(
+            "controlplane:\n  url: http://{}\n  token: {{ name: cp, scope: operate, value: {OPERATE_TOKEN} }}\n  snapshot_path: {}\ndiscovery: {{ nameservers: [\"{}\"], interval_ms: 200 }}\n",
+            cp.grpc,
+            scratch("snap", "pb").display(),
+            dns.addr
+        ),
+    )
+    .await;
+    let call = || async {
+        http(gw.client, "POST", "/v1/call/echo", &[], b"whoami")
+            .await
+            .1
+    };
+    eventually("a answers", || async { call().await == "a" }).await;
+    dns.set(&[b_ip]);
+    eventually("b answers after the DNS change", || async {
+        call().await == "b"
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn fails_fast_when_redis_is_unreachable() {
     let dead = dead_addr();

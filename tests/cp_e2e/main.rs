@@ -6,6 +6,8 @@ mod support;
 
 mod cp;
 mod deploy;
+#[path = "../e2e/dns.rs"]
+mod dns;
 #[path = "../e2e/otlp.rs"]
 mod otlp;
 mod redis_proc;

@@ -7,6 +7,7 @@ mod support;
 mod admin;
 mod client_auth;
 mod discovery;
+mod dns;
 mod examples;
 mod faults;
 mod hostile;
