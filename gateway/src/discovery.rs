@@ -23,6 +23,10 @@ use tracing::{info, warn};
 use crate::Gateway;
 use crate::config::DiscoverySettings;
 
+/// Most addresses taken from one answer (each gets pooled connections):
+/// a DNS server cannot make a gateway open unbounded connections.
+pub(crate) const MAX_ADDRESSES: usize = 256;
+
 /// Resolved `dns://` endpoints, and the resolver.
 pub(crate) struct Discovery {
     resolver: Option<TokioResolver>,
@@ -121,7 +125,10 @@ impl Discovery {
                     .iter()
                     .map(|ip| std::net::SocketAddr::new(ip, port.parse().unwrap_or(0)).to_string())
                     .collect();
-                Some(set.into_iter().collect())
+                if set.len() > MAX_ADDRESSES {
+                    warn!(endpoint = ep, addresses = set.len(), "DNS answer has too many addresses; using the first {MAX_ADDRESSES}");
+                }
+                Some(set.into_iter().take(MAX_ADDRESSES).collect())
             }
             Err(e) if e.is_no_records_found() || e.is_nx_domain() => Some(Vec::new()),
             Err(e) => {
