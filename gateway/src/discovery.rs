@@ -126,7 +126,11 @@ impl Discovery {
                     .map(|ip| std::net::SocketAddr::new(ip, port.parse().unwrap_or(0)).to_string())
                     .collect();
                 if set.len() > MAX_ADDRESSES {
-                    warn!(endpoint = ep, addresses = set.len(), "DNS answer has too many addresses; using the first {MAX_ADDRESSES}");
+                    warn!(
+                        endpoint = ep,
+                        addresses = set.len(),
+                        "DNS answer has too many addresses; using the first {MAX_ADDRESSES}"
+                    );
                 }
                 Some(set.into_iter().take(MAX_ADDRESSES).collect())
             }

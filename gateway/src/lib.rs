@@ -97,6 +97,9 @@ pub(crate) struct Clients {
     pub(crate) resume: Option<ResumeKeys>,
     /// This gateway's client IP lists (config and file; SIGHUP reloads).
     pub(crate) ip_local: ArcSwap<gg_proto::ip::IpFilter>,
+    /// HTTP sessions, by id (their calls and event streams find them here).
+    pub(crate) http_sessions:
+        parking_lot::Mutex<std::collections::HashMap<u64, Arc<crate::listener::sse::HttpSession>>>,
 }
 
 /// Drain and shutdown.
@@ -161,6 +164,7 @@ impl Gateway {
             resume: cfg.resume.clone().map(ResumeKeys::new),
             // Checked when the config was loaded; a file changed since is
             // reported and counts as empty until it loads.
+            http_sessions: parking_lot::Mutex::new(std::collections::HashMap::new()),
             ip_local: ArcSwap::from_pointee(cfg.ip_lists.load().unwrap_or_else(|e| {
                 warn!(errors = ?e, "ip_lists could not be loaded; no local lists");
                 gg_proto::ip::IpFilter::default()

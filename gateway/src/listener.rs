@@ -6,6 +6,7 @@ pub(crate) mod http;
 pub(crate) mod prefixed;
 pub(crate) mod proxy;
 pub(crate) mod sniff;
+pub(crate) mod sse;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

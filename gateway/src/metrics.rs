@@ -12,7 +12,11 @@ use prometheus::{
 pub(crate) enum Protocol {
     Tcp,
     Ws,
+    /// One HTTP call (an ephemeral session).
     Http,
+    /// An HTTP session (`POST /v1/sessions`, events over SSE): counted with
+    /// HTTP, but a real session (directory, idle timeout).
+    HttpSession,
 }
 
 impl Protocol {
@@ -20,7 +24,7 @@ impl Protocol {
         match self {
             Protocol::Tcp => "tcp",
             Protocol::Ws => "ws",
-            Protocol::Http => "http",
+            Protocol::Http | Protocol::HttpSession => "http",
         }
     }
 }
@@ -309,7 +313,7 @@ impl Metrics {
         match p {
             Protocol::Tcp => &self.tcp,
             Protocol::Ws => &self.ws,
-            Protocol::Http => &self.http,
+            Protocol::Http | Protocol::HttpSession => &self.http,
         }
     }
 

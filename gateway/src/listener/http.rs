@@ -48,7 +48,12 @@ const WS_READ_BUFFER: usize = 512;
 /// The `seq` of the DATA frame an HTTP call sends (one request per session).
 const CALL_SEQ: u32 = 1;
 
-type Body = Full<Bytes>;
+pub(crate) type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// A whole body.
+pub(crate) fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).boxed()
+}
 
 /// Serves one HTTP connection until it closes, upgrades, or the gateway stops.
 pub(crate) async fn serve_conn<I>(
@@ -114,6 +119,8 @@ async fn route(
                 &format!("WebSocket endpoint is {WS_PATH}"),
             )
         }
+    } else if path == super::sse::SESSIONS_PATH || path.starts_with("/v1/sessions/") {
+        super::sse::route(&gw, remote, req).await
     } else if let Some(service) = path.strip_prefix(CALL_PREFIX) {
         if req.method() == Method::POST {
             let service = service.to_string();
@@ -131,7 +138,7 @@ async fn route(
             StatusCode::NOT_FOUND,
             0,
             "not_found",
-            "unknown path; use POST /v1/call/{service} or GET /v1/ws (health and metrics are on the ops port)",
+            "unknown path; use POST /v1/call/{service}, POST /v1/sessions or GET /v1/ws (health and metrics are on the ops port)",
         )
     };
     gw.metrics
@@ -147,9 +154,14 @@ pub(crate) fn is_ws_upgrade(h: &HeaderMap) -> bool {
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
-fn json_error(status: StatusCode, code: u16, name: &str, message: &str) -> Response<Body> {
+pub(crate) fn json_error(
+    status: StatusCode,
+    code: u16,
+    name: &str,
+    message: &str,
+) -> Response<Body> {
     let body = serde_json::json!({ "code": code, "error": name, "message": message });
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    let mut r = Response::new(full(Bytes::from(body.to_string())));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -160,7 +172,7 @@ fn json_error(status: StatusCode, code: u16, name: &str, message: &str) -> Respo
 
 /// The answer to a refused request: the status, close code and label of
 /// its [`Reject`], counted in `gg_rejections_total`.
-fn reject_response(gw: &Gateway, r: Reject, message: &str) -> Response<Body> {
+pub(crate) fn reject_response(gw: &Gateway, r: Reject, message: &str) -> Response<Body> {
     gw.metrics.reject(r);
     let status = r
         .http_status()
@@ -183,7 +195,7 @@ fn reject_response(gw: &Gateway, r: Reject, message: &str) -> Response<Body> {
     resp
 }
 
-fn request_error(e: &RequestError) -> Response<Body> {
+pub(crate) fn request_error(e: &RequestError) -> Response<Body> {
     let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_GATEWAY);
     json_error(status, e.code().code(), e.code().name(), &e.to_string())
 }
@@ -282,7 +294,7 @@ fn upgrade(
         };
         start(task_gw, ClientIo::ws(ws), remote, Protocol::Ws, admission).await;
     });
-    let mut r = Response::new(Full::new(Bytes::new()));
+    let mut r = Response::new(full(Bytes::new()));
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let hm = r.headers_mut();
     hm.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
@@ -348,7 +360,7 @@ async fn call_response(
 ) -> Response<Body> {
     match call_inner(gw, remote, service_key, req, trace).await {
         Ok((session, body)) => {
-            let mut r = Response::new(Full::new(body));
+            let mut r = Response::new(full(body));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/octet-stream"),
@@ -372,7 +384,7 @@ async fn call_response(
     }
 }
 
-enum CallError {
+pub(crate) enum CallError {
     Request(RequestError),
     /// Refused by a check or a limit (counted, with its own status).
     Rejected(Reject, String),
@@ -481,7 +493,7 @@ async fn call_inner(
 /// within `limits.http_body_timeout_ms`, and beyond [`SMALL_FRAME_BYTES`]
 /// only while the process's buffer budget lasts. A declared length over the
 /// limit is refused before a byte of the body is read.
-async fn read_body(gw: &Gateway, mut body: Incoming) -> Result<Bytes, CallError> {
+pub(crate) async fn read_body(gw: &Gateway, mut body: Incoming) -> Result<Bytes, CallError> {
     let limits = &gw.cfg.limits;
     let max = limits.max_frame_bytes as usize - frame::HEADER_AFTER_LEN;
     let too_large = || {

@@ -187,7 +187,7 @@ async fn take_over(gw: &Gateway, handle: &SessionHandle) {
 }
 
 /// Counts and announces a session that just opened (or resumed) here.
-fn opened(gw: &Gateway, handle: &SessionHandle, resumed: bool) {
+pub(crate) fn opened(gw: &Gateway, handle: &SessionHandle, resumed: bool) {
     gw.metrics.sessions_opened.inc();
     gw.metrics.sessions_active.inc();
     gw.session_event(crate::SessionEvent {

@@ -77,6 +77,12 @@ pub(crate) enum ClientIo {
         ws: Box<WsStream>,
         pending: Pending,
     },
+    /// An HTTP session: calls arrive as frames, what the session writes
+    /// goes to waiting calls or out as Server-Sent Events.
+    Sse {
+        io: Box<crate::listener::sse::SseIo>,
+        pending: Pending,
+    },
 }
 
 /// Read-buffer growth step for TCP.
@@ -152,6 +158,7 @@ impl ClientIo {
                 };
                 poll_frame(&mut **stream, &mut rb, cx, max, |_, _| Poll::Ready(Ok(())))
             }
+            ClientIo::Sse { io, .. } => io.poll_read_frame(cx),
             ClientIo::Ws { ws, .. } => loop {
                 let msg = match ready!(Pin::new(&mut **ws).poll_next(cx)) {
                     None => return Poll::Ready(Err(ReadError::Closed)),
@@ -197,7 +204,8 @@ impl ClientIo {
         match self {
             ClientIo::Tcp { pending, .. }
             | ClientIo::Tls { pending, .. }
-            | ClientIo::Ws { pending, .. } => pending,
+            | ClientIo::Ws { pending, .. }
+            | ClientIo::Sse { pending, .. } => pending,
         }
     }
 
@@ -206,7 +214,8 @@ impl ClientIo {
         match self {
             ClientIo::Tcp { pending, .. }
             | ClientIo::Tls { pending, .. }
-            | ClientIo::Ws { pending, .. } => !pending.is_empty(),
+            | ClientIo::Ws { pending, .. }
+            | ClientIo::Sse { pending, .. } => !pending.is_empty(),
         }
     }
 
@@ -221,6 +230,12 @@ impl ClientIo {
                 stream, pending, ..
             } => poll_writev(&mut **stream, pending, cx),
             ClientIo::Ws { ws, pending } => poll_ws_send(ws, pending, cx),
+            ClientIo::Sse { io, pending } => {
+                for f in pending.drain(..) {
+                    io.deliver(f);
+                }
+                Poll::Ready(Ok(()))
+            }
         };
         let pending = self.pending();
         if pending.is_empty() && pending.spilled() {
@@ -245,6 +260,7 @@ impl ClientIo {
                 // close_notify, then FIN.
                 let _ = stream.shutdown().await;
             }
+            ClientIo::Sse { io, .. } => io.end(),
             ClientIo::Ws { ws, .. } => {
                 // WebSocket close reasons are limited to 123 bytes.
                 let mut end = reason.len().min(123);

@@ -494,6 +494,40 @@ impl Session {
     }
 }
 
+/// Runs an HTTP session ([`crate::listener::sse`]) with the same task as
+/// a streaming session: its transport is the call queue and event stream.
+pub(crate) async fn run_http_session(
+    gw: Arc<Gateway>,
+    handle: SessionHandle,
+    rx: super::Inbox,
+    io: ClientIo,
+    guard: crate::limits::ConnGuard,
+) {
+    let s = Session {
+        bucket: TokenBucket::new(
+            gw.cfg.limits.msg_rate_per_sec,
+            gw.cfg.limits.msg_burst,
+            std::time::Instant::now(),
+        ),
+        _admission: super::hello::Admission {
+            _guard: Some(guard),
+            // Counted as a session, not as an HTTP connection.
+            active: prometheus::IntGauge::new("gg_http_session_admission", "unexported")
+                .unwrap_or_else(|_| gw.metrics.proto(Protocol::HttpSession).active.clone()),
+        },
+        gw,
+        handle,
+        rx,
+        io,
+        bindings: Vec::new(),
+        protocol: Protocol::HttpSession,
+        goaway_sent: false,
+        resumed: false,
+        trace: None,
+    };
+    live(s).await;
+}
+
 /// Checks every streaming session's idle timeout and GOAWAY deadline
 /// ([`SessionHandle::check_timers`]) a few times per idle timeout, instead
 /// of one timer per session: a session closes between `idle_timeout` and
