@@ -43,8 +43,10 @@ use crate::metrics::Protocol;
 use crate::session::SessionHandle;
 use crate::session::io::{ClientIo, ReadError};
 
-/// Events kept for `Last-Event-ID` replay.
+/// Events kept for `Last-Event-ID` replay…
 const REPLAY: usize = 256;
+/// …and at most this many bytes of them (large pushes keep fewer).
+const REPLAY_BYTES: usize = 1 << 20;
 /// Events queued for an attached stream; a client this far behind is
 /// detached (it reconnects with `Last-Event-ID`).
 const STREAM_QUEUE: usize = 256;
@@ -68,6 +70,8 @@ pub(crate) struct HttpSession {
 #[derive(Default)]
 struct Events {
     next_id: u64,
+    /// Bytes held in `ring`.
+    ring_bytes: usize,
     /// The last [`REPLAY`] events, rendered.
     ring: VecDeque<(u64, Bytes)>,
     stream: Option<mpsc::Sender<Bytes>>,
@@ -168,10 +172,13 @@ impl HttpSession {
         }
         text.push('\n');
         let text = Bytes::from(text);
-        if ev.ring.len() == REPLAY {
-            ev.ring.pop_front();
-        }
+        ev.ring_bytes += text.len();
         ev.ring.push_back((id, text.clone()));
+        while ev.ring.len() > REPLAY || (ev.ring_bytes > REPLAY_BYTES && ev.ring.len() > 1) {
+            if let Some((_, old)) = ev.ring.pop_front() {
+                ev.ring_bytes -= old.len();
+            }
+        }
         send_or_detach(&mut ev, text);
     }
 
