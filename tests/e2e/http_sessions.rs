@@ -17,6 +17,8 @@ struct Sse {
     raw: Vec<u8>,
     body: String,
     head_done: bool,
+    /// The last (zero-size) chunk arrived: the response ended.
+    ended: bool,
 }
 
 impl Sse {
@@ -34,6 +36,7 @@ impl Sse {
             raw: Vec::new(),
             body: String::new(),
             head_done: false,
+            ended: false,
         }
     }
 
@@ -56,6 +59,9 @@ impl Sse {
                     continue; // a comment (heartbeat)
                 }
                 return Some((id, event, data.join("\n")));
+            }
+            if self.ended {
+                return None;
             }
             let mut buf = [0u8; 4096];
             let n = tokio::time::timeout(WAIT, self.s.read(&mut buf))
@@ -97,6 +103,9 @@ impl Sse {
             .expect("chunk size");
             if self.raw.len() < line_end + 2 + size + 2 {
                 return;
+            }
+            if size == 0 {
+                self.ended = true;
             }
             let chunk = self.raw[line_end + 2..line_end + 2 + size].to_vec();
             self.raw.drain(..line_end + 2 + size + 2);
