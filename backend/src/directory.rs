@@ -99,6 +99,7 @@ impl Directory {
                 service_type: u32::from(service_type),
                 seq: 0,
                 payload,
+                session_ids: Vec::new(),
             },
             &self.gateway_token,
         );

@@ -461,7 +461,7 @@ impl ControlPlane for Api {
 }
 
 impl Api {
-    async fn ownership(&self, sid: u64) -> Result<Option<pb::Ownership>, Status> {
+    pub(crate) async fn ownership(&self, sid: u64) -> Result<Option<pb::Ownership>, Status> {
         let Some((user, gw, epoch)) = self.cp.store.session(sid).await.map_err(store_status)?
         else {
             return Ok(None);
@@ -490,6 +490,17 @@ impl Api {
 
 #[tonic::async_trait]
 impl SessionDirectory for Api {
+    async fn push(
+        &self,
+        req: Request<pb::BatchPushRequest>,
+    ) -> Result<Response<pb::BatchPushResponse>, Status> {
+        require(&req, Scope::Operate)?;
+        let r = req.into_inner();
+        crate::push::batch_push(&self.cp, r, |sid| self.ownership(sid))
+            .await
+            .map(Response::new)
+    }
+
     async fn lookup(
         &self,
         req: Request<pb::LookupRequest>,

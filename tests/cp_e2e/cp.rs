@@ -1415,6 +1415,93 @@ async fn dns_endpoints_set_through_the_control_plane() {
     .await;
 }
 
+/// Batch push through the directory: sessions and users on two gateways in
+/// one call, a result per session, unknown targets reported, operate scope.
+#[tokio::test]
+async fn batch_push_reaches_sessions_and_users_on_every_gateway() {
+    let redis = Redis::start().await;
+    let cp = controlplane("cp-push", &redis.url(), 5000).await;
+    let b = backend("b1").await;
+    let mut c = cp_client(&cp, Some(ADMIN_TOKEN)).await;
+    put_service(&mut c, svc("echo", 1, "round_robin", &[b.addr])).await;
+    let g0 = cp_gateway("gw-push-0", cp.grpc, &scratch("snap", "pb")).await;
+    let g1 = cp_gateway("gw-push-1", cp.grpc, &scratch("snap", "pb")).await;
+    for gw in [&g0, &g1] {
+        eventually("gateway ready", || async {
+            http(gw.ops, "GET", "/ready", &[], b"").await.0 == 200
+        })
+        .await;
+    }
+    let mut s1 = Client::tcp(g0.client).await;
+    s1.hello(1, 0).await;
+    let mut s2 = Client::tcp(g1.client).await;
+    s2.hello(2, 0).await;
+    let mut s3 = Client::tcp(g0.client).await;
+    s3.hello(2, 0).await;
+    let mut dir = dir_client(&cp).await;
+    eventually("the directory knows user 2's sessions", || {
+        let mut d = dir.clone();
+        async move {
+            d.lookup_user(pb::LookupUserRequest { user_id: 2 })
+                .await
+                .is_ok_and(|r| r.into_inner().sessions.len() == 2)
+        }
+    })
+    .await;
+    let req = pb::BatchPushRequest {
+        session_ids: vec![s1.session_id, 424_242],
+        user_ids: vec![2, 77],
+        service_type: 1,
+        payload: b"to all".to_vec(),
+    };
+    let e = dir.push(req.clone()).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "read scope cannot push");
+    let mut op = pb::session_directory_client::SessionDirectoryClient::with_interceptor(
+        channel(cp.grpc).await,
+        Bearer(Some(OPERATE_TOKEN.into())),
+    );
+    let r = op.push(req).await.expect("push").into_inner().results;
+    let status = |sid: u64, uid: u64| {
+        r.iter()
+            .find(|x| x.session_id == sid && x.user_id == uid)
+            .map(|x| {
+                (
+                    pb::PushStatus::try_from(x.status).expect("status"),
+                    x.gateway_id.clone(),
+                )
+            })
+            .unwrap_or_else(|| panic!("no result for {sid}/{uid}: {r:?}"))
+    };
+    assert_eq!(
+        status(s1.session_id, 0),
+        (pb::PushStatus::Delivered, "gw-push-0".into())
+    );
+    assert_eq!(status(424_242, 0).0, pb::PushStatus::NotFound);
+    assert_eq!(
+        status(s2.session_id, 2),
+        (pb::PushStatus::Delivered, "gw-push-1".into())
+    );
+    assert_eq!(
+        status(s3.session_id, 2),
+        (pb::PushStatus::Delivered, "gw-push-0".into())
+    );
+    assert_eq!(status(0, 77).0, pb::PushStatus::NotFound);
+    assert_eq!(r.len(), 5, "{r:?}");
+    for c in [&mut s1, &mut s2, &mut s3] {
+        let f = c.recv_kind(gg_proto::Kind::Data).await;
+        assert_eq!((&f.payload[..], f.header.seq), (&b"to all"[..], 0));
+    }
+    drop(dir);
+    let e = op
+        .push(pb::BatchPushRequest {
+            service_type: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+}
+
 #[tokio::test]
 async fn fails_fast_when_redis_is_unreachable() {
     let dead = dead_addr();

@@ -441,11 +441,21 @@ impl GatewayAdmin for AdminService {
                 "payload exceeds {max} bytes (max_frame_bytes)"
             )));
         }
+        let mut missing = Vec::new();
         let targets =
             match (r.session_id, r.user_id) {
+                (0, 0) if !r.session_ids.is_empty() => (r.session_ids.iter())
+                    .filter_map(|id| {
+                        let s = self.gw.clients.sessions.get(*id);
+                        if s.is_none() {
+                            missing.push(*id);
+                        }
+                        s
+                    })
+                    .collect(),
                 (0, 0) | (1.., 1..) => {
                     return Err(Status::invalid_argument(
-                        "give exactly one of session_id or user_id",
+                        "give exactly one of session_id, user_id or session_ids",
                     ));
                 }
                 (id, 0) => vec![self.gw.clients.sessions.get(id).ok_or_else(|| {
@@ -461,7 +471,10 @@ impl GatewayAdmin for AdminService {
                     v
                 }
             };
-        let mut resp = pb::PushResponse::default();
+        let mut resp = pb::PushResponse {
+            missing,
+            ..Default::default()
+        };
         for s in targets {
             let mut h = Header::new(Kind::Data);
             h.service_type = service;

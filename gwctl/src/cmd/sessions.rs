@@ -133,6 +133,7 @@ pub(super) async fn run(ctx: &Ctx, c: cli::Sessions) -> anyhow::Result<View> {
                 service_type: service,
                 seq,
                 payload,
+                session_ids: Vec::new(),
             };
             push(ctx, req).await
         }
