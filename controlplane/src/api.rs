@@ -490,6 +490,21 @@ impl Api {
 
 #[tonic::async_trait]
 impl SessionDirectory for Api {
+    type WatchStream =
+        std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<pb::WatchBatch, Status>> + Send>>;
+
+    async fn watch(
+        &self,
+        req: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        require(&req, Scope::Read)?;
+        let r = req.into_inner();
+        let rx = crate::presence::watch(self.cp.clone(), r).await?;
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
     async fn push(
         &self,
         req: Request<pb::BatchPushRequest>,

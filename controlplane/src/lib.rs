@@ -16,6 +16,7 @@ pub mod config;
 mod gwadmin;
 pub mod ops;
 mod policy;
+mod presence;
 mod push;
 pub mod store;
 pub mod sync;

@@ -31,6 +31,9 @@ use gg_proto::pb::controlplane as pb;
 
 pub const K_EPOCH: &str = "{gg}:epoch";
 pub const K_REV: &str = "{gg}:rev";
+/// Presence history (a Redis stream), trimmed to about [`PRESENCE_KEEP`].
+pub const K_PRESENCE: &str = "{gg}:presence";
+pub const PRESENCE_KEEP: u64 = 100_000;
 pub const K_CONFIG: &str = "{gg}:config";
 pub const K_HIST: &str = "{gg}:hist";
 pub const K_GWS: &str = "{gg}:gws";
@@ -388,6 +391,35 @@ else
 end
 "#;
 
+/// `XRANGE` replies: `[[id, [field, value, …]], …]`.
+fn parse_entries(v: redis::Value) -> Vec<(String, std::collections::HashMap<String, String>)> {
+    let text = |v: &redis::Value| match v {
+        redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        redis::Value::SimpleString(s) => s.clone(),
+        _ => String::new(),
+    };
+    let redis::Value::Array(entries) = v else {
+        return Vec::new();
+    };
+    entries
+        .into_iter()
+        .filter_map(|e| {
+            let redis::Value::Array(parts) = e else {
+                return None;
+            };
+            let id = text(parts.first()?);
+            let redis::Value::Array(kv) = parts.get(1)? else {
+                return None;
+            };
+            let fields = kv
+                .chunks(2)
+                .filter_map(|c| Some((text(c.first()?), text(c.get(1)?))))
+                .collect();
+            Some((id, fields))
+        })
+        .collect()
+}
+
 /// `EVALSHA <sha> 1 <key> <args…>` for a single-key script, so it can go
 /// into a pipeline.
 fn evalsha(script: &Script, key: &str, args: &[&str]) -> Cmd {
@@ -700,6 +732,7 @@ impl Store {
                 user_id: user.unwrap_or(0),
                 open: false,
                 epoch: 0,
+                realm_id: 0,
             })
             .collect();
         self.sessions_apply(id, &events).await?;
@@ -752,6 +785,25 @@ impl Store {
             let mut set = redis::cmd(if e.open { "SADD" } else { "SREM" });
             set.arg(k_gwsess(gw)).arg(e.session_id);
             cmds.push(set);
+            let mut x = redis::cmd("XADD");
+            x.arg(K_PRESENCE)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(PRESENCE_KEEP)
+                .arg("*")
+                .arg("s")
+                .arg(e.session_id)
+                .arg("u")
+                .arg(e.user_id)
+                .arg("r")
+                .arg(e.realm_id)
+                .arg("g")
+                .arg(gw)
+                .arg("o")
+                .arg(u8::from(e.open))
+                .arg("e")
+                .arg(e.epoch);
+            cmds.push(x);
         }
         match self.send_all(&cmds).await {
             Err(StoreError::Redis(e))
@@ -814,6 +866,49 @@ impl Store {
                 Some((sid, gw.to_string(), ep.parse().unwrap_or(0)))
             })
             .collect())
+    }
+
+    /// Presence events after stream id `after` (at most `count`), with
+    /// their ids.
+    pub async fn presence_after(
+        &self,
+        after: &str,
+        count: usize,
+    ) -> Result<Vec<(String, std::collections::HashMap<String, String>)>, StoreError> {
+        let v: redis::Value = redis::cmd("XRANGE")
+            .arg(K_PRESENCE)
+            .arg(format!("({after}"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut self.c())
+            .await?;
+        Ok(parse_entries(v))
+    }
+
+    /// The first and last ids of the presence stream (None when empty).
+    pub async fn presence_bounds(&self) -> Result<Option<(String, String)>, StoreError> {
+        let first: redis::Value = redis::cmd("XRANGE")
+            .arg(K_PRESENCE)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut self.c())
+            .await?;
+        let last: redis::Value = redis::cmd("XREVRANGE")
+            .arg(K_PRESENCE)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut self.c())
+            .await?;
+        let (f, l) = (parse_entries(first), parse_entries(last));
+        Ok(match (f.into_iter().next(), l.into_iter().next()) {
+            (Some((a, _)), Some((b, _))) => Some((a, b)),
+            _ => None,
+        })
     }
 
     /// Session ids of one user from the index (callers re-check ownership).

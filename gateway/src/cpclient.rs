@@ -98,6 +98,7 @@ impl From<SessionEvent> for pb::SessionEvent {
             user_id: e.user_id,
             open: e.open,
             epoch: e.epoch,
+            realm_id: e.realm_id,
         }
     }
 }
@@ -214,6 +215,7 @@ async fn stream_once(
                 user_id: s.user_id(),
                 open: true,
                 epoch: s.opened_ms(),
+                realm_id: s.realm_id(),
             }
             .into()
         })

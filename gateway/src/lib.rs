@@ -376,6 +376,7 @@ pub(crate) struct SessionEvent {
     pub(crate) open: bool,
     /// Unix ms when this gateway opened (or resumed) the session.
     pub(crate) epoch: u64,
+    pub(crate) realm_id: u32,
 }
 
 impl Gateway {

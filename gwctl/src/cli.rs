@@ -82,6 +82,9 @@ pub enum Cmd {
     /// Fleet-wide client IP allow/deny lists (every gateway checks them at accept).
     #[command(subcommand, name = "ip-lists")]
     IpLists(IpListsCmd),
+    /// Session opens and closes across the fleet, as they happen.
+    #[command(subcommand)]
+    Presence(PresenceCmd),
     /// The fleet-wide limit of live sessions per user.
     #[command(subcommand, name = "session-policy")]
     SessionPolicy(SessionPolicyCmd),
@@ -210,6 +213,30 @@ pub enum IpListsCmd {
         blocks: Vec<String>,
         #[command(flatten)]
         write: WriteArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PresenceCmd {
+    /// Print events as they come (one line each; `-o json`: JSON lines),
+    /// each with the cursor to resume from.
+    Watch {
+        /// Resume after this cursor (from a previous line); `0` = the
+        /// oldest kept; default: from now.
+        #[arg(long, default_value = "")]
+        cursor: String,
+        /// Only these users (repeat).
+        #[arg(long = "user")]
+        users: Vec<u64>,
+        /// Only these realms (repeat).
+        #[arg(long = "realm")]
+        realms: Vec<u32>,
+        /// Only this gateway.
+        #[arg(long, default_value = "")]
+        gateway_id: String,
+        /// Stop after this many events (0: until interrupted).
+        #[arg(long, default_value_t = 0)]
+        limit: u64,
     },
 }
 

@@ -1502,6 +1502,136 @@ async fn batch_push_reaches_sessions_and_users_on_every_gateway() {
     assert_eq!(e.code(), Code::InvalidArgument);
 }
 
+/// Presence: a watcher sees opens and closes as batches with a cursor;
+/// reconnecting with the last cursor delivers what happened meanwhile;
+/// filters apply; a bad cursor is refused.
+#[tokio::test]
+async fn presence_watch_with_a_cursor_misses_nothing() {
+    use futures_util::StreamExt;
+    let redis = Redis::start().await;
+    let cp = controlplane("cp-pres", &redis.url(), 5000).await;
+    let b = backend("b1").await;
+    let mut c = cp_client(&cp, Some(ADMIN_TOKEN)).await;
+    put_service(&mut c, svc("echo", 1, "round_robin", &[b.addr])).await;
+    let gw = cp_gateway("gw-presence", cp.grpc, &scratch("snap", "pb")).await;
+    eventually("gateway ready", || async {
+        http(gw.ops, "GET", "/ready", &[], b"").await.0 == 200
+    })
+    .await;
+    let mut dir = dir_client(&cp).await;
+    let mut stream = dir
+        .watch(pb::WatchRequest::default())
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut first = Client::tcp(gw.client).await;
+    first.hello(11, 3).await;
+    let batch = tokio::time::timeout(WAIT, stream.next())
+        .await
+        .expect("a batch in time")
+        .expect("stream open")
+        .expect("batch");
+    let e = &batch.events[0];
+    assert_eq!(
+        (
+            e.session_id,
+            e.user_id,
+            e.realm_id,
+            e.gateway_id.as_str(),
+            e.kind
+        ),
+        (
+            first.session_id,
+            11,
+            3,
+            "gw-presence",
+            pb::PresenceKind::Open as i32
+        )
+    );
+    let cursor = batch.cursor.clone();
+    drop(stream);
+
+    // While nobody watches: the first leaves, a second arrives.
+    let first_id = first.session_id;
+    first
+        .send(&frame(gg_proto::Kind::Close, 0, 0, &b"{\"code\":3500}"[..]))
+        .await;
+    let mut second = Client::tcp(gw.client).await;
+    second.hello(12, 0).await;
+    let mut stream = dir
+        .watch(pb::WatchRequest {
+            cursor,
+            ..Default::default()
+        })
+        .await
+        .expect("watch again")
+        .into_inner();
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let b = tokio::time::timeout(WAIT, stream.next())
+            .await
+            .expect("a batch in time")
+            .expect("open")
+            .expect("batch");
+        assert!(!b.gap);
+        seen.extend(b.events.into_iter().map(|e| (e.session_id, e.kind)));
+    }
+    assert_eq!(
+        seen,
+        [
+            (first_id, pb::PresenceKind::Close as i32),
+            (second.session_id, pb::PresenceKind::Open as i32)
+        ]
+    );
+
+    // From the oldest kept, only user 12.
+    let mut only = dir
+        .watch(pb::WatchRequest {
+            cursor: "0".into(),
+            user_ids: vec![12],
+            ..Default::default()
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let b = tokio::time::timeout(WAIT, only.next())
+        .await
+        .expect("in time")
+        .expect("open")
+        .expect("batch");
+    assert!(b.events.iter().all(|e| e.user_id == 12) && !b.events.is_empty());
+    let out = tokio::process::Command::new(bin("gwctl"))
+        .args(["--controlplane", &format!("http://{}", cp.grpc)])
+        .args([
+            "presence", "watch", "--cursor", "0", "--user", "12", "--limit", "1", "-o", "json",
+        ])
+        .env("GWCTL_TOKEN", READ_TOKEN)
+        .env_remove("GWCTL_CONFIG")
+        .env("XDG_CONFIG_HOME", scratch("no-config", "d"))
+        .output()
+        .await
+        .expect("gwctl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(&format!("\"session_id\":{}", second.session_id))
+            && text.contains("\"kind\":\"open\""),
+        "{text}"
+    );
+    let e = dir
+        .watch(pb::WatchRequest {
+            cursor: "not-a-cursor".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+}
+
 #[tokio::test]
 async fn fails_fast_when_redis_is_unreachable() {
     let dead = dead_addr();

@@ -195,6 +195,7 @@ pub(crate) fn opened(gw: &Gateway, handle: &SessionHandle, resumed: bool) {
         user_id: handle.user_id(),
         open: true,
         epoch: handle.opened_ms(),
+        realm_id: handle.realm_id(),
     });
     info!(session = handle.id(), user = handle.user_id(), realm = handle.realm_id(), remote = %handle.remote(), protocol = handle.protocol().name(), resumed, "session opened");
 }

@@ -479,6 +479,7 @@ impl Session {
                 user_id: self.handle.user_id(),
                 open: false,
                 epoch: 0,
+                realm_id: self.handle.realm_id(),
             });
         }
         self.gw

@@ -40,6 +40,22 @@ pub async fn run(ctx: &Ctx, cmd: Cmd, format: Format) -> anyhow::Result<Status> 
         Cmd::Overrides(c) => ok(overrides::run(ctx, c).await?),
         Cmd::IpLists(c) => ok(policy::ip_lists(ctx, c).await?),
         Cmd::Import(c) => import::run(ctx, c).await?,
+        Cmd::Presence(crate::cli::PresenceCmd::Watch {
+            cursor,
+            users,
+            realms,
+            gateway_id,
+            limit,
+        }) => {
+            let req = cp::WatchRequest {
+                cursor,
+                user_ids: users,
+                realm_ids: realms,
+                gateway_id,
+            };
+            sessions::watch(ctx, req, limit, format).await?;
+            return Ok(Status::Ok);
+        }
         Cmd::SessionPolicy(c) => ok(policy::session_policy(ctx, c).await?),
         Cmd::Apply(a) => ok(config::apply(ctx, &a.file.file, &a.write).await?),
         Cmd::Diff(f) => config::diff(ctx, &f.file).await?,

@@ -323,3 +323,61 @@ async fn lookup(ctx: &Ctx, id: Option<u64>, user: Option<u64>) -> anyhow::Result
     let headers = vec!["SESSION", "USER", "GATEWAY", "ADMIN", "SINCE"];
     Ok(View::list("sessions", &owners, headers, owner, table_row))
 }
+
+/// `presence watch`: streams lines until `limit` events (0: forever).
+pub(super) async fn watch(
+    ctx: &Ctx,
+    req: cp::WatchRequest,
+    limit: u64,
+    format: crate::cli::Format,
+) -> anyhow::Result<()> {
+    use futures_util::StreamExt;
+    use std::io::Write;
+    let mut stream = ctx
+        .directory()
+        .await?
+        .watch(req)
+        .await
+        .map_err(explain)?
+        .into_inner();
+    let mut n = 0u64;
+    let mut out = std::io::stdout();
+    while let Some(batch) = stream.next().await {
+        let b = batch.map_err(explain)?;
+        if b.gap {
+            writeln!(
+                out,
+                "# gap: events before cursor {} are no longer kept",
+                b.cursor
+            )?;
+        }
+        for e in &b.events {
+            let kind = if e.kind == cp::PresenceKind::Open as i32 {
+                "open"
+            } else {
+                "close"
+            };
+            match format {
+                crate::cli::Format::Json => writeln!(
+                    out,
+                    "{}",
+                    serde_json::json!({
+                        "kind": kind, "session_id": e.session_id, "user_id": e.user_id,
+                        "realm_id": e.realm_id, "gateway_id": e.gateway_id, "cursor": b.cursor,
+                    })
+                )?,
+                _ => writeln!(
+                    out,
+                    "{kind:<5} session={} user={} realm={} gateway={} cursor={}",
+                    e.session_id, e.user_id, e.realm_id, e.gateway_id, b.cursor
+                )?,
+            }
+            n += 1;
+            if limit != 0 && n >= limit {
+                return Ok(());
+            }
+        }
+        out.flush()?;
+    }
+    anyhow::bail!("the control plane ended the stream")
+}
