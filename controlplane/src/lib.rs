@@ -49,6 +49,10 @@ pub struct Cp {
     pub metrics: CpMetrics,
     /// Serialises this replica's config writes (CAS protects across replicas).
     pub write_lock: tokio::sync::Mutex<()>,
+    /// Sessions this replica's session policy closed recently (a session
+    /// two checks both chose is closed, and counted, once).
+    pub(crate) policy_recent:
+        parking_lot::Mutex<std::collections::HashMap<u64, std::time::Instant>>,
 }
 
 pub struct CpMetrics {
@@ -359,6 +363,7 @@ pub async fn run(
         store,
         nudge: Notify::new(),
         store_ok: AtomicBool::new(true),
+        policy_recent: parking_lot::Mutex::new(std::collections::HashMap::new()),
         metrics: CpMetrics::new(),
         write_lock: tokio::sync::Mutex::new(()),
         cfg,

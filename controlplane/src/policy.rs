@@ -20,6 +20,10 @@ use tracing::{info, warn};
 
 use crate::Cp;
 
+/// How long a closed session is remembered (it leaves the directory well
+/// within this).
+const RECENT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Checks `users` in the background (the Sync stream does not wait).
 pub(crate) fn enforce(cp: &Arc<Cp>, users: Vec<u64>) {
     let Some(policy) = current(cp) else { return };
@@ -70,6 +74,16 @@ async fn enforce_user(cp: &Arc<Cp>, policy: SessionPolicy, uid: u64) -> Result<(
     }
     let mut keys: Vec<(u64, u64)> = live.iter().map(|(o, s, _)| (*o, *s)).collect();
     let (victims, code) = policy.excess(&mut keys);
+    // Already being closed by an earlier check of this replica: once is enough.
+    let victims: Vec<u64> = {
+        let mut recent = cp.policy_recent.lock();
+        let now = std::time::Instant::now();
+        recent.retain(|_, at| now.duration_since(*at) < RECENT);
+        victims
+            .into_iter()
+            .filter(|sid| recent.insert(*sid, now).is_none())
+            .collect()
+    };
     if victims.is_empty() {
         return Ok(());
     }
