@@ -10,6 +10,10 @@ use tonic::transport::{Channel, Endpoint};
 
 /// A session's owner, from the control plane's `SessionDirectory`.
 pub type Ownership = cp_pb::Ownership;
+/// One session's outcome of [`Directory::push_many`].
+pub type PushResult = cp_pb::PushResult;
+/// A batch of presence events from [`Directory::watch`], with its cursor.
+pub type PresenceBatch = cp_pb::WatchBatch;
 
 /// Why a directory call failed.
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +112,50 @@ impl Directory {
             Err(s) if s.code() == tonic::Code::NotFound => Ok(false),
             Err(s) => Err(s.into()),
         }
+    }
+
+    /// One payload to many sessions and users, routed by the control plane
+    /// (needs a control-plane token with scope `operate` as
+    /// `directory_token`): a result per session.
+    pub async fn push_many(
+        &self,
+        session_ids: Vec<u64>,
+        user_ids: Vec<u64>,
+        service_type: u16,
+        payload: Vec<u8>,
+    ) -> Result<Vec<PushResult>, DirectoryError> {
+        let mut c =
+            cp_pb::session_directory_client::SessionDirectoryClient::new(self.controlplane.clone());
+        let req = bearer(
+            cp_pb::BatchPushRequest {
+                session_ids,
+                user_ids,
+                service_type: u32::from(service_type),
+                payload,
+            },
+            &self.directory_token,
+        );
+        Ok(c.push(req).await?.into_inner().results)
+    }
+
+    /// Session opens and closes across the fleet from `cursor` (empty: from
+    /// now; keep the last batch's cursor to resume without missing any).
+    pub async fn watch(
+        &self,
+        cursor: &str,
+        user_ids: Vec<u64>,
+    ) -> Result<tonic::Streaming<PresenceBatch>, DirectoryError> {
+        let mut c =
+            cp_pb::session_directory_client::SessionDirectoryClient::new(self.controlplane.clone());
+        let req = bearer(
+            cp_pb::WatchRequest {
+                cursor: cursor.to_string(),
+                user_ids,
+                ..Default::default()
+            },
+            &self.directory_token,
+        );
+        Ok(c.watch(req).await?.into_inner())
     }
 
     fn gateway(&self, addr: &str) -> Result<Channel, DirectoryError> {

@@ -53,7 +53,7 @@ mod directory;
 mod server;
 mod session;
 
-pub use directory::{Directory, DirectoryError, Ownership};
+pub use directory::{Directory, DirectoryError, Ownership, PresenceBatch, PushResult};
 pub use gg_proto::control::{Close, Open};
 pub use gg_proto::{CloseCode, ErrorCode, Header, Kind};
 pub use server::{Handler, Server, Sessions};

@@ -922,6 +922,33 @@ async fn backend_kit_directory_finds_the_owner_and_pushes_through_it() {
     let f = s.recv_kind(gg_proto::Kind::Data).await;
     assert_eq!(&f.payload[..], b"from the kit");
 
+    // Watch presence from the oldest kept: this session's open is there.
+    let mut w = dir.watch("0", vec![77]).await.expect("watch");
+    let batch = tokio::time::timeout(WAIT, w.message())
+        .await
+        .expect("in time")
+        .expect("stream")
+        .expect("batch");
+    assert!(
+        batch.events.iter().any(|e| e.session_id == sid),
+        "{batch:?}"
+    );
+    // Many at once through the control plane (operate token).
+    let ops = Directory::new(&url, Some(OPERATE_TOKEN.into()), None).expect("dir");
+    let r = ops
+        .push_many(vec![sid], vec![], 1, b"batch".to_vec())
+        .await
+        .expect("push_many");
+    assert_eq!(r.len(), 1);
+    assert_eq!(
+        r[0].status,
+        gg_proto::pb::controlplane::PushStatus::Delivered as i32
+    );
+    assert_eq!(
+        &s.recv_kind(gg_proto::Kind::Data).await.payload[..],
+        b"batch"
+    );
+
     // Unknown ids are "nobody", not errors; a wrong token is an error.
     assert!(dir.lookup(sid + 1_000_000).await.expect("lookup").is_none());
     assert!(
