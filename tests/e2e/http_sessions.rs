@@ -267,3 +267,76 @@ async fn a_drain_reaches_an_http_session_as_a_goaway_event() {
     let (_, event, data) = sse.next().await.expect("close at the deadline");
     assert_eq!(event, "close", "{data}");
 }
+
+/// A drained HTTP session continues on another gateway: the `goaway`
+/// event's resume token starts the same session there (same id, backend
+/// state kept); a token works once.
+#[tokio::test]
+async fn an_http_session_resumes_on_another_gateway_after_a_drain() {
+    let b = backend("b1").await;
+    let secret = scratch("resume", "key");
+    std::fs::write(&secret, "0123456789abcdef0123456789abcdef").expect("secret");
+    let body = format!(
+        "{}{}resume: {{ secret_file: {} }}\n",
+        one_service(b.addr),
+        admin_yaml(),
+        secret.display()
+    );
+    let (g0, g1) = (gateway(&body).await, gateway(&body).await);
+    let (id, token) = start(&g0, "5").await;
+    assert_eq!(call(&g0, &id, &token, "count").await.1, "1");
+    let mut sse = Sse::open(
+        g0.client,
+        &format!("/v1/sessions/{id}/events"),
+        &token,
+        None,
+    )
+    .await;
+    admin(&g0, Some(OPERATE_TOKEN))
+        .await
+        .start_drain(pb::StartDrainRequest {
+            request_id: "move".into(),
+            deadline_ms: 5_000,
+            spread_ms: 0,
+            ..Default::default()
+        })
+        .await
+        .expect("drain");
+    let (_, event, data) = sse.next().await.expect("goaway");
+    assert_eq!(event, "goaway");
+    let goaway: serde_json::Value = serde_json::from_str(&data).expect("json");
+    let resume = goaway["resume_token"]
+        .as_str()
+        .expect("resume token")
+        .to_string();
+    let req = serde_json::json!({ "session_id": id, "resume_token": resume }).to_string();
+    let (code, body) = http(
+        g1.client,
+        "POST",
+        "/v1/sessions",
+        &[("x-user-id", "5")],
+        req.as_bytes(),
+    )
+    .await;
+    assert_eq!(code, 201, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(
+        (v["session_id"].as_str(), v["resumed"].as_bool()),
+        (Some(id.as_str()), Some(true))
+    );
+    let token2 = v["session_token"].as_str().expect("token").to_string();
+    assert_eq!(
+        call(&g1, &id, &token2, "count").await.1,
+        "2",
+        "the backend kept the session"
+    );
+    let (code, _) = http(
+        g1.client,
+        "POST",
+        "/v1/sessions",
+        &[("x-user-id", "5")],
+        req.as_bytes(),
+    )
+    .await;
+    assert_ne!(code, 201, "a resume token works once");
+}

@@ -296,6 +296,12 @@ struct StartBody {
     region: Option<String>,
     #[serde(default)]
     realm_id: Option<u32>,
+    /// Resume a session (from another gateway's `goaway` event, or a
+    /// previous start): its id, as a string, and its resume token.
+    #[serde(default)]
+    session_id: Option<String>,
+    #[serde(default)]
+    resume_token: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -303,6 +309,9 @@ struct Started {
     session_id: String,
     session: String,
     session_token: String,
+    /// Resumes this session elsewhere (when resume is enabled).
+    resume_token: Option<String>,
+    resumed: bool,
     gateway_id: String,
     user_id: String,
     region: Option<String>,
@@ -362,7 +371,32 @@ async fn start_inner(
         .limits
         .try_acquire(remote.ip())
         .map_err(|r| CallError::Rejected(r, "connection limit reached".into()))?;
-    let id = gw.clients.ids.next_id();
+    let resumed = match (&opts.session_id, &opts.resume_token) {
+        (None, None) => None,
+        (Some(sid), Some(token)) => {
+            let sid: u64 = sid.parse().map_err(|_| {
+                RequestError::BadRequest("session_id must be the id as a decimal string".into())
+            })?;
+            let keys = gw.clients.resume.as_ref().ok_or_else(|| {
+                CallError::Rejected(
+                    Reject::BadResume,
+                    "session resume is not enabled on this gateway".into(),
+                )
+            })?;
+            let claims = keys
+                .redeem(token, sid, user)
+                .map_err(|e| CallError::Rejected(Reject::BadResume, e.to_string()))?;
+            user = claims.user_id;
+            Some(sid)
+        }
+        _ => {
+            return Err(RequestError::BadRequest(
+                "a resume needs both session_id and resume_token".into(),
+            )
+            .into());
+        }
+    };
+    let id = resumed.unwrap_or_else(|| gw.clients.ids.next_id());
     let realm = opts.realm_id.unwrap_or(0);
     let (handle, rx) = SessionHandle::new(
         id,
@@ -388,11 +422,16 @@ async fn start_inner(
         calls: Mutex::new(HashMap::new()),
         events: Mutex::new(Events::default()),
     });
-    if !gw.clients.sessions.insert(handle.clone()) {
+    if resumed.is_some() {
+        // Resumed here from another connection of this gateway: it moves.
+        if let Some(old) = gw.clients.sessions.replace(handle.clone()) {
+            old.close(CloseCode::Moved);
+        }
+    } else if !gw.clients.sessions.insert(handle.clone()) {
         return Err(RequestError::BadState("session id collision, retry".into()).into());
     }
     gw.clients.http_sessions.lock().insert(id, shared.clone());
-    crate::session::hello::opened(gw, &handle, false);
+    crate::session::hello::opened(gw, &handle, resumed.is_some());
     let io = ClientIo::Sse {
         io: Box::new(SseIo {
             shared: shared.clone(),
@@ -402,13 +441,23 @@ async fn start_inner(
     };
     let gw2 = gw.clone();
     gw.life.tracker.spawn(async move {
-        crate::session::live::run_http_session(gw2.clone(), handle, rx, io, guard).await;
+        crate::session::live::run_http_session(
+            gw2.clone(),
+            handle,
+            rx,
+            io,
+            guard,
+            resumed.is_some(),
+        )
+        .await;
         gw2.clients.http_sessions.lock().remove(&id);
     });
     let started = Started {
         session_id: id.to_string(),
         session: format!("{}:{id}", gw.cfg.gateway_id),
         session_token: hex(&shared.token),
+        resume_token: (gw.clients.resume.as_ref()).map(|k| k.mint(id, user)),
+        resumed: resumed.is_some(),
         gateway_id: gw.cfg.gateway_id.clone(),
         user_id: user.to_string(),
         region: shared.handle.region().map(str::to_string),

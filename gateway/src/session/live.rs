@@ -503,6 +503,7 @@ pub(crate) async fn run_http_session(
     rx: super::Inbox,
     io: ClientIo,
     guard: crate::limits::ConnGuard,
+    resumed: bool,
 ) {
     let s = Session {
         bucket: TokenBucket::new(
@@ -523,7 +524,7 @@ pub(crate) async fn run_http_session(
         bindings: Vec::new(),
         protocol: Protocol::HttpSession,
         goaway_sent: false,
-        resumed: false,
+        resumed,
         trace: None,
     };
     live(s).await;
