@@ -108,3 +108,69 @@ async fn http_calls_and_backend_round_trips_are_timed() {
     );
     assert!(!gw.metrics().await.contains("service=\"nope\""));
 }
+
+/// One raw HTTP/1.1 request; returns the whole response text (head and body).
+async fn raw_http(addr: std::net::SocketAddr, req: String) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut out))
+        .await
+        .expect("in time")
+        .expect("read");
+    String::from_utf8_lossy(&out).to_lowercase()
+}
+
+/// CORS: allowed origins get the headers and a preflight answer, others
+/// none (and a 403 preflight); a bad origin in the config is refused.
+#[tokio::test]
+async fn cors_lets_configured_origins_call_from_a_browser() {
+    let b = backend("b1").await;
+    let gw = gateway(&format!(
+        "{}cors: {{ allow_origins: [\"https://game.example.com\"], max_age_s: 60 }}\n",
+        one_service(b.addr)
+    ))
+    .await;
+    let call = |origin: &str| {
+        format!(
+            "POST /v1/call/echo HTTP/1.1\r\nHost: gw\r\nOrigin: {origin}\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi"
+        )
+    };
+    let ok = raw_http(gw.client, call("https://game.example.com")).await;
+    assert!(ok.starts_with("http/1.1 200"), "{ok}");
+    assert!(
+        ok.contains("access-control-allow-origin: https://game.example.com"),
+        "{ok}"
+    );
+    let other = raw_http(gw.client, call("https://evil.example")).await;
+    assert!(
+        other.starts_with("http/1.1 200") && !other.contains("access-control-allow-origin"),
+        "{other}"
+    );
+    let preflight = |origin: &str| {
+        format!(
+            "OPTIONS /v1/sessions HTTP/1.1\r\nHost: gw\r\nOrigin: {origin}\r\nAccess-Control-Request-Method: POST\r\nConnection: close\r\n\r\n"
+        )
+    };
+    let p = raw_http(gw.client, preflight("https://game.example.com")).await;
+    assert!(p.starts_with("http/1.1 204"), "{p}");
+    assert!(
+        p.contains("access-control-allow-methods: get, post, delete, options"),
+        "{p}"
+    );
+    assert!(
+        p.contains("x-session-token") && p.contains("access-control-max-age: 60"),
+        "{p}"
+    );
+    let denied = raw_http(gw.client, preflight("https://evil.example")).await;
+    assert!(denied.starts_with("http/1.1 403"), "{denied}");
+    let (code, err) = run_to_exit(
+        "gateway",
+        "listen: 127.0.0.1:0\nops_listen: 127.0.0.1:0\ncors: { allow_origins: [\"game.example.com/\"] }\n",
+        &["--check"],
+    )
+    .await;
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("is not an origin"), "{err}");
+}

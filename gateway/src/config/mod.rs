@@ -75,6 +75,63 @@ pub struct FileConfig {
     pub ip_lists: Option<FileIpLists>,
     #[serde(default)]
     pub discovery: Option<FileDiscovery>,
+    #[serde(default)]
+    pub cors: Option<FileCors>,
+}
+
+/// `cors:` — browsers on other origins may call the client port's HTTP
+/// endpoints (calls, sessions, events).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCors {
+    /// `https://game.example.com`, or `"*"` for any origin.
+    pub allow_origins: Vec<String>,
+    #[serde(default = "default_cors_max_age")]
+    pub max_age_s: u64,
+}
+
+fn default_cors_max_age() -> u64 {
+    600
+}
+
+/// Resolved `cors:`.
+#[derive(Debug, Clone)]
+pub struct CorsSettings {
+    pub any: bool,
+    pub origins: Vec<String>,
+    pub max_age_s: u64,
+}
+
+impl CorsSettings {
+    /// Whether `origin` may call.
+    pub fn allows(&self, origin: &str) -> bool {
+        self.any || self.origins.iter().any(|o| o == origin)
+    }
+}
+
+impl FileCors {
+    fn validate(&self, errs: &mut Errors) -> CorsSettings {
+        if self.allow_origins.is_empty() {
+            errs.push("cors.allow_origins must name at least one origin (or \"*\")".into());
+        }
+        for o in self.allow_origins.iter().filter(|o| *o != "*") {
+            let ok = (o.starts_with("https://") || o.starts_with("http://"))
+                && !o.ends_with('/')
+                && o.split("://")
+                    .nth(1)
+                    .is_some_and(|h| !h.is_empty() && !h.contains('/'));
+            if !ok {
+                errs.push(format!(
+                    "cors.allow_origins: {o:?} is not an origin (scheme://host[:port], no path)"
+                ));
+            }
+        }
+        CorsSettings {
+            any: self.allow_origins.iter().any(|o| o == "*"),
+            origins: self.allow_origins.clone(),
+            max_age_s: self.max_age_s,
+        }
+    }
 }
 
 /// `discovery:` — how `dns://name:port` service endpoints are resolved.
@@ -239,6 +296,8 @@ pub struct Config {
     pub ip_lists: IpListSettings,
     /// Resolution of `dns://` endpoints.
     pub discovery: DiscoverySettings,
+    /// Cross-origin browser callers (absent: no CORS headers).
+    pub cors: Option<CorsSettings>,
 }
 
 /// Every problem found in a config file, one per line.
@@ -318,6 +377,7 @@ impl Config {
             discovery: (file.discovery.as_ref())
                 .map(|d| d.validate(&mut errs))
                 .unwrap_or_default(),
+            cors: file.cors.as_ref().map(|c| c.validate(&mut errs)),
         };
         if errs.is_empty() {
             Ok(cfg)

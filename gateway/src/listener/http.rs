@@ -108,6 +108,20 @@ async fn route(
     guard: Arc<Mutex<Option<ConnGuard>>>,
 ) -> Response<Body> {
     let path = req.uri().path().to_string();
+    let origin = (gw.cfg.cors.as_ref())
+        .and(req.headers().get(header::ORIGIN))
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    if req.method() == Method::OPTIONS
+        && let (Some(cors), Some(origin)) = (&gw.cfg.cors, &origin)
+    {
+        let resp = preflight(cors, origin);
+        gw.metrics
+            .http_responses
+            .with_label_values(&[resp.status().as_str()])
+            .inc();
+        return resp;
+    }
     let resp = if is_ws_upgrade(req.headers()) {
         if path == WS_PATH {
             upgrade(gw.clone(), remote, req, guard)
@@ -141,11 +155,59 @@ async fn route(
             "unknown path; use POST /v1/call/{service}, POST /v1/sessions or GET /v1/ws (health and metrics are on the ops port)",
         )
     };
+    let mut resp = resp;
+    if let (Some(cors), Some(origin)) = (&gw.cfg.cors, &origin)
+        && cors.allows(origin)
+        && let Ok(v) = HeaderValue::from_str(origin)
+    {
+        let h = resp.headers_mut();
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+        h.insert(header::VARY, HeaderValue::from_static("origin"));
+        h.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("x-gateway-session"),
+        );
+    }
     gw.metrics
         .http_responses
         .with_label_values(&[resp.status().as_str()])
         .inc();
     resp
+}
+
+/// Headers a browser may send cross-origin.
+const CORS_HEADERS: &str = "content-type, authorization, x-user-id, x-realm-id, x-region, x-session-token, last-event-id, traceparent";
+
+/// The answer to a CORS preflight: allowed origins get the methods and
+/// headers the client port takes; others a 403.
+fn preflight(cors: &crate::config::CorsSettings, origin: &str) -> Response<Body> {
+    if !cors.allows(origin) {
+        return json_error(
+            StatusCode::FORBIDDEN,
+            0,
+            "cors_origin",
+            "this origin is not in cors.allow_origins",
+        );
+    }
+    let mut r = Response::new(full(Bytes::new()));
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    let h = r.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(origin) {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+    }
+    h.insert(header::VARY, HeaderValue::from_static("origin"));
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST, DELETE, OPTIONS"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static(CORS_HEADERS),
+    );
+    if let Ok(v) = HeaderValue::from_str(&cors.max_age_s.to_string()) {
+        h.insert(header::ACCESS_CONTROL_MAX_AGE, v);
+    }
+    r
 }
 
 pub(crate) fn is_ws_upgrade(h: &HeaderMap) -> bool {
