@@ -23,6 +23,9 @@ pub enum SendError {
     /// is not keeping up. Nothing was queued.
     #[error("the gateway connection's queue is full")]
     Overloaded,
+    /// Not a valid room name (1–128 bytes of `A–Z a–z 0–9 _ . : -`).
+    #[error("invalid room name")]
+    BadRoom,
 }
 
 /// The gateway connection a session is reached through now.
@@ -126,6 +129,42 @@ impl Session {
             reason: reason.to_string(),
         });
         Ok(())
+    }
+
+    /// Puts the player into `room` (rooms extension of protocol v1): every
+    /// message published to the room afterwards reaches it, on whichever
+    /// gateway it is connected. The gateway confirms with JOIN `{room, seq}`
+    /// (the room's sequence at the join); to wait for it, use the control
+    /// plane's `Rooms.Join` instead.
+    pub fn join(&self, room: &str) -> Result<(), SendError> {
+        self.room_frame(Kind::Join, room)
+    }
+
+    /// Takes the player out of `room`.
+    pub fn leave(&self, room: &str) -> Result<(), SendError> {
+        self.room_frame(Kind::Leave, room)
+    }
+
+    /// Publishes `data` to every member of `room` across the fleet, through
+    /// this session's gateway connection (`service_type` tells clients
+    /// which service it is from). Numbered by the control plane; use
+    /// `Rooms.Publish` to learn the number.
+    pub fn publish(&self, room: &str, service_type: u16, data: &[u8]) -> Result<(), SendError> {
+        let payload =
+            gg_proto::room::publish_payload(room, data).map_err(|_| SendError::BadRoom)?;
+        let mut h = Header::new(Kind::Publish);
+        h.service_type = service_type;
+        self.send(Frame::new(h, payload))
+    }
+
+    fn room_frame(&self, kind: Kind, room: &str) -> Result<(), SendError> {
+        if !gg_proto::room::valid_room(room) {
+            return Err(SendError::BadRoom);
+        }
+        let body = gg_proto::room::RoomRef {
+            room: room.to_string(),
+        };
+        self.send(control::control_frame(kind, self.header(kind), &body))
     }
 
     fn header(&self, kind: Kind) -> Header {

@@ -49,6 +49,9 @@ pub async fn serve(
     let (health, health_svc) = tonic_health::server::health_reporter();
     health.set_serving::<ControlPlaneServer<Api>>().await;
     health.set_serving::<SessionDirectoryServer<Api>>().await;
+    health
+        .set_serving::<gg_proto::pb::controlplane::rooms_server::RoomsServer<crate::rooms::RoomsApi>>()
+        .await;
     let (v1, v1alpha) = gg_runtime::grpc::reflection(gg_proto::pb::CONTROL_PLANE_SERVICES)?;
     let api = Api { cp: cp.clone() };
     let idle = cp.cfg.idle_timeout;
@@ -61,6 +64,12 @@ pub async fn serve(
             auth.clone(),
         ))
         .add_service(SessionDirectoryServer::with_interceptor(api, auth.clone()))
+        .add_service(
+            gg_proto::pb::controlplane::rooms_server::RoomsServer::with_interceptor(
+                crate::rooms::RoomsApi { cp: cp.clone() },
+                auth.clone(),
+            ),
+        )
         .add_service(GatewaySyncServer::with_interceptor(
             crate::sync::SyncService::new(cp, stop.clone()),
             auth,

@@ -40,6 +40,33 @@ pub struct FileConfig {
     /// OpenTelemetry span export (the same section as the gateway's).
     #[serde(default)]
     pub telemetry: Option<gg_runtime::telemetry::FileTelemetry>,
+    /// Room history and fan-out.
+    #[serde(default)]
+    pub rooms: FileRooms,
+}
+
+/// `rooms:` — each room keeps its last `history_size` messages, each for at
+/// most `history_ttl_ms`; the fleet fan-out log keeps about `log_keep`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileRooms {
+    pub history_size: u32,
+    pub history_ttl_ms: u64,
+    pub log_keep: u64,
+    /// How long a session that closed in a way it may resume from keeps its
+    /// room list for the gateway it resumes on (match `resume.ttl_ms`).
+    pub resume_keep_ms: u64,
+}
+
+impl Default for FileRooms {
+    fn default() -> Self {
+        FileRooms {
+            history_size: 100,
+            history_ttl_ms: 300_000,
+            log_keep: 100_000,
+            resume_keep_ms: 300_000,
+        }
+    }
 }
 
 fn d_reconcile() -> u64 {
@@ -113,6 +140,7 @@ pub struct Config {
     pub tls: Option<tonic::transport::ServerTlsConfig>,
     pub gateway_admin_tls: Option<tonic::transport::ClientTlsConfig>,
     pub telemetry: Option<gg_runtime::telemetry::TelemetrySettings>,
+    pub rooms: FileRooms,
 }
 
 /// `redis:`: exactly one of url, cluster or sentinel; the CA; the timeout.
@@ -225,6 +253,24 @@ impl Config {
                 .map_err(|e| errs.push(format!("gateway_admin_tls: {e}")))
                 .ok()
         });
+        let r = &f.rooms;
+        if r.history_size > 10_000 {
+            errs.push(format!(
+                "rooms.history_size {} must be at most 10000",
+                r.history_size
+            ));
+        }
+        if r.history_ttl_ms == 0 || r.resume_keep_ms == 0 {
+            errs.push(
+                "rooms.history_ttl_ms and rooms.resume_keep_ms must be greater than 0".into(),
+            );
+        }
+        if r.log_keep < 1_000 {
+            errs.push(format!(
+                "rooms.log_keep {} must be at least 1000",
+                r.log_keep
+            ));
+        }
         let telemetry = f
             .telemetry
             .as_ref()
@@ -253,6 +299,7 @@ impl Config {
                 tls,
                 gateway_admin_tls,
                 telemetry,
+                rooms: f.rooms,
             }),
             _ => Err(ConfigError(errs)),
         }

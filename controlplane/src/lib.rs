@@ -18,6 +18,7 @@ pub mod ops;
 mod policy;
 mod presence;
 mod push;
+pub mod rooms;
 pub mod store;
 pub mod sync;
 pub mod write;
@@ -53,6 +54,8 @@ pub struct Cp {
     /// two checks both chose is closed, and counted, once).
     pub(crate) policy_recent:
         parking_lot::Mutex<std::collections::HashMap<u64, std::time::Instant>>,
+    /// Which gateway streams here want which rooms.
+    pub rooms: rooms::Hub,
 }
 
 pub struct CpMetrics {
@@ -71,6 +74,12 @@ pub struct CpMetrics {
     pub policy_closes: IntCounter,
     /// gRPC calls served, by method (observed by the runtime's gRPC layer).
     pub rpc_seconds: prometheus::HistogramVec,
+    pub room_publishes: IntCounter,
+    pub room_publish_errors: IntCounter,
+    pub room_log_read: IntCounter,
+    pub room_forwarded: IntCounter,
+    pub room_replays: IntCounter,
+    pub room_ops: IntCounter,
 }
 
 /// Every Redis call of this process, by command (`pipeline` for a
@@ -137,6 +146,30 @@ impl CpMetrics {
                 "cp_snapshots_sent_total",
                 "Config snapshots sent to gateways.",
             ),
+            room_publishes: c(
+                "cp_room_publishes_total",
+                "Room messages published through this replica (numbered, kept, logged).",
+            ),
+            room_publish_errors: c(
+                "cp_room_publish_errors_total",
+                "Room publishes whose Redis script failed (outcome unknown).",
+            ),
+            room_log_read: c(
+                "cp_room_log_read_total",
+                "Room messages this replica read from the fan-out log.",
+            ),
+            room_forwarded: c(
+                "cp_room_forwarded_total",
+                "Room messages handed to gateway Sync streams (once per gateway with members).",
+            ),
+            room_replays: c(
+                "cp_room_replays_total",
+                "Room history replays for gateways recovering a gap.",
+            ),
+            room_ops: c(
+                "cp_room_membership_changes_total",
+                "Room joins and leaves written to the member index.",
+            ),
             policy_closes: c(
                 "cp_session_policy_closes_total",
                 "Sessions closed because their user had more than session_policy.max_sessions_per_user.",
@@ -172,6 +205,17 @@ impl CpMetrics {
 }
 
 impl Cp {
+    /// Room history and fan-out settings for the store.
+    pub fn room_limits(&self) -> store::RoomLimits {
+        let r = &self.cfg.rooms;
+        store::RoomLimits {
+            history_size: r.history_size,
+            history_ttl_ms: r.history_ttl_ms,
+            log_keep: r.log_keep,
+            resume_keep_ms: r.resume_keep_ms,
+        }
+    }
+
     pub fn store_ok(&self) -> bool {
         self.store_ok.load(Ordering::Relaxed)
     }
@@ -364,6 +408,7 @@ pub async fn run(
         nudge: Notify::new(),
         store_ok: AtomicBool::new(true),
         policy_recent: parking_lot::Mutex::new(std::collections::HashMap::new()),
+        rooms: rooms::Hub::default(),
         metrics: CpMetrics::new(),
         write_lock: tokio::sync::Mutex::new(()),
         cfg,
@@ -372,6 +417,7 @@ pub async fn run(
     tasks.spawn(reconcile(cp.clone(), shutdown.clone()));
     tasks.spawn(health(cp.clone(), shutdown.clone()));
     tasks.spawn(sweep(cp.clone(), shutdown.clone()));
+    tasks.spawn(rooms::run_log(cp.clone(), shutdown.clone()));
     if let RedisTarget::Single(url) = &cp.cfg.redis
         && let Ok(c) = client(url, cp.cfg.redis_tls_ca.as_deref())
     {
@@ -468,7 +514,7 @@ async fn sweep(cp: Arc<Cp>, shutdown: CancellationToken) {
             continue;
         };
         for id in dead {
-            match cp.store.sweep_gateway(&id).await {
+            match cp.store.sweep_gateway(&id, cp.room_limits()).await {
                 Ok(n) => {
                     info!(gateway = %id, sessions = n, "gateway lease expired: removed it and its sessions")
                 }

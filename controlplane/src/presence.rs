@@ -1,5 +1,5 @@
-//! Presence events (`SessionDirectory.Watch`): every session open and close
-//! the gateways report is appended to a Redis stream (`{gg}:presence`, about
+//! Presence events (`SessionDirectory.Watch`): every session open, resume
+//! and close the gateways report, and every room join and leave, is appended to a Redis stream (`{gg}:presence`, about
 //! 100,000 kept) in the same round trip as the directory write. A watcher
 //! reads it from a cursor — the stream id of the last event it got — in
 //! batches, so reconnecting with the last cursor misses nothing that is
@@ -107,12 +107,15 @@ fn event(f: &HashMap<String, String>) -> Option<pb::PresenceEvent> {
         user_id: num("u").unwrap_or(0),
         realm_id: u32::try_from(num("r").unwrap_or(0)).unwrap_or(0),
         gateway_id: f.get("g").cloned().unwrap_or_default(),
-        kind: if num("o") == Some(1) {
-            pb::PresenceKind::Open
-        } else {
-            pb::PresenceKind::Close
+        kind: match num("o") {
+            Some(1) => pb::PresenceKind::Open,
+            Some(3) => pb::PresenceKind::Resume,
+            Some(4) => pb::PresenceKind::RoomJoin,
+            Some(5) => pb::PresenceKind::RoomLeave,
+            _ => pb::PresenceKind::Close,
         } as i32,
         epoch: num("e").unwrap_or(0),
+        room: f.get("m").cloned().unwrap_or_default(),
     })
 }
 
@@ -120,6 +123,7 @@ fn keep(r: &pb::WatchRequest, e: &pb::PresenceEvent) -> bool {
     (r.user_ids.is_empty() || r.user_ids.contains(&e.user_id))
         && (r.realm_ids.is_empty() || r.realm_ids.contains(&e.realm_id))
         && (r.gateway_id.is_empty() || r.gateway_id == e.gateway_id)
+        && (r.rooms.is_empty() || r.rooms.contains(&e.room))
 }
 
 #[cfg(test)]

@@ -29,6 +29,9 @@ use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
 
 use gg_proto::pb::controlplane as pb;
 
+pub mod rooms;
+pub use rooms::RoomLimits;
+
 pub const K_EPOCH: &str = "{gg}:epoch";
 pub const K_REV: &str = "{gg}:rev";
 /// Presence history (a Redis stream), trimmed to about [`PRESENCE_KEEP`].
@@ -135,6 +138,11 @@ fn command_label(cmd: &Cmd) -> &'static str {
         "TTL",
         "PTTL",
         "HINCRBY",
+        "XADD",
+        "XRANGE",
+        "XREVRANGE",
+        "XREAD",
+        "HLEN",
     ];
     let name = match cmd.args_iter().next() {
         Some(redis::Arg::Simple(b)) => b,
@@ -436,6 +444,7 @@ pub struct Store {
     write: Script,
     sess: Script,
     user: Script,
+    rooms: rooms::RoomScripts,
 }
 
 #[tonic::async_trait]
@@ -562,6 +571,7 @@ impl Store {
             write: Script::new(WRITE_LUA),
             sess: Script::new(SESS_LUA),
             user: Script::new(USER_LUA),
+            rooms: rooms::RoomScripts::new(),
         }
     }
 
@@ -707,8 +717,9 @@ impl Store {
         Ok(n == 1)
     }
 
-    /// Removes a dead gateway and every session it still owns.
-    pub async fn sweep_gateway(&self, id: &str) -> Result<usize, StoreError> {
+    /// Removes a dead gateway, every session it still owns and their room
+    /// memberships.
+    pub async fn sweep_gateway(&self, id: &str, rooms: RoomLimits) -> Result<usize, StoreError> {
         let sids: Vec<u64> = redis::cmd("SMEMBERS")
             .arg(k_gwsess(id))
             .query_async(&mut self.c())
@@ -733,9 +744,12 @@ impl Store {
                 open: false,
                 epoch: 0,
                 realm_id: 0,
+                resumed: false,
             })
             .collect();
         self.sessions_apply(id, &events).await?;
+        let owned: Vec<(u64, u64)> = events.iter().map(|e| (e.session_id, e.user_id)).collect();
+        self.rooms_sweep(rooms, id, &owned).await?;
         let _: () = redis::cmd("DEL")
             .arg(k_gwsess(id))
             .query_async(&mut self.c())
@@ -800,7 +814,11 @@ impl Store {
                 .arg("g")
                 .arg(gw)
                 .arg("o")
-                .arg(u8::from(e.open))
+                .arg(match (e.open, e.resumed) {
+                    (true, false) => 1u8,
+                    (true, true) => 3,
+                    (false, _) => 0,
+                })
                 .arg("e")
                 .arg(e.epoch);
             cmds.push(x);

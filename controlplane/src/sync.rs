@@ -132,9 +132,36 @@ async fn session(
         .await
         .map_err(|_| gone())?;
     cp.metrics.snapshots_sent.inc();
+    let mut sub = cp.rooms.register();
+    let res = stream_loop(cp, id, inbound, tx, stop, &mut config, &mut sub).await;
+    cp.rooms.unregister(sub.id);
+    res
+}
+
+async fn stream_loop(
+    cp: &Arc<Cp>,
+    id: &str,
+    inbound: &mut Streaming<pb::GatewayMessage>,
+    tx: &mpsc::Sender<Result<pb::ControlMessage, Status>>,
+    stop: &CancellationToken,
+    config: &mut tokio::sync::watch::Receiver<Arc<pb::Versioned>>,
+    sub: &mut crate::rooms::Subscriber,
+) -> Result<(), Status> {
+    let send = |m: Out| pb::ControlMessage { msg: Some(m) };
+    let gone = || Status::cancelled("gateway went away");
+    let mut behind_check = tokio::time::interval(Duration::from_millis(200));
     loop {
         tokio::select! {
             _ = stop.cancelled() => return Ok(()),
+            Some(batch) = sub.feed.recv() => {
+                tx.send(Ok(send(Out::RoomMessages(batch)))).await.map_err(|_| gone())?;
+            }
+            _ = behind_check.tick() => {
+                if sub.behind.swap(false, std::sync::atomic::Ordering::AcqRel) {
+                    warn!(gateway = %id, "room messages for this gateway were dropped (its stream fell behind, or the log could not be read): it recovers every room from the history");
+                    tx.send(Ok(send(Out::RoomsResync(true)))).await.map_err(|_| gone())?;
+                }
+            }
             changed = config.changed() => {
                 if changed.is_err() {
                     return Ok(());
@@ -145,14 +172,24 @@ async fn session(
             }
             msg = inbound.message() => {
                 let Some(msg) = msg? else { return Ok(()) };
-                handle(cp, id, msg).await?;
+                for out in handle(cp, id, sub.id, msg).await? {
+                    tx.send(Ok(send(out))).await.map_err(|_| gone())?;
+                }
             }
         }
     }
 }
 
-async fn handle(cp: &Arc<Cp>, id: &str, msg: pb::GatewayMessage) -> Result<(), Status> {
+/// Handles one message from the gateway; returns what to answer on the
+/// stream (room states and replays, a resumed session's rooms).
+async fn handle(
+    cp: &Arc<Cp>,
+    id: &str,
+    sub_id: u64,
+    msg: pb::GatewayMessage,
+) -> Result<Vec<Out>, Status> {
     let lease = cp.cfg.lease;
+    let mut answer = Vec::new();
     let seen = ("last_seen_ms", now_ms().to_string());
     let connected = ("connected_to", cp.cfg.id.clone());
     let res = match msg.msg {
@@ -221,6 +258,21 @@ async fn handle(cp: &Arc<Cp>, id: &str, msg: pb::GatewayMessage) -> Result<(), S
                     users.sort_unstable();
                     users.dedup();
                     crate::policy::enforce(cp, users);
+                    // A resumed session brings its rooms (kept at its close).
+                    for e in batch.events.iter().filter(|e| e.open && e.resumed) {
+                        match cp.store.session_rooms(e.session_id).await {
+                            Ok(rooms) if !rooms.is_empty() => {
+                                answer.push(Out::SessionRooms(pb::SessionRooms {
+                                    session_id: e.session_id,
+                                    rooms,
+                                }));
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                warn!(gateway = %id, error = %e, "cannot read a resumed session's rooms")
+                            }
+                        }
+                    }
                 }
                 Err(e) => {
                     // Config sync matters more than the directory: keep the
@@ -231,6 +283,25 @@ async fn handle(cp: &Arc<Cp>, id: &str, msg: pb::GatewayMessage) -> Result<(), S
             }
             Ok(())
         }
+        Some(In::RoomOps(ops)) => {
+            match cp.store.room_ops(cp.room_limits(), id, &ops.ops).await {
+                Ok(n) => cp.metrics.room_ops.inc_by(n as u64),
+                Err(e) => crate::rooms::log_ops_error(id, ops.ops.len(), &e),
+            }
+            Ok(())
+        }
+        Some(In::RoomSubscribe(s)) => {
+            answer.extend(crate::rooms::on_subscribe(cp, sub_id, s).await?);
+            Ok(())
+        }
+        Some(In::RoomUnsubscribe(u)) => {
+            cp.rooms.unsubscribe(sub_id, &u.room);
+            Ok(())
+        }
+        Some(In::Publish(p)) => {
+            crate::rooms::on_publish(cp, id, p).await;
+            Ok(())
+        }
         Some(In::Hello(_)) => {
             return Err(Status::invalid_argument(
                 "hello may only be sent once per stream",
@@ -238,7 +309,8 @@ async fn handle(cp: &Arc<Cp>, id: &str, msg: pb::GatewayMessage) -> Result<(), S
         }
         None => Ok(()),
     };
-    res.map_err(crate::api::store_status)
+    res.map_err(crate::api::store_status)?;
+    Ok(answer)
 }
 
 #[cfg(test)]

@@ -297,10 +297,12 @@ impl BackendPool {
         metrics: Arc<Metrics>,
         tracker: TaskTracker,
         shutdown: CancellationToken,
+        rooms: Arc<crate::rooms::Rooms>,
     ) -> BackendPool {
         BackendPool {
             endpoints: Mutex::new(HashMap::new()),
             ctx: Arc::new(conn::ConnCtx {
+                rooms,
                 gateway_id,
                 settings,
                 breaker,

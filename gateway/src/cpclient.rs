@@ -99,6 +99,7 @@ impl From<SessionEvent> for pb::SessionEvent {
             open: e.open,
             epoch: e.epoch,
             realm_id: e.realm_id,
+            resumed: e.resumed,
         }
     }
 }
@@ -108,11 +109,14 @@ pub(crate) async fn run(gw: Arc<Gateway>, cfg: ControlPlaneSettings, stop: Cance
     let Some(mut events) = gw.take_session_events() else {
         return;
     };
+    let Some(mut rooms) = gw.rooms.take_out() else {
+        return;
+    };
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         let res = tokio::select! {
             _ = stop.cancelled() => return,
-            r = stream_once(&gw, &cfg, &mut events) => r,
+            r = stream_once(&gw, &cfg, &mut events, &mut rooms) => r,
         };
         let (rev, _) = gw.routing.applied();
         match res {
@@ -199,9 +203,15 @@ async fn stream_once(
     gw: &Arc<Gateway>,
     cfg: &ControlPlaneSettings,
     events: &mut mpsc::Receiver<SessionEvent>,
+    rooms: &mut mpsc::Receiver<crate::rooms::RoomOut>,
 ) -> Result<(), String> {
     let (tx, mut inbound) = open_stream(gw, cfg).await?;
     info!(url = %cfg.url, "control plane stream up");
+    // Every room's subscription and membership again: the control plane
+    // replays what this gateway missed while the stream was down.
+    for m in gw.rooms.resync() {
+        send(&tx, room_out(m)).await?;
+    }
     // Everything open now, so the directory is right after any outage.
     let mut pending: Vec<pb::SessionEvent> = gw
         .clients
@@ -216,6 +226,7 @@ async fn stream_once(
                 open: true,
                 epoch: s.opened_ms(),
                 realm_id: s.realm_id(),
+                resumed: false,
             }
             .into()
         })
@@ -233,6 +244,37 @@ async fn stream_once(
                     // Heartbeat three times per lease.
                     In::LeaseMs(ms) => heartbeat = tokio::time::interval(Duration::from_millis((ms / 3).max(100))),
                     In::Snapshot(v) => send(&tx, Out::Ack(ack(gw, cfg, &v))).await?,
+                    In::RoomMessages(m) => gw.rooms.on_messages(m.messages),
+                    In::RoomState(st) => gw.rooms.on_state(&st.room, st.seq),
+                    In::SessionRooms(sr) => carry_over_rooms(gw, sr),
+                    In::RoomsResync(_) => {
+                        for m in gw.rooms.resync() {
+                            send(&tx, room_out(m)).await?;
+                        }
+                    }
+                }
+            }
+            Some(m) = rooms.recv() => {
+                // Membership changes batched like session events; the rest in order.
+                match m {
+                    crate::rooms::RoomOut::Op(op) => {
+                        let mut ops = vec![op];
+                        while ops.len() < cfg.session_batch {
+                            match rooms.try_recv() {
+                                Ok(crate::rooms::RoomOut::Op(op)) => ops.push(op),
+                                Ok(other) => {
+                                    send(&tx, Out::RoomOps(pb::RoomOps { ops: std::mem::take(&mut ops) })).await?;
+                                    send(&tx, room_out(other)).await?;
+                                    break;
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                        if !ops.is_empty() {
+                            send(&tx, Out::RoomOps(pb::RoomOps { ops })).await?;
+                        }
+                    }
+                    other => send(&tx, room_out(other)).await?,
                 }
             }
             _ = heartbeat.tick() => {
@@ -259,6 +301,35 @@ async fn stream_once(
                 send(&tx, Out::Sessions(pb::SessionEvents { events: batch })).await?;
             }
         }
+    }
+}
+
+fn room_out(m: crate::rooms::RoomOut) -> Out {
+    use crate::rooms::RoomOut;
+    match m {
+        RoomOut::Op(op) => Out::RoomOps(pb::RoomOps { ops: vec![op] }),
+        RoomOut::Subscribe(s) => Out::RoomSubscribe(s),
+        RoomOut::Unsubscribe(room) => Out::RoomUnsubscribe(pb::RoomUnsubscribe { room }),
+        RoomOut::Publish(p) => Out::Publish(p),
+    }
+}
+
+/// A session resumed here brings the rooms it was in where it was before.
+fn carry_over_rooms(gw: &Gateway, sr: pb::SessionRooms) {
+    let Some(s) = gw.clients.sessions.get(sr.session_id) else {
+        return;
+    };
+    for room in &sr.rooms {
+        if let Err(e) = gw.rooms.join(&s, room) {
+            warn!(session = sr.session_id, room = %room, error = %e, "could not carry a room over to the resumed session");
+        }
+    }
+    if !sr.rooms.is_empty() {
+        info!(
+            session = sr.session_id,
+            rooms = sr.rooms.len(),
+            "resumed session keeps its rooms"
+        );
     }
 }
 

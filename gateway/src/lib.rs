@@ -26,6 +26,7 @@ pub(crate) mod listener;
 pub(crate) mod metrics;
 pub(crate) mod ops;
 pub(crate) mod resume;
+pub(crate) mod rooms;
 pub(crate) mod router;
 pub(crate) mod session;
 
@@ -62,6 +63,8 @@ pub struct Gateway {
     pub(crate) clients: Clients,
     pub(crate) life: Lifecycle,
     pub(crate) events: SessionEvents,
+    /// Which local sessions are in which room.
+    pub(crate) rooms: Arc<crate::rooms::Rooms>,
     /// Bound addresses, set once by [`serve`].
     pub(crate) addrs: OnceLock<BoundAddrs>,
     pub(crate) started: Instant,
@@ -130,6 +133,10 @@ impl Gateway {
         let metrics = Arc::new(Metrics::new());
         let backend_stop = CancellationToken::new();
         let backend_tracker = TaskTracker::new();
+        let rooms = Arc::new(crate::rooms::Rooms::new(
+            cfg.controlplane.is_some(),
+            metrics.clone(),
+        ));
         let backends = BackendPool::new(
             cfg.gateway_id.clone(),
             cfg.backend.clone(),
@@ -138,6 +145,7 @@ impl Gateway {
             metrics.clone(),
             backend_tracker,
             backend_stop.clone(),
+            rooms.clone(),
         );
         let discovery = crate::discovery::Discovery::new(&cfg.discovery);
         let routes = RouteTable::build(&discovery.expand(&cfg.routes), &backends);
@@ -194,6 +202,7 @@ impl Gateway {
                 session_events: events_tx,
                 session_events_rx: parking_lot::Mutex::new(events_rx),
             },
+            rooms,
             addrs: OnceLock::new(),
             started: Instant::now(),
             metrics,
@@ -377,6 +386,8 @@ pub(crate) struct SessionEvent {
     /// Unix ms when this gateway opened (or resumed) the session.
     pub(crate) epoch: u64,
     pub(crate) realm_id: u32,
+    /// An open that resumed the session.
+    pub(crate) resumed: bool,
 }
 
 impl Gateway {

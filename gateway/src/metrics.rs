@@ -73,6 +73,25 @@ pub(crate) struct Metrics {
     pub(crate) discovery_addresses: IntGaugeVec,
     /// Admin API calls, by method (the runtime's gRPC layer observes them).
     pub(crate) admin_rpc_seconds: HistogramVec,
+    pub(crate) rooms: RoomMetrics,
+}
+
+/// Rooms on this gateway.
+pub(crate) struct RoomMetrics {
+    /// Rooms with at least one member here.
+    pub(crate) active: IntGauge,
+    /// Room memberships of sessions here.
+    pub(crate) members: IntGauge,
+    /// PUBLISH frames and admin publishes accepted here.
+    pub(crate) published: IntCounter,
+    /// Room messages received for delivery (once per gateway, not per member).
+    pub(crate) messages: IntCounter,
+    /// MESSAGE frames queued to members.
+    pub(crate) deliveries: IntCounter,
+    /// Gaps noticed in a room's sequence, each recovered from the history.
+    pub(crate) recoveries: IntCounter,
+    /// Messages skipped because the history no longer kept them.
+    pub(crate) lost: IntCounter,
 }
 
 /// Buckets for network round trips and calls: 100 µs to 10 s.
@@ -184,7 +203,45 @@ impl Metrics {
             "gg_client_buffered_bytes",
             "Client bytes buffered in large frames and HTTP bodies, against limits.max_buffered_bytes.",
         );
+        let rooms = RoomMetrics {
+            active: gauge(
+                &r,
+                "gg_rooms_active",
+                "Rooms with at least one member on this gateway.",
+            ),
+            members: gauge(
+                &r,
+                "gg_room_members",
+                "Room memberships of sessions on this gateway.",
+            ),
+            published: counter(
+                &r,
+                "gg_room_published_total",
+                "Room publishes accepted here (backend PUBLISH frames; the control plane numbers and fans them out).",
+            ),
+            messages: counter(
+                &r,
+                "gg_room_messages_total",
+                "Room messages received for delivery to members here (once per message, not per member).",
+            ),
+            deliveries: counter(
+                &r,
+                "gg_room_deliveries_total",
+                "MESSAGE frames queued to room members here.",
+            ),
+            recoveries: counter(
+                &r,
+                "gg_room_recoveries_total",
+                "Gaps noticed in a room's sequence (a message missed on the way), each recovered from the room's history.",
+            ),
+            lost: counter(
+                &r,
+                "gg_room_lost_total",
+                "Room messages skipped because the history no longer kept them when a gap was recovered.",
+            ),
+        };
         let m = Metrics {
+            rooms,
             buffered_bytes,
             tcp,
             ws,

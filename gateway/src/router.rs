@@ -440,6 +440,7 @@ mod tests {
             Arc::new(Metrics::new()),
             TaskTracker::new(),
             stop.clone(),
+            Arc::new(crate::rooms::Rooms::new(false, Arc::new(Metrics::new()))),
         );
         World { pool, addrs, stop }
     }

@@ -85,6 +85,9 @@ pub enum Cmd {
     /// Session opens and closes across the fleet, as they happen.
     #[command(subcommand)]
     Presence(PresenceCmd),
+    /// Rooms across the fleet: who is in them, publish to them, their history.
+    #[command(subcommand)]
+    Rooms(RoomsCmd),
     /// The fleet-wide limit of live sessions per user.
     #[command(subcommand, name = "session-policy")]
     SessionPolicy(SessionPolicyCmd),
@@ -217,6 +220,50 @@ pub enum IpListsCmd {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum RoomsCmd {
+    /// Rooms with members, with their member count and sequence.
+    List {
+        /// Only rooms whose name starts with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// At most this many (at most 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// The members of a room (session, user, gateway).
+    Members {
+        room: String,
+        /// At most this many (at most 10000).
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+    },
+    /// Deliver a payload to every member on every gateway; prints its sequence.
+    Publish {
+        room: String,
+        /// The payload (UTF-8 text).
+        payload: String,
+        /// The service_type clients see on the MESSAGE frame.
+        #[arg(long, default_value_t = 0)]
+        service: u32,
+        /// Makes a retry safe: the same id within 24 h publishes once.
+        #[arg(long, default_value = "")]
+        request_id: String,
+    },
+    /// Messages kept after a sequence number.
+    History {
+        room: String,
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Put a session into a room (wherever it is connected).
+    Join { session_id: u64, room: String },
+    /// Take a session out of a room.
+    Leave { session_id: u64, room: String },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum PresenceCmd {
     /// Print events as they come (one line each; `-o json`: JSON lines),
     /// each with the cursor to resume from.
@@ -234,6 +281,9 @@ pub enum PresenceCmd {
         /// Only this gateway.
         #[arg(long, default_value = "")]
         gateway_id: String,
+        /// Only joins and leaves of these rooms (repeat).
+        #[arg(long = "room")]
+        rooms: Vec<String>,
         /// Stop after this many events (0: until interrupted).
         #[arg(long, default_value_t = 0)]
         limit: u64,

@@ -273,6 +273,18 @@ impl Ctx {
         Ok(SessionDirectoryClient::with_interceptor(ch, self.bearer()?))
     }
 
+    pub async fn rooms(
+        &self,
+    ) -> anyhow::Result<gg_proto::pb::controlplane::rooms_client::RoomsClient<Auth>> {
+        let ch = self.channel(self.cp_addr()?, "control plane").await?;
+        Ok(
+            gg_proto::pb::controlplane::rooms_client::RoomsClient::with_interceptor(
+                ch,
+                self.bearer()?,
+            ),
+        )
+    }
+
     pub async fn gw(&self) -> anyhow::Result<GatewayAdminClient<Auth>> {
         let ch = self.channel(self.gw_addr()?, "gateway admin API").await?;
         Ok(GatewayAdminClient::with_interceptor(ch, self.bearer()?))

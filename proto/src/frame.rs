@@ -31,8 +31,9 @@ pub const HEADER_BYTES: usize = LEN_BYTES + HEADER_AFTER_LEN;
 /// Default maximum of the `len` field (1 MiB).
 pub const DEFAULT_MAX_FRAME_BYTES: u32 = 1024 * 1024;
 
-/// Frame kinds of protocol v1. New kinds extend the protocol; old peers answer
-/// them with an ERROR (`unknown_kind`) rather than closing.
+/// Frame kinds of protocol v1 (0x0a–0x0d: the rooms extension). New kinds
+/// extend the protocol; old peers answer them with an ERROR (`unknown_kind`)
+/// rather than closing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum Kind {
@@ -54,11 +55,19 @@ pub enum Kind {
     GoAway = 0x08,
     /// gw→client: a request (service_type + seq) failed.
     Error = 0x09,
+    /// backend→gw: put a session into a room (gw→backend: the confirmation).
+    Join = 0x0a,
+    /// backend→gw: take a session out of a room (gw→backend: the confirmation).
+    Leave = 0x0b,
+    /// backend→gw: deliver a payload to every member of a room, fleet-wide.
+    Publish = 0x0c,
+    /// gw→client: a room's message, with the room and its sequence number.
+    Message = 0x0d,
 }
 
 impl Kind {
     /// Every kind of v1, in wire order.
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 13] = [
         Kind::Hello,
         Kind::Welcome,
         Kind::Open,
@@ -68,6 +77,10 @@ impl Kind {
         Kind::Pong,
         Kind::GoAway,
         Kind::Error,
+        Kind::Join,
+        Kind::Leave,
+        Kind::Publish,
+        Kind::Message,
     ];
 
     /// Maps a wire byte to a kind; `None` for kinds this version does not know.
@@ -87,6 +100,10 @@ impl Kind {
             Kind::Pong => "pong",
             Kind::GoAway => "goaway",
             Kind::Error => "error",
+            Kind::Join => "join",
+            Kind::Leave => "leave",
+            Kind::Publish => "publish",
+            Kind::Message => "message",
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod frame;
 pub mod fuzzing;
 pub mod ip;
 pub mod model;
+pub mod room;
 
 pub use codes::{CloseCode, ErrorCode};
 pub use frame::{Frame, FrameError, Header, Kind};
@@ -65,5 +66,6 @@ pub mod pb {
         "controlplane.v1.ControlPlane",
         "controlplane.v1.SessionDirectory",
         "controlplane.v1.GatewaySync",
+        "controlplane.v1.Rooms",
     ];
 }

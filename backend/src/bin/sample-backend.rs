@@ -27,6 +27,8 @@
 //! - `sessions`         → how many sessions this backend holds open now
 //! - `error`            → ERROR frame `{code: 100, message}` with the request's seq
 //! - `trace`            → the W3C `traceparent` the session's OPEN carried (`-` if none)
+//! - `join:ROOM` / `leave:ROOM` → puts the session into / out of a room, replies `joined` / `left`
+//! - `publish:ROOM:TEXT` → publishes TEXT to the room (with the request's service_type), replies `published`
 //! - anything else      → echoed back unchanged
 
 use std::collections::HashMap;
@@ -105,7 +107,23 @@ impl Sample {
         text: &str,
     ) -> Result<(), gg_backend::SendError> {
         let num = |s: &str| s.parse::<u64>().unwrap_or(0).min(60_000);
-        if let Some(reason) = text.strip_prefix("kick") {
+        if let Some(room) = text.strip_prefix("join:") {
+            match session.join(room) {
+                Ok(()) => req.reply("joined"),
+                Err(e) => req.error(ErrorCode::BadPayload, &e.to_string()),
+            }
+        } else if let Some(room) = text.strip_prefix("leave:") {
+            match session.leave(room) {
+                Ok(()) => req.reply("left"),
+                Err(e) => req.error(ErrorCode::BadPayload, &e.to_string()),
+            }
+        } else if let Some(spec) = text.strip_prefix("publish:") {
+            let (room, body) = spec.split_once(':').unwrap_or((spec, ""));
+            match session.publish(room, req.header().service_type, body.as_bytes()) {
+                Ok(()) => req.reply("published"),
+                Err(e) => req.error(ErrorCode::BadPayload, &e.to_string()),
+            }
+        } else if let Some(reason) = text.strip_prefix("kick") {
             let reason = reason
                 .strip_prefix(':')
                 .unwrap_or("kicked by sample backend");

@@ -82,6 +82,7 @@ fn session_pb(gw: &Gateway, s: &SessionHandle) -> pb::Session {
                 endpoint: ep.to_string(),
             })
             .collect(),
+        rooms: gw.rooms.of_session(s.id()),
     }
 }
 
@@ -426,6 +427,43 @@ impl GatewayAdmin for AdminService {
             kicked: matched,
             not_found,
         }))
+    }
+
+    async fn set_room_membership(
+        &self,
+        req: Request<pb::SetRoomMembershipRequest>,
+    ) -> Result<Response<pb::SetRoomMembershipResponse>, Status> {
+        use crate::rooms::JoinError;
+        require(&req, Scope::Operate)?;
+        let r = req.into_inner();
+        if !gg_proto::room::valid_room(&r.room) {
+            return Err(Status::invalid_argument(
+                gg_proto::room::RoomError::BadName(r.room).to_string(),
+            ));
+        }
+        let s = (self.gw.clients.sessions.get(r.session_id)).ok_or_else(|| {
+            Status::not_found(format!("no session {} on this gateway", r.session_id))
+        })?;
+        if !r.join {
+            self.gw.rooms.leave(s.id(), s.user_id(), &r.room);
+            return Ok(Response::new(pb::SetRoomMembershipResponse { seq: 0 }));
+        }
+        let seq = match self.gw.rooms.join(&s, &r.room) {
+            Ok(j) => j.seq(std::time::Duration::from_secs(5)).await,
+            Err(e) => Err(e),
+        };
+        match seq {
+            Ok(seq) => Ok(Response::new(pb::SetRoomMembershipResponse { seq })),
+            Err(e @ (JoinError::Name(_) | JoinError::TooMany(_))) => {
+                Err(Status::failed_precondition(e.to_string()))
+            }
+            Err(e @ JoinError::Closed(_)) => Err(Status::not_found(e.to_string())),
+            Err(e @ JoinError::Busy) => Err(Status::resource_exhausted(e.to_string())),
+            // The member is in; whether the control plane heard is unknown.
+            Err(e @ JoinError::Timeout) => Err(Status::deadline_exceeded(format!(
+                "{e}: the session is in the room here, but messages may not reach it until the control plane answers"
+            ))),
+        }
     }
 
     async fn push(

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use gg_proto::control::{self, BackendHello};
 use gg_proto::frame::{self, Header, Kind};
-use gg_proto::{CloseCode, Frame};
+use gg_proto::{CloseCode, ErrorCode, Frame};
 use gg_runtime::backoff::Backoff;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -35,6 +35,8 @@ pub(crate) struct ConnCtx {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) tracker: TaskTracker,
     pub(crate) shutdown: CancellationToken,
+    /// JOIN, LEAVE and PUBLISH from backends act here.
+    pub(crate) rooms: Arc<crate::rooms::Rooms>,
 }
 
 /// Missed heartbeats before a backend connection is declared dead.
@@ -320,7 +322,7 @@ impl Link<'_> {
                         {
                             rtt.observe(t.as_secs_f64());
                         }
-                        dispatch(header, raw.freeze(), ep, self.slot, self.generation)
+                        dispatch(header, raw.freeze(), ep, self.slot, self.generation, ctx)
                     }
                     Err(e) => {
                         warn!(endpoint = %ep.addr, error = %e, "backend sent a frame this gateway does not understand; dropped");
@@ -402,9 +404,25 @@ impl YieldGate {
 }
 
 /// Routes one frame from the backend to its session.
-fn dispatch(header: Header, raw: Bytes, ep: &Arc<Endpoint>, slot: usize, generation: u64) {
+fn dispatch(
+    header: Header,
+    raw: Bytes,
+    ep: &Arc<Endpoint>,
+    slot: usize,
+    generation: u64,
+    ctx: &ConnCtx,
+) {
     let conn = &ep.conns[slot];
     match header.kind() {
+        Some(kind @ (Kind::Join | Kind::Leave | Kind::Publish)) => {
+            let payload = raw.slice(frame::HEADER_BYTES..);
+            if let Err((code, msg)) = room_request(kind, header, payload, ep, slot, generation, ctx)
+            {
+                debug!(endpoint = %ep.addr, kind = kind.name(), session = header.session_id, error = %msg, "room request refused");
+                let err = control::error_frame(&header, code, msg).to_bytes();
+                let _ = conn.send(generation, ToBackend::Frame(err));
+            }
+        }
         Some(Kind::Data | Kind::Error) => {
             let session = conn.bound().get(&header.session_id).cloned();
             match session {
@@ -443,6 +461,83 @@ fn dispatch(header: Header, raw: Bytes, ep: &Arc<Endpoint>, slot: usize, generat
         _ => {}
     }
 }
+
+/// A backend's JOIN, LEAVE or PUBLISH. JOIN and LEAVE act on a session
+/// bound to this connection and are confirmed with the same kind and `seq`
+/// (JOIN once the room's messages reach the session); PUBLISH is not
+/// answered unless refused.
+fn room_request(
+    kind: Kind,
+    header: Header,
+    payload: Bytes,
+    ep: &Arc<Endpoint>,
+    slot: usize,
+    generation: u64,
+    ctx: &ConnCtx,
+) -> Result<(), (ErrorCode, String)> {
+    use crate::rooms::JoinError;
+    use gg_proto::room::{self, Joined, RoomRef};
+    let refused = |e: JoinError| {
+        let code = match e {
+            JoinError::Name(_) => ErrorCode::BadPayload,
+            JoinError::TooMany(_) | JoinError::Closed(_) => ErrorCode::BadState,
+            JoinError::Busy => ErrorCode::RateLimited,
+            JoinError::Timeout => ErrorCode::Timeout,
+        };
+        (code, e.to_string())
+    };
+    if kind == Kind::Publish {
+        let (name, data) =
+            room::parse_publish(&payload).map_err(|e| (ErrorCode::BadPayload, e.to_string()))?;
+        ctx.rooms
+            .publish(name, header.service_type, data)
+            .map_err(refused)?;
+        return Ok(());
+    }
+    let r: RoomRef = serde_json::from_slice(&payload).map_err(|e| {
+        (
+            ErrorCode::BadPayload,
+            format!("{} payload must be {{\"room\": \"...\"}}: {e}", kind.name()),
+        )
+    })?;
+    let conn = &ep.conns[slot];
+    let Some(s) = conn.bound().get(&header.session_id).cloned() else {
+        return Err((
+            ErrorCode::BadState,
+            format!(
+                "session {} is not bound to this connection",
+                header.session_id
+            ),
+        ));
+    };
+    if kind == Kind::Leave {
+        ctx.rooms.leave(s.id(), s.user_id(), &r.room);
+        let ok = control::control_frame(Kind::Leave, header, &r).to_bytes();
+        let _ = conn.send(generation, ToBackend::Frame(ok));
+        return Ok(());
+    }
+    let joined = ctx.rooms.join(&s, &r.room).map_err(refused)?;
+    if let crate::rooms::Joined::Now(seq) = joined {
+        let ok = control::control_frame(Kind::Join, header, &Joined { room: r.room, seq });
+        let _ = conn.send(generation, ToBackend::Frame(ok.to_bytes()));
+        return Ok(());
+    }
+    let ep = ep.clone();
+    let answer = async move {
+        let msg = match joined.seq(JOIN_CONFIRM_TIMEOUT).await {
+            Ok(seq) => {
+                control::control_frame(Kind::Join, header, &Joined { room: r.room, seq }).to_bytes()
+            }
+            Err(e) => control::error_frame(&header, ErrorCode::Timeout, e.to_string()).to_bytes(),
+        };
+        let _ = ep.conns[slot].send(generation, ToBackend::Frame(msg));
+    };
+    ctx.tracker.spawn(answer);
+    Ok(())
+}
+
+/// How long a JOIN waits for the control plane to confirm a new room.
+const JOIN_CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[cfg(test)]
 mod tests {

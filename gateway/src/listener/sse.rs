@@ -125,6 +125,23 @@ impl SseIo {
                 }
                 self.shared.emit("message", &ev.to_string());
             }
+            Some(Kind::Message) => {
+                let Ok((room, room_seq, data)) = gg_proto::room::parse_message(&f.payload) else {
+                    return;
+                };
+                let mut ev = serde_json::json!({
+                    "room": room, "room_seq": room_seq, "service_type": h.service_type,
+                });
+                match std::str::from_utf8(data) {
+                    Ok(t) => ev["payload"] = t.into(),
+                    Err(_) => {
+                        ev["payload_b64"] = base64::engine::general_purpose::STANDARD
+                            .encode(data)
+                            .into()
+                    }
+                }
+                self.shared.emit("room", &ev.to_string());
+            }
             Some(Kind::Close) => self.shared.emit("close", payload_json(&f)),
             Some(Kind::GoAway) => self.shared.emit("goaway", payload_json(&f)),
             Some(Kind::Error) => {
@@ -626,8 +643,10 @@ fn events(gw: &Arc<Gateway>, s: &Arc<HttpSession>, req: &Request<Incoming>) -> R
 }
 
 fn exit(s: &Arc<HttpSession>) -> Response<Body> {
-    s.handle
-        .kick(CloseCode::Normal.code(), "exited by the client".into());
+    s.handle.kick(
+        CloseCode::Normal.code(),
+        crate::session::closing::EXITED_BY_CLIENT.into(),
+    );
     let body = serde_json::json!({
         "session_id": s.handle.id().to_string(),
         "exited_at": gg_runtime::clock::now_ms(),

@@ -12,6 +12,19 @@ use crate::Gateway;
 use crate::error::Reject;
 use crate::metrics::ProtoMetrics;
 
+/// The reason of a session the client closed with a CLOSE frame.
+pub(crate) const CLOSED_BY_CLIENT: &str = "closed by client";
+/// The reason of an HTTP session the client exited.
+pub(crate) const EXITED_BY_CLIENT: &str = "exited by the client";
+
+/// Whether a session that ended like this may still resume (with resume
+/// enabled): a lost connection, a drain or a timeout may; a close the
+/// client asked for or a refusal (3500–3999) may not.
+pub(crate) fn may_resume(code: u16, reason: &str) -> bool {
+    let by_client = reason == CLOSED_BY_CLIENT || reason == EXITED_BY_CLIENT;
+    !by_client && (code < 3000 || gg_proto::codes::is_reconnect_allowed(code))
+}
+
 /// How a session ends: the code, a reason for humans, and whether a CLOSE
 /// frame can still be written to the client.
 #[derive(Debug)]

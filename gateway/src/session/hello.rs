@@ -178,6 +178,7 @@ async fn read_hello(gw: &Gateway, io: &mut ClientIo, pm: &ProtoMetrics) -> Resul
 /// leaves the table entry alone ([`super::table::SessionTable::remove_if`]).
 async fn take_over(gw: &Gateway, handle: &SessionHandle) {
     if let Some(old) = gw.clients.sessions.replace(handle.clone()) {
+        gw.rooms.session_replaced(handle);
         old.close(CloseCode::Moved);
         info!(
             session = handle.id(),
@@ -196,6 +197,7 @@ pub(crate) fn opened(gw: &Gateway, handle: &SessionHandle, resumed: bool) {
         open: true,
         epoch: handle.opened_ms(),
         realm_id: handle.realm_id(),
+        resumed,
     });
     info!(session = handle.id(), user = handle.user_id(), realm = handle.realm_id(), remote = %handle.remote(), protocol = handle.protocol().name(), resumed, "session opened");
 }

@@ -343,7 +343,7 @@ impl Session {
                     return Ok(());
                 }
                 let msg = format!(
-                    "unknown frame kind 0x{:02x}; this gateway speaks protocol v1 kinds 0x01-0x09",
+                    "unknown frame kind 0x{:02x}; this gateway speaks protocol v1 kinds 0x01-0x0d",
                     header.kind
                 );
                 self.queue_error(&header, &RequestError::UnknownKind(msg));
@@ -364,7 +364,10 @@ impl Session {
             ));
         }
         if header.kind() == Some(Kind::Close) {
-            return Err(Closing::silent(CloseCode::Normal, "closed by client"));
+            return Err(Closing::silent(
+                CloseCode::Normal,
+                super::closing::CLOSED_BY_CLIENT,
+            ));
         }
         // Every kind a client sends costs a token: PINGs and refused kinds
         // are answered too, so they must not be free to flood.
@@ -480,8 +483,14 @@ impl Session {
                 open: false,
                 epoch: 0,
                 realm_id: self.handle.realm_id(),
+                resumed: false,
             });
         }
+        // Rooms go with a session that may resume (elsewhere, with its
+        // token); a session that ended for good leaves them.
+        let resumable =
+            self.gw.clients.resume.is_some() && super::closing::may_resume(code, &c.reason);
+        self.gw.rooms.session_closed(&self.handle, resumable);
         self.gw
             .metrics
             .closes

@@ -21,6 +21,7 @@ mod fleet;
 mod import;
 mod overrides;
 mod policy;
+mod rooms;
 mod routes;
 mod sessions;
 
@@ -45,6 +46,7 @@ pub async fn run(ctx: &Ctx, cmd: Cmd, format: Format) -> anyhow::Result<Status> 
             users,
             realms,
             gateway_id,
+            rooms,
             limit,
         }) => {
             let req = cp::WatchRequest {
@@ -52,10 +54,12 @@ pub async fn run(ctx: &Ctx, cmd: Cmd, format: Format) -> anyhow::Result<Status> 
                 user_ids: users,
                 realm_ids: realms,
                 gateway_id,
+                rooms,
             };
             sessions::watch(ctx, req, limit, format).await?;
             return Ok(Status::Ok);
         }
+        Cmd::Rooms(c) => ok(rooms::run(ctx, c).await?),
         Cmd::SessionPolicy(c) => ok(policy::session_policy(ctx, c).await?),
         Cmd::Apply(a) => ok(config::apply(ctx, &a.file.file, &a.write).await?),
         Cmd::Diff(f) => config::diff(ctx, &f.file).await?,

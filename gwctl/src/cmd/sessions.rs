@@ -352,10 +352,12 @@ pub(super) async fn watch(
             )?;
         }
         for e in &b.events {
-            let kind = if e.kind == cp::PresenceKind::Open as i32 {
-                "open"
-            } else {
-                "close"
+            let kind = match cp::PresenceKind::try_from(e.kind) {
+                Ok(cp::PresenceKind::Open) => "open",
+                Ok(cp::PresenceKind::Resume) => "resume",
+                Ok(cp::PresenceKind::RoomJoin) => "join",
+                Ok(cp::PresenceKind::RoomLeave) => "leave",
+                _ => "close",
             };
             match format {
                 crate::cli::Format::Json => writeln!(
@@ -363,13 +365,23 @@ pub(super) async fn watch(
                     "{}",
                     serde_json::json!({
                         "kind": kind, "session_id": e.session_id, "user_id": e.user_id,
-                        "realm_id": e.realm_id, "gateway_id": e.gateway_id, "cursor": b.cursor,
+                        "realm_id": e.realm_id, "gateway_id": e.gateway_id, "room": e.room,
+                        "cursor": b.cursor,
                     })
                 )?,
                 _ => writeln!(
                     out,
-                    "{kind:<5} session={} user={} realm={} gateway={} cursor={}",
-                    e.session_id, e.user_id, e.realm_id, e.gateway_id, b.cursor
+                    "{kind:<6} session={} user={} realm={} gateway={}{} cursor={}",
+                    e.session_id,
+                    e.user_id,
+                    e.realm_id,
+                    e.gateway_id,
+                    if e.room.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" room={}", e.room)
+                    },
+                    b.cursor
                 )?,
             }
             n += 1;
