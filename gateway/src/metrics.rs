@@ -88,7 +88,7 @@ pub(crate) struct RoomMetrics {
     pub(crate) messages: IntCounter,
     /// MESSAGE frames queued to members.
     pub(crate) deliveries: IntCounter,
-    /// Gaps noticed in a room's sequence, each recovered from the history.
+    /// Recoveries from the history (a gap, or a stream that came back).
     pub(crate) recoveries: IntCounter,
     /// Messages skipped because the history no longer kept them.
     pub(crate) lost: IntCounter,
@@ -232,7 +232,7 @@ impl Metrics {
             recoveries: counter(
                 &r,
                 "gg_room_recoveries_total",
-                "Gaps noticed in a room's sequence (a message missed on the way), each recovered from the room's history.",
+                "Room recoveries from the room's history: a gap noticed in a room's sequence, or every room again after the control-plane stream came back.",
             ),
             lost: counter(
                 &r,

@@ -500,6 +500,7 @@ impl Rooms {
                 }
             } else {
                 room.phase = Phase::Recovering;
+                self.m().recoveries.inc();
                 pb::RoomSubscribe {
                     room: name.to_string(),
                     recover: true,

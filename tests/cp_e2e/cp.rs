@@ -16,32 +16,49 @@ use tonic::transport::Channel;
 use crate::redis_proc::{Cluster, Redis, SentinelSetup};
 use crate::support::*;
 
-type CpClient = pb::control_plane_client::ControlPlaneClient<InterceptedService<Channel, Bearer>>;
+pub(crate) type CpClient =
+    pb::control_plane_client::ControlPlaneClient<InterceptedService<Channel, Bearer>>;
 type DirClient =
     pb::session_directory_client::SessionDirectoryClient<InterceptedService<Channel, Bearer>>;
 
-struct Cp {
-    proc: Proc,
-    grpc: SocketAddr,
-    ops: SocketAddr,
+pub(crate) struct Cp {
+    pub(crate) proc: Proc,
+    pub(crate) grpc: SocketAddr,
+    pub(crate) ops: SocketAddr,
 }
 
-async fn controlplane(id: &str, redis: &str, lease_ms: u64) -> Cp {
+pub(crate) async fn controlplane(id: &str, redis: &str, lease_ms: u64) -> Cp {
     controlplane_with(id, &format!("{{ url: \"{redis}\" }}"), lease_ms).await
 }
 
 /// `redis_yaml` is the `redis:` value (single url or cluster seeds).
-async fn controlplane_with(id: &str, redis_yaml: &str, lease_ms: u64) -> Cp {
+pub(crate) async fn controlplane_with(id: &str, redis_yaml: &str, lease_ms: u64) -> Cp {
     controlplane_extra(id, redis_yaml, lease_ms, "").await
 }
 
 /// With `extra` appended to the config file.
-async fn controlplane_extra(id: &str, redis_yaml: &str, lease_ms: u64, extra: &str) -> Cp {
+pub(crate) async fn controlplane_extra(
+    id: &str,
+    redis_yaml: &str,
+    lease_ms: u64,
+    extra: &str,
+) -> Cp {
+    controlplane_at(id, redis_yaml, lease_ms, extra, "127.0.0.1:0").await
+}
+
+/// With the gRPC listen address given (a fixed port survives a restart).
+pub(crate) async fn controlplane_at(
+    id: &str,
+    redis_yaml: &str,
+    lease_ms: u64,
+    extra: &str,
+    listen: &str,
+) -> Cp {
     let config = scratch("cp", "yaml");
     std::fs::write(
         &config,
         format!(
-            "id: {id}\nlisten: 127.0.0.1:0\nops_listen: 127.0.0.1:0\nredis: {redis_yaml}\nreconcile_ms: 200\nlease_ms: {lease_ms}\ntokens:\n  - {{ name: reader, scope: read, value: {READ_TOKEN} }}\n  - {{ name: op, scope: operate, value: {OPERATE_TOKEN} }}\n  - {{ name: root, scope: admin, value: {ADMIN_TOKEN} }}\ngateway_admin_token: {{ name: cp, scope: admin, value: {ADMIN_TOKEN} }}\n{extra}"
+            "id: {id}\nlisten: {listen}\nops_listen: 127.0.0.1:0\nredis: {redis_yaml}\nreconcile_ms: 200\nlease_ms: {lease_ms}\ntokens:\n  - {{ name: reader, scope: read, value: {READ_TOKEN} }}\n  - {{ name: op, scope: operate, value: {OPERATE_TOKEN} }}\n  - {{ name: root, scope: admin, value: {ADMIN_TOKEN} }}\ngateway_admin_token: {{ name: cp, scope: admin, value: {ADMIN_TOKEN} }}\n{extra}"
         ),
     )
     .expect("write cp config");
@@ -64,14 +81,14 @@ async fn controlplane_extra(id: &str, redis_yaml: &str, lease_ms: u64, extra: &s
     }
 }
 
-async fn cp_client(cp: &Cp, token: Option<&str>) -> CpClient {
+pub(crate) async fn cp_client(cp: &Cp, token: Option<&str>) -> CpClient {
     pb::control_plane_client::ControlPlaneClient::with_interceptor(
         channel(cp.grpc).await,
         Bearer(token.map(str::to_string)),
     )
 }
 
-async fn dir_client(cp: &Cp) -> DirClient {
+pub(crate) async fn dir_client(cp: &Cp) -> DirClient {
     pb::session_directory_client::SessionDirectoryClient::with_interceptor(
         channel(cp.grpc).await,
         Bearer(Some(READ_TOKEN.into())),
@@ -79,7 +96,7 @@ async fn dir_client(cp: &Cp) -> DirClient {
 }
 
 /// A gateway following `cp`, with an admin API and a snapshot file.
-async fn cp_gateway(id: &str, cp: SocketAddr, snapshot: &Path) -> Gw {
+pub(crate) async fn cp_gateway(id: &str, cp: SocketAddr, snapshot: &Path) -> Gw {
     gateway_named(
         id,
         &format!(
@@ -91,7 +108,7 @@ async fn cp_gateway(id: &str, cp: SocketAddr, snapshot: &Path) -> Gw {
     .await
 }
 
-fn svc(name: &str, id: u32, strategy: &str, eps: &[SocketAddr]) -> pb::Service {
+pub(crate) fn svc(name: &str, id: u32, strategy: &str, eps: &[SocketAddr]) -> pb::Service {
     pb::Service {
         name: name.into(),
         id,
@@ -109,7 +126,7 @@ fn opts(expected: u64) -> Option<pb::WriteOptions> {
     })
 }
 
-async fn put_service(c: &mut CpClient, s: pb::Service) -> pb::WriteResponse {
+pub(crate) async fn put_service(c: &mut CpClient, s: pb::Service) -> pb::WriteResponse {
     c.put_service(pb::PutServiceRequest {
         service: Some(s),
         options: None,

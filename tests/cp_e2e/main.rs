@@ -11,4 +11,5 @@ mod dns;
 #[path = "../e2e/otlp.rs"]
 mod otlp;
 mod redis_proc;
+mod rooms;
 mod run_local;
