@@ -461,6 +461,7 @@ mod tests {
             assert_eq!(Kind::from_u8(k as u8), Some(k));
         }
         assert_eq!(Kind::from_u8(0), None);
-        assert_eq!(Kind::from_u8(10), None);
+        assert_eq!(Kind::from_u8(0x0e), None);
+        assert_eq!(Kind::from_u8(0xff), None);
     }
 }
