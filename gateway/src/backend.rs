@@ -24,10 +24,7 @@ use bytes::Bytes;
 use prometheus::IntCounter;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::config::{BackendSettings, BreakerSettings};
-use crate::metrics::Metrics;
 use crate::session::SessionHandle;
 use breaker::Breaker;
 
@@ -289,28 +286,11 @@ pub(crate) struct BackendPool {
 }
 
 impl BackendPool {
-    pub(crate) fn new(
-        gateway_id: String,
-        settings: BackendSettings,
-        breaker: BreakerSettings,
-        max_frame_bytes: u32,
-        metrics: Arc<Metrics>,
-        tracker: TaskTracker,
-        shutdown: CancellationToken,
-        rooms: Arc<crate::rooms::Rooms>,
-    ) -> BackendPool {
+    /// A pool whose connection tasks share `ctx`.
+    pub(crate) fn new(ctx: conn::ConnCtx) -> BackendPool {
         BackendPool {
             endpoints: Mutex::new(HashMap::new()),
-            ctx: Arc::new(conn::ConnCtx {
-                rooms,
-                gateway_id,
-                settings,
-                breaker,
-                max_frame_bytes,
-                metrics,
-                tracker,
-                shutdown,
-            }),
+            ctx: Arc::new(ctx),
         }
     }
 

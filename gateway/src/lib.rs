@@ -137,16 +137,16 @@ impl Gateway {
             cfg.controlplane.is_some(),
             metrics.clone(),
         ));
-        let backends = BackendPool::new(
-            cfg.gateway_id.clone(),
-            cfg.backend.clone(),
-            cfg.breaker.clone(),
-            cfg.limits.max_frame_bytes,
-            metrics.clone(),
-            backend_tracker,
-            backend_stop.clone(),
-            rooms.clone(),
-        );
+        let backends = BackendPool::new(crate::backend::conn::ConnCtx {
+            gateway_id: cfg.gateway_id.clone(),
+            settings: cfg.backend.clone(),
+            breaker: cfg.breaker.clone(),
+            max_frame_bytes: cfg.limits.max_frame_bytes,
+            metrics: metrics.clone(),
+            tracker: backend_tracker,
+            shutdown: backend_stop.clone(),
+            rooms: rooms.clone(),
+        });
         let discovery = crate::discovery::Discovery::new(&cfg.discovery);
         let routes = RouteTable::build(&discovery.expand(&cfg.routes), &backends);
         // Standalone: the file's routes are the first snapshot. With a

@@ -420,9 +420,9 @@ mod tests {
                 }
             });
         }
-        let pool = BackendPool::new(
-            "gw-test".into(),
-            BackendSettings {
+        let pool = BackendPool::new(crate::backend::conn::ConnCtx {
+            gateway_id: "gw-test".into(),
+            settings: BackendSettings {
                 connections_per_endpoint: 1,
                 connect_timeout: Duration::from_secs(1),
                 request_timeout: Duration::from_secs(1),
@@ -431,17 +431,17 @@ mod tests {
                 queue: 16,
                 ping_interval: Duration::from_secs(60),
             },
-            BreakerSettings {
+            breaker: BreakerSettings {
                 failure_threshold: 2,
                 open: Duration::from_secs(60),
                 open_max: Duration::from_secs(60),
             },
-            1 << 20,
-            Arc::new(Metrics::new()),
-            TaskTracker::new(),
-            stop.clone(),
-            Arc::new(crate::rooms::Rooms::new(false, Arc::new(Metrics::new()))),
-        );
+            max_frame_bytes: 1 << 20,
+            metrics: Arc::new(Metrics::new()),
+            tracker: TaskTracker::new(),
+            shutdown: stop.clone(),
+            rooms: Arc::new(crate::rooms::Rooms::new(false, Arc::new(Metrics::new()))),
+        });
         World { pool, addrs, stop }
     }
 
