@@ -5,7 +5,13 @@
 //!   applied on all N gateways (p50/p99 over `--writes` writes), polling each
 //!   gateway's admin `GetInfo` every millisecond;
 //! - directory efficiency: session events written per Redis round trip while
-//!   `--sessions` clients connect at once.
+//!   `--sessions` clients connect at once;
+//! - rooms (`--room-members N`, 0 = skip): N clients spread over the
+//!   gateways join one room through the sample backend, then
+//!   `--room-publishes` messages are published one at a time with
+//!   `Rooms.Publish`: the time from the call to the first and to the last
+//!   delivery (each client reads its MESSAGE), and the CPU the gateways and
+//!   the control plane (and Redis) spent per delivery.
 //!
 //! Every child is killed when the program exits.
 
@@ -34,6 +40,12 @@ struct Args {
     writes: usize,
     #[arg(long, default_value_t = 2000)]
     sessions: usize,
+    /// Room members for the rooms benchmark (0: skip it).
+    #[arg(long, default_value_t = 0)]
+    room_members: usize,
+    /// Messages published (one at a time) to the room.
+    #[arg(long, default_value_t = 50)]
+    room_publishes: usize,
     /// Directory with the gateway, controlplane and sample-backend binaries
     /// (default: this program's directory).
     #[arg(long)]
@@ -58,12 +70,18 @@ fn free_port() -> u16 {
 }
 
 async fn spawn(kids: &mut Kids, bin: &Path, args: &[&str]) -> anyhow::Result<String> {
+    Ok(spawn_pid(kids, bin, args).await?.0)
+}
+
+/// Like [`spawn`], with the child's pid.
+async fn spawn_pid(kids: &mut Kids, bin: &Path, args: &[&str]) -> anyhow::Result<(String, u32)> {
     let mut c = Command::new(bin)
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()?;
+    let pid = c.id().unwrap_or(0);
     let out = c
         .stdout
         .take()
@@ -74,7 +92,7 @@ async fn spawn(kids: &mut Kids, bin: &Path, args: &[&str]) -> anyhow::Result<Str
         .await??
         .unwrap_or_default();
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok(line)
+    Ok((line, pid))
 }
 
 fn field(line: &str, key: &str) -> anyhow::Result<SocketAddr> {
@@ -94,7 +112,7 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let dir = match args.bin_dir {
+    let dir = match args.bin_dir.clone() {
         Some(d) => d,
         None => std::env::current_exe()?
             .parent()
@@ -120,6 +138,7 @@ async fn main() -> anyhow::Result<()> {
         .stdout(Stdio::null())
         .kill_on_drop(true)
         .spawn()?;
+    let redis_pid = redis.id().unwrap_or(0);
     kids.0.push(redis);
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(("127.0.0.1", rport)).await.is_err() {
@@ -134,7 +153,7 @@ async fn main() -> anyhow::Result<()> {
             "id: cp-bench\nlisten: 127.0.0.1:0\nops_listen: 127.0.0.1:0\nredis: {{ url: \"redis://127.0.0.1:{rport}/\" }}\nreconcile_ms: 1000\nlease_ms: 15000\n"
         ),
     )?;
-    let line = spawn(
+    let (line, cp_pid) = spawn_pid(
         &mut kids,
         &dir.join("controlplane"),
         &[
@@ -171,16 +190,17 @@ async fn main() -> anyhow::Result<()> {
     .await?;
 
     let mut gws = Vec::new();
+    let mut gw_pids = Vec::new();
     for i in 0..args.gateways {
         let cfg = tmp.join(format!("gw{i}.yaml"));
         std::fs::write(
             &cfg,
             format!(
-                "gateway_id: bench-gw-{i}\nlisten: 127.0.0.1:0\nops_listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\nlimits: {{ max_connections_per_ip: 100000, conn_rate_per_ip: 1000000, conn_burst_per_ip: 1000000 }}\ncontrolplane:\n  url: http://{cp_grpc}\n  snapshot_path: {}\n",
+                "gateway_id: bench-gw-{i}\nlisten: 127.0.0.1:0\nops_listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\nlimits: {{ max_connections: 100000, max_connections_per_ip: 100000, conn_rate_per_ip: 1000000, conn_burst_per_ip: 1000000 }}\ncontrolplane:\n  url: http://{cp_grpc}\n  snapshot_path: {}\n",
                 tmp.join(format!("gw{i}.pb")).display()
             ),
         )?;
-        let line = spawn(
+        let (line, pid) = spawn_pid(
             &mut kids,
             &dir.join("gateway"),
             &[
@@ -191,6 +211,7 @@ async fn main() -> anyhow::Result<()> {
             ],
         )
         .await?;
+        gw_pids.push(pid);
         let admin = field(&line, "admin=")?;
         let client = field(&line, "client=")?;
         let ch = tonic::transport::Channel::from_shared(format!("http://{admin}"))?
@@ -292,8 +313,215 @@ async fn main() -> anyhow::Result<()> {
         t0.elapsed().as_secs_f64() * 1000.0
     );
     drop(conns);
+    if args.room_members > 0 {
+        let clients: Vec<SocketAddr> = gws.iter().map(|(c, _)| *c).collect();
+        rooms(&args, &clients, cp_grpc, &gw_pids, cp_pid, redis_pid).await?;
+    }
     drop(kids);
     let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
+}
+
+/// CPU ticks (user + system) of these processes.
+fn cpu_ticks(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .map(|stat| {
+            // After the ")" of the command name: utime and stime are fields 14 and 15.
+            let rest = stat.rsplit(')').next().unwrap_or("").to_string();
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            n(11) + n(12)
+        })
+        .sum()
+}
+
+/// Per publish: clients that got it, and the first and last arrival (ns
+/// after the benchmark's start).
+struct Arrivals {
+    count: std::sync::atomic::AtomicUsize,
+    first_ns: std::sync::atomic::AtomicU64,
+    last_ns: std::sync::atomic::AtomicU64,
+}
+
+/// One room of `members` clients over the gateways; publishes one at a
+/// time and waits for every member to have it.
+async fn rooms(
+    args: &Args,
+    gateways: &[SocketAddr],
+    cp_grpc: SocketAddr,
+    gw_pids: &[u32],
+    cp_pid: u32,
+    redis_pid: u32,
+) -> anyhow::Result<()> {
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+    let n = args.room_members;
+    let start = Instant::now();
+    let arrivals: Arc<Vec<Arrivals>> = Arc::new(
+        (0..args.room_publishes)
+            .map(|_| Arrivals {
+                count: 0.into(),
+                first_ns: u64::MAX.into(),
+                last_ns: 0.into(),
+            })
+            .collect(),
+    );
+    let joined = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    let t_join = Instant::now();
+    for i in 0..n {
+        let addr = gateways[i % gateways.len()];
+        let (arrivals, joined) = (arrivals.clone(), joined.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await?;
+            let mut h = Header::new(Kind::Hello);
+            h.user_id = 1_000_000 + i as u64;
+            s.write_all(&Frame::new(h, &b"{}"[..]).to_bytes()).await?;
+            let mut d = Header::new(Kind::Data);
+            d.service_type = 1;
+            d.seq = 1;
+            s.write_all(&Frame::new(d, &b"join:bench-room"[..]).to_bytes())
+                .await?;
+            let mut buf = bytes::BytesMut::with_capacity(4096);
+            loop {
+                while let Some(f) = gg_proto::frame::decode(&mut buf, 1 << 20)? {
+                    match f.header.kind() {
+                        Some(Kind::Data) if f.header.seq == 1 => {
+                            joined.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Some(Kind::Message) => {
+                            let now = start.elapsed().as_nanos() as u64;
+                            let (_, seq, _) = gg_proto::room::parse_message(&f.payload)?;
+                            if let Some(a) =
+                                (seq as usize).checked_sub(1).and_then(|i| arrivals.get(i))
+                            {
+                                a.count.fetch_add(1, Ordering::Relaxed);
+                                a.first_ns.fetch_min(now, Ordering::Relaxed);
+                                a.last_ns.fetch_max(now, Ordering::Relaxed);
+                            }
+                        }
+                        Some(Kind::Close) => anyhow::bail!("session closed: {f:?}"),
+                        _ => {}
+                    }
+                }
+                if s.read_buf(&mut buf).await? == 0 {
+                    return Ok::<(), anyhow::Error>(());
+                }
+            }
+        }));
+        if i % 500 == 499 {
+            // Spread the connects so no accept queue overflows.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while joined.load(Ordering::Relaxed) < n {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {} of {n} clients joined",
+            joined.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let channel = tonic::transport::Channel::from_shared(format!("http://{cp_grpc}"))?
+        .connect()
+        .await?;
+    let mut api = pb::rooms_client::RoomsClient::new(channel);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let total = api
+            .members(pb::MembersRequest {
+                room: "bench-room".into(),
+                limit: 1,
+            })
+            .await?
+            .into_inner()
+            .total;
+        if total as usize >= n {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the member index has {total} of {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "rooms: {n} members on {} gateways joined in {:.1} s",
+        gateways.len(),
+        t_join.elapsed().as_secs_f64()
+    );
+    let payload = vec![b'r'; 64];
+    let (gw0, cp0, r0) = (
+        cpu_ticks(gw_pids),
+        cpu_ticks(&[cp_pid]),
+        cpu_ticks(&[redis_pid]),
+    );
+    let (mut last, mut first) = (Vec::new(), Vec::new());
+    for (i, a) in arrivals.iter().enumerate() {
+        let sent = start.elapsed().as_nanos() as u64;
+        let r = api
+            .publish(pb::PublishRequest {
+                room: "bench-room".into(),
+                service_type: 1,
+                payload: payload.clone(),
+                request_id: String::new(),
+            })
+            .await?
+            .into_inner();
+        anyhow::ensure!(r.seq == i as u64 + 1, "seq {} for publish {}", r.seq, i + 1);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while a.count.load(Ordering::Relaxed) < n {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "publish {}: {} of {n} delivered",
+                i + 1,
+                a.count.load(Ordering::Relaxed)
+            );
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        last.push((a.last_ns.load(Ordering::Relaxed) - sent) as f64 / 1e6);
+        first.push((a.first_ns.load(Ordering::Relaxed).saturating_sub(sent)) as f64 / 1e6);
+    }
+    let (gw1, cp1, r1) = (
+        cpu_ticks(gw_pids),
+        cpu_ticks(&[cp_pid]),
+        cpu_ticks(&[redis_pid]),
+    );
+    // Exactly once: no member got any message twice.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for (i, a) in arrivals.iter().enumerate() {
+        let got = a.count.load(Ordering::Relaxed);
+        anyhow::ensure!(
+            got == n,
+            "publish {}: {got} deliveries for {n} members",
+            i + 1
+        );
+    }
+    let deliveries = (n * args.room_publishes) as f64;
+    // Ticks are 1/100 s.
+    let us = |ticks: u64| ticks as f64 * 10_000.0 / deliveries;
+    last.sort_by(f64::total_cmp);
+    first.sort_by(f64::total_cmp);
+    println!(
+        "rooms: {} publishes to {n} members: publish → last delivery p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; → first delivery p50 {:.2} ms",
+        args.room_publishes,
+        pct(&last, 0.5),
+        pct(&last, 0.99),
+        pct(&last, 1.0),
+        pct(&first, 0.5),
+    );
+    println!(
+        "rooms: CPU per delivery: gateways {:.2} µs, control plane {:.3} µs, redis {:.3} µs ({} deliveries, exactly once each)",
+        us(gw1 - gw0),
+        us(cp1 - cp0),
+        us(r1 - r0),
+        deliveries
+    );
+    for t in tasks {
+        t.abort();
+    }
     Ok(())
 }
 
