@@ -30,6 +30,11 @@ pub(crate) mod rooms;
 pub(crate) mod router;
 pub(crate) mod session;
 
+/// The gateway's permessage-deflate codec (one message at a time, no
+/// context takeover), for benchmarks.
+#[doc(hidden)]
+pub use listener::wsdeflate::{deflate as ws_deflate, inflate as ws_inflate};
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};

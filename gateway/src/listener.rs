@@ -7,6 +7,7 @@ pub(crate) mod prefixed;
 pub(crate) mod proxy;
 pub(crate) mod sniff;
 pub(crate) mod sse;
+pub(crate) mod wsdeflate;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -21,3 +21,4 @@ mod tcp;
 mod telemetry;
 mod tls;
 mod ws;
+mod ws_deflate;

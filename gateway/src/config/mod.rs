@@ -77,6 +77,28 @@ pub struct FileConfig {
     pub discovery: Option<FileDiscovery>,
     #[serde(default)]
     pub cors: Option<FileCors>,
+    #[serde(default)]
+    pub websocket: FileWebSocket,
+}
+
+/// `websocket:` — WebSocket options on the client port.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileWebSocket {
+    /// Accept `permessage-deflate` (RFC 7692) when a client offers it.
+    pub permessage_deflate: bool,
+    /// Messages shorter than this go out uncompressed (the extension
+    /// lets each message choose).
+    pub compress_min_bytes: usize,
+}
+
+impl Default for FileWebSocket {
+    fn default() -> Self {
+        FileWebSocket {
+            permessage_deflate: false,
+            compress_min_bytes: 128,
+        }
+    }
 }
 
 /// `cors:` — browsers on other origins may call the client port's HTTP
@@ -298,6 +320,7 @@ pub struct Config {
     pub discovery: DiscoverySettings,
     /// Cross-origin browser callers (absent: no CORS headers).
     pub cors: Option<CorsSettings>,
+    pub websocket: FileWebSocket,
 }
 
 /// Every problem found in a config file, one per line.
@@ -378,6 +401,7 @@ impl Config {
                 .map(|d| d.validate(&mut errs))
                 .unwrap_or_default(),
             cors: file.cors.as_ref().map(|c| c.validate(&mut errs)),
+            websocket: file.websocket.clone(),
         };
         if errs.is_empty() {
             Ok(cfg)

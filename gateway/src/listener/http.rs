@@ -325,6 +325,12 @@ fn upgrade(
         gw.metrics.reject(Reject::Draining);
         return request_error(&RequestError::Draining);
     }
+    let deflate = if gw.cfg.websocket.permessage_deflate {
+        let offers = req.headers().get_all(header::SEC_WEBSOCKET_EXTENSIONS);
+        super::wsdeflate::negotiate(offers.iter().filter_map(|v| v.to_str().ok()))
+    } else {
+        None
+    };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let guard = guard.lock().take();
     let max_msg = gw.cfg.limits.max_frame_bytes as usize + frame::LEN_BYTES;
@@ -344,9 +350,8 @@ fn upgrade(
                 return;
             }
         };
-        let ws =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_cfg))
-                .await;
+        let io = super::wsdeflate::WsIo::new(TokioIo::new(upgraded), deflate.is_some(), max_msg);
+        let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_cfg)).await;
         let pm = task_gw.metrics.proto(Protocol::Ws);
         pm.connections.inc();
         pm.active.inc();
@@ -354,7 +359,15 @@ fn upgrade(
             _guard: guard,
             active: pm.active.clone(),
         };
-        start(task_gw, ClientIo::ws(ws), remote, Protocol::Ws, admission).await;
+        let compress = deflate.map(|_| task_gw.cfg.websocket.compress_min_bytes);
+        start(
+            task_gw,
+            ClientIo::ws(ws, compress),
+            remote,
+            Protocol::Ws,
+            admission,
+        )
+        .await;
     });
     let mut r = Response::new(full(Bytes::new()));
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -363,6 +376,12 @@ fn upgrade(
     hm.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     if let Ok(v) = HeaderValue::from_str(&key) {
         hm.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    if let Some(ext) = deflate {
+        hm.insert(
+            header::SEC_WEBSOCKET_EXTENSIONS,
+            HeaderValue::from_static(ext),
+        );
     }
     r
 }

@@ -26,7 +26,7 @@ use crate::limits::{ByteBudget, Charge};
 use crate::listener::prefixed::PrefixedIo;
 
 /// A WebSocket over an HTTP/1.1 connection upgraded by hyper.
-pub(crate) type WsStream = WebSocketStream<TokioIo<Upgraded>>;
+pub(crate) type WsStream = WebSocketStream<crate::listener::wsdeflate::WsIo<TokioIo<Upgraded>>>;
 
 /// A TLS connection on the client port (the sniffed bytes replayed into
 /// the handshake).
@@ -76,6 +76,9 @@ pub(crate) enum ClientIo {
     Ws {
         ws: Box<WsStream>,
         pending: Pending,
+        /// permessage-deflate negotiated: messages of at least this many
+        /// bytes go out compressed.
+        compress_min: Option<usize>,
     },
     /// An HTTP session: calls arrive as frames, what the session writes
     /// goes to waiting calls or out as Server-Sent Events.
@@ -114,10 +117,11 @@ impl ClientIo {
         }
     }
 
-    pub(crate) fn ws(ws: WsStream) -> ClientIo {
+    pub(crate) fn ws(ws: WsStream, compress_min: Option<usize>) -> ClientIo {
         ClientIo::Ws {
             ws: Box::new(ws),
             pending: Pending::new(),
+            compress_min,
         }
     }
 
@@ -229,7 +233,11 @@ impl ClientIo {
             ClientIo::Tls {
                 stream, pending, ..
             } => poll_writev(&mut **stream, pending, cx),
-            ClientIo::Ws { ws, pending } => poll_ws_send(ws, pending, cx),
+            ClientIo::Ws {
+                ws,
+                pending,
+                compress_min,
+            } => poll_ws_send(ws, pending, *compress_min, cx),
             ClientIo::Sse { io, pending } => {
                 for f in pending.drain(..) {
                     io.deliver(f);
@@ -293,6 +301,10 @@ fn ws_read_error(e: tungstenite::Error, max: u32) -> ReadError {
         tungstenite::Error::Capacity(_) => ReadError::WsTooLarge(max as usize + 1),
         tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => {
             ReadError::Closed
+        }
+        // Our permessage-deflate layer's refusals (corrupt, too large).
+        tungstenite::Error::Io(e) if e.kind() == io::ErrorKind::InvalidData => {
+            ReadError::Protocol("invalid compressed WebSocket message")
         }
         tungstenite::Error::Io(e) => ReadError::Io(e),
         _ => ReadError::Protocol("invalid WebSocket framing"),
@@ -413,6 +425,7 @@ fn poll_writev<W: AsyncWrite + Unpin>(
 fn poll_ws_send(
     ws: &mut WsStream,
     pending: &mut Pending,
+    compress_min: Option<usize>,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<()>> {
     let mut ws = Pin::new(ws);
@@ -431,7 +444,15 @@ fn poll_ws_send(
         }
         let f = std::mem::take(&mut pending[sent]);
         sent += 1;
-        if let Err(e) = ws.as_mut().start_send(Message::Binary(f)) {
+        let msg = match compress_min {
+            Some(min) if f.len() >= min => {
+                Message::Frame(crate::listener::wsdeflate::compressed_frame(
+                    crate::listener::wsdeflate::deflate(&f),
+                ))
+            }
+            _ => Message::Binary(f),
+        };
+        if let Err(e) = ws.as_mut().start_send(msg) {
             break Err(ws_io(e));
         }
     };
