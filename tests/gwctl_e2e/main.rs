@@ -939,3 +939,121 @@ async fn import_from_the_go_gateways_redis() {
         out.stderr
     );
 }
+
+/// `gwctl rooms join|members|list|publish|history|leave` and
+/// `presence watch --room` against a real control plane and gateway.
+#[tokio::test]
+async fn rooms_and_presence_by_room() {
+    let s = Stack::start().await;
+    s.route_echo(&[]).await;
+    s.gwctl(Some(READ_TOKEN), &["rollout", "status", "--wait"])
+        .await
+        .ok();
+    let mut c = Client::tcp(s.gw.client).await;
+    let w = c.hello(5, 0).await;
+    let id = w.session.rsplit(':').next().expect("id").to_string();
+    eventually("the directory has the session", || async {
+        s.gwctl(Some(OPERATE_TOKEN), &["rooms", "join", &id, "guild-7"])
+            .await
+            .code
+            == 0
+    })
+    .await;
+    let m = s.json(READ_TOKEN, &["rooms", "members", "guild-7"]).await;
+    assert_eq!(m["total"], 1);
+    assert_eq!(m["members"][0]["session_id"].to_string(), id);
+    assert_eq!(m["members"][0]["gateway_id"], "gw-ctl");
+    let p = s
+        .json(
+            OPERATE_TOKEN,
+            &[
+                "rooms",
+                "publish",
+                "guild-7",
+                "hello guild",
+                "--service",
+                "1",
+                "--request-id",
+                "r1",
+            ],
+        )
+        .await;
+    assert_eq!(
+        (p["seq"].as_u64(), p["duplicate"].as_bool()),
+        (Some(1), Some(false))
+    );
+    let again = s
+        .json(
+            OPERATE_TOKEN,
+            &[
+                "rooms",
+                "publish",
+                "guild-7",
+                "hello guild",
+                "--request-id",
+                "r1",
+            ],
+        )
+        .await;
+    assert_eq!(again["duplicate"], true);
+    let f = c.recv_kind(gg_proto::Kind::Message).await;
+    assert_eq!(
+        gg_proto::room::parse_message(&f.payload).expect("message"),
+        ("guild-7", 1, &b"hello guild"[..])
+    );
+    let l = s
+        .json(READ_TOKEN, &["rooms", "list", "--prefix", "guild"])
+        .await;
+    assert_eq!(l["rooms"][0]["name"], "guild-7");
+    assert_eq!(
+        (
+            l["rooms"][0]["members"].as_u64(),
+            l["rooms"][0]["seq"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
+    let h = s.json(READ_TOKEN, &["rooms", "history", "guild-7"]).await;
+    assert_eq!(h["messages"][0]["payload"], "hello guild");
+    // The presence stream from the oldest kept, only this room: the join.
+    let watch = s
+        .gwctl(
+            Some(READ_TOKEN),
+            &[
+                "-o", "json", "presence", "watch", "--cursor", "0", "--room", "guild-7", "--limit",
+                "1",
+            ],
+        )
+        .await
+        .ok();
+    let ev: Value =
+        serde_json::from_str(watch.stdout.lines().next().expect("a line")).expect("json");
+    assert_eq!(
+        (ev["kind"].as_str(), ev["room"].as_str()),
+        (Some("join"), Some("guild-7"))
+    );
+    s.gwctl(Some(OPERATE_TOKEN), &["rooms", "leave", &id, "guild-7"])
+        .await
+        .ok();
+    assert_eq!(
+        s.json(READ_TOKEN, &["rooms", "members", "guild-7"]).await["total"],
+        0
+    );
+    // Refusals: a bad name, a read token publishing, an unknown session.
+    let bad = s
+        .gwctl(Some(OPERATE_TOKEN), &["rooms", "publish", "no spaces", "x"])
+        .await;
+    assert_ne!(bad.code, 0);
+    assert!(bad.stderr.contains("invalid room name"), "{}", bad.stderr);
+    let denied = s
+        .gwctl(Some(READ_TOKEN), &["rooms", "publish", "guild-7", "x"])
+        .await;
+    assert!(denied.stderr.contains("scope"), "{}", denied.stderr);
+    let unknown = s
+        .gwctl(Some(OPERATE_TOKEN), &["rooms", "join", "4242", "guild-7"])
+        .await;
+    assert!(
+        unknown.stderr.contains("not in the directory"),
+        "{}",
+        unknown.stderr
+    );
+}
