@@ -452,6 +452,7 @@ mod tests {
             strategy,
             endpoints: eps.to_vec(),
             prefer_region: gg_proto::model::PreferRegion::None,
+            protocol: gg_proto::model::BackendProtocol::Frame,
         };
         Bundle {
             services: vec![

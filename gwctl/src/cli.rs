@@ -403,6 +403,10 @@ pub enum Routes {
         /// the client asks for (HELLO `region`).
         #[arg(long, value_enum, default_value_t = PreferRegionArg::None)]
         prefer_region: PreferRegionArg,
+        /// How the gateway speaks to the endpoints: the frame protocol, or
+        /// HTTP (the service is then reached through `http_routes`).
+        #[arg(long, value_enum, default_value_t = ProtocolArg::Frame)]
+        protocol: ProtocolArg,
         #[command(flatten)]
         write: WriteArgs,
     },
@@ -430,6 +434,21 @@ pub enum Routes {
         #[arg(long, default_value = "")]
         client_region: String,
     },
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProtocolArg {
+    Frame,
+    Http,
+}
+
+impl From<ProtocolArg> for gg_proto::model::BackendProtocol {
+    fn from(p: ProtocolArg) -> Self {
+        match p {
+            ProtocolArg::Frame => gg_proto::model::BackendProtocol::Frame,
+            ProtocolArg::Http => gg_proto::model::BackendProtocol::Http,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]

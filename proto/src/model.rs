@@ -105,6 +105,193 @@ pub struct Service {
     pub endpoints: Vec<String>,
     #[serde(default, skip_serializing_if = "PreferRegion::is_none")]
     pub prefer_region: PreferRegion,
+    /// How the gateway speaks to the endpoints.
+    #[serde(default, skip_serializing_if = "BackendProtocol::is_frame")]
+    pub protocol: BackendProtocol,
+}
+
+/// How the gateway speaks to a service's endpoints.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendProtocol {
+    /// Frame protocol v1 over pooled, multiplexed TCP connections.
+    #[default]
+    Frame,
+    /// HTTP/1.1, reverse-proxied for `http_routes`.
+    Http,
+}
+
+impl BackendProtocol {
+    pub fn is_frame(&self) -> bool {
+        *self == BackendProtocol::Frame
+    }
+}
+
+/// A path on the client port proxied to an HTTP service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpRoute {
+    /// `/api/shop/*` (prefix) or `/api/health` (exact).
+    pub path: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub host: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    pub service: String,
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub timeout_ms: u64,
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub retries: u32,
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub max_concurrency: u32,
+}
+
+fn is_zero_u64(v: &u64) -> bool {
+    *v == 0
+}
+fn is_zero_u32(v: &u32) -> bool {
+    *v == 0
+}
+
+/// Methods a route may name.
+pub const HTTP_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"];
+
+/// Most retries a route may ask for.
+pub const MAX_ROUTE_RETRIES: u32 = 5;
+
+impl HttpRoute {
+    /// The prefix of a `/x/*` route, `None` for an exact one.
+    pub fn prefix(&self) -> Option<&str> {
+        self.path.strip_suffix("/*")
+    }
+
+    /// Whether `path` is this route's (prefix: the prefix itself or below it).
+    pub fn matches_path(&self, path: &str) -> bool {
+        match self.prefix() {
+            Some(p) => {
+                path == p
+                    || (path.starts_with(p) && path.as_bytes().get(p.len()) == Some(&b'/'))
+                    || p.is_empty()
+            }
+            None => path == self.path,
+        }
+    }
+
+    /// How specific the route is: longer paths first, exact before prefix.
+    pub fn specificity(&self) -> (usize, bool, bool) {
+        let len = self.prefix().map_or(self.path.len(), str::len);
+        (len, self.prefix().is_none(), !self.host.is_empty())
+    }
+
+    pub fn to_pb(&self) -> pb::HttpRoute {
+        pb::HttpRoute {
+            path: self.path.clone(),
+            host: self.host.clone(),
+            methods: self.methods.clone(),
+            service: self.service.clone(),
+            timeout_ms: self.timeout_ms,
+            retries: self.retries,
+            max_concurrency: self.max_concurrency,
+        }
+    }
+
+    pub fn from_pb(r: &pb::HttpRoute) -> HttpRoute {
+        HttpRoute {
+            path: r.path.clone(),
+            host: r.host.clone(),
+            methods: r.methods.clone(),
+            service: r.service.clone(),
+            timeout_ms: r.timeout_ms,
+            retries: r.retries,
+            max_concurrency: r.max_concurrency,
+        }
+    }
+
+    fn line(&self) -> String {
+        let mut l = format!("→ {}", self.service);
+        if !self.methods.is_empty() {
+            l = format!("{} {l}", self.methods.join(","));
+        }
+        if self.timeout_ms != 0 {
+            l.push_str(&format!(" timeout={}ms", self.timeout_ms));
+        }
+        if self.retries != 0 {
+            l.push_str(&format!(" retries={}", self.retries));
+        }
+        if self.max_concurrency != 0 {
+            l.push_str(&format!(" max_concurrency={}", self.max_concurrency));
+        }
+        l
+    }
+
+    /// The route's key: two routes with the same key and overlapping
+    /// methods would both claim a request.
+    fn key(&self) -> String {
+        if self.host.is_empty() {
+            self.path.clone()
+        } else {
+            format!("{}{}", self.host, self.path)
+        }
+    }
+
+    fn check(&self, at: &str, services: &[Service], errs: &mut Vec<String>) {
+        let p = &self.path;
+        let body = self.prefix().unwrap_or(p);
+        if !p.starts_with('/')
+            || body.contains('*')
+            || p.bytes()
+                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || b == b'?' || b == b'#')
+        {
+            errs.push(format!(
+                "{at}: path {p:?} must start with '/', have no query, and may end with \"/*\" (a prefix) — '*' nowhere else"
+            ));
+        }
+        if p.starts_with("/v1/") || p == "/v1" || p == "/v1/*" {
+            errs.push(format!(
+                "{at}: path {p:?} is under /v1, which the gateway's own endpoints use"
+            ));
+        }
+        if !self.host.is_empty()
+            && !self
+                .host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-.:".contains(&b))
+        {
+            errs.push(format!("{at}: host {:?} is not a host name", self.host));
+        }
+        let mut seen = HashSet::new();
+        for m in &self.methods {
+            if !HTTP_METHODS.contains(&m.as_str()) {
+                errs.push(format!(
+                    "{at}: method {m:?} is not one of {}",
+                    HTTP_METHODS.join(", ")
+                ));
+            }
+            if !seen.insert(m) {
+                errs.push(format!("{at}: method {m} listed twice"));
+            }
+        }
+        match services.iter().find(|s| s.name == self.service) {
+            None => errs.push(format!("{at}: no service named {:?}", self.service)),
+            Some(s) if s.protocol != BackendProtocol::Http => errs.push(format!(
+                "{at}: service {:?} speaks the frame protocol; http_routes need a service with protocol: http",
+                self.service
+            )),
+            _ => {}
+        }
+        if self.retries > MAX_ROUTE_RETRIES {
+            errs.push(format!(
+                "{at}: retries {} is more than {MAX_ROUTE_RETRIES}",
+                self.retries
+            ));
+        }
+        if self.timeout_ms > 3_600_000 {
+            errs.push(format!(
+                "{at}: timeout_ms {} is more than an hour",
+                self.timeout_ms
+            ));
+        }
+    }
 }
 
 /// Which endpoints of a service are tried first; the rest are the fallback
@@ -162,6 +349,10 @@ impl Service {
                 PreferRegion::Gateway => pb::RegionPreference::Gateway,
                 PreferRegion::Client => pb::RegionPreference::Client,
             } as i32,
+            protocol: match self.protocol {
+                BackendProtocol::Frame => pb::BackendProtocol::Frame,
+                BackendProtocol::Http => pb::BackendProtocol::Http,
+            } as i32,
         }
     }
 
@@ -186,12 +377,21 @@ impl Service {
                 None
             }
         };
+        let protocol = match pb::BackendProtocol::try_from(s.protocol) {
+            Ok(pb::BackendProtocol::Frame) => Some(BackendProtocol::Frame),
+            Ok(pb::BackendProtocol::Http) => Some(BackendProtocol::Http),
+            Err(_) => {
+                errs.push(format!("{at}: protocol {} is unknown", s.protocol));
+                None
+            }
+        };
         Some(Service {
             name: s.name.clone(),
             id: id?,
             strategy: strategy?,
             endpoints: s.endpoints.clone(),
             prefer_region: prefer_region?,
+            protocol: protocol?,
         })
     }
 
@@ -201,8 +401,13 @@ impl Service {
         } else {
             format!(" prefer_region={}", self.prefer_region.name())
         };
+        let protocol = if self.protocol.is_frame() {
+            ""
+        } else {
+            " protocol=http"
+        };
         format!(
-            "id={} {} [{}]{prefer}",
+            "id={} {} [{}]{prefer}{protocol}",
             self.id,
             self.strategy,
             self.endpoints.join(", ")
@@ -441,6 +646,9 @@ pub struct Bundle {
     /// How many live sessions one user may hold across the fleet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_policy: Option<SessionPolicy>,
+    /// Paths on the client port proxied to HTTP services.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http_routes: Vec<HttpRoute>,
 }
 
 /// One user's sessions across the fleet: at most `max_sessions_per_user`
@@ -582,6 +790,37 @@ impl Bundle {
             }
             o.check(&at, Some(&self.services), errs);
         }
+        for s in self
+            .services
+            .iter()
+            .filter(|s| s.protocol == BackendProtocol::Http)
+        {
+            if s.strategy != Strategy::RoundRobin {
+                errs.push(format!(
+                    "services[{}]: protocol http takes strategy round_robin (requests are independent)",
+                    s.name
+                ));
+            }
+        }
+        for (i, r) in self.http_routes.iter().enumerate() {
+            let at = format!("http_routes[{}]", r.path);
+            r.check(&at, &self.services, errs);
+            for other in &self.http_routes[..i] {
+                let overlap = r.methods.is_empty()
+                    || other.methods.is_empty()
+                    || r.methods.iter().any(|m| other.methods.contains(m));
+                if r.key() == other.key() && overlap {
+                    errs.push(format!(
+                        "{at}: conflicts with another route for the same path{} and method",
+                        if r.host.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" on host {}", r.host)
+                        }
+                    ));
+                }
+            }
+        }
         self.ip_lists.compile("ip_lists", errs);
         if let Some(p) = &self.session_policy
             && p.max_sessions_per_user == 0
@@ -630,6 +869,7 @@ impl Bundle {
                     on_excess,
                 })
             }),
+            http_routes: b.http_routes.iter().map(HttpRoute::from_pb).collect(),
         };
         bundle.check(&mut errs);
         if errs.is_empty() {
@@ -656,6 +896,7 @@ impl Bundle {
                     ExcessSessions::RejectNew => pb::ExcessSessions::RejectNew,
                 } as i32,
             }),
+            http_routes: self.http_routes.iter().map(HttpRoute::to_pb).collect(),
         };
         normalize(&mut b);
         b
@@ -666,6 +907,7 @@ impl Bundle {
     pub fn endpoints(&self) -> impl Iterator<Item = &str> {
         self.services
             .iter()
+            .filter(|s| s.protocol.is_frame())
             .flat_map(|s| s.endpoints.iter())
             .chain(self.realms.values())
             .chain(self.overrides.iter().map(|o| &o.target))
@@ -729,6 +971,25 @@ impl Bundle {
                 policy(&new.session_policy)
             ));
         }
+        let key = |r: &HttpRoute| format!("{}{} {}", r.host, r.path, r.methods.join(","));
+        for r in &new.http_routes {
+            match old.http_routes.iter().find(|o| key(o) == key(r)) {
+                None => out.push(format!("+ http_route {}{}: {}", r.host, r.path, r.line())),
+                Some(o) if o != r => out.push(format!(
+                    "~ http_route {}{}: {} → {}",
+                    r.host,
+                    r.path,
+                    o.line(),
+                    r.line()
+                )),
+                _ => {}
+            }
+        }
+        for o in &old.http_routes {
+            if !new.http_routes.iter().any(|r| key(r) == key(o)) {
+                out.push(format!("- http_route {}{}", o.host, o.path));
+            }
+        }
         out
     }
 }
@@ -737,6 +998,8 @@ impl Bundle {
 pub fn normalize(b: &mut pb::ConfigBundle) {
     b.services.sort_by(|x, y| x.name.cmp(&y.name));
     b.overrides.sort_by(|x, y| x.id.cmp(&y.id));
+    b.http_routes
+        .sort_by(|x, y| (&x.path, &x.host, &x.methods).cmp(&(&y.path, &y.host, &y.methods)));
     if let Some(l) = &mut b.ip_lists {
         for list in [&mut l.allow, &mut l.deny] {
             list.sort();
@@ -839,6 +1102,7 @@ mod tests {
     fn svc(name: &str, id: u16, strategy: Strategy, eps: &[&str]) -> Service {
         Service {
             prefer_region: PreferRegion::None,
+            protocol: BackendProtocol::Frame,
             name: name.into(),
             id,
             strategy,
@@ -872,6 +1136,7 @@ mod tests {
                 deny: vec![],
             },
             session_policy: None,
+            http_routes: vec![],
         };
         let all = b.validate().unwrap_err().0.join("\n");
         assert!(
@@ -896,6 +1161,75 @@ mod tests {
     }
 
     #[test]
+    fn http_routes_are_checked_and_conflicts_refused() {
+        let mut web = svc("web", 5, Strategy::RoundRobin, &["h:80"]);
+        web.protocol = BackendProtocol::Http;
+        let route = |path: &str, methods: &[&str], service: &str| HttpRoute {
+            path: path.into(),
+            host: String::new(),
+            methods: methods.iter().map(|m| m.to_string()).collect(),
+            service: service.into(),
+            timeout_ms: 0,
+            retries: 0,
+            max_concurrency: 0,
+        };
+        let mut ok = Bundle {
+            services: vec![web.clone(), svc("echo", 1, Strategy::RoundRobin, &["h:1"])],
+            http_routes: vec![
+                route("/api/shop/*", &[], "web"),
+                route("/api/shop/cart", &["GET"], "web"),
+                route("/api/shop/cart", &["POST"], "web"),
+            ],
+            ..Default::default()
+        };
+        ok.validate().expect("valid");
+        assert_eq!(Bundle::from_pb(&ok.to_pb()).expect("wire"), {
+            let mut sorted = ok.clone();
+            sorted.services.sort_by(|a, b| a.name.cmp(&b.name));
+            sorted
+                .http_routes
+                .sort_by(|a, b| (&a.path, &a.methods).cmp(&(&b.path, &b.methods)));
+            sorted
+        });
+        assert!(
+            ok.endpoints().all(|e| e != "h:80"),
+            "http endpoints are not pooled"
+        );
+        ok.http_routes.extend([
+            route("/api/shop/cart", &["GET", "PUT"], "web"),
+            route("/api/*/x", &[], "web"),
+            route("/v1/call/x", &[], "web"),
+            route("/ok", &["FETCH"], "web"),
+            route("/ok2", &[], "echo"),
+            route("/ok3", &[], "nope"),
+            HttpRoute {
+                retries: 9,
+                ..route("/ok4", &[], "web")
+            },
+        ]);
+        let all = ok.validate().unwrap_err().0.join("\n");
+        for needle in [
+            "http_routes[/api/shop/cart]: conflicts with another route for the same path and method",
+            "http_routes[/api/*/x]: path",
+            "is under /v1",
+            "method \"FETCH\" is not one of",
+            "service \"echo\" speaks the frame protocol",
+            "no service named \"nope\"",
+            "retries 9 is more than 5",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?}: {all}");
+        }
+        let r = route("/api/shop/*", &[], "web");
+        assert!(r.matches_path("/api/shop") && r.matches_path("/api/shop/a/b"));
+        assert!(!r.matches_path("/api/shopping"));
+        assert!(
+            route("/a", &[], "web").matches_path("/a")
+                && !route("/a", &[], "web").matches_path("/a/b")
+        );
+        assert!(route("/*", &[], "web").matches_path("/anything"));
+    }
+
+    #[test]
     fn wire_conversion_checks_ranges_and_enums() {
         let b = pb::ConfigBundle {
             services: vec![
@@ -905,6 +1239,7 @@ mod tests {
                     strategy: 0,
                     endpoints: vec!["h:1".into()],
                     prefer_region: 0,
+                    protocol: 0,
                 },
                 pb::Service {
                     name: "b".into(),
@@ -912,6 +1247,7 @@ mod tests {
                     strategy: cpb::Strategy::RoundRobin as i32,
                     endpoints: vec!["h:1".into()],
                     prefer_region: 0,
+                    protocol: 0,
                 },
                 pb::Service {
                     name: "c".into(),
@@ -919,6 +1255,7 @@ mod tests {
                     strategy: 42,
                     endpoints: vec!["h:1".into()],
                     prefer_region: 9,
+                    protocol: 0,
                 },
             ],
             ..Default::default()
@@ -962,6 +1299,7 @@ mod tests {
                 max_sessions_per_user: 2,
                 on_excess: ExcessSessions::KickOldest,
             }),
+            http_routes: vec![],
         };
         b.validate().unwrap();
         assert_eq!(Bundle::from_pb(&b.to_pb()).unwrap(), b);

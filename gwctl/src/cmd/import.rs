@@ -202,6 +202,7 @@ fn convert(
             strategy,
             endpoints,
             prefer_region: gg_proto::model::PreferRegion::None,
+            protocol: gg_proto::model::BackendProtocol::Frame,
         };
         match out.services.iter_mut().find(|s| s.name == *name) {
             Some(s) => *s = svc,
@@ -253,6 +254,7 @@ mod tests {
                 strategy: Strategy::RoundRobin,
                 endpoints: vec!["old:1".into()],
                 prefer_region: gg_proto::model::PreferRegion::None,
+                protocol: gg_proto::model::BackendProtocol::Frame,
             }],
             ..Bundle::default()
         };

@@ -27,6 +27,7 @@ pub(super) async fn routes(ctx: &Ctx, c: cli::Routes) -> anyhow::Result<View> {
             strategy,
             endpoints,
             prefer_region,
+            protocol,
             write,
         } => {
             let s = Service {
@@ -35,6 +36,7 @@ pub(super) async fn routes(ctx: &Ctx, c: cli::Routes) -> anyhow::Result<View> {
                 strategy,
                 endpoints,
                 prefer_region: prefer_region.into(),
+                protocol: protocol.into(),
             };
             set(ctx, &s, &write).await
         }
