@@ -283,6 +283,8 @@ pub(crate) const RETIRE_GRACE: Duration = Duration::from_secs(5);
 pub(crate) struct BackendPool {
     endpoints: Mutex<HashMap<String, Arc<Endpoint>>>,
     ctx: Arc<conn::ConnCtx>,
+    /// The keep-alive client of HTTP services (`http_routes`).
+    http: crate::router::http::HttpClient,
 }
 
 impl BackendPool {
@@ -290,8 +292,22 @@ impl BackendPool {
     pub(crate) fn new(ctx: conn::ConnCtx) -> BackendPool {
         BackendPool {
             endpoints: Mutex::new(HashMap::new()),
+            http: crate::router::http::client(ctx.settings.connect_timeout),
             ctx: Arc::new(ctx),
         }
+    }
+
+    /// The bundle's HTTP routes over this pool's HTTP client.
+    pub(crate) fn http_routes(
+        &self,
+        cfg: &crate::config::RoutesConfig,
+    ) -> crate::router::http::HttpRoutes {
+        crate::router::http::HttpRoutes::build(
+            cfg,
+            &self.http,
+            self.ctx.settings.request_timeout,
+            &self.ctx.metrics,
+        )
     }
 
     /// The pool entry for `addr`, spawning its connection tasks on first use.

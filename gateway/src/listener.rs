@@ -122,7 +122,7 @@ async fn handle_conn(
         Sniffed::Frames => frames(gw, ClientIo::tcp(stream, prefix), remote, guard).await,
         Sniffed::Http => {
             let io = prefixed::PrefixedIo::new(prefix, stream);
-            http::serve_conn(gw, io, remote, guard).await;
+            http::serve_conn(gw, io, remote, false, guard).await;
         }
         Sniffed::Tls => match gw.clients.tls.load_full() {
             Some(server) => tls_conn(gw, stream, prefix, remote, guard, server).await,
@@ -183,7 +183,14 @@ async fn tls_conn(
     match sniffed {
         Sniffed::Frames => frames(gw, ClientIo::tls(tls, first), remote, guard).await,
         Sniffed::Http => {
-            http::serve_conn(gw, prefixed::PrefixedIo::new(first, tls), remote, guard).await
+            http::serve_conn(
+                gw,
+                prefixed::PrefixedIo::new(first, tls),
+                remote,
+                true,
+                guard,
+            )
+            .await
         }
         Sniffed::Tls => {
             gw.metrics.reject(Reject::TlsInTls);

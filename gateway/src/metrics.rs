@@ -74,6 +74,10 @@ pub(crate) struct Metrics {
     /// Admin API calls, by method (the runtime's gRPC layer observes them).
     pub(crate) admin_rpc_seconds: HistogramVec,
     pub(crate) rooms: RoomMetrics,
+    /// Requests proxied to HTTP services, by service and outcome.
+    pub(crate) http_proxy_requests: IntCounterVec,
+    pub(crate) http_proxy_retries: IntCounterVec,
+    pub(crate) http_proxy_seconds: HistogramVec,
 }
 
 /// Rooms on this gateway.
@@ -241,6 +245,25 @@ impl Metrics {
             ),
         };
         let m = Metrics {
+            http_proxy_requests: counter_vec(
+                &r,
+                "gg_http_proxy_requests_total",
+                "Requests proxied to HTTP services (http_routes), by service and outcome: 2xx/3xx/4xx/5xx (the backend's status), timeout, shed (max_concurrency), unavailable.",
+                &["service", "code"],
+            ),
+            http_proxy_retries: counter_vec(
+                &r,
+                "gg_http_proxy_retries_total",
+                "Retries of idempotent requests to HTTP services (after a failure to connect or a 502/503/504), by service.",
+                &["service"],
+            ),
+            http_proxy_seconds: histogram_vec(
+                &r,
+                "gg_http_proxy_duration_seconds",
+                "Proxied HTTP requests until the backend's response head (or the gateway's error), by service.",
+                &["service"],
+                LATENCY_BUCKETS,
+            ),
             rooms,
             buffered_bytes,
             tcp,

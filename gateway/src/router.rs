@@ -11,6 +11,7 @@
 //! session and service, not per frame.
 
 pub(crate) mod hash;
+pub(crate) mod http;
 pub(crate) mod overrides;
 
 use std::collections::HashMap;
@@ -56,6 +57,8 @@ pub(crate) struct RouteTable {
     pub(crate) realms: HashMap<u32, Arc<Endpoint>>,
     /// Cluster-wide overrides from the control plane (below local ones).
     pub(crate) cluster_overrides: Vec<Arc<Override>>,
+    /// Paths proxied to HTTP services.
+    pub(crate) http: http::HttpRoutes,
 }
 
 impl RouteTable {
@@ -65,6 +68,7 @@ impl RouteTable {
         let services = cfg
             .services
             .iter()
+            .filter(|s| s.protocol.is_frame())
             .map(|s| {
                 let mut regions = HashMap::new();
                 let endpoints = (s.endpoints.iter())
@@ -101,6 +105,7 @@ impl RouteTable {
             services,
             realms,
             cluster_overrides: cfg.overrides.iter().cloned().map(Arc::new).collect(),
+            http: pool.http_routes(cfg),
         }
     }
 

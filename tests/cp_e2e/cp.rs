@@ -329,6 +329,53 @@ async fn validation_cas_auth_rollback_and_apply() {
     assert!(same.unchanged);
     assert_eq!(same.revision, 3);
 
+    // Path routes are rules like the others: two routes claiming the same
+    // path and method, or one to a frame service, are refused.
+    let mut web = svc("web", 9, "round_robin", &[b.addr]);
+    web.protocol = pb::BackendProtocol::Http as i32;
+    let route = |path: &str, methods: &[&str], service: &str| pb::HttpRoute {
+        path: path.into(),
+        methods: methods.iter().map(|m| m.to_string()).collect(),
+        service: service.into(),
+        ..Default::default()
+    };
+    let e = c
+        .apply(pb::ApplyRequest {
+            bundle: Some(pb::ConfigBundle {
+                services: vec![svc("echo", 1, "consistent_hash", &[b.addr]), web.clone()],
+                http_routes: vec![
+                    route("/api/*", &["GET"], "web"),
+                    route("/api/*", &[], "web"),
+                    route("/frame/*", &[], "echo"),
+                ],
+                ..Default::default()
+            }),
+            options: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(
+        e.message()
+            .contains("http_routes[/api/*]: conflicts with another route"),
+        "{}",
+        e.message()
+    );
+    assert!(
+        e.message().contains("speaks the frame protocol"),
+        "{}",
+        e.message()
+    );
+    assert_eq!(
+        c.get_config(pb::GetConfigRequest {})
+            .await
+            .expect("get")
+            .into_inner()
+            .revision,
+        3,
+        "nothing written"
+    );
+
     // Rollback to revision 2 writes revision 4 with revision 2's bundle.
     let rb = c
         .rollback(pb::RollbackRequest {

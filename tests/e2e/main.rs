@@ -12,6 +12,7 @@ mod examples;
 mod faults;
 mod hostile;
 mod http;
+mod http_backends;
 mod http_sessions;
 mod lifecycle;
 mod limits;

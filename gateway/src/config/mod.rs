@@ -49,6 +49,9 @@ pub struct FileConfig {
     /// Keys are realm ids, written as numbers or strings.
     #[serde(default, deserialize_with = "gg_proto::model::deserialize_realms")]
     pub realms: gg_proto::model::Realms,
+    /// Paths on the client port proxied to `protocol: http` services.
+    #[serde(default)]
+    pub http_routes: Vec<gg_proto::model::HttpRoute>,
     #[serde(default)]
     pub limits: FileLimits,
     #[serde(default)]
@@ -364,10 +367,13 @@ impl Config {
         let routes = RoutesConfig {
             services: file.services,
             realms: file.realms,
+            http_routes: file.http_routes,
             ..RoutesConfig::default()
         };
         routes.check(&mut errs);
-        let file_routes = !routes.services.is_empty() || !routes.realms.is_empty();
+        let file_routes = !routes.services.is_empty()
+            || !routes.realms.is_empty()
+            || !routes.http_routes.is_empty();
         let admin = file.admin.as_ref().and_then(|a| a.validate(&mut errs));
         let ports = [Some(("listen", listen)), Some(("ops_listen", ops_listen))]
             .into_iter()

@@ -48,11 +48,14 @@ const WS_READ_BUFFER: usize = 512;
 /// The `seq` of the DATA frame an HTTP call sends (one request per session).
 const CALL_SEQ: u32 = 1;
 
-pub(crate) type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+/// Errors of streamed bodies (a proxied backend's), boxed.
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+pub(crate) type Body = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 
 /// A whole body.
 pub(crate) fn full(b: impl Into<Bytes>) -> Body {
-    Full::new(b.into()).boxed()
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
 }
 
 /// Serves one HTTP connection until it closes, upgrades, or the gateway stops.
@@ -60,6 +63,7 @@ pub(crate) async fn serve_conn<I>(
     gw: Arc<Gateway>,
     io: PrefixedIo<I>,
     remote: SocketAddr,
+    tls: bool,
     guard: ConnGuard,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -72,7 +76,7 @@ pub(crate) async fn serve_conn<I>(
     let svc_gw = gw.clone();
     let service = service_fn(move |req| {
         let (gw, guard) = (svc_gw.clone(), guard.clone());
-        async move { Ok::<_, Infallible>(route(gw, remote, req, guard).await) }
+        async move { Ok::<_, Infallible>(route(gw, remote, tls, req, guard).await) }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -104,6 +108,7 @@ pub(crate) async fn serve_conn<I>(
 async fn route(
     gw: Arc<Gateway>,
     remote: SocketAddr,
+    tls: bool,
     req: Request<Incoming>,
     guard: Arc<Mutex<Option<ConnGuard>>>,
 ) -> Response<Body> {
@@ -148,12 +153,23 @@ async fn route(
             )
         }
     } else {
-        json_error(
-            StatusCode::NOT_FOUND,
-            0,
-            "not_found",
-            "unknown path; use POST /v1/call/{service}, POST /v1/sessions or GET /v1/ws (health and metrics are on the ops port)",
-        )
+        let table = gw.routing.routes.load_full();
+        let host = (req.headers().get(header::HOST))
+            .and_then(|v| v.to_str().ok())
+            .map(|h| h.rsplit_once(':').map_or(h, |(name, _)| name))
+            .unwrap_or("")
+            .to_string();
+        let found = table.http.find(req.method(), &host, &path).cloned();
+        drop(table);
+        match found {
+            Some(r) => crate::router::http::proxy(gw.clone(), r, remote, tls, req).await,
+            None => json_error(
+                StatusCode::NOT_FOUND,
+                0,
+                "not_found",
+                "unknown path; use POST /v1/call/{service}, POST /v1/sessions, GET /v1/ws or a path of http_routes (health and metrics are on the ops port)",
+            ),
+        }
     };
     let mut resp = resp;
     if let (Some(cors), Some(origin)) = (&gw.cfg.cors, &origin)

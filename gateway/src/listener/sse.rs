@@ -15,7 +15,6 @@
 //! others; an attached event stream counts as activity.
 
 use std::collections::{HashMap, VecDeque};
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -628,9 +627,12 @@ fn events(gw: &Arc<Gateway>, s: &Arc<HttpSession>, req: &Request<Incoming>) -> R
         }
     });
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|b| (Ok::<_, Infallible>(hyper::body::Frame::data(b)), rx))
+        rx.recv().await.map(|b| {
+            (
+                Ok::<_, super::http::BoxError>(hyper::body::Frame::data(b)),
+                rx,
+            )
+        })
     });
     let mut r = Response::new(http_body_util::StreamBody::new(stream).boxed());
     r.headers_mut().insert(

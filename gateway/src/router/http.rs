@@ -1,0 +1,409 @@
+//! HTTP backends behind path routes: a request on the client port whose
+//! path matches an `http_routes` entry is reverse-proxied to that route's
+//! service (`protocol: http`), bodies streamed both ways (never buffered
+//! whole), over a pooled keep-alive client.
+//!
+//! Each route is a `tower` stack, outermost first:
+//! load-shed → concurrency limit (`max_concurrency`) → timeout
+//! (`timeout_ms`, the whole request with its retries) → retry (`retries`:
+//! idempotent methods without a body only, within a retry budget, with
+//! exponential backoff) → the proxy (round robin over the endpoints).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use gg_proto::model::HttpRoute;
+use http_body_util::BodyExt;
+use hyper::body::{Body as _, Incoming};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tower::retry::budget::{Budget as _, TpsBudget};
+use tower::util::BoxCloneSyncService;
+use tower::{ServiceBuilder, ServiceExt};
+
+use crate::listener::http::{Body, BoxError};
+
+/// The pooled client every HTTP route shares.
+pub(crate) type HttpClient = Client<HttpConnector, Body>;
+
+pub(crate) fn client(connect_timeout: Duration) -> HttpClient {
+    let mut c = HttpConnector::new();
+    c.set_connect_timeout(Some(connect_timeout));
+    c.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(64)
+        .build(c)
+}
+
+type Stack = BoxCloneSyncService<Request<Body>, Response<Incoming>, BoxError>;
+
+/// One compiled route.
+#[derive(Clone)]
+pub(crate) struct Compiled {
+    pub(crate) route: Arc<HttpRoute>,
+    stack: Stack,
+}
+
+/// The routes of one config revision, most specific first.
+#[derive(Default)]
+pub(crate) struct HttpRoutes {
+    routes: Vec<Compiled>,
+}
+
+/// Methods whose repetition has the effect of one (RFC 9110 9.2.2).
+fn idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+    )
+}
+
+#[derive(Clone)]
+struct Proxy {
+    client: HttpClient,
+    endpoints: Arc<[String]>,
+    next: Arc<AtomicUsize>,
+}
+
+impl tower::Service<Request<Body>> for Proxy {
+    type Response = Response<Incoming>;
+    type Error = BoxError;
+    type Future = futures_util::future::BoxFuture<'static, Result<Response<Incoming>, BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        let client = self.client.clone();
+        let n = self.endpoints.len();
+        let ep =
+            (n > 0).then(|| self.endpoints[self.next.fetch_add(1, Ordering::Relaxed) % n].clone());
+        Box::pin(async move {
+            let ep = ep.ok_or_else(|| BoxError::from(ProxyError::NoEndpoint))?;
+            let pq = req
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_string();
+            *req.uri_mut() = Uri::builder()
+                .scheme("http")
+                .authority(ep.as_str())
+                .path_and_query(pq)
+                .build()
+                .map_err(|e| BoxError::from(format!("bad upstream uri: {e}")))?;
+            client
+                .request(req)
+                .await
+                .map_err(|e| BoxError::from(ProxyError::Upstream(e.to_string())))
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ProxyError {
+    #[error("the service has no endpoint")]
+    NoEndpoint,
+    #[error("backend unreachable: {0}")]
+    Upstream(String),
+}
+
+/// Retries idempotent, bodiless requests that failed to reach a backend or
+/// got 502/503/504, while the budget allows.
+#[derive(Clone)]
+struct RetryPolicy {
+    left: u32,
+    attempt: u32,
+    budget: Arc<TpsBudget>,
+    retries: prometheus::IntCounter,
+}
+
+impl tower::retry::Policy<Request<Body>, Response<Incoming>, BoxError> for RetryPolicy {
+    type Future = tokio::time::Sleep;
+
+    fn retry(
+        &mut self,
+        _req: &mut Request<Body>,
+        result: &mut Result<Response<Incoming>, BoxError>,
+    ) -> Option<Self::Future> {
+        let failed = match result {
+            Ok(r) => matches!(r.status().as_u16(), 502..=504),
+            Err(_) => true,
+        };
+        if !failed || self.left == 0 || !self.budget.withdraw() {
+            return None;
+        }
+        self.left -= 1;
+        self.attempt += 1;
+        self.retries.inc();
+        // 25 ms, 50 ms, 100 ms … with full jitter.
+        let cap = 25u64 << self.attempt.min(6);
+        Some(tokio::time::sleep(Duration::from_millis(fastrand::u64(
+            cap / 2..=cap,
+        ))))
+    }
+
+    fn clone_request(&mut self, req: &Request<Body>) -> Option<Request<Body>> {
+        if self.attempt == 0 {
+            self.budget.deposit();
+        }
+        // A streamed body cannot be sent twice; a POST is never repeated.
+        if !idempotent(req.method()) || req.body().size_hint().exact() != Some(0) {
+            return None;
+        }
+        let mut r = Request::new(crate::listener::http::full(Bytes::new()));
+        *r.method_mut() = req.method().clone();
+        *r.uri_mut() = req.uri().clone();
+        *r.version_mut() = req.version();
+        *r.headers_mut() = req.headers().clone();
+        Some(r)
+    }
+}
+
+impl HttpRoutes {
+    /// Compiles the routes of a bundle; `default_timeout` for routes
+    /// without `timeout_ms`.
+    pub(crate) fn build(
+        cfg: &crate::config::RoutesConfig,
+        client: &HttpClient,
+        default_timeout: Duration,
+        metrics: &crate::metrics::Metrics,
+    ) -> HttpRoutes {
+        let mut routes: Vec<Compiled> = cfg
+            .http_routes
+            .iter()
+            .map(|r| {
+                let endpoints: Arc<[String]> = cfg
+                    .services
+                    .iter()
+                    .find(|s| s.name == r.service)
+                    .map(|s| s.endpoints.clone())
+                    .unwrap_or_default()
+                    .into();
+                let proxy = Proxy {
+                    client: client.clone(),
+                    endpoints,
+                    next: Arc::new(AtomicUsize::new(0)),
+                };
+                let policy = RetryPolicy {
+                    left: r.retries,
+                    attempt: 0,
+                    // At most 20 % extra requests from retries, after 10/s.
+                    budget: Arc::new(TpsBudget::new(Duration::from_secs(10), 10, 0.2)),
+                    retries: metrics.http_proxy_retries.with_label_values(&[&r.service]),
+                };
+                let timeout = if r.timeout_ms == 0 {
+                    default_timeout
+                } else {
+                    Duration::from_millis(r.timeout_ms)
+                };
+                let limit = if r.max_concurrency == 0 {
+                    usize::MAX >> 4
+                } else {
+                    r.max_concurrency as usize
+                };
+                let stack = ServiceBuilder::new()
+                    .load_shed()
+                    .concurrency_limit(limit)
+                    .timeout(timeout)
+                    .retry(policy)
+                    .service(proxy);
+                Compiled {
+                    route: Arc::new(r.clone()),
+                    stack: BoxCloneSyncService::new(stack.map_err(BoxError::from)),
+                }
+            })
+            .collect();
+        routes.sort_by_key(|c| std::cmp::Reverse(c.route.specificity()));
+        HttpRoutes { routes }
+    }
+
+    /// The most specific route for this request (path, then host, then method).
+    pub(crate) fn find(&self, method: &Method, host: &str, path: &str) -> Option<&Compiled> {
+        self.routes.iter().find(|c| {
+            let r = &c.route;
+            r.matches_path(path)
+                && (r.host.is_empty() || r.host.eq_ignore_ascii_case(host))
+                && (r.methods.is_empty() || r.methods.iter().any(|m| m == method.as_str()))
+        })
+    }
+}
+
+/// The stack's future, boxed (as a `dyn Future + Send` the compiler need
+/// not prove `Send` through the layers' generic futures inside an async fn).
+fn call_stack(
+    svc: Stack,
+    req: Request<Body>,
+) -> futures_util::future::BoxFuture<'static, Result<Response<Incoming>, BoxError>> {
+    Box::pin(svc.oneshot(req))
+}
+
+/// Headers that describe one hop, never forwarded (RFC 9110 7.6.1).
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        h.remove(*n);
+    }
+}
+
+/// Proxies `req` through `route`; the answer is the backend's (streamed)
+/// or the gateway's own error.
+pub(crate) fn proxy(
+    gw: Arc<crate::Gateway>,
+    route: Compiled,
+    remote: std::net::SocketAddr,
+    tls: bool,
+    req: Request<Incoming>,
+) -> futures_util::future::BoxFuture<'static, Response<Body>> {
+    Box::pin(proxy_inner(gw, route, remote, tls, req))
+}
+
+async fn proxy_inner(
+    gw: Arc<crate::Gateway>,
+    route: Compiled,
+    remote: std::net::SocketAddr,
+    tls: bool,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let service = route.route.service.clone();
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let ip = remote.ip().to_string();
+    let xff = match parts
+        .headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(prev) => format!("{prev}, {ip}"),
+        None => ip.clone(),
+    };
+    let proto = if tls { "https" } else { "http" };
+    let host = (parts.headers.get(header::HOST))
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let for_ = if remote.is_ipv6() {
+        format!("\"[{ip}]\"")
+    } else {
+        ip.clone()
+    };
+    let mut forwarded = format!("for={for_};proto={proto}");
+    if !host.is_empty() && host.bytes().all(|b| b.is_ascii_graphic() && b != b'"') {
+        forwarded.push_str(&format!(";host=\"{host}\""));
+    }
+    for (k, v) in [
+        ("x-forwarded-for", xff),
+        ("x-forwarded-proto", proto.to_string()),
+        ("forwarded", forwarded),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            parts.headers.insert(k, v);
+        }
+    }
+    if !host.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&host)
+    {
+        parts.headers.insert("x-forwarded-host", v);
+    }
+    let body: Body = body.map_err(BoxError::from).boxed();
+    let req: Request<Body> = Request::from_parts(parts, body);
+    let started = std::time::Instant::now();
+    let res = call_stack(route.stack.clone(), req).await;
+    let (resp, code) = match res {
+        Ok(r) => {
+            let class = match r.status().as_u16() {
+                200..=299 => "2xx",
+                300..=399 => "3xx",
+                400..=499 => "4xx",
+                _ => "5xx",
+            };
+            let (mut parts, body) = r.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            (
+                Response::from_parts(parts, body.map_err(BoxError::from).boxed()),
+                class,
+            )
+        }
+        Err(e) => {
+            let (status, code, name, msg) = if e.is::<tower::load_shed::error::Overloaded>() {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "shed",
+                    "overloaded",
+                    format!(
+                        "route {} is at max_concurrency {}; retry later",
+                        route.route.path, route.route.max_concurrency
+                    ),
+                )
+            } else if e.is::<tower::timeout::error::Elapsed>() {
+                (
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "timeout",
+                    "timeout",
+                    format!("service {service} did not answer in time"),
+                )
+            } else if let Some(p) = e.downcast_ref::<ProxyError>() {
+                let status = match p {
+                    ProxyError::NoEndpoint => StatusCode::SERVICE_UNAVAILABLE,
+                    ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
+                };
+                (
+                    status,
+                    "unavailable",
+                    "backend_unavailable",
+                    format!("service {service}: {p}"),
+                )
+            } else {
+                (
+                    StatusCode::BAD_GATEWAY,
+                    "unavailable",
+                    "backend_unavailable",
+                    format!("service {service}: {e}"),
+                )
+            };
+            (
+                crate::listener::http::json_error(status, 0, name, &msg),
+                code,
+            )
+        }
+    };
+    gw.metrics
+        .http_proxy_requests
+        .with_label_values(&[&service, code])
+        .inc();
+    gw.metrics
+        .http_proxy_seconds
+        .with_label_values(&[&service])
+        .observe(started.elapsed().as_secs_f64());
+    resp
+}
