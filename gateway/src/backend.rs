@@ -283,8 +283,8 @@ pub(crate) const RETIRE_GRACE: Duration = Duration::from_secs(5);
 pub(crate) struct BackendPool {
     endpoints: Mutex<HashMap<String, Arc<Endpoint>>>,
     ctx: Arc<conn::ConnCtx>,
-    /// The keep-alive client of HTTP services (`http_routes`).
-    http: crate::router::http::HttpClient,
+    /// The keep-alive clients of HTTP and gRPC services (`http_routes`).
+    http: crate::router::http::Clients,
 }
 
 impl BackendPool {
@@ -292,7 +292,7 @@ impl BackendPool {
     pub(crate) fn new(ctx: conn::ConnCtx) -> BackendPool {
         BackendPool {
             endpoints: Mutex::new(HashMap::new()),
-            http: crate::router::http::client(ctx.settings.connect_timeout),
+            http: crate::router::http::clients(ctx.settings.connect_timeout),
             ctx: Arc::new(ctx),
         }
     }

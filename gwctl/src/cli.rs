@@ -404,7 +404,7 @@ pub enum Routes {
         #[arg(long, value_enum, default_value_t = PreferRegionArg::None)]
         prefer_region: PreferRegionArg,
         /// How the gateway speaks to the endpoints: the frame protocol, or
-        /// HTTP (the service is then reached through `http_routes`).
+        /// HTTP or gRPC (the service is then reached through `http_routes`).
         #[arg(long, value_enum, default_value_t = ProtocolArg::Frame)]
         protocol: ProtocolArg,
         #[command(flatten)]
@@ -440,6 +440,7 @@ pub enum Routes {
 pub enum ProtocolArg {
     Frame,
     Http,
+    Grpc,
 }
 
 impl From<ProtocolArg> for gg_proto::model::BackendProtocol {
@@ -447,6 +448,7 @@ impl From<ProtocolArg> for gg_proto::model::BackendProtocol {
         match p {
             ProtocolArg::Frame => gg_proto::model::BackendProtocol::Frame,
             ProtocolArg::Http => gg_proto::model::BackendProtocol::Http,
+            ProtocolArg::Grpc => gg_proto::model::BackendProtocol::Grpc,
         }
     }
 }

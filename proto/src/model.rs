@@ -119,11 +119,21 @@ pub enum BackendProtocol {
     Frame,
     /// HTTP/1.1, reverse-proxied for `http_routes`.
     Http,
+    /// gRPC over HTTP/2 cleartext, passed through for `http_routes`.
+    Grpc,
 }
 
 impl BackendProtocol {
     pub fn is_frame(&self) -> bool {
         *self == BackendProtocol::Frame
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendProtocol::Frame => "frame",
+            BackendProtocol::Http => "http",
+            BackendProtocol::Grpc => "grpc",
+        }
     }
 }
 
@@ -273,10 +283,18 @@ impl HttpRoute {
         }
         match services.iter().find(|s| s.name == self.service) {
             None => errs.push(format!("{at}: no service named {:?}", self.service)),
-            Some(s) if s.protocol != BackendProtocol::Http => errs.push(format!(
-                "{at}: service {:?} speaks the frame protocol; http_routes need a service with protocol: http",
+            Some(s) if s.protocol.is_frame() => errs.push(format!(
+                "{at}: service {:?} speaks the frame protocol; http_routes need a service with protocol: http or grpc",
                 self.service
             )),
+            Some(s)
+                if s.protocol == BackendProtocol::Grpc
+                    && self.methods.iter().any(|m| m != "POST") =>
+            {
+                errs.push(format!(
+                    "{at}: gRPC calls are POSTs; a route to a grpc service takes no other method"
+                ))
+            }
             _ => {}
         }
         if self.retries > MAX_ROUTE_RETRIES {
@@ -352,6 +370,7 @@ impl Service {
             protocol: match self.protocol {
                 BackendProtocol::Frame => pb::BackendProtocol::Frame,
                 BackendProtocol::Http => pb::BackendProtocol::Http,
+                BackendProtocol::Grpc => pb::BackendProtocol::Grpc,
             } as i32,
         }
     }
@@ -380,6 +399,7 @@ impl Service {
         let protocol = match pb::BackendProtocol::try_from(s.protocol) {
             Ok(pb::BackendProtocol::Frame) => Some(BackendProtocol::Frame),
             Ok(pb::BackendProtocol::Http) => Some(BackendProtocol::Http),
+            Ok(pb::BackendProtocol::Grpc) => Some(BackendProtocol::Grpc),
             Err(_) => {
                 errs.push(format!("{at}: protocol {} is unknown", s.protocol));
                 None
@@ -402,9 +422,9 @@ impl Service {
             format!(" prefer_region={}", self.prefer_region.name())
         };
         let protocol = if self.protocol.is_frame() {
-            ""
+            String::new()
         } else {
-            " protocol=http"
+            format!(" protocol={}", self.protocol.name())
         };
         format!(
             "id={} {} [{}]{prefer}{protocol}",

@@ -10,6 +10,7 @@ mod discovery;
 mod dns;
 mod examples;
 mod faults;
+mod grpc_backends;
 mod hostile;
 mod http;
 mod http_backends;

@@ -68,11 +68,14 @@ fn tls_server(t: &FileTls) -> Result<Arc<rustls::ServerConfig>, String> {
     let key = PrivateKeyDer::from_pem_file(&t.key_file)
         .map_err(|e| format!("key_file {}: {e}", t.key_file))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| format!("certificate and key do not fit together: {e}"))?;
+    // HTTP/2 for gRPC clients, HTTP/1.1 for the rest; frame-protocol
+    // clients offer no ALPN and are unaffected.
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }

@@ -16,10 +16,10 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Body as _;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
@@ -45,6 +45,8 @@ pub(crate) const CALL_PREFIX: &str = "/v1/call/";
 /// tungstenite's read chunk, allocated eagerly per WebSocket (its default is
 /// 128 KiB); messages larger than this are read in several chunks.
 const WS_READ_BUFFER: usize = 512;
+/// Concurrent streams per HTTP/2 connection.
+const H2_MAX_STREAMS: u32 = 128;
 /// The `seq` of the DATA frame an HTTP call sends (one request per session).
 const CALL_SEQ: u32 = 1;
 
@@ -78,23 +80,36 @@ pub(crate) async fn serve_conn<I>(
         let (gw, guard) = (svc_gw.clone(), guard.clone());
         async move { Ok::<_, Infallible>(route(gw, remote, tls, req, guard).await) }
     });
-    let conn = http1::Builder::new()
+    // HTTP/1.1 and HTTP/2 (prior knowledge on plaintext, ALPN `h2` over
+    // TLS) on the same port: gRPC clients speak HTTP/2.
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(gw.cfg.limits.http_header_timeout)
-        .max_buf_size(64 * 1024)
-        .serve_connection(TokioIo::new(io), service)
-        .with_upgrades();
+        .max_buf_size(64 * 1024);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_header_list_size(64 * 1024)
+        .keep_alive_interval(Some(std::time::Duration::from_secs(20)))
+        .keep_alive_timeout(std::time::Duration::from_secs(10));
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     tokio::select! {
         r = conn.as_mut() => if let Err(e) = r {
             // hyper answered 400/431 itself, or the head timed out.
-            if e.is_parse() || e.is_parse_too_large() || e.is_timeout() {
+            if let Some(e) = e.downcast_ref::<hyper::Error>()
+                && (e.is_parse() || e.is_parse_too_large() || e.is_timeout())
+            {
                 gw.metrics.reject(Reject::HttpBadHead);
             }
             debug!(%remote, error = %e, "http connection ended with error");
         },
         _ = gw.life.drain_signal.cancelled() => {
-            // Finish the request in flight, then close (no keep-alive).
+            // Finish the requests in flight, then close (no keep-alive;
+            // HTTP/2 gets GOAWAY).
             conn.as_mut().graceful_shutdown();
             tokio::select! {
                 _ = conn.as_mut() => {}
@@ -154,9 +169,11 @@ async fn route(
         }
     } else {
         let table = gw.routing.routes.load_full();
+        // HTTP/1.1 names the host in Host, HTTP/2 in :authority.
         let host = (req.headers().get(header::HOST))
             .and_then(|v| v.to_str().ok())
             .map(|h| h.rsplit_once(':').map_or(h, |(name, _)| name))
+            .or_else(|| req.uri().host())
             .unwrap_or("")
             .to_string();
         let found = table.http.find(req.method(), &host, &path).cloned();

@@ -21,7 +21,7 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower::retry::budget::{Budget as _, TpsBudget};
 use tower::util::BoxCloneSyncService;
 use tower::{ServiceBuilder, ServiceExt};
@@ -31,14 +31,33 @@ use crate::listener::http::{Body, BoxError};
 /// The pooled client every HTTP route shares.
 pub(crate) type HttpClient = Client<HttpConnector, Body>;
 
-pub(crate) fn client(connect_timeout: Duration) -> HttpClient {
+/// The clients of HTTP services (HTTP/1.1) and gRPC services (HTTP/2
+/// with prior knowledge), both pooled.
+#[derive(Clone)]
+pub(crate) struct Clients {
+    http: HttpClient,
+    grpc: HttpClient,
+}
+
+pub(crate) fn clients(connect_timeout: Duration) -> Clients {
     let mut c = HttpConnector::new();
     c.set_connect_timeout(Some(connect_timeout));
     c.set_nodelay(true);
-    Client::builder(TokioExecutor::new())
+    let http = Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(64)
-        .build(c)
+        .build(c.clone());
+    let grpc = Client::builder(TokioExecutor::new())
+        // HTTP/2 keep-alive pings need a timer.
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .http2_only(true)
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .http2_keep_alive_timeout(Duration::from_secs(10))
+        .build(c);
+    Clients { http, grpc }
 }
 
 type Stack = BoxCloneSyncService<Request<Body>, Response<Incoming>, BoxError>;
@@ -47,6 +66,8 @@ type Stack = BoxCloneSyncService<Request<Body>, Response<Incoming>, BoxError>;
 #[derive(Clone)]
 pub(crate) struct Compiled {
     pub(crate) route: Arc<HttpRoute>,
+    /// The service speaks gRPC: the gateway's own errors are gRPC statuses.
+    grpc: bool,
     stack: Stack,
 }
 
@@ -67,6 +88,8 @@ fn idempotent(m: &Method) -> bool {
 #[derive(Clone)]
 struct Proxy {
     client: HttpClient,
+    /// HTTP/2 (gRPC) or HTTP/1.1 to the backend, whatever the client spoke.
+    version: hyper::Version,
     endpoints: Arc<[String]>,
     next: Arc<AtomicUsize>,
 }
@@ -86,6 +109,7 @@ impl tower::Service<Request<Body>> for Proxy {
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let client = self.client.clone();
         let n = self.endpoints.len();
+        *req.version_mut() = self.version;
         let ep =
             (n > 0).then(|| self.endpoints[self.next.fetch_add(1, Ordering::Relaxed) % n].clone());
         Box::pin(async move {
@@ -174,7 +198,7 @@ impl HttpRoutes {
     /// without `timeout_ms`.
     pub(crate) fn build(
         cfg: &crate::config::RoutesConfig,
-        client: &HttpClient,
+        clients: &Clients,
         default_timeout: Duration,
         metrics: &crate::metrics::Metrics,
     ) -> HttpRoutes {
@@ -182,15 +206,22 @@ impl HttpRoutes {
             .http_routes
             .iter()
             .map(|r| {
-                let endpoints: Arc<[String]> = cfg
-                    .services
-                    .iter()
-                    .find(|s| s.name == r.service)
-                    .map(|s| s.endpoints.clone())
-                    .unwrap_or_default()
-                    .into();
+                let svc = cfg.services.iter().find(|s| s.name == r.service);
+                let grpc =
+                    svc.is_some_and(|s| s.protocol == gg_proto::model::BackendProtocol::Grpc);
+                let endpoints: Arc<[String]> =
+                    svc.map(|s| s.endpoints.clone()).unwrap_or_default().into();
                 let proxy = Proxy {
-                    client: client.clone(),
+                    client: if grpc {
+                        clients.grpc.clone()
+                    } else {
+                        clients.http.clone()
+                    },
+                    version: if grpc {
+                        hyper::Version::HTTP_2
+                    } else {
+                        hyper::Version::HTTP_11
+                    },
                     endpoints,
                     next: Arc::new(AtomicUsize::new(0)),
                 };
@@ -218,6 +249,7 @@ impl HttpRoutes {
                     .retry(policy)
                     .service(proxy);
                 Compiled {
+                    grpc,
                     route: Arc::new(r.clone()),
                     stack: BoxCloneSyncService::new(stack.map_err(BoxError::from)),
                 }
@@ -236,6 +268,39 @@ impl HttpRoutes {
                 && (r.methods.is_empty() || r.methods.iter().any(|m| m == method.as_str()))
         })
     }
+}
+
+/// A gRPC "trailers-only" answer for the gateway's own failure: HTTP 200
+/// with `grpc-status` (RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED or
+/// UNAVAILABLE) and `grpc-message`, as gRPC clients expect.
+fn grpc_error(code: &str, msg: &str) -> Response<Body> {
+    let status = match code {
+        "shed" => 8,
+        "timeout" => 4,
+        _ => 14,
+    };
+    let mut r = Response::new(crate::listener::http::full(Bytes::new()));
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert("grpc-status", HeaderValue::from(status));
+    // grpc-message is percent-encoded; keep it to safe characters.
+    let safe: String = msg
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || " .,:;_-/()".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if let Ok(v) = HeaderValue::from_str(&safe) {
+        h.insert("grpc-message", v);
+    }
+    r
 }
 
 /// The stack's future, boxed (as a `dyn Future + Send` the compiler need
@@ -298,6 +363,13 @@ async fn proxy_inner(
     let service = route.route.service.clone();
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    // HTTP/2 names the host in :authority; an HTTP/1.1 backend wants Host.
+    if !parts.headers.contains_key(header::HOST)
+        && let Some(a) = parts.uri.authority()
+        && let Ok(v) = HeaderValue::from_str(a.as_str())
+    {
+        parts.headers.insert(header::HOST, v);
+    }
     let ip = remote.ip().to_string();
     let xff = match parts
         .headers
@@ -391,10 +463,12 @@ async fn proxy_inner(
                     format!("service {service}: {e}"),
                 )
             };
-            (
-                crate::listener::http::json_error(status, 0, name, &msg),
-                code,
-            )
+            let resp = if route.grpc {
+                grpc_error(code, &msg)
+            } else {
+                crate::listener::http::json_error(status, 0, name, &msg)
+            };
+            (resp, code)
         }
     };
     gw.metrics
