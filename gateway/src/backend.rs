@@ -285,6 +285,8 @@ pub(crate) struct BackendPool {
     ctx: Arc<conn::ConnCtx>,
     /// The keep-alive clients of HTTP and gRPC services (`http_routes`).
     http: crate::router::http::Clients,
+    /// Descriptors for routes that transcode JSON to gRPC.
+    descriptors: Option<Arc<prost_reflect::DescriptorPool>>,
 }
 
 impl BackendPool {
@@ -294,7 +296,17 @@ impl BackendPool {
             endpoints: Mutex::new(HashMap::new()),
             http: crate::router::http::clients(ctx.settings.connect_timeout),
             ctx: Arc::new(ctx),
+            descriptors: None,
         }
+    }
+
+    /// With the descriptors `grpc_method` routes transcode with.
+    pub(crate) fn with_descriptors(
+        mut self,
+        d: Option<Arc<prost_reflect::DescriptorPool>>,
+    ) -> BackendPool {
+        self.descriptors = d;
+        self
     }
 
     /// The bundle's HTTP routes over this pool's HTTP client.
@@ -305,6 +317,7 @@ impl BackendPool {
         crate::router::http::HttpRoutes::build(
             cfg,
             &self.http,
+            self.descriptors.as_deref(),
             self.ctx.settings.request_timeout,
             &self.ctx.metrics,
         )

@@ -151,7 +151,8 @@ impl Gateway {
             tracker: backend_tracker,
             shutdown: backend_stop.clone(),
             rooms: rooms.clone(),
-        });
+        })
+        .with_descriptors(cfg.transcoding.clone());
         let discovery = crate::discovery::Discovery::new(&cfg.discovery);
         let routes = RouteTable::build(&discovery.expand(&cfg.routes), &backends);
         // Standalone: the file's routes are the first snapshot. With a

@@ -154,6 +154,10 @@ pub struct HttpRoute {
     pub retries: u32,
     #[serde(default, skip_serializing_if = "is_zero_u32")]
     pub max_concurrency: u32,
+    /// `package.Service/Method`: JSON in, JSON out, a unary gRPC call to a
+    /// grpc service in between.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub grpc_method: String,
 }
 
 fn is_zero_u64(v: &u64) -> bool {
@@ -202,6 +206,7 @@ impl HttpRoute {
             timeout_ms: self.timeout_ms,
             retries: self.retries,
             max_concurrency: self.max_concurrency,
+            grpc_method: self.grpc_method.clone(),
         }
     }
 
@@ -214,6 +219,7 @@ impl HttpRoute {
             timeout_ms: r.timeout_ms,
             retries: r.retries,
             max_concurrency: r.max_concurrency,
+            grpc_method: r.grpc_method.clone(),
         }
     }
 
@@ -230,6 +236,9 @@ impl HttpRoute {
         }
         if self.max_concurrency != 0 {
             l.push_str(&format!(" max_concurrency={}", self.max_concurrency));
+        }
+        if !self.grpc_method.is_empty() {
+            l.push_str(&format!(" grpc_method={}", self.grpc_method));
         }
         l
     }
@@ -296,6 +305,30 @@ impl HttpRoute {
                 ))
             }
             _ => {}
+        }
+        if !self.grpc_method.is_empty() {
+            let ok = self.grpc_method.split_once('/').is_some_and(|(svc, m)| {
+                !svc.is_empty()
+                    && !m.is_empty()
+                    && svc.split('.').all(|p| {
+                        !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                    })
+                    && m.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            });
+            if !ok {
+                errs.push(format!(
+                    "{at}: grpc_method {:?} is not package.Service/Method",
+                    self.grpc_method
+                ));
+            }
+            if services
+                .iter()
+                .any(|s| s.name == self.service && s.protocol != BackendProtocol::Grpc)
+            {
+                errs.push(format!(
+                    "{at}: grpc_method needs a service with protocol: grpc"
+                ));
+            }
         }
         if self.retries > MAX_ROUTE_RETRIES {
             errs.push(format!(
@@ -1192,6 +1225,7 @@ mod tests {
             timeout_ms: 0,
             retries: 0,
             max_concurrency: 0,
+            grpc_method: String::new(),
         };
         let mut ok = Bundle {
             services: vec![web.clone(), svc("echo", 1, Strategy::RoundRobin, &["h:1"])],

@@ -29,10 +29,13 @@ async fn grpc_unary_and_server_streaming_pass_through() {
     )
     .await;
     let back_admin = back.admin.expect("admin");
+    let descriptors = scratch("descriptors", "pb");
+    std::fs::write(&descriptors, gg_proto::pb::DESCRIPTOR_SET).expect("descriptor set");
     let front = gateway_named(
         "gw-front",
         &format!(
-            "services:\n  - {{ name: echo, id: 1, strategy: round_robin, endpoints: [{}] }}\n  - {{ name: admin-api, id: 30, strategy: round_robin, protocol: grpc, endpoints: [\"{back_admin}\"] }}\n  - {{ name: nothing, id: 31, strategy: round_robin, protocol: grpc, endpoints: [\"{}\"] }}\nhttp_routes:\n  - {{ path: \"/gateway.admin.v1.GatewayAdmin/*\", service: admin-api, timeout_ms: 5000 }}\n  - {{ path: \"/grpc.health.v1.Health/*\", service: nothing }}\n",
+            "transcoding: {{ descriptor_set_file: {} }}\nservices:\n  - {{ name: echo, id: 1, strategy: round_robin, endpoints: [{}] }}\n  - {{ name: admin-api, id: 30, strategy: round_robin, protocol: grpc, endpoints: [\"{back_admin}\"] }}\n  - {{ name: nothing, id: 31, strategy: round_robin, protocol: grpc, endpoints: [\"{}\"] }}\nhttp_routes:\n  - {{ path: \"/gateway.admin.v1.GatewayAdmin/*\", service: admin-api, timeout_ms: 5000 }}\n  - {{ path: \"/grpc.health.v1.Health/*\", service: nothing }}\n  - {{ path: \"/api/info\", service: admin-api, grpc_method: gateway.admin.v1.GatewayAdmin/GetInfo }}\n  - {{ path: \"/api/session\", service: admin-api, grpc_method: gateway.admin.v1.GatewayAdmin/GetSession }}\n  - {{ path: \"/api/broken\", service: admin-api, grpc_method: gateway.admin.v1.GatewayAdmin/Nope }}\n",
+            descriptors.display(),
             b.addr,
             dead_addr()
         ),
@@ -96,6 +99,42 @@ async fn grpc_unary_and_server_streaming_pass_through() {
     assert_ne!(phases[0], done, "{phases:?}");
     assert_eq!(phases.last().copied(), Some(done), "{phases:?}");
     drop(held);
+
+    // HTTP/JSON → gRPC: the same GetInfo as JSON, statuses as HTTP codes.
+    let bearer = format!("Bearer {READ_TOKEN}");
+    let auth = [("Authorization", bearer.as_str())];
+    let (st, body) = http(front.client, "POST", "/api/info", &auth, b"{}").await;
+    assert_eq!(st, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON reply");
+    assert_eq!(v["gatewayId"], "gw-back", "{body}");
+    let (st, body) = http(
+        front.client,
+        "POST",
+        "/api/session",
+        &auth,
+        br#"{"sessionId": "4242"}"#,
+    )
+    .await;
+    assert_eq!(st, 404, "{body}");
+    assert!(body.contains("grpc status 5"), "{body}");
+    let (st, body) = http(front.client, "POST", "/api/info", &[], b"").await;
+    assert_eq!(st, 401, "no token: UNAUTHENTICATED is 401: {body}");
+    let (st, body) = http(
+        front.client,
+        "POST",
+        "/api/session",
+        &auth,
+        br#"{"sessionId": true}"#,
+    )
+    .await;
+    assert_eq!(st, 400, "{body}");
+    assert!(body.contains("GetSessionRequest"), "{body}");
+    let (st, body) = http(front.client, "POST", "/api/broken", &auth, b"{}").await;
+    assert_eq!(st, 500, "{body}");
+    assert!(
+        body.contains("not in transcoding.descriptor_set_file"),
+        "{body}"
+    );
 
     // The gateway's own failure is a gRPC status: the service is down.
     let mut health =

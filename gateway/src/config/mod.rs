@@ -82,6 +82,36 @@ pub struct FileConfig {
     pub cors: Option<FileCors>,
     #[serde(default)]
     pub websocket: FileWebSocket,
+    /// HTTP/JSON → gRPC transcoding (`http_routes[].grpc_method`).
+    #[serde(default)]
+    pub transcoding: Option<FileTranscoding>,
+}
+
+/// `transcoding:` — the protobuf descriptors of the gRPC services that
+/// routes transcode to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTranscoding {
+    /// A `FileDescriptorSet` (`protoc --include_imports
+    /// --descriptor_set_out=…`, or `buf build -o …`).
+    pub descriptor_set_file: std::path::PathBuf,
+}
+
+impl FileTranscoding {
+    fn load(&self, errs: &mut Errors) -> Option<Arc<prost_reflect::DescriptorPool>> {
+        let path = self.descriptor_set_file.display();
+        let bytes = std::fs::read(&self.descriptor_set_file)
+            .map_err(|e| errs.push(format!("transcoding.descriptor_set_file {path}: {e}")))
+            .ok()?;
+        prost_reflect::DescriptorPool::decode(&bytes[..])
+            .map(Arc::new)
+            .map_err(|e| {
+                errs.push(format!(
+                    "transcoding.descriptor_set_file {path}: not a FileDescriptorSet: {e}"
+                ))
+            })
+            .ok()
+    }
 }
 
 /// `websocket:` — WebSocket options on the client port.
@@ -324,6 +354,8 @@ pub struct Config {
     /// Cross-origin browser callers (absent: no CORS headers).
     pub cors: Option<CorsSettings>,
     pub websocket: FileWebSocket,
+    /// Descriptors for `grpc_method` routes.
+    pub transcoding: Option<Arc<prost_reflect::DescriptorPool>>,
 }
 
 /// Every problem found in a config file, one per line.
@@ -408,6 +440,7 @@ impl Config {
                 .unwrap_or_default(),
             cors: file.cors.as_ref().map(|c| c.validate(&mut errs)),
             websocket: file.websocket.clone(),
+            transcoding: file.transcoding.as_ref().and_then(|t| t.load(&mut errs)),
         };
         if errs.is_empty() {
             Ok(cfg)
@@ -540,6 +573,33 @@ realms: { "1": 127.0.0.1:7201, "2": 127.0.0.1:7202 }
         assert_eq!(c.routes.services[0].strategy, Strategy::ConsistentHash);
         assert_eq!(c.routes.realms[&2], "127.0.0.1:7202");
         assert_eq!(c.limits.max_frame_bytes, DEFAULT_MAX_FRAME_BYTES);
+    }
+
+    #[test]
+    fn transcoding_needs_a_readable_descriptor_set() {
+        let e = Config::parse(
+            &format!("{GOOD}transcoding: {{ descriptor_set_file: /nonexistent/d.pb }}\n"),
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("transcoding.descriptor_set_file /nonexistent/d.pb"),
+            "{e}"
+        );
+        let junk = std::env::temp_dir().join(format!("gg-junk-{}.pb", std::process::id()));
+        std::fs::write(&junk, b"\xff\xff not protobuf").unwrap();
+        let e = Config::parse(
+            &format!(
+                "{GOOD}transcoding: {{ descriptor_set_file: {} }}\n",
+                junk.display()
+            ),
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("not a FileDescriptorSet"), "{e}");
+        let _ = std::fs::remove_file(junk);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use gg_proto::model::HttpRoute;
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Limited};
 use hyper::body::{Body as _, Incoming};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri};
@@ -68,7 +68,37 @@ pub(crate) struct Compiled {
     pub(crate) route: Arc<HttpRoute>,
     /// The service speaks gRPC: the gateway's own errors are gRPC statuses.
     grpc: bool,
+    /// JSON → gRPC for this route's `grpc_method`.
+    transcode: Option<Transcode>,
     stack: Stack,
+}
+
+/// A route's transcoding target, or why it has none.
+#[derive(Clone)]
+enum Transcode {
+    Method(prost_reflect::MethodDescriptor),
+    Broken(Arc<str>),
+}
+
+fn transcode_target(method: &str, pool: Option<&prost_reflect::DescriptorPool>) -> Transcode {
+    let Some(pool) = pool else {
+        return Transcode::Broken(
+            "grpc_method needs transcoding.descriptor_set_file in the gateway's config".into(),
+        );
+    };
+    let (svc, m) = method.split_once('/').unwrap_or((method, ""));
+    match pool
+        .get_service_by_name(svc)
+        .and_then(|s| s.methods().find(|x| x.name() == m))
+    {
+        Some(md) if md.is_client_streaming() || md.is_server_streaming() => {
+            Transcode::Broken(format!("{method} streams; only unary methods are transcoded").into())
+        }
+        Some(md) => Transcode::Method(md),
+        None => {
+            Transcode::Broken(format!("{method} is not in transcoding.descriptor_set_file").into())
+        }
+    }
 }
 
 /// The routes of one config revision, most specific first.
@@ -199,6 +229,7 @@ impl HttpRoutes {
     pub(crate) fn build(
         cfg: &crate::config::RoutesConfig,
         clients: &Clients,
+        descriptors: Option<&prost_reflect::DescriptorPool>,
         default_timeout: Duration,
         metrics: &crate::metrics::Metrics,
     ) -> HttpRoutes {
@@ -248,8 +279,16 @@ impl HttpRoutes {
                     .timeout(timeout)
                     .retry(policy)
                     .service(proxy);
+                let transcode = (!r.grpc_method.is_empty()).then(|| {
+                    let t = transcode_target(&r.grpc_method, descriptors);
+                    if let Transcode::Broken(why) = &t {
+                        tracing::warn!(path = %r.path, %why, "http route cannot transcode; its requests get 500");
+                    }
+                    t
+                });
                 Compiled {
                     grpc,
+                    transcode,
                     route: Arc::new(r.clone()),
                     stack: BoxCloneSyncService::new(stack.map_err(BoxError::from)),
                 }
@@ -267,6 +306,166 @@ impl HttpRoutes {
                 && (r.host.is_empty() || r.host.eq_ignore_ascii_case(host))
                 && (r.methods.is_empty() || r.methods.iter().any(|m| m == method.as_str()))
         })
+    }
+}
+
+/// HTTP/JSON → unary gRPC → JSON, with the route's layers. The JSON is
+/// the proto3 JSON mapping (lowerCamelCase names; 64-bit integers as
+/// strings in answers, either in requests).
+async fn transcode(
+    gw: &crate::Gateway,
+    route: &Compiled,
+    target: Transcode,
+    mut parts: hyper::http::request::Parts,
+    body: Incoming,
+) -> Response<Body> {
+    use crate::listener::http::json_error;
+    let service = route.route.service.clone();
+    let method = match target {
+        Transcode::Method(m) => m,
+        Transcode::Broken(why) => {
+            return json_error(StatusCode::INTERNAL_SERVER_ERROR, 0, "transcoding", &why);
+        }
+    };
+    let max = gw.cfg.limits.max_frame_bytes as usize;
+    let input = match http_body_util::Limited::new(body, max).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return json_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                0,
+                "bad_body",
+                &format!("request body: {e} (at most {max} bytes)"),
+            );
+        }
+    };
+    let input: &[u8] = if input.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        &input
+    };
+    let mut de = serde_json::Deserializer::from_slice(input);
+    let msg = match prost_reflect::DynamicMessage::deserialize(method.input(), &mut de) {
+        Ok(m) => m,
+        Err(e) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                0,
+                "bad_json",
+                &format!(
+                    "the body is not a {} in JSON: {e}",
+                    method.input().full_name()
+                ),
+            );
+        }
+    };
+    let encoded = prost::Message::encode_to_vec(&msg);
+    let mut framed = Vec::with_capacity(5 + encoded.len());
+    framed.push(0);
+    framed.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&encoded);
+    parts.method = Method::POST;
+    parts.uri = match format!("/{}/{}", method.parent_service().full_name(), method.name()).parse()
+    {
+        Ok(u) => u,
+        Err(_) => {
+            return json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                0,
+                "transcoding",
+                "bad method path",
+            );
+        }
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    parts
+        .headers
+        .insert("te", HeaderValue::from_static("trailers"));
+    let req = Request::from_parts(parts, crate::listener::http::full(framed));
+    let res = call_stack(route.stack.clone(), req).await;
+    let out = async {
+        let resp = res.map_err(|e| (StatusCode::BAD_GATEWAY, format!("service {service}: {e}")))?;
+        let head_status = resp.headers().get("grpc-status").cloned();
+        let head_message = resp.headers().get("grpc-message").cloned();
+        let collected = Limited::new(resp.into_body(), max)
+            .collect()
+            .await
+            .map_err(|e| {
+                (
+                    StatusCode::BAD_GATEWAY,
+                    format!("service {service}: reply: {e}"),
+                )
+            })?;
+        let trailers = collected.trailers().cloned().unwrap_or_default();
+        let code = trailers.get("grpc-status").cloned().or(head_status);
+        let message = trailers.get("grpc-message").cloned().or(head_message);
+        let code: i32 = code
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2);
+        if code != 0 {
+            let msg = message.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
+            return Err((grpc_to_http(code), format!("grpc status {code}: {msg}")));
+        }
+        let bytes = collected.to_bytes();
+        let payload = bytes.get(5..).filter(|_| bytes[0] == 0).ok_or((
+            StatusCode::BAD_GATEWAY,
+            "the reply is not one uncompressed gRPC message".to_string(),
+        ))?;
+        let reply =
+            prost_reflect::DynamicMessage::decode(method.output(), payload).map_err(|e| {
+                (
+                    StatusCode::BAD_GATEWAY,
+                    format!("reply is not a {}: {e}", method.output().full_name()),
+                )
+            })?;
+        serde_json::to_vec(&reply).map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+    }
+    .await;
+    let (resp, code) = match out {
+        Ok(json) => {
+            let mut r = Response::new(crate::listener::http::full(json));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            (r, "2xx")
+        }
+        Err((status, msg)) => {
+            let class = match status.as_u16() {
+                504 => "timeout",
+                400..=499 => "4xx",
+                _ => "5xx",
+            };
+            (json_error(status, 0, "grpc_error", &msg), class)
+        }
+    };
+    gw.metrics
+        .http_proxy_requests
+        .with_label_values(&[&service, code])
+        .inc();
+    resp
+}
+
+/// The HTTP status for a gRPC status code (as grpc-gateway maps them).
+fn grpc_to_http(code: i32) -> StatusCode {
+    match code {
+        1 => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+        3 | 9 | 11 => StatusCode::BAD_REQUEST,
+        4 => StatusCode::GATEWAY_TIMEOUT,
+        5 => StatusCode::NOT_FOUND,
+        6 | 10 => StatusCode::CONFLICT,
+        7 => StatusCode::FORBIDDEN,
+        8 => StatusCode::TOO_MANY_REQUESTS,
+        12 => StatusCode::NOT_IMPLEMENTED,
+        14 => StatusCode::SERVICE_UNAVAILABLE,
+        16 => StatusCode::UNAUTHORIZED,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
@@ -406,6 +605,9 @@ async fn proxy_inner(
         && let Ok(v) = HeaderValue::from_str(&host)
     {
         parts.headers.insert("x-forwarded-host", v);
+    }
+    if let Some(t) = route.transcode.clone() {
+        return transcode(&gw, &route, t, parts, body).await;
     }
     let body: Body = body.map_err(BoxError::from).boxed();
     let req: Request<Body> = Request::from_parts(parts, body);
