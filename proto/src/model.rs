@@ -158,6 +158,27 @@ pub struct HttpRoute {
     /// grpc service in between.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub grpc_method: String,
+    /// Open without a credential (else a JWT or a scoped API key is needed
+    /// on a gateway that has `client_auth` or `api_keys`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub public: bool,
+    /// Browser origins allowed (CORS) instead of the gateway's list.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cors_origins: Vec<String>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// Whether `o` is `*` or an origin: `scheme://host[:port]`, no path.
+pub fn valid_origin(o: &str) -> bool {
+    o == "*"
+        || ((o.starts_with("https://") || o.starts_with("http://"))
+            && !o.ends_with('/')
+            && o.split("://")
+                .nth(1)
+                .is_some_and(|h| !h.is_empty() && !h.contains('/')))
 }
 
 fn is_zero_u64(v: &u64) -> bool {
@@ -207,6 +228,8 @@ impl HttpRoute {
             retries: self.retries,
             max_concurrency: self.max_concurrency,
             grpc_method: self.grpc_method.clone(),
+            public: self.public,
+            cors_origins: self.cors_origins.clone(),
         }
     }
 
@@ -220,6 +243,8 @@ impl HttpRoute {
             retries: r.retries,
             max_concurrency: r.max_concurrency,
             grpc_method: r.grpc_method.clone(),
+            public: r.public,
+            cors_origins: r.cors_origins.clone(),
         }
     }
 
@@ -239,6 +264,12 @@ impl HttpRoute {
         }
         if !self.grpc_method.is_empty() {
             l.push_str(&format!(" grpc_method={}", self.grpc_method));
+        }
+        if self.public {
+            l.push_str(" public");
+        }
+        if !self.cors_origins.is_empty() {
+            l.push_str(&format!(" cors=[{}]", self.cors_origins.join(",")));
         }
         l
     }
@@ -329,6 +360,11 @@ impl HttpRoute {
                     "{at}: grpc_method needs a service with protocol: grpc"
                 ));
             }
+        }
+        for o in self.cors_origins.iter().filter(|o| !valid_origin(o)) {
+            errs.push(format!(
+                "{at}: cors_origins: {o:?} is not an origin (scheme://host[:port], no path) or \"*\""
+            ));
         }
         if self.retries > MAX_ROUTE_RETRIES {
             errs.push(format!(
@@ -1226,6 +1262,8 @@ mod tests {
             retries: 0,
             max_concurrency: 0,
             grpc_method: String::new(),
+            public: false,
+            cors_origins: vec![],
         };
         let mut ok = Bundle {
             services: vec![web.clone(), svc("echo", 1, Strategy::RoundRobin, &["h:1"])],
@@ -1260,6 +1298,10 @@ mod tests {
                 retries: 9,
                 ..route("/ok4", &[], "web")
             },
+            HttpRoute {
+                cors_origins: vec!["ftp://x/".into()],
+                ..route("/ok5", &[], "web")
+            },
         ]);
         let all = ok.validate().unwrap_err().0.join("\n");
         for needle in [
@@ -1270,6 +1312,7 @@ mod tests {
             "service \"echo\" speaks the frame protocol",
             "no service named \"nope\"",
             "retries 9 is more than 5",
+            "cors_origins: \"ftp://x/\" is not an origin",
         ] {
             assert!(all.contains(needle), "missing {needle:?}: {all}");
         }

@@ -7,9 +7,9 @@ use serde_json::json;
 
 use crate::support::*;
 
-const SECRET: &str = "jwt-secret-for-tests-0123456789";
+pub(crate) const SECRET: &str = "jwt-secret-for-tests-0123456789";
 
-fn token(sub: &str, exp_in_s: i64, secret: &str) -> String {
+pub(crate) fn token(sub: &str, exp_in_s: i64, secret: &str) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")

@@ -112,12 +112,15 @@ async fn handle(name: &str, hits: &Hits, req: Request<Incoming>) -> Response<Out
             text("slow")
         }
         _ => text(format!(
-            "{name} {} {path} xff={} fwd={} xfh={} conn={}",
+            "{name} {} {path} xff={} fwd={} xfh={} conn={} user={} key={} rawkey={}",
             req.method(),
             h("x-forwarded-for"),
             h("forwarded"),
             h("x-forwarded-host"),
             h("x-hop"),
+            h("x-gateway-user"),
+            h("x-gateway-api-key"),
+            h("x-api-key"),
         )),
     }
 }
@@ -277,5 +280,123 @@ async fn path_routes_proxy_stream_retry_time_out_and_shed() {
     assert!(
         grew < 48 * 1024,
         "the gateway buffered the body: +{grew} KiB"
+    );
+}
+
+/// Credentials on path routes: public routes, API keys stored hashed and
+/// scoped to routes, JWTs beside them, identity headers only the gateway
+/// sets; and CORS origins per route.
+#[tokio::test]
+async fn api_keys_jwts_and_cors_per_route() {
+    use sha2::Digest;
+    let hits = Arc::new(Hits::default());
+    let web = http_backend("web", hits).await;
+    let secret = scratch("jwt", "secret");
+    std::fs::write(&secret, crate::client_auth::SECRET).expect("secret");
+    let key = "k3y-partner-0123456789";
+    let hash: String = sha2::Sha256::digest(key.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let gw = gateway(&format!(
+        "client_auth:\n  secret_file: {}\n  issuer: idp\napi_keys:\n  - {{ name: partner, sha256: \"{hash}\", routes: [\"/api/*\"] }}\nservices:\n  - {{ name: web, id: 10, strategy: round_robin, protocol: http, endpoints: [\"{web}\"] }}\nhttp_routes:\n  - {{ path: \"/pub/*\", service: web, public: true }}\n  - {{ path: \"/api/*\", service: web }}\n  - {{ path: \"/other/*\", service: web }}\n  - {{ path: \"/cors/*\", service: web, public: true, cors_origins: [\"https://game.example\"] }}\n",
+        secret.display()
+    ))
+    .await;
+    let (st, body) = http(
+        gw.client,
+        "GET",
+        "/pub/x",
+        &[("x-gateway-user", "666")],
+        b"",
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    assert!(
+        body.contains("user=-"),
+        "a client cannot set the identity headers: {body}"
+    );
+    let (st, body) = http(gw.client, "GET", "/api/x", &[], b"").await;
+    assert_eq!(st, 401, "{body}");
+    assert!(body.contains("X-Api-Key"), "{body}");
+    let (st, body) = http(gw.client, "GET", "/api/x", &[("X-Api-Key", key)], b"").await;
+    assert_eq!(st, 200, "{body}");
+    assert!(
+        body.contains("key=partner") && body.contains("rawkey=-"),
+        "the key itself is not forwarded: {body}"
+    );
+    let auth = format!("ApiKey {key}");
+    let (st, _) = http(
+        gw.client,
+        "GET",
+        "/api/x",
+        &[("Authorization", auth.as_str())],
+        b"",
+    )
+    .await;
+    assert_eq!(st, 200);
+    let (st, body) = http(gw.client, "GET", "/other/x", &[("X-Api-Key", key)], b"").await;
+    assert_eq!(st, 403, "{body}");
+    assert!(body.contains("not scoped to route /other/*"), "{body}");
+    let (st, _) = http(gw.client, "GET", "/api/x", &[("X-Api-Key", "wrong")], b"").await;
+    assert_eq!(st, 401);
+    let bearer = format!(
+        "Bearer {}",
+        crate::client_auth::token("77", 60, crate::client_auth::SECRET)
+    );
+    let (st, body) = http(
+        gw.client,
+        "GET",
+        "/other/x",
+        &[("Authorization", bearer.as_str())],
+        b"",
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    assert!(body.contains("user=77"), "{body}");
+
+    // CORS for one route only.
+    let pre = |origin: &'static str| {
+        let addr = gw.client;
+        async move {
+            let mut s = TcpStream::connect(addr).await.expect("connect");
+            s.write_all(format!("OPTIONS /cors/x HTTP/1.1\r\nHost: gw\r\nOrigin: {origin}\r\nAccess-Control-Request-Method: GET\r\nConnection: close\r\n\r\n").as_bytes())
+                .await
+                .expect("write");
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.expect("read");
+            out.to_ascii_lowercase()
+        }
+    };
+    let ok = pre("https://game.example").await;
+    assert!(ok.starts_with("http/1.1 204"), "{ok}");
+    assert!(
+        ok.contains("access-control-allow-origin: https://game.example"),
+        "{ok}"
+    );
+    let no = pre("https://evil.example").await;
+    assert!(no.starts_with("http/1.1 403"), "{no}");
+    let mut s = TcpStream::connect(gw.client).await.expect("connect");
+    s.write_all(b"GET /cors/x HTTP/1.1\r\nHost: gw\r\nOrigin: https://game.example\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    assert!(
+        out.to_ascii_lowercase()
+            .contains("access-control-allow-origin: https://game.example"),
+        "{out}"
+    );
+    // A route without its own origins gets none (no gateway-wide cors here).
+    let mut s = TcpStream::connect(gw.client).await.expect("connect");
+    s.write_all(b"GET /pub/x HTTP/1.1\r\nHost: gw\r\nOrigin: https://game.example\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    assert!(
+        !out.to_ascii_lowercase()
+            .contains("access-control-allow-origin"),
+        "{out}"
     );
 }

@@ -85,6 +85,75 @@ pub struct FileConfig {
     /// HTTP/JSON → gRPC transcoding (`http_routes[].grpc_method`).
     #[serde(default)]
     pub transcoding: Option<FileTranscoding>,
+    /// API keys: a second client credential for `http_routes`, beside JWT.
+    #[serde(default)]
+    pub api_keys: Vec<FileApiKey>,
+}
+
+/// One API key, stored as the SHA-256 of the key (never the key).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileApiKey {
+    /// Who holds it (logged, and passed to backends as `x-gateway-api-key`).
+    pub name: String,
+    /// Lower-case hex SHA-256 of the key (`printf %s "$KEY" | sha256sum`).
+    pub sha256: String,
+    /// The `http_routes` paths (as written there) it may call; `"*"`: all.
+    pub routes: Vec<String>,
+}
+
+/// A validated API key.
+#[derive(Debug, Clone)]
+pub struct ApiKey {
+    pub name: String,
+    pub hash: [u8; 32],
+    pub routes: Vec<String>,
+}
+
+impl ApiKey {
+    /// Whether this key may call the route written `path`.
+    pub fn allows(&self, path: &str) -> bool {
+        self.routes.iter().any(|r| r == "*" || r == path)
+    }
+}
+
+fn api_keys(keys: &[FileApiKey], errs: &mut Errors) -> Vec<ApiKey> {
+    let mut names = std::collections::HashSet::new();
+    keys.iter()
+        .filter_map(|k| {
+            let at = format!("api_keys[{}]", k.name);
+            if k.name.is_empty() || !names.insert(k.name.as_str()) {
+                errs.push(format!("{at}: every key needs a unique name"));
+            }
+            if k.routes.is_empty() {
+                errs.push(format!(
+                    "{at}: routes must name at least one http_routes path (or \"*\")"
+                ));
+            }
+            let hash = (k.sha256.len() == 64)
+                .then(|| {
+                    let mut h = [0u8; 32];
+                    for (i, b) in h.iter_mut().enumerate() {
+                        *b = u8::from_str_radix(k.sha256.get(2 * i..2 * i + 2)?, 16).ok()?;
+                    }
+                    Some(h)
+                })
+                .flatten();
+            match hash {
+                Some(hash) => Some(ApiKey {
+                    name: k.name.clone(),
+                    hash,
+                    routes: k.routes.clone(),
+                }),
+                None => {
+                    errs.push(format!(
+                        "{at}: sha256 must be 64 hex digits (the SHA-256 of the key, not the key)"
+                    ));
+                    None
+                }
+            }
+        })
+        .collect()
 }
 
 /// `transcoding:` — the protobuf descriptors of the gRPC services that
@@ -169,17 +238,14 @@ impl FileCors {
         if self.allow_origins.is_empty() {
             errs.push("cors.allow_origins must name at least one origin (or \"*\")".into());
         }
-        for o in self.allow_origins.iter().filter(|o| *o != "*") {
-            let ok = (o.starts_with("https://") || o.starts_with("http://"))
-                && !o.ends_with('/')
-                && o.split("://")
-                    .nth(1)
-                    .is_some_and(|h| !h.is_empty() && !h.contains('/'));
-            if !ok {
-                errs.push(format!(
-                    "cors.allow_origins: {o:?} is not an origin (scheme://host[:port], no path)"
-                ));
-            }
+        for o in self
+            .allow_origins
+            .iter()
+            .filter(|o| !gg_proto::model::valid_origin(o))
+        {
+            errs.push(format!(
+                "cors.allow_origins: {o:?} is not an origin (scheme://host[:port], no path)"
+            ));
         }
         CorsSettings {
             any: self.allow_origins.iter().any(|o| o == "*"),
@@ -356,6 +422,7 @@ pub struct Config {
     pub websocket: FileWebSocket,
     /// Descriptors for `grpc_method` routes.
     pub transcoding: Option<Arc<prost_reflect::DescriptorPool>>,
+    pub api_keys: Vec<ApiKey>,
 }
 
 /// Every problem found in a config file, one per line.
@@ -441,6 +508,7 @@ impl Config {
             cors: file.cors.as_ref().map(|c| c.validate(&mut errs)),
             websocket: file.websocket.clone(),
             transcoding: file.transcoding.as_ref().and_then(|t| t.load(&mut errs)),
+            api_keys: api_keys(&file.api_keys, &mut errs),
         };
         if errs.is_empty() {
             Ok(cfg)
@@ -600,6 +668,33 @@ realms: { "1": 127.0.0.1:7201, "2": 127.0.0.1:7202 }
         .to_string();
         assert!(e.contains("not a FileDescriptorSet"), "{e}");
         let _ = std::fs::remove_file(junk);
+    }
+
+    #[test]
+    fn api_keys_are_stored_hashed_and_checked() {
+        let e = Config::parse(
+            &format!("{GOOD}api_keys:\n  - {{ name: p, sha256: my-plain-key, routes: [\"/api/*\"] }}\n  - {{ name: p, sha256: \"{}\", routes: [] }}\n", "a".repeat(64)),
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        for needle in [
+            "api_keys[p]: sha256 must be 64 hex digits",
+            "api_keys[p]: every key needs a unique name",
+            "api_keys[p]: routes must name at least one",
+        ] {
+            assert!(e.contains(needle), "missing {needle:?}: {e}");
+        }
+        let c = Config::parse(
+            &format!(
+                "{GOOD}api_keys:\n  - {{ name: p, sha256: \"{}\", routes: [\"/api/*\"] }}\n",
+                "0f".repeat(32)
+            ),
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.api_keys[0].hash, [0x0f; 32]);
+        assert!(c.api_keys[0].allows("/api/*") && !c.api_keys[0].allows("/other/*"));
     }
 
     #[test]

@@ -128,12 +128,40 @@ async fn route(
     guard: Arc<Mutex<Option<ConnGuard>>>,
 ) -> Response<Body> {
     let path = req.uri().path().to_string();
-    let origin = (gw.cfg.cors.as_ref())
+    // The path route this request is for (a preflight: for the method it
+    // announces), which may carry its own CORS origins.
+    let http_route = if path.starts_with("/v1/") {
+        None
+    } else {
+        let table = gw.routing.routes.load_full();
+        // HTTP/1.1 names the host in Host, HTTP/2 in :authority.
+        let host = (req.headers().get(header::HOST))
+            .and_then(|v| v.to_str().ok())
+            .map(|h| h.rsplit_once(':').map_or(h, |(name, _)| name))
+            .or_else(|| req.uri().host())
+            .unwrap_or("");
+        let method = (req.method() == Method::OPTIONS)
+            .then(|| req.headers().get(header::ACCESS_CONTROL_REQUEST_METHOD))
+            .flatten()
+            .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
+            .unwrap_or_else(|| req.method().clone());
+        table.http.find(&method, host, &path).cloned()
+    };
+    let route_cors = http_route
+        .as_ref()
+        .filter(|r| !r.route.cors_origins.is_empty())
+        .map(|r| crate::config::CorsSettings {
+            any: r.route.cors_origins.iter().any(|o| o == "*"),
+            origins: r.route.cors_origins.clone(),
+            max_age_s: gw.cfg.cors.as_ref().map_or(600, |c| c.max_age_s),
+        });
+    let cors = route_cors.as_ref().or(gw.cfg.cors.as_ref());
+    let origin = cors
         .and(req.headers().get(header::ORIGIN))
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     if req.method() == Method::OPTIONS
-        && let (Some(cors), Some(origin)) = (&gw.cfg.cors, &origin)
+        && let (Some(cors), Some(origin)) = (cors, &origin)
     {
         let resp = preflight(cors, origin);
         gw.metrics
@@ -168,17 +196,7 @@ async fn route(
             )
         }
     } else {
-        let table = gw.routing.routes.load_full();
-        // HTTP/1.1 names the host in Host, HTTP/2 in :authority.
-        let host = (req.headers().get(header::HOST))
-            .and_then(|v| v.to_str().ok())
-            .map(|h| h.rsplit_once(':').map_or(h, |(name, _)| name))
-            .or_else(|| req.uri().host())
-            .unwrap_or("")
-            .to_string();
-        let found = table.http.find(req.method(), &host, &path).cloned();
-        drop(table);
-        match found {
+        match http_route {
             Some(r) => crate::router::http::proxy(gw.clone(), r, remote, tls, req).await,
             None => json_error(
                 StatusCode::NOT_FOUND,
@@ -189,7 +207,7 @@ async fn route(
         }
     };
     let mut resp = resp;
-    if let (Some(cors), Some(origin)) = (&gw.cfg.cors, &origin)
+    if let (Some(cors), Some(origin)) = (cors, &origin)
         && cors.allows(origin)
         && let Ok(v) = HeaderValue::from_str(origin)
     {
@@ -209,7 +227,7 @@ async fn route(
 }
 
 /// Headers a browser may send cross-origin.
-const CORS_HEADERS: &str = "content-type, authorization, x-user-id, x-realm-id, x-region, x-session-token, last-event-id, traceparent";
+const CORS_HEADERS: &str = "content-type, authorization, x-api-key, x-user-id, x-realm-id, x-region, x-session-token, last-event-id, traceparent";
 
 /// The answer to a CORS preflight: allowed origins get the methods and
 /// headers the client port takes; others a 403.
@@ -219,7 +237,7 @@ fn preflight(cors: &crate::config::CorsSettings, origin: &str) -> Response<Body>
             StatusCode::FORBIDDEN,
             0,
             "cors_origin",
-            "this origin is not in cors.allow_origins",
+            "this origin is not in cors.allow_origins (or the route's cors_origins)",
         );
     }
     let mut r = Response::new(full(Bytes::new()));
@@ -231,7 +249,7 @@ fn preflight(cors: &crate::config::CorsSettings, origin: &str) -> Response<Body>
     h.insert(header::VARY, HeaderValue::from_static("origin"));
     h.insert(
         header::ACCESS_CONTROL_ALLOW_METHODS,
-        HeaderValue::from_static("GET, POST, DELETE, OPTIONS"),
+        HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
     );
     h.insert(
         header::ACCESS_CONTROL_ALLOW_HEADERS,

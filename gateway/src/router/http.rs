@@ -309,6 +309,100 @@ impl HttpRoutes {
     }
 }
 
+/// Headers only the gateway may set: what it verified about the caller.
+const IDENTITY_HEADERS: &[&str] = &["x-gateway-user", "x-gateway-api-key"];
+
+/// Checks the caller's credential for a non-public route on a gateway that
+/// has `client_auth` or `api_keys`: an API key scoped to the route
+/// (`X-Api-Key`, or `Authorization: ApiKey …`), or a JWT (`Authorization:
+/// Bearer …`). Passes what was verified to the backend (`x-gateway-user`,
+/// `x-gateway-api-key`) and never the API key itself.
+fn authorize(
+    gw: &crate::Gateway,
+    route: &Compiled,
+    h: &mut HeaderMap,
+) -> Result<(), Box<Response<Body>>> {
+    use crate::listener::http::json_error;
+    for n in IDENTITY_HEADERS {
+        h.remove(*n);
+    }
+    let auth = h
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let key = h
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| {
+            auth.as_deref()
+                .and_then(|a| a.strip_prefix("ApiKey "))
+                .map(str::to_string)
+        });
+    if key.is_some() {
+        h.remove("x-api-key");
+        if auth.as_deref().is_some_and(|a| a.starts_with("ApiKey ")) {
+            h.remove(header::AUTHORIZATION);
+        }
+    }
+    let keys = &gw.cfg.api_keys;
+    if route.route.public || (gw.cfg.client_auth.is_none() && keys.is_empty()) {
+        return Ok(());
+    }
+    let unauthorized = |msg: &str| {
+        gw.metrics.reject(crate::error::Reject::Unauthorized);
+        let mut r = json_error(StatusCode::UNAUTHORIZED, 0, "unauthorized", msg);
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        Err(Box::new(r))
+    };
+    if let Some(key) = key {
+        use sha2::Digest;
+        use subtle::ConstantTimeEq;
+        let digest: [u8; 32] = sha2::Sha256::digest(key.as_bytes()).into();
+        // Every key is compared, in constant time.
+        let found = keys.iter().fold(None, |hit, k| {
+            if bool::from(k.hash.ct_eq(&digest)) {
+                Some(k)
+            } else {
+                hit
+            }
+        });
+        return match found {
+            None => unauthorized("unknown API key"),
+            Some(k) if !k.allows(&route.route.path) => Err(Box::new(json_error(
+                StatusCode::FORBIDDEN,
+                0,
+                "forbidden",
+                &format!(
+                    "API key {} is not scoped to route {}",
+                    k.name, route.route.path
+                ),
+            ))),
+            Some(k) => {
+                if let Ok(v) = HeaderValue::from_str(&k.name) {
+                    h.insert("x-gateway-api-key", v);
+                }
+                Ok(())
+            }
+        };
+    }
+    let Some(ca) = &gw.cfg.client_auth else {
+        return unauthorized("this route needs an API key (X-Api-Key)");
+    };
+    let token = auth.as_deref().and_then(|a| a.strip_prefix("Bearer "));
+    match ca.verify(token, 0) {
+        Ok(user) => {
+            h.insert("x-gateway-user", HeaderValue::from(user));
+            Ok(())
+        }
+        Err(e) => unauthorized(&format!(
+            "this route needs Authorization: Bearer <jwt>{}: {e}",
+            if keys.is_empty() { "" } else { " or X-Api-Key" }
+        )),
+    }
+}
+
 /// HTTP/JSON → unary gRPC → JSON, with the route's layers. The JSON is
 /// the proto3 JSON mapping (lowerCamelCase names; 64-bit integers as
 /// strings in answers, either in requests).
@@ -562,6 +656,13 @@ async fn proxy_inner(
     let service = route.route.service.clone();
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    if let Err(refused) = authorize(&gw, &route, &mut parts.headers) {
+        gw.metrics
+            .http_proxy_requests
+            .with_label_values(&[&service, "unauthorized"])
+            .inc();
+        return *refused;
+    }
     // HTTP/2 names the host in :authority; an HTTP/1.1 backend wants Host.
     if !parts.headers.contains_key(header::HOST)
         && let Some(a) = parts.uri.authority()
