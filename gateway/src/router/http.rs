@@ -46,7 +46,7 @@ pub(crate) fn clients(connect_timeout: Duration) -> Clients {
     let http = Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(64)
+        .pool_max_idle_per_host(1024)
         .build(c.clone());
     let grpc = Client::builder(TokioExecutor::new())
         // HTTP/2 keep-alive pings need a timer.
@@ -70,7 +70,36 @@ pub(crate) struct Compiled {
     grpc: bool,
     /// JSON → gRPC for this route's `grpc_method`.
     transcode: Option<Transcode>,
+    /// Metric handles resolved once (no label lookup per request).
+    metrics: Arc<RouteMetrics>,
     stack: Stack,
+}
+
+struct RouteMetrics {
+    ok2: prometheus::IntCounter,
+    ok3: prometheus::IntCounter,
+    c4: prometheus::IntCounter,
+    c5: prometheus::IntCounter,
+    timeout: prometheus::IntCounter,
+    shed: prometheus::IntCounter,
+    unavailable: prometheus::IntCounter,
+    unauthorized: prometheus::IntCounter,
+    seconds: prometheus::Histogram,
+}
+
+impl RouteMetrics {
+    fn outcome(&self, code: &str) -> &prometheus::IntCounter {
+        match code {
+            "2xx" => &self.ok2,
+            "3xx" => &self.ok3,
+            "4xx" => &self.c4,
+            "timeout" => &self.timeout,
+            "shed" => &self.shed,
+            "unavailable" => &self.unavailable,
+            "unauthorized" => &self.unauthorized,
+            _ => &self.c5,
+        }
+    }
 }
 
 /// A route's transcoding target, or why it has none.
@@ -268,16 +297,14 @@ impl HttpRoutes {
                 } else {
                     Duration::from_millis(r.timeout_ms)
                 };
-                let limit = if r.max_concurrency == 0 {
-                    usize::MAX >> 4
-                } else {
-                    r.max_concurrency as usize
-                };
+                // Layers a route does not use are left out: each costs
+                // something per request (a permit, a budget deposit).
+                let limit = (r.max_concurrency != 0).then_some(r.max_concurrency as usize);
                 let stack = ServiceBuilder::new()
-                    .load_shed()
-                    .concurrency_limit(limit)
+                    .option_layer(limit.map(|_| tower::load_shed::LoadShedLayer::new()))
+                    .option_layer(limit.map(tower::limit::ConcurrencyLimitLayer::new))
                     .timeout(timeout)
-                    .retry(policy)
+                    .option_layer((r.retries > 0).then(|| tower::retry::RetryLayer::new(policy)))
                     .service(proxy);
                 let transcode = (!r.grpc_method.is_empty()).then(|| {
                     let t = transcode_target(&r.grpc_method, descriptors);
@@ -286,9 +313,22 @@ impl HttpRoutes {
                     }
                     t
                 });
+                let outcome = |code: &str| metrics.http_proxy_requests.with_label_values(&[&r.service, code]);
+                let m = RouteMetrics {
+                    ok2: outcome("2xx"),
+                    ok3: outcome("3xx"),
+                    c4: outcome("4xx"),
+                    c5: outcome("5xx"),
+                    timeout: outcome("timeout"),
+                    shed: outcome("shed"),
+                    unavailable: outcome("unavailable"),
+                    unauthorized: outcome("unauthorized"),
+                    seconds: metrics.http_proxy_seconds.with_label_values(&[&r.service]),
+                };
                 Compiled {
                     grpc,
                     transcode,
+                    metrics: Arc::new(m),
                     route: Arc::new(r.clone()),
                     stack: BoxCloneSyncService::new(stack.map_err(BoxError::from)),
                 }
@@ -657,10 +697,7 @@ async fn proxy_inner(
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     if let Err(refused) = authorize(&gw, &route, &mut parts.headers) {
-        gw.metrics
-            .http_proxy_requests
-            .with_label_values(&[&service, "unauthorized"])
-            .inc();
+        route.metrics.unauthorized.inc();
         return *refused;
     }
     // HTTP/2 names the host in :authority; an HTTP/1.1 backend wants Host.
@@ -774,13 +811,10 @@ async fn proxy_inner(
             (resp, code)
         }
     };
-    gw.metrics
-        .http_proxy_requests
-        .with_label_values(&[&service, code])
-        .inc();
-    gw.metrics
-        .http_proxy_seconds
-        .with_label_values(&[&service])
+    route.metrics.outcome(code).inc();
+    route
+        .metrics
+        .seconds
         .observe(started.elapsed().as_secs_f64());
     resp
 }
