@@ -294,7 +294,7 @@ impl BackendPool {
     pub(crate) fn new(ctx: conn::ConnCtx) -> BackendPool {
         BackendPool {
             endpoints: Mutex::new(HashMap::new()),
-            http: crate::router::http::clients(ctx.settings.connect_timeout),
+            http: crate::router::http::clients(ctx.settings.connect_timeout, &ctx.settings.tls_ca),
             ctx: Arc::new(ctx),
             descriptors: None,
         }

@@ -435,6 +435,7 @@ mod tests {
                 backoff_max: Duration::from_millis(50),
                 queue: 16,
                 ping_interval: Duration::from_secs(60),
+                tls_ca: Vec::new(),
             },
             breaker: BreakerSettings {
                 failure_threshold: 2,
@@ -458,6 +459,7 @@ mod tests {
             endpoints: eps.to_vec(),
             prefer_region: gg_proto::model::PreferRegion::None,
             protocol: gg_proto::model::BackendProtocol::Frame,
+            tls: false,
         };
         Bundle {
             services: vec![

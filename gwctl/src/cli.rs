@@ -407,6 +407,9 @@ pub enum Routes {
         /// HTTP or gRPC (the service is then reached through `http_routes`).
         #[arg(long, value_enum, default_value_t = ProtocolArg::Frame)]
         protocol: ProtocolArg,
+        /// HTTP/gRPC services: connect to the endpoints with TLS.
+        #[arg(long)]
+        tls: bool,
         #[command(flatten)]
         write: WriteArgs,
     },

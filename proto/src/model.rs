@@ -108,6 +108,9 @@ pub struct Service {
     /// How the gateway speaks to the endpoints.
     #[serde(default, skip_serializing_if = "BackendProtocol::is_frame")]
     pub protocol: BackendProtocol,
+    /// HTTP/gRPC services: TLS to the endpoints.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub tls: bool,
 }
 
 /// How the gateway speaks to a service's endpoints.
@@ -441,6 +444,7 @@ impl Service {
                 BackendProtocol::Http => pb::BackendProtocol::Http,
                 BackendProtocol::Grpc => pb::BackendProtocol::Grpc,
             } as i32,
+            tls: self.tls,
         }
     }
 
@@ -481,6 +485,7 @@ impl Service {
             endpoints: s.endpoints.clone(),
             prefer_region: prefer_region?,
             protocol: protocol?,
+            tls: s.tls,
         })
     }
 
@@ -493,7 +498,11 @@ impl Service {
         let protocol = if self.protocol.is_frame() {
             String::new()
         } else {
-            format!(" protocol={}", self.protocol.name())
+            format!(
+                " protocol={}{}",
+                self.protocol.name(),
+                if self.tls { " tls" } else { "" }
+            )
         };
         format!(
             "id={} {} [{}]{prefer}{protocol}",
@@ -1192,6 +1201,7 @@ mod tests {
         Service {
             prefer_region: PreferRegion::None,
             protocol: BackendProtocol::Frame,
+            tls: false,
             name: name.into(),
             id,
             strategy,
@@ -1337,6 +1347,7 @@ mod tests {
                     endpoints: vec!["h:1".into()],
                     prefer_region: 0,
                     protocol: 0,
+                    tls: false,
                 },
                 pb::Service {
                     name: "b".into(),
@@ -1345,6 +1356,7 @@ mod tests {
                     endpoints: vec!["h:1".into()],
                     prefer_region: 0,
                     protocol: 0,
+                    tls: false,
                 },
                 pb::Service {
                     name: "c".into(),
@@ -1353,6 +1365,7 @@ mod tests {
                     endpoints: vec!["h:1".into()],
                     prefer_region: 9,
                     protocol: 0,
+                    tls: false,
                 },
             ],
             ..Default::default()

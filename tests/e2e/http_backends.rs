@@ -400,3 +400,64 @@ async fn api_keys_jwts_and_cors_per_route() {
         "{out}"
     );
 }
+
+/// TLS to an HTTP backend: verified against `backend.tls_ca_file`;
+/// without that CA the backend is refused (502), never trusted blindly.
+#[tokio::test]
+async fn tls_to_an_http_backend_is_verified() {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let dir = scratch("certs", "d");
+    std::fs::create_dir_all(&dir).expect("dir");
+    make_certs(&dir);
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(dir.join("server.crt"))
+        .expect("cert")
+        .collect::<Result<_, _>>()
+        .expect("certs");
+    let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).expect("key");
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(s).await else {
+                    return;
+                };
+                let hits = Arc::new(Hits::default());
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let hits = hits.clone();
+                    async move { Ok::<_, Infallible>(handle("secure", &hits, req).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    let routes = format!(
+        "services:\n  - {{ name: secure, id: 10, strategy: round_robin, protocol: http, tls: true, endpoints: [\"localhost:{}\"] }}\nhttp_routes:\n  - {{ path: \"/s/*\", service: secure }}\n",
+        addr.port()
+    );
+    let trusted = gateway(&format!(
+        "{routes}backend: {{ tls_ca_file: {} }}\n",
+        dir.join("ca.crt").display()
+    ))
+    .await;
+    let (st, body) = http(trusted.client, "GET", "/s/x", &[], b"").await;
+    assert_eq!(st, 200, "{body}");
+    assert!(body.starts_with("secure GET /s/x"), "{body}");
+    let untrusted = gateway(&routes).await;
+    let (st, body) = http(untrusted.client, "GET", "/s/x", &[], b"").await;
+    assert_eq!(st, 502, "an unknown CA is not trusted: {body}");
+}

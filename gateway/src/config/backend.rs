@@ -28,6 +28,9 @@ pub struct FileBackend {
     pub backoff_max_ms: u64,
     pub queue: usize,
     pub ping_interval_ms: u64,
+    /// PEM CA certificates trusted for `tls: true` HTTP/gRPC services, in
+    /// addition to the system's.
+    pub tls_ca_file: Option<String>,
 }
 
 impl Default for FileBackend {
@@ -40,6 +43,7 @@ impl Default for FileBackend {
             backoff_max_ms: DEFAULT_BACKOFF_MAX_MS,
             queue: DEFAULT_BACKEND_QUEUE,
             ping_interval_ms: DEFAULT_PING_INTERVAL_MS,
+            tls_ca_file: None,
         }
     }
 }
@@ -53,6 +57,8 @@ pub struct BackendSettings {
     pub backoff_max: Duration,
     pub queue: usize,
     pub ping_interval: Duration,
+    /// Extra trust anchors for TLS to HTTP/gRPC services.
+    pub tls_ca: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
 impl FileBackend {
@@ -77,6 +83,26 @@ impl FileBackend {
         if b.backoff_max_ms < b.backoff_initial_ms {
             errs.push("backend.backoff_max_ms must be >= backend.backoff_initial_ms".into());
         }
+        let tls_ca = match &b.tls_ca_file {
+            None => Vec::new(),
+            Some(f) => {
+                use rustls::pki_types::CertificateDer;
+                use rustls::pki_types::pem::PemObject;
+                match CertificateDer::pem_file_iter(f)
+                    .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                {
+                    Ok(v) if !v.is_empty() => v,
+                    Ok(_) => {
+                        errs.push(format!("backend.tls_ca_file {f} holds no certificate"));
+                        Vec::new()
+                    }
+                    Err(e) => {
+                        errs.push(format!("backend.tls_ca_file {f}: {e}"));
+                        Vec::new()
+                    }
+                }
+            }
+        };
         BackendSettings {
             connections_per_endpoint: b.connections_per_endpoint,
             connect_timeout: ms(b.connect_timeout_ms),
@@ -85,6 +111,7 @@ impl FileBackend {
             backoff_max: ms(b.backoff_max_ms),
             queue: b.queue,
             ping_interval: ms(b.ping_interval_ms),
+            tls_ca,
         }
     }
 }

@@ -28,8 +28,8 @@ use tower::{ServiceBuilder, ServiceExt};
 
 use crate::listener::http::{Body, BoxError};
 
-/// The pooled client every HTTP route shares.
-pub(crate) type HttpClient = Client<HttpConnector, Body>;
+/// The pooled client every HTTP route shares (plain or TLS by scheme).
+pub(crate) type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
 
 /// The clients of HTTP services (HTTP/1.1) and gRPC services (HTTP/2
 /// with prior knowledge), both pooled.
@@ -39,15 +39,47 @@ pub(crate) struct Clients {
     grpc: HttpClient,
 }
 
-pub(crate) fn clients(connect_timeout: Duration) -> Clients {
+pub(crate) fn clients(
+    connect_timeout: Duration,
+    extra_ca: &[rustls::pki_types::CertificateDer<'static>],
+) -> Clients {
     let mut c = HttpConnector::new();
     c.set_connect_timeout(Some(connect_timeout));
     c.set_nodelay(true);
+    // https:// too: TLS is layered on by the connector below.
+    c.enforce_http(false);
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    for cert in extra_ca {
+        let _ = roots.add(cert.clone());
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map(|b| b.with_root_certificates(roots).with_no_client_auth());
+    let tls = match tls {
+        Ok(t) => t,
+        // The ring provider supports the default versions; unreachable.
+        Err(e) => unreachable!("rustls defaults: {e}"),
+    };
+    let connector = |h2: bool| {
+        let b = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls.clone())
+            .https_or_http();
+        if h2 {
+            b.enable_http2().wrap_connector(c.clone())
+        } else {
+            b.enable_http1().wrap_connector(c.clone())
+        }
+    };
     let http = Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(1024)
-        .build(c.clone());
+        .build(connector(false));
     let grpc = Client::builder(TokioExecutor::new())
         // HTTP/2 keep-alive pings need a timer.
         .timer(TokioTimer::new())
@@ -56,7 +88,7 @@ pub(crate) fn clients(connect_timeout: Duration) -> Clients {
         .http2_only(true)
         .http2_keep_alive_interval(Duration::from_secs(20))
         .http2_keep_alive_timeout(Duration::from_secs(10))
-        .build(c);
+        .build(connector(true));
     Clients { http, grpc }
 }
 
@@ -147,6 +179,8 @@ fn idempotent(m: &Method) -> bool {
 #[derive(Clone)]
 struct Proxy {
     client: HttpClient,
+    /// `https` for a `tls: true` service.
+    scheme: &'static str,
     /// HTTP/2 (gRPC) or HTTP/1.1 to the backend, whatever the client spoke.
     version: hyper::Version,
     endpoints: Arc<[String]>,
@@ -168,6 +202,7 @@ impl tower::Service<Request<Body>> for Proxy {
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let client = self.client.clone();
         let n = self.endpoints.len();
+        let scheme = self.scheme;
         *req.version_mut() = self.version;
         let ep =
             (n > 0).then(|| self.endpoints[self.next.fetch_add(1, Ordering::Relaxed) % n].clone());
@@ -179,7 +214,7 @@ impl tower::Service<Request<Body>> for Proxy {
                 .map_or("/", |p| p.as_str())
                 .to_string();
             *req.uri_mut() = Uri::builder()
-                .scheme("http")
+                .scheme(scheme)
                 .authority(ep.as_str())
                 .path_and_query(pq)
                 .build()
@@ -272,6 +307,11 @@ impl HttpRoutes {
                 let endpoints: Arc<[String]> =
                     svc.map(|s| s.endpoints.clone()).unwrap_or_default().into();
                 let proxy = Proxy {
+                    scheme: if svc.is_some_and(|s| s.tls) {
+                        "https"
+                    } else {
+                        "http"
+                    },
                     client: if grpc {
                         clients.grpc.clone()
                     } else {

@@ -203,6 +203,7 @@ fn convert(
             endpoints,
             prefer_region: gg_proto::model::PreferRegion::None,
             protocol: gg_proto::model::BackendProtocol::Frame,
+            tls: false,
         };
         match out.services.iter_mut().find(|s| s.name == *name) {
             Some(s) => *s = svc,
@@ -255,6 +256,7 @@ mod tests {
                 endpoints: vec!["old:1".into()],
                 prefer_region: gg_proto::model::PreferRegion::None,
                 protocol: gg_proto::model::BackendProtocol::Frame,
+                tls: false,
             }],
             ..Bundle::default()
         };

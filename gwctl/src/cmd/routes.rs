@@ -28,6 +28,7 @@ pub(super) async fn routes(ctx: &Ctx, c: cli::Routes) -> anyhow::Result<View> {
             endpoints,
             prefer_region,
             protocol,
+            tls,
             write,
         } => {
             let s = Service {
@@ -37,6 +38,7 @@ pub(super) async fn routes(ctx: &Ctx, c: cli::Routes) -> anyhow::Result<View> {
                 endpoints,
                 prefer_region: prefer_region.into(),
                 protocol: protocol.into(),
+                tls,
             };
             set(ctx, &s, &write).await
         }
