@@ -156,7 +156,7 @@ async fn cors_lets_configured_origins_call_from_a_browser() {
     let p = raw_http(gw.client, preflight("https://game.example.com")).await;
     assert!(p.starts_with("http/1.1 204"), "{p}");
     assert!(
-        p.contains("access-control-allow-methods: get, post, delete, options"),
+        p.contains("access-control-allow-methods: get, head, post, put, patch, delete, options"),
         "{p}"
     );
     assert!(
