@@ -56,7 +56,13 @@ pub struct Cp {
         parking_lot::Mutex<std::collections::HashMap<u64, std::time::Instant>>,
     /// Which gateway streams here want which rooms.
     pub rooms: rooms::Hub,
+    /// Directory batches in Redis at once ([`DIRECTORY_WRITES`]).
+    pub directory_slots: tokio::sync::Semaphore,
 }
+
+/// Directory batches one replica writes to Redis at once; the other
+/// streams wait (and so read their gateways' next batches later).
+pub const DIRECTORY_WRITES: usize = 8;
 
 pub struct CpMetrics {
     pub registry: Registry,
@@ -66,6 +72,7 @@ pub struct CpMetrics {
     pub directory_roundtrips: IntCounter,
     pub directory_commands: IntCounter,
     pub directory_errors: IntCounter,
+    pub directory_retries: IntCounter,
     pub sync_streams: IntGauge,
     pub snapshots_sent: IntCounter,
     /// 1 while Redis answers the health PING, else 0.
@@ -137,6 +144,10 @@ impl CpMetrics {
             directory_errors: c(
                 "cp_directory_errors_total",
                 "Directory batches that failed to write (events dropped).",
+            ),
+            directory_retries: c(
+                "cp_directory_retries_total",
+                "Directory batches retried after a failed Redis round trip (each is dropped after 3 retries).",
             ),
             sync_streams: g(
                 "cp_sync_streams",
@@ -409,6 +420,7 @@ pub async fn run(
         store_ok: AtomicBool::new(true),
         policy_recent: parking_lot::Mutex::new(std::collections::HashMap::new()),
         rooms: rooms::Hub::default(),
+        directory_slots: tokio::sync::Semaphore::new(DIRECTORY_WRITES),
         metrics: CpMetrics::new(),
         write_lock: tokio::sync::Mutex::new(()),
         cfg,

@@ -101,6 +101,39 @@ impl pb::gateway_sync_server::GatewaySync for SyncService {
     }
 }
 
+/// Directory writes run at most [`crate::DIRECTORY_WRITES`] at a time and
+/// are retried (3 times, 200/400/800 ms with jitter)
+/// before a batch is dropped: a burst (a fleet reconnecting at once) can
+/// outrun `redis.timeout_ms` on one round trip. Every command of a batch is
+/// idempotent (epoch-checked scripts, set adds), except the presence event,
+/// which may then be written twice (presence is at least once). Waiting
+/// here also slows this gateway's stream down: its next batch is read
+/// after this one is written.
+async fn apply_sessions(
+    cp: &Cp,
+    id: &str,
+    events: &[pb::SessionEvent],
+) -> Result<usize, crate::store::StoreError> {
+    // A few batches in Redis at a time: with every stream's batch in
+    // flight at once (a fleet reporting 1M sessions), each waits behind the
+    // others on the one multiplexed connection past `redis.timeout_ms`.
+    let _slot = cp.directory_slots.acquire().await;
+    let mut delay = Duration::from_millis(200);
+    for _ in 0..3 {
+        match cp.store.sessions_apply(id, events).await {
+            Ok(n) => return Ok(n),
+            Err(e) => {
+                cp.metrics.directory_retries.inc();
+                tracing::debug!(gateway = %id, error = %e, "directory batch failed; retrying");
+                let jitter = fastrand::u64(0..=delay.as_millis() as u64 / 2);
+                tokio::time::sleep(delay + Duration::from_millis(jitter)).await;
+                delay *= 2;
+            }
+        }
+    }
+    cp.store.sessions_apply(id, events).await
+}
+
 /// A gateway listening on every interface (`0.0.0.0:9200`, as in a pod)
 /// reports that address; the control plane dials the address the gateway's
 /// stream came from instead, with the reported port. Anything else (a
@@ -245,7 +278,7 @@ async fn handle(
         }
         Some(In::Sessions(batch)) => {
             let n = batch.events.len() as u64;
-            match cp.store.sessions_apply(id, &batch.events).await {
+            match apply_sessions(cp, id, &batch.events).await {
                 Ok(cmds) => {
                     cp.metrics.directory_events.inc_by(n);
                     cp.metrics.directory_roundtrips.inc();

@@ -46,6 +46,13 @@ struct Args {
     /// Messages published (one at a time) to the room.
     #[arg(long, default_value_t = 50)]
     room_publishes: usize,
+    /// Simulated gateways (real Sync streams that ack every snapshot and
+    /// report sessions), for the fleet-scale run (0: skip it).
+    #[arg(long, default_value_t = 0)]
+    sim_gateways: usize,
+    /// Sessions the simulated gateways report, spread evenly.
+    #[arg(long, default_value_t = 1_000_000)]
+    sim_sessions: usize,
     /// Directory with the gateway, controlplane and sample-backend binaries
     /// (default: this program's directory).
     #[arg(long)]
@@ -313,6 +320,9 @@ async fn main() -> anyhow::Result<()> {
         t0.elapsed().as_secs_f64() * 1000.0
     );
     drop(conns);
+    if args.sim_gateways > 0 {
+        fleet(&args, cp_grpc, cp_ops, rport, &backend.to_string()).await?;
+    }
     if args.room_members > 0 {
         let clients: Vec<SocketAddr> = gws.iter().map(|(c, _)| *c).collect();
         rooms(&args, &clients, cp_grpc, &gw_pids, cp_pid, redis_pid).await?;
@@ -320,6 +330,243 @@ async fn main() -> anyhow::Result<()> {
     drop(kids);
     let _ = std::fs::remove_dir_all(&tmp);
     Ok(())
+}
+
+/// `used_memory` of the Redis at `port` (INFO over a raw connection).
+async fn redis_used_memory(port: u16) -> anyhow::Result<u64> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
+    s.write_all(b"INFO memory\r\n").await?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk)).await??;
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf);
+        if let Some(v) = text
+            .lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse().ok())
+        {
+            return Ok(v);
+        }
+        anyhow::ensure!(n > 0, "no used_memory in INFO");
+    }
+}
+
+/// `--sim-gateways`: that many real Sync streams (hello, ack every
+/// snapshot, heartbeat) as the fleet; then config writes timed from the
+/// write's ack to every stream having the revision; then the streams
+/// report `--sim-sessions` opens in batches: directory events per second
+/// and Redis memory per session.
+async fn fleet(
+    args: &Args,
+    cp_grpc: SocketAddr,
+    cp_ops: SocketAddr,
+    redis_port: u16,
+    backend: &str,
+) -> anyhow::Result<()> {
+    use gg_proto::pb::controlplane::control_message::Msg as In;
+    use gg_proto::pb::controlplane::gateway_message::Msg as Out;
+    use std::sync::Arc;
+    let k = args.sim_gateways;
+    // Revision → when each simulated gateway got it.
+    let seen = Arc::new(seen::Seen::default());
+    let mut outboxes = Vec::new();
+    // One HTTP/2 connection per 50 streams.
+    let mut channels = Vec::new();
+    for _ in 0..k.div_ceil(50) {
+        channels.push(
+            tonic::transport::Channel::from_shared(format!("http://{cp_grpc}"))?
+                .connect()
+                .await?,
+        );
+    }
+    let t_connect = Instant::now();
+    for i in 0..k {
+        let (tx, rx) = tokio::sync::mpsc::channel::<pb::GatewayMessage>(64);
+        tx.send(pb::GatewayMessage {
+            msg: Some(Out::Hello(pb::GatewayHello {
+                gateway_id: format!("sim-{i}"),
+                version: "sim".into(),
+                ..Default::default()
+            })),
+        })
+        .await?;
+        let mut client = pb::gateway_sync_client::GatewaySyncClient::new(channels[i / 50].clone());
+        let mut inbound = client
+            .sync(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        let (seen, out) = (seen.clone(), tx.clone());
+        tokio::spawn(async move {
+            let mut hb = tokio::time::interval(Duration::from_secs(3));
+            loop {
+                tokio::select! {
+                    m = inbound.message() => {
+                        let Ok(Some(pb::ControlMessage { msg: Some(m) })) = m else { return };
+                        if let In::Snapshot(v) = m {
+                            seen.record(v.revision, Instant::now());
+                            let ack = pb::Ack { revision: v.revision, epoch: v.epoch, error: String::new() };
+                            if out.send(pb::GatewayMessage { msg: Some(Out::Ack(ack)) }).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    _ = hb.tick() => {
+                        let h = pb::Heartbeat { state: gg_proto::pb::common::GatewayState::Ready as i32, sessions: 0 };
+                        if out.send(pb::GatewayMessage { msg: Some(Out::Heartbeat(h)) }).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        outboxes.push(tx);
+    }
+    println!(
+        "fleet: {k} simulated gateways connected in {:.1} s",
+        t_connect.elapsed().as_secs_f64()
+    );
+    let channel = tonic::transport::Channel::from_shared(format!("http://{cp_grpc}"))?
+        .connect()
+        .await?;
+    let mut cp = pb::control_plane_client::ControlPlaneClient::new(channel);
+    let mut all = Vec::new();
+    for w in 0..args.writes {
+        let r = cp
+            .put_realm(pb::PutRealmRequest {
+                realm_id: 5000 + w as u32,
+                endpoint: backend.to_string(),
+                options: None,
+            })
+            .await?
+            .into_inner();
+        let acked = Instant::now();
+        let deadline = acked + Duration::from_secs(30);
+        loop {
+            if let Some(last) = seen.all_after(r.revision, k, acked) {
+                all.push(last.as_secs_f64() * 1000.0);
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "revision {} did not reach all {k}",
+                r.revision
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    all.sort_by(f64::total_cmp);
+    println!(
+        "fleet: {} writes to {k} gateways: ack → snapshot on all: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        args.writes,
+        pct(&all, 0.5),
+        pct(&all, 0.99),
+        pct(&all, 1.0)
+    );
+
+    // Directory at scale.
+    let mem0 = redis_used_memory(redis_port).await?;
+    let ev0 = metric(cp_ops, "cp_directory_events_total").await?;
+    let per = args.sim_sessions / k;
+    let t0 = Instant::now();
+    let mut senders = Vec::new();
+    for (g, tx) in outboxes.iter().enumerate() {
+        let tx = tx.clone();
+        senders.push(tokio::spawn(async move {
+            let mut events = Vec::with_capacity(500);
+            for j in 0..per {
+                let sid = ((g as u64 + 1) << 32) | (j as u64 + 1);
+                events.push(pb::SessionEvent {
+                    session_id: sid,
+                    user_id: sid ^ 0x5555,
+                    open: true,
+                    epoch: 1,
+                    realm_id: 0,
+                    resumed: false,
+                });
+                if events.len() == 500 || j + 1 == per {
+                    let batch = pb::SessionEvents {
+                        events: std::mem::take(&mut events),
+                    };
+                    tx.send(pb::GatewayMessage {
+                        msg: Some(Out::Sessions(batch)),
+                    })
+                    .await?;
+                }
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for s in senders {
+        s.await??;
+    }
+    let total = (per * k) as f64;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut last_report = Instant::now();
+    loop {
+        let ev = metric(cp_ops, "cp_directory_events_total").await? - ev0;
+        if ev >= total {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "directory: {ev} of {total} events after 600 s"
+        );
+        if last_report.elapsed() > Duration::from_secs(10) {
+            let failed = metric(cp_ops, "cp_directory_errors_total").await?;
+            println!(
+                "fleet: … {ev:.0} of {total:.0} events written, {failed:.0} directory batches failed (dropped)"
+            );
+            anyhow::ensure!(
+                failed == 0.0,
+                "directory batches failed under this burst (each was dropped; a real gateway resends its sessions when its stream reconnects)"
+            );
+            last_report = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let mem1 = redis_used_memory(redis_port).await?;
+    println!(
+        "fleet: directory of {total:.0} sessions from {k} gateways written in {secs:.1} s = {:.0} events/s; Redis used_memory {:.1} MB → {:.1} MB = {:.0} B per session (ownership hash, user index, gateway set, and the capped presence stream)",
+        total / secs,
+        mem0 as f64 / 1e6,
+        mem1 as f64 / 1e6,
+        (mem1.saturating_sub(mem0)) as f64 / total
+    );
+    drop(outboxes);
+    Ok(())
+}
+
+/// When each simulated gateway received each revision.
+mod seen {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+
+    #[derive(Default)]
+    pub(super) struct Seen(Mutex<HashMap<u64, Vec<Instant>>>);
+
+    impl Seen {
+        pub(super) fn record(&self, rev: u64, at: Instant) {
+            if let Ok(mut m) = self.0.lock() {
+                m.entry(rev).or_default().push(at);
+            }
+        }
+
+        /// Once `n` streams have `rev`: the latest arrival after `since`.
+        pub(super) fn all_after(&self, rev: u64, n: usize, since: Instant) -> Option<Duration> {
+            let m = self.0.lock().ok()?;
+            let v = m.get(&rev)?;
+            (v.len() >= n).then(|| {
+                v.iter()
+                    .map(|t| t.saturating_duration_since(since))
+                    .max()
+                    .unwrap_or_default()
+            })
+        }
+    }
 }
 
 /// CPU ticks (user + system) of these processes.
