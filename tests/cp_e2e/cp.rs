@@ -1253,8 +1253,15 @@ async fn one_session_per_user_across_two_gateways() {
     late.hello(7, 0).await;
     assert_eq!(late.expect_close().await.code, 3509);
     assert_eq!(early.call_text(1, 4, "early").await, "early");
-    let m = http(cp.ops, "GET", "/metrics", &[], b"").await.1;
-    assert!(m.contains("cp_session_policy_closes_total 3"), "{m}");
+    // Counted once the gateway answered the close, which may be just after
+    // the client saw it.
+    eventually("three policy closes counted", || async {
+        http(cp.ops, "GET", "/metrics", &[], b"")
+            .await
+            .1
+            .contains("cp_session_policy_closes_total 3")
+    })
+    .await;
     let (_, shown) = gwctl(&["session-policy", "get"]);
     assert!(
         shown.contains("max 1 session(s) per user; excess: reject_new"),
