@@ -35,10 +35,23 @@ pub(crate) enum ToBackend {
         session: SessionHandle,
         frame: Bytes,
     },
-    /// Forward one encoded frame (DATA, or PONG from the reader).
+    /// Forward one encoded frame as it is (DATA, or PONG from the reader).
     Frame(Bytes),
+    /// Forward `count` encoded frames of one session, back to back.
+    Frames { raw: Bytes, count: u32 },
     /// Unbind the session and send its CLOSE frame.
     Close { session_id: u64, frame: Bytes },
+}
+
+impl ToBackend {
+    /// `count` frames back to back in `raw`.
+    pub(crate) fn frames(raw: Bytes, count: u32) -> ToBackend {
+        if count == 1 {
+            ToBackend::Frame(raw)
+        } else {
+            ToBackend::Frames { raw, count }
+        }
+    }
 }
 
 /// A queued message and the connection generation it was addressed to.

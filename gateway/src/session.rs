@@ -30,6 +30,10 @@ use crate::metrics::Protocol;
 pub(crate) enum Outbound {
     /// An encoded frame to write to the client as is.
     Frame(Bytes),
+    /// `count` whole encoded frames back to back, as they arrived together
+    /// from a backend for this session: written with one copy-free slice
+    /// instead of `count` queue entries and wake-ups.
+    Frames { raw: Bytes, count: u32 },
     /// The backend connection carrying this session's binding to `endpoint`
     /// was lost; outstanding requests on it will not be answered.
     BackendLost { endpoint: Arc<str> },
@@ -70,7 +74,8 @@ struct Inner {
     region: std::sync::OnceLock<Box<str>>,
     /// The session's bounded queue. A `VecDeque` rather than a channel: an
     /// idle session's queue holds no allocation at all.
-    queue: parking_lot::Mutex<VecDeque<Outbound>>,
+    queue: parking_lot::Mutex<Queue>,
+    /// Most frames queued at once.
     queue_cap: usize,
     /// The session task, woken by a queued message or a close request. One
     /// waker, not a `Notify`: the task polls its sources by hand, and an
@@ -87,6 +92,24 @@ struct Inner {
     /// (service_type, endpoint) of each binding, for admin lookups; written
     /// only when bindings change.
     bindings: parking_lot::Mutex<Vec<(u16, Arc<str>)>>,
+}
+
+/// Queued messages and the frames they carry (a [`Outbound::Frames`] counts
+/// its frames), so the bound is in frames however they were grouped.
+#[derive(Default)]
+struct Queue {
+    msgs: VecDeque<Outbound>,
+    frames: usize,
+}
+
+impl Outbound {
+    /// Frames this message puts in the queue (control messages count one).
+    fn weight(&self) -> usize {
+        match self {
+            Outbound::Frames { count, .. } => *count as usize,
+            _ => 1,
+        }
+    }
 }
 
 /// A cloneable reference to a live session.
@@ -118,7 +141,7 @@ impl SessionHandle {
             opened: Instant::now(),
             opened_ms: gg_runtime::clock::now_ms(),
             region: std::sync::OnceLock::new(),
-            queue: parking_lot::Mutex::new(VecDeque::new()),
+            queue: parking_lot::Mutex::new(Queue::default()),
             queue_cap: queue.max(1),
             waker: AtomicWaker::new(),
             close_code: AtomicU16::new(0),
@@ -188,12 +211,15 @@ impl SessionHandle {
     /// Returns whether the message was queued.
     pub(crate) fn deliver(&self, msg: Outbound) -> bool {
         let mut q = self.0.queue.lock();
-        if q.len() >= self.0.queue_cap {
+        let weight = msg.weight();
+        // One message always fits an empty queue, whatever it carries.
+        if q.frames + weight > self.0.queue_cap && !q.msgs.is_empty() {
             drop(q);
             self.close(CloseCode::SlowConsumer);
             return false;
         }
-        q.push_back(msg);
+        q.frames += weight;
+        q.msgs.push_back(msg);
         drop(q);
         self.0.waker.wake();
         true
@@ -302,12 +328,13 @@ impl Inbox {
     /// Next message if one is queued.
     pub(crate) fn try_recv(&mut self) -> Option<Outbound> {
         let mut q = self.0.queue.lock();
-        let m = q.pop_front();
+        let m = q.msgs.pop_front()?;
+        q.frames -= m.weight();
         // Give back memory after a burst.
-        if q.is_empty() && q.capacity() > 16 {
-            *q = VecDeque::new();
+        if q.msgs.is_empty() && q.msgs.capacity() > 16 {
+            q.msgs = VecDeque::new();
         }
-        m
+        Some(m)
     }
 }
 
@@ -370,6 +397,35 @@ mod tests {
             rx.recv().await.is_none(),
             "a requested close ends the inbox"
         );
+    }
+
+    #[test]
+    fn a_batch_counts_its_frames_against_the_queue() {
+        let addr = "127.0.0.1:1".parse().unwrap();
+        let batch = |count| Outbound::Frames {
+            raw: Bytes::new(),
+            count,
+        };
+        let (h, _rx) = SessionHandle::new(1, 2, 0, Protocol::Tcp, addr, 4);
+        assert!(h.deliver(batch(3)));
+        assert!(h.deliver(Outbound::Frame(Bytes::new())));
+        // 4 frames queued: a fifth does not fit.
+        assert!(!h.deliver(Outbound::Frame(Bytes::new())));
+        assert_eq!(h.requested_close(), Some(CloseCode::SlowConsumer));
+        // Taking the batch out gives its 3 frames back.
+        let (h, mut rx2) = SessionHandle::new(2, 2, 0, Protocol::Tcp, addr, 4);
+        assert!(h.deliver(batch(3)));
+        assert!(matches!(
+            rx2.try_recv(),
+            Some(Outbound::Frames { count: 3, .. })
+        ));
+        assert!(h.deliver(batch(3)));
+        assert!(h.deliver(Outbound::Frame(Bytes::new())));
+        assert_eq!(h.requested_close(), None);
+        // A batch larger than the queue still fits an empty queue.
+        let (h, _rx3) = SessionHandle::new(3, 2, 0, Protocol::Tcp, addr, 4);
+        assert!(h.deliver(batch(9)));
+        assert!(!h.deliver(Outbound::Frame(Bytes::new())));
     }
 
     #[tokio::test]

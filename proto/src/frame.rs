@@ -260,6 +260,22 @@ pub fn decode(buf: &mut BytesMut, max_len: u32) -> Result<Option<Frame>, FrameEr
     }))
 }
 
+/// The frames of `buf` (several whole encoded frames back to back, as
+/// [`check`] accepted them) one by one, each its own `Bytes` over the same
+/// memory (no copy). A trailing partial frame comes out as it is.
+pub fn split_frames(mut buf: Bytes) -> impl Iterator<Item = Bytes> {
+    std::iter::from_fn(move || {
+        if buf.is_empty() {
+            return None;
+        }
+        let total = match buf.get(..LEN_BYTES) {
+            Some(p) => LEN_BYTES + u32::from_be_bytes([p[0], p[1], p[2], p[3]]) as usize,
+            None => buf.len(),
+        };
+        Some(buf.split_to(total.min(buf.len())))
+    })
+}
+
 /// Overwrites the session and user ids of one raw encoded frame in place, so
 /// a relay can stamp its own view of the identity without re-encoding.
 pub fn stamp_ids(raw: &mut [u8], user_id: u64, session_id: u64) {
@@ -440,6 +456,20 @@ mod tests {
         let e = decode(&mut buf, DEFAULT_MAX_FRAME_BYTES).unwrap_err();
         assert!(matches!(e, FrameError::UnsupportedVersion { header } if header.version == 2));
         assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn split_frames_yields_each_frame() {
+        let mut buf = BytesMut::new();
+        for p in [&b"a"[..], b"", b"xyz"] {
+            Frame::new(Header::new(Kind::Data), p).encode(&mut buf);
+        }
+        buf.extend_from_slice(&[0, 0]);
+        let parts: Vec<Bytes> = split_frames(buf.freeze()).collect();
+        assert_eq!(parts.len(), 4);
+        let payloads: Vec<&[u8]> = parts[..3].iter().map(|f| &f[HEADER_BYTES..]).collect();
+        assert_eq!(payloads, [&b"a"[..], b"", b"xyz"]);
+        assert_eq!(&parts[3][..], &[0, 0], "a partial tail comes out as it is");
     }
 
     #[test]

@@ -227,6 +227,56 @@ async fn replies_reach_the_right_client_among_many() {
     assert!(gw.metric_sum("gg_backend_frames_out_total").await >= 400.0);
 }
 
+/// Frames that arrive in one write travel to the backend and back in
+/// batches; each is still answered on its own, in order, and what cannot be
+/// forwarded is refused frame by frame.
+#[tokio::test]
+async fn frames_in_one_write_are_answered_one_by_one_in_order() {
+    let b = backend("b1").await;
+    let gw = gateway(&one_service(b.addr)).await;
+    let mut c = Client::tcp(gw.client).await;
+    c.hello(7, 0).await;
+    let mut wire = bytes::BytesMut::new();
+    for (kind, service, seq) in [
+        (Kind::Data, 1, 1),
+        (Kind::Data, 1, 2),
+        (Kind::Data, 1, 3),
+        (Kind::Ping, 0, 4),
+        (Kind::Data, 1, 5),
+        (Kind::Data, 9, 6),
+        (Kind::Data, 1, 7),
+    ] {
+        let f = frame(kind, service, seq, format!("m{seq}"));
+        f.encode(&mut wire);
+    }
+    c.send_raw(&wire).await;
+    let mut echoes = Vec::new();
+    let (mut pong, mut refused) = (None, None);
+    while echoes.len() < 5 || pong.is_none() || refused.is_none() {
+        let f = c.recv().await;
+        match f.header.kind() {
+            Some(Kind::Data) => {
+                assert_eq!(&f.payload[..], format!("m{}", f.header.seq).as_bytes());
+                assert_eq!(f.header.session_id, c.session_id);
+                echoes.push(f.header.seq);
+            }
+            Some(Kind::Pong) => pong = Some(f.header.seq),
+            Some(Kind::Error) => refused = Some((f.header.seq, error_of(&f).code)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(echoes, [1, 2, 3, 5, 7], "every DATA echoed once, in order");
+    assert_eq!(pong, Some(4));
+    assert_eq!(refused, Some((6, ErrorCode::NoRoute.code())));
+    assert_eq!(
+        gw.metric("gg_frames_in_total{protocol=\"tcp\"}").await,
+        // HELLO + the 7 above.
+        8.0
+    );
+    // OPEN and the 5 DATA, counted as frames however they were batched.
+    assert!(gw.metric_sum("gg_backend_frames_out_total").await >= 6.0);
+}
+
 #[tokio::test]
 async fn backend_kick_closes_the_session_with_its_reason() {
     let b = backend("b1").await;

@@ -27,6 +27,29 @@ async fn ws_session_echo_ping_and_kick() {
         .await;
 }
 
+/// Replies a backend sends back to back reach a WebSocket client as one
+/// message per frame (the reader asserts it), all of them, in order.
+#[tokio::test]
+async fn ws_pipelined_replies_arrive_one_frame_per_message() {
+    let b = backend("b1").await;
+    let gw = gateway(&one_service(b.addr)).await;
+    let mut c = Client::ws(gw.client).await;
+    c.hello(8, 0).await;
+    for seq in 1..=64u32 {
+        c.send(&frame(Kind::Data, 1, seq, format!("r{seq}"))).await;
+    }
+    for seq in 1..=64u32 {
+        let f = c.recv_kind(Kind::Data).await;
+        assert_eq!(f.header.seq, seq);
+        assert_eq!(&f.payload[..], format!("r{seq}").as_bytes());
+    }
+    assert_eq!(
+        gw.metric("gg_frames_out_total{protocol=\"ws\"}").await,
+        // WELCOME + 64 replies.
+        65.0
+    );
+}
+
 #[tokio::test]
 async fn ws_text_and_multi_frame_messages_are_protocol_errors() {
     let b = backend("b1").await;

@@ -242,6 +242,10 @@ impl Link<'_> {
                 } else {
                     n += 1;
                     match env.msg {
+                        ToBackend::Frames { raw, count } => {
+                            n += u64::from(count) - 1;
+                            wbuf.extend_from_slice(&raw);
+                        }
                         ToBackend::Open { session, frame } => {
                             conn.bound().insert(session.id(), session);
                             wbuf.extend_from_slice(&frame);
@@ -305,31 +309,54 @@ impl Link<'_> {
                 first = false;
                 ep.breaker.on_success();
             }
-            loop {
-                let raw = match frame::split_raw(&mut rbuf, ctx.max_frame_bytes) {
-                    Ok(Some(raw)) => raw,
-                    Ok(None) => break,
+            // DATA and ERROR frames for the same session that arrived back
+            // to back stay together: `rbuf[..run.len]` is handed to the
+            // session as one message (one queue entry and one wake-up for
+            // all of them, and one slice in its write).
+            let mut run = Run::default();
+            let mut frames = 0u64;
+            let res = loop {
+                let total = match frame::check(&rbuf[run.len..], ctx.max_frame_bytes) {
+                    Ok(Some(total)) => total,
+                    Ok(None) => break Ok(()),
                     Err(e) => {
                         protocol_errors.inc();
-                        return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+                        break Err(io::Error::new(io::ErrorKind::InvalidData, e));
                     }
                 };
-                frames_in.inc();
-                match frame::parse_raw(&raw) {
-                    Ok(header) => {
-                        if header.kind == Kind::Pong as u8
-                            && let Some(t) = heard.pong(header.seq)
-                        {
-                            rtt.observe(t.as_secs_f64());
-                        }
-                        dispatch(header, raw.freeze(), ep, self.slot, self.generation, ctx)
-                    }
+                frames += 1;
+                let at = run.len;
+                let header = match frame::parse_raw(&rbuf[at..at + total]) {
+                    Ok(header) => header,
                     Err(e) => {
+                        run.deliver(&mut rbuf, ep, self.slot);
+                        let _ = rbuf.split_to(total);
                         warn!(endpoint = %ep.addr, error = %e, "backend sent a frame this gateway does not understand; dropped");
                         protocol_errors.inc();
+                        continue;
                     }
+                };
+                if matches!(header.kind(), Some(Kind::Data | Kind::Error)) {
+                    if run.len == 0 || run.session != header.session_id {
+                        run.deliver(&mut rbuf, ep, self.slot);
+                        run.session = header.session_id;
+                    }
+                    run.len += total;
+                    run.count += 1;
+                    continue;
                 }
-            }
+                run.deliver(&mut rbuf, ep, self.slot);
+                let raw = rbuf.split_to(total).freeze();
+                if header.kind == Kind::Pong as u8
+                    && let Some(t) = heard.pong(header.seq)
+                {
+                    rtt.observe(t.as_secs_f64());
+                }
+                dispatch(header, raw, ep, self.slot, self.generation, ctx);
+            };
+            run.deliver(&mut rbuf, ep, self.slot);
+            frames_in.inc_by(frames);
+            res?;
         }
     }
 
@@ -403,6 +430,41 @@ impl YieldGate {
     }
 }
 
+/// DATA and ERROR frames at the front of the read buffer, all for one
+/// session, not yet handed over.
+#[derive(Default)]
+struct Run {
+    session: u64,
+    /// Bytes of `rbuf` the run covers, from its start.
+    len: usize,
+    count: u32,
+}
+
+impl Run {
+    /// Hands the run to its session (when it is bound here) and starts
+    /// an empty one.
+    fn deliver(&mut self, rbuf: &mut BytesMut, ep: &Endpoint, slot: usize) {
+        if self.len == 0 {
+            return;
+        }
+        let raw = rbuf.split_to(self.len).freeze();
+        let session = ep.conns[slot].bound().get(&self.session).cloned();
+        match session {
+            Some(s) if self.count == 1 => {
+                s.deliver(Outbound::Frame(raw));
+            }
+            Some(s) => {
+                s.deliver(Outbound::Frames {
+                    raw,
+                    count: self.count,
+                });
+            }
+            None => ep.unknown_session.inc_by(u64::from(self.count)),
+        }
+        *self = Run::default();
+    }
+}
+
 /// Routes one frame from the backend to its session.
 fn dispatch(
     header: Header,
@@ -421,15 +483,6 @@ fn dispatch(
                 debug!(endpoint = %ep.addr, kind = kind.name(), session = header.session_id, error = %msg, "room request refused");
                 let err = control::error_frame(&header, code, msg).to_bytes();
                 let _ = conn.send(generation, ToBackend::Frame(err));
-            }
-        }
-        Some(Kind::Data | Kind::Error) => {
-            let session = conn.bound().get(&header.session_id).cloned();
-            match session {
-                Some(s) => {
-                    s.deliver(Outbound::Frame(raw));
-                }
-                None => ep.unknown_session.inc(),
             }
         }
         Some(Kind::Close) => {
@@ -457,7 +510,8 @@ fn dispatch(
             // Best effort: a full queue means the link is busy anyway.
             let _ = conn.send(generation, ToBackend::Frame(pong));
         }
-        // WELCOME/PONG from a backend need no action beyond liveness.
+        // WELCOME/PONG from a backend need no action beyond liveness;
+        // DATA and ERROR go to their session in runs (`Run`).
         _ => {}
     }
 }

@@ -594,7 +594,7 @@ async fn call_inner(
         hd.session_id = id;
         hd.seq = CALL_SEQ;
         let started = std::time::Instant::now();
-        let sent = binding.send(Frame::new(hd, body).to_bytes());
+        let sent = binding.send(Frame::new(hd, body).to_bytes(), 1);
         let reply = match sent {
             Ok(()) => wait_reply(gw, &mut rx).await,
             Err(e) => Err(e.into()),
@@ -672,6 +672,33 @@ pub(crate) async fn read_body(gw: &Gateway, mut body: Incoming) -> Result<Bytes,
     }
 }
 
+/// The call's answer if `raw` is its DATA or ERROR (the frame with the
+/// call's seq); `None` for anything else (pushes).
+fn call_reply(raw: Bytes) -> Option<Result<Bytes, CallError>> {
+    let h = Header::peek(&raw)?;
+    if h.seq != CALL_SEQ {
+        return None;
+    }
+    let payload = raw.slice(frame::HEADER_BYTES..);
+    match h.kind() {
+        Some(Kind::Data) => Some(Ok(payload)),
+        Some(Kind::Error) => {
+            let e: gg_proto::control::Error =
+                Frame::new(h, payload)
+                    .json()
+                    .unwrap_or(gg_proto::control::Error {
+                        code: gg_proto::ErrorCode::Internal.code(),
+                        message: "backend sent an unreadable ERROR".into(),
+                    });
+            Some(Err(CallError::Backend {
+                code: e.code,
+                message: e.message,
+            }))
+        }
+        _ => None,
+    }
+}
+
 /// Waits for the DATA (or ERROR) with the call's seq; other frames (pushes)
 /// are ignored.
 async fn wait_reply(gw: &Gateway, rx: &mut crate::session::Inbox) -> Result<Bytes, CallError> {
@@ -680,28 +707,13 @@ async fn wait_reply(gw: &Gateway, rx: &mut crate::session::Inbox) -> Result<Byte
         while let Some(m) = rx.recv().await {
             match m {
                 Outbound::Frame(raw) => {
-                    let Some(h) = Header::peek(&raw) else {
-                        continue;
-                    };
-                    if h.seq != CALL_SEQ {
-                        continue;
+                    if let Some(r) = call_reply(raw) {
+                        return r;
                     }
-                    let payload = raw.slice(frame::HEADER_BYTES..);
-                    match h.kind() {
-                        Some(Kind::Data) => return Ok(payload),
-                        Some(Kind::Error) => {
-                            let e: gg_proto::control::Error = Frame::new(h, payload)
-                                .json()
-                                .unwrap_or(gg_proto::control::Error {
-                                    code: gg_proto::ErrorCode::Internal.code(),
-                                    message: "backend sent an unreadable ERROR".into(),
-                                });
-                            return Err(CallError::Backend {
-                                code: e.code,
-                                message: e.message,
-                            });
-                        }
-                        _ => continue,
+                }
+                Outbound::Frames { raw, .. } => {
+                    if let Some(r) = frame::split_frames(raw).find_map(call_reply) {
+                        return r;
                     }
                 }
                 Outbound::BackendLost { endpoint } => {

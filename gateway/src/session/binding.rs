@@ -31,11 +31,12 @@ impl Binding {
         self.endpoint.conns[self.slot].live_generation() == Some(self.generation)
     }
 
-    /// Queues a frame for this binding's backend.
-    pub(crate) fn send(&self, frame: Bytes) -> Result<(), RequestError> {
+    /// Queues `count` whole frames (back to back in `frames`) for this
+    /// binding's backend, as one message.
+    pub(crate) fn send(&self, frames: Bytes, count: u32) -> Result<(), RequestError> {
         self.endpoint.conns[self.slot]
-            .send(self.generation, ToBackend::Frame(frame))
-            .map_err(|e| send_error(e, &self.endpoint))
+            .send(self.generation, ToBackend::frames(frames, count))
+            .map_err(|e| send_error(e, &self.endpoint, count))
     }
 
     /// Unbinds the session on the backend; the CLOSE is never dropped
@@ -56,13 +57,13 @@ impl Binding {
     }
 }
 
-fn send_error(e: SendError, ep: &Endpoint) -> RequestError {
+fn send_error(e: SendError, ep: &Endpoint, frames: u32) -> RequestError {
     match e {
         SendError::Down => RequestError::BackendUnavailable {
             endpoint: ep.addr.to_string(),
         },
         SendError::Full => {
-            ep.queue_full.inc();
+            ep.queue_full.inc_by(u64::from(frames));
             RequestError::BackendOverloaded {
                 endpoint: ep.addr.to_string(),
             }
@@ -152,7 +153,7 @@ pub(super) fn bind_on(
                 frame: open.to_bytes(),
             },
         )
-        .map_err(|e| send_error(e, &endpoint))?;
+        .map_err(|e| send_error(e, &endpoint, 1))?;
     Ok(Binding {
         service,
         realm: realm_key,

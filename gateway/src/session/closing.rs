@@ -115,7 +115,7 @@ pub(super) async fn end_transport(
         .to_bytes();
         pm.frames_out.inc();
         pm.bytes_out.inc_by(frame.len() as u64);
-        io.queue(frame);
+        io.queue(frame, 1);
         let _ = tokio::time::timeout(Duration::from_secs(1), io.flush()).await;
         let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown(c.code, &c.reason)).await;
     } else {

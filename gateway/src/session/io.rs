@@ -199,9 +199,17 @@ impl ClientIo {
         std::future::poll_fn(|cx| self.poll_read_frame(cx, max, budget)).await
     }
 
-    /// Queues an encoded frame; nothing is written until a flush.
-    pub(crate) fn queue(&mut self, frame: Bytes) {
-        self.pending().push(frame);
+    /// Queues `count` encoded frames that sit back to back in `raw`;
+    /// nothing is written until a flush. A byte stream takes them as one
+    /// slice; WebSocket and SSE need a message per frame.
+    pub(crate) fn queue(&mut self, raw: Bytes, count: u32) {
+        match self {
+            ClientIo::Tcp { pending, .. } | ClientIo::Tls { pending, .. } => pending.push(raw),
+            ClientIo::Ws { pending, .. } | ClientIo::Sse { pending, .. } if count > 1 => {
+                pending.extend(frame::split_frames(raw));
+            }
+            ClientIo::Ws { pending, .. } | ClientIo::Sse { pending, .. } => pending.push(raw),
+        }
     }
 
     fn pending(&mut self) -> &mut Pending {

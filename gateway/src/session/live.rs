@@ -67,6 +67,35 @@ const MAX_BATCH: usize = 128;
 /// Extra time after a GOAWAY deadline before the session closes itself.
 const GOAWAY_GRACE: Duration = Duration::from_secs(2);
 
+/// Client DATA frames gathered for one binding (see [`Session::forward`]).
+pub(super) struct Run {
+    binding: usize,
+    frames: BytesMut,
+    count: u32,
+}
+
+impl Run {
+    /// Most bytes one run gathers: frames beyond it start the next message.
+    const MAX_BYTES: usize = 64 * 1024;
+
+    /// Whether `raw` can join without a copy (it directly follows the run
+    /// in the read buffer) and without making one message too large.
+    fn joins(&self, raw: &BytesMut) -> bool {
+        self.frames.len() + raw.len() <= Run::MAX_BYTES
+            && self.frames.as_ptr().wrapping_add(self.frames.len()) == raw.as_ptr()
+    }
+}
+
+/// The client frames of one wake-up.
+#[derive(Default)]
+pub(super) struct ReadBatch {
+    run: Option<Run>,
+    frames: u64,
+    bytes: u64,
+    /// Read once, at the first frame.
+    now: Option<std::time::Instant>,
+}
+
 /// Most client frames handled per wake-up, so a client that streams
 /// frames cannot starve the session's queue (or the flush) for long.
 const MAX_READS: usize = 32;
@@ -101,26 +130,51 @@ impl Session {
             Poll::Ready(None) => return Poll::Ready(Err(self.requested_closing())),
             Poll::Pending => {}
         }
+        let mut batch = ReadBatch::default();
+        let read = self.read_frames(cx, &mut batch);
+        self.end_batch(batch);
+        match read {
+            Err(c) => Poll::Ready(Err(c)),
+            Ok(read) if read || progress => Poll::Ready(Ok(())),
+            Ok(_) => Poll::Pending,
+        }
+    }
+
+    /// Handles the client frames ready now (at most [`MAX_READS`]);
+    /// returns whether there were any.
+    fn read_frames(
+        &mut self,
+        cx: &mut Context<'_>,
+        batch: &mut ReadBatch,
+    ) -> Result<bool, Closing> {
         let max = self.gw.cfg.limits.max_frame_bytes;
         for _ in 0..MAX_READS {
             match self.io.poll_read_frame(cx, max, &self.gw.clients.buffered) {
-                Poll::Ready(Ok(raw)) => {
-                    self.on_client_frame(raw)?;
-                    progress = true;
-                }
+                Poll::Ready(Ok(raw)) => self.on_client_frame(raw, batch)?,
                 Poll::Ready(Err(ReadError::Budget)) => {
                     let r = Reject::BufferBudget;
-                    return Poll::Ready(Err(Closing::rejected(&self.gw, r, BUDGET_SPENT)));
+                    return Err(Closing::rejected(&self.gw, r, BUDGET_SPENT));
                 }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(Closing::from_read(e, max))),
+                Poll::Ready(Err(e)) => return Err(Closing::from_read(e, max)),
                 Poll::Pending => break,
             }
         }
-        if progress {
-            Poll::Ready(Ok(()))
-        } else {
-            Poll::Pending
+        Ok(batch.frames > 0)
+    }
+
+    /// What the frames of one wake-up add up to: DATA still to send, the
+    /// counters, the idle clock.
+    fn end_batch(&mut self, batch: ReadBatch) {
+        if batch.frames == 0 {
+            return;
         }
+        self.send_run(batch.run);
+        if let Some(now) = batch.now {
+            self.handle.touch(now);
+        }
+        let pm = self.gw.metrics.proto(self.protocol);
+        pm.frames_in.inc_by(batch.frames);
+        pm.bytes_in.inc_by(batch.bytes);
     }
 
     /// Why the task was asked to close from outside.
@@ -147,10 +201,15 @@ impl Session {
     }
 
     pub(super) fn queue(&mut self, frame: Bytes) {
+        self.queue_frames(frame, 1);
+    }
+
+    /// Queues `count` whole frames that sit back to back in `raw`.
+    fn queue_frames(&mut self, raw: Bytes, count: u32) {
         let pm = self.gw.metrics.proto(self.protocol);
-        pm.frames_out.inc();
-        pm.bytes_out.inc_by(frame.len() as u64);
-        self.io.queue(frame);
+        pm.frames_out.inc_by(u64::from(count));
+        pm.bytes_out.inc_by(raw.len() as u64);
+        self.io.queue(raw, count);
     }
 
     fn queue_error(&mut self, req: &Header, e: &RequestError) {
@@ -223,6 +282,7 @@ impl Session {
     fn on_outbound(&mut self, m: Outbound) -> Result<(), Closing> {
         match m {
             Outbound::Frame(f) => self.queue(f),
+            Outbound::Frames { raw, count } => self.queue_frames(raw, count),
             Outbound::BackendLost { endpoint } => self.backend_lost(&endpoint),
             Outbound::Kicked {
                 endpoint,
@@ -329,12 +389,11 @@ impl Session {
         );
     }
 
-    fn on_client_frame(&mut self, mut raw: BytesMut) -> Result<(), Closing> {
-        let now = std::time::Instant::now();
-        self.handle.touch(now);
-        let pm = self.gw.metrics.proto(self.protocol);
-        pm.frames_in.inc();
-        pm.bytes_in.inc_by(raw.len() as u64);
+    fn on_client_frame(&mut self, mut raw: BytesMut, batch: &mut ReadBatch) -> Result<(), Closing> {
+        // One clock read per wake-up: frames read together arrived together.
+        let now = *batch.now.get_or_insert_with(std::time::Instant::now);
+        batch.frames += 1;
+        batch.bytes += raw.len() as u64;
         let header = match frame::parse_raw(&raw) {
             Ok(h) => h,
             Err(FrameError::UnknownKind { header }) => {
@@ -377,7 +436,7 @@ impl Session {
         match header.kind() {
             Some(Kind::Data) => {
                 frame::stamp_ids(&mut raw, user, id);
-                if let Err(e) = self.forward(&header, raw.freeze()) {
+                if let Err(e) = self.forward(&header, raw, &mut batch.run) {
                     self.queue_error(&header, &e);
                 }
             }
@@ -413,7 +472,16 @@ impl Session {
 
     /// Sends a client DATA frame to the backend bound for its service,
     /// binding (or re-binding after a backend failure) first if needed.
-    fn forward(&mut self, header: &Header, raw: Bytes) -> Result<(), RequestError> {
+    /// Frames for the same live binding read in one wake-up are gathered
+    /// into `run` while they sit back to back in the read buffer (joining
+    /// them copies nothing), up to [`Run::MAX_BYTES`], and are queued to the
+    /// backend as one message by [`Session::send_run`].
+    fn forward(
+        &mut self,
+        header: &Header,
+        raw: BytesMut,
+        run: &mut Option<Run>,
+    ) -> Result<(), RequestError> {
         let realm = if header.realm_id != 0 {
             header.realm_id
         } else {
@@ -424,10 +492,29 @@ impl Session {
             .bindings
             .iter()
             .position(|b| b.service == svc && b.realm.is_none_or(|r| r == realm));
-        if let Some(i) = idx {
-            if self.bindings[i].live() {
-                return self.bindings[i].send(raw);
+        if let Some(i) = idx
+            && self.bindings[i].live()
+        {
+            match run {
+                Some(r) if r.binding == i && r.joins(&raw) => {
+                    r.frames.unsplit(raw);
+                    r.count += 1;
+                }
+                _ => {
+                    self.send_run(run.take());
+                    *run = Some(Run {
+                        binding: i,
+                        frames: raw,
+                        count: 1,
+                    });
+                }
             }
+            return Ok(());
+        }
+        // The bindings change below: what was gathered goes first.
+        self.send_run(run.take());
+        let raw = raw.freeze();
+        if let Some(i) = idx {
             // The connection restarted or died: re-open on a live connection
             // of the same endpoint (sessions stay pinned to their backend)…
             let old = self.bindings.swap_remove(i);
@@ -440,7 +527,7 @@ impl Session {
                 true,
                 self.trace.as_deref(),
             ) {
-                b.send(raw.clone())?;
+                b.send(raw.clone(), 1)?;
                 self.bindings.push(b);
                 return Ok(());
             }
@@ -454,10 +541,25 @@ impl Session {
             self.resumed,
             self.trace.as_deref(),
         )?;
-        let res = b.send(raw);
+        let res = b.send(raw, 1);
         self.bindings.push(b);
         self.publish_bindings();
         res
+    }
+
+    /// Queues gathered DATA frames to their backend; if it cannot take
+    /// them, every frame is answered with the ERROR, as if sent alone.
+    fn send_run(&mut self, run: Option<Run>) {
+        let Some(r) = run else { return };
+        let frames = r.frames.freeze();
+        let Err(e) = self.bindings[r.binding].send(frames.clone(), r.count) else {
+            return;
+        };
+        for f in frame::split_frames(frames) {
+            if let Some(h) = Header::peek(&f) {
+                self.queue_error(&h, &e);
+            }
+        }
     }
 
     async fn finish(&mut self, c: Closing) {
