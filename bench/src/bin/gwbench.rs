@@ -73,6 +73,10 @@ struct Common {
     /// once do not share source ports.
     #[arg(long, default_value_t = 0)]
     ip_offset: usize,
+    /// Connect with TLS (TCP only), trusting the PEM CA certificates in
+    /// this file; the name verified is `localhost`.
+    #[arg(long)]
+    tls_ca: Option<std::path::PathBuf>,
     /// Internal: worker index (set by the parent process).
     #[arg(long, hide = true)]
     worker: Option<usize>,
@@ -345,10 +349,36 @@ async fn run_worker(args: &Args) -> anyhow::Result<Report> {
     }
 }
 
+/// A plaintext or TLS byte stream.
+type Stream =
+    tokio_util::either::Either<TcpStream, Box<tokio_rustls::client::TlsStream<TcpStream>>>;
+
+/// The TLS client for `--tls-ca`, built once per process.
+fn tls_connector(ca: &std::path::Path) -> anyhow::Result<tokio_rustls::TlsConnector> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    static CONNECTOR: std::sync::OnceLock<tokio_rustls::TlsConnector> = std::sync::OnceLock::new();
+    if let Some(c) = CONNECTOR.get() {
+        return Ok(c.clone());
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca)? {
+        roots.add(cert?)?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(CONNECTOR
+        .get_or_init(|| tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg)))
+        .clone())
+}
+
 /// One session's connection.
 enum Conn {
     Tcp {
-        s: TcpStream,
+        s: Stream,
         rbuf: BytesMut,
         wbuf: BytesMut,
     },
@@ -368,6 +398,13 @@ impl Conn {
         }
         let s = sock.connect(common.target).await?;
         s.set_nodelay(true)?;
+        let s = match &common.tls_ca {
+            None => Stream::Left(s),
+            Some(ca) => {
+                let name = rustls::pki_types::ServerName::try_from("localhost")?;
+                Stream::Right(Box::new(tls_connector(ca)?.connect(name, s).await?))
+            }
+        };
         let mut conn = match common.proto {
             Proto::Tcp => Conn::Tcp {
                 s,
@@ -375,6 +412,9 @@ impl Conn {
                 wbuf: BytesMut::new(),
             },
             Proto::Ws => {
+                let Stream::Left(s) = s else {
+                    anyhow::bail!("--tls-ca is for --proto tcp")
+                };
                 let (ws, _) =
                     tokio_tungstenite::client_async(format!("ws://{}/v1/ws", common.target), s)
                         .await?;

@@ -20,7 +20,7 @@
 use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
@@ -147,6 +147,9 @@ struct Inflating {
 pub(crate) struct WsIo<S> {
     inner: S,
     inflating: Option<Box<Inflating>>,
+    /// What tungstenite wrote since the last flush: the frames of one
+    /// flush go out in one write. Empty (no allocation) between flushes.
+    wbuf: Vec<u8>,
 }
 
 impl<S> WsIo<S> {
@@ -162,7 +165,35 @@ impl<S> WsIo<S> {
                     max,
                 })
             }),
+            wbuf: Vec::new(),
         }
+    }
+}
+
+/// Most bytes gathered before a write goes out without waiting for a flush.
+const WRITE_GATHER: usize = 64 * 1024;
+
+impl<S: AsyncWrite + Unpin> WsIo<S> {
+    /// Writes out what was gathered; the buffer is released once empty.
+    fn poll_write_gathered(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut done = 0;
+        let res = loop {
+            if done == self.wbuf.len() {
+                break Poll::Ready(Ok(()));
+            }
+            match Pin::new(&mut self.inner).poll_write(cx, &self.wbuf[done..]) {
+                Poll::Ready(Ok(0)) => break Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => done += n,
+                Poll::Ready(Err(e)) => break Poll::Ready(Err(e)),
+                Poll::Pending => break Poll::Pending,
+            }
+        };
+        if done == self.wbuf.len() {
+            self.wbuf = Vec::new();
+        } else {
+            self.wbuf.drain(..done);
+        }
+        res
     }
 }
 
@@ -305,33 +336,36 @@ impl<S: AsyncRead + Unpin> AsyncRead for WsIo<S> {
     }
 }
 
+/// Writes are gathered until tungstenite flushes (it does after every batch
+/// of messages the session sends, and after its own control frames), so a
+/// batch of frames costs one `write`, not one per message.
 impl<S: AsyncWrite + Unpin> AsyncWrite for WsIo<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        let this = self.get_mut();
+        if !this.wbuf.is_empty() && this.wbuf.len() + buf.len() > WRITE_GATHER {
+            ready!(this.poll_write_gathered(cx))?;
+        }
+        if buf.len() >= WRITE_GATHER {
+            return Pin::new(&mut this.inner).poll_write(cx, buf);
+        }
+        this.wbuf.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        ready!(this.poll_write_gathered(cx))?;
+        Pin::new(&mut this.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let this = self.get_mut();
+        ready!(this.poll_write_gathered(cx))?;
+        Pin::new(&mut this.inner).poll_shutdown(cx)
     }
 }
 
