@@ -10,14 +10,16 @@
 //! | `{gg}:req:<request_id>` | string | the revision a write with that request id produced (24 h) |
 //! | `{gg}:gws` | set | gateway ids seen |
 //! | `{gg}:gw:<id>` | hash | one gateway's registration; expires with its lease |
-//! | `gg:s:{<sid>}` | hash | session ownership: `user`, `gw`, `epoch` |
-//! | `gg:u:{<uid>}` | hash | user index: session id → `gw|epoch` |
+//! | `gg:sb:{<bucket(sid)>}` | hash | session ownership: session id → `epoch|user|gw` |
+//! | `gg:ub:{<bucket(uid)>}` | hash | user index: `<uid>:<sid>` → `epoch|gw` |
 //! | `gg:gs:{<gw>}` | set | session ids owned by a gateway (swept when its lease expires) |
 //!
 //! Config keys share the `{gg}` hash tag, so one Lua script writes rule,
-//! revision and history atomically even on Redis Cluster. Directory keys are
-//! tagged per session / user / gateway so they spread over the cluster;
-//! each is updated by its own single-key script, pipelined per batch.
+//! revision and history atomically even on Redis Cluster. Directory entries are
+//! fields of bucket hashes (65,536 buckets each for sessions and users), so
+//! a million sessions cost no million keys: a bucket of up to 128 fields is
+//! one compact listpack. Buckets spread over the cluster by their tag; each
+//! entry is updated by its own single-key script, pipelined per batch.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,11 +47,32 @@ pub const CHANNEL: &str = "{gg}:changes";
 fn k_gw(id: &str) -> String {
     format!("{{gg}}:gw:{id}")
 }
+/// Buckets per directory index (a power of two).
+const DIR_BUCKETS: u64 = 1 << 16;
+
+/// The bucket of an id. Mixed first (Fibonacci hashing): session ids are a
+/// random per-gateway prefix over a counter, so their low bits alone would
+/// put every gateway's first sessions into the same few buckets.
+fn bucket(id: u64) -> u64 {
+    id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - DIR_BUCKETS.trailing_zeros())
+}
+
 fn k_sess(sid: u64) -> String {
-    format!("gg:s:{{{sid}}}")
+    format!("gg:sb:{{{}}}", bucket(sid))
 }
 fn k_user(uid: u64) -> String {
-    format!("gg:u:{{{uid}}}")
+    format!("gg:ub:{{{}}}", bucket(uid))
+}
+/// A user's entry in its bucket: `<uid>:<sid>`.
+fn user_field(uid: u64, sid: u64) -> String {
+    format!("{uid}:{sid}")
+}
+
+/// A session entry's value `epoch|user|gw` as (user, gw, epoch).
+fn parse_session_entry(v: &str) -> Option<(u64, String, u64)> {
+    let (epoch, rest) = v.split_once('|')?;
+    let (user, gw) = rest.split_once('|')?;
+    Some((user.parse().ok()?, gw.to_string(), epoch.parse().ok()?))
 }
 fn k_gwsess(gw: &str) -> String {
     format!("gg:gs:{{{gw}}}")
@@ -365,33 +388,42 @@ redis.call('PUBLISH', ARGV[6], tostring(rev))
 return {'OK', tostring(rev), epoch}
 "#;
 
-// Ownership write for one session key: a stale owner (older epoch) cannot
-// overwrite a newer one; a close only removes the entry it owns.
+// Ownership write for one session entry (field ARGV[5] of a bucket, value
+// `epoch|user|gw`): a stale owner (older epoch) cannot overwrite a newer
+// one; a close only removes the entry it owns. (Epoch first: two plain
+// `find`s parse it, the cheapest Lua can do.)
 const SESS_LUA: &str = r#"
-local cur = redis.call('HMGET', KEYS[1], 'gw', 'epoch')
-local cur_epoch = tonumber(cur[2] or '0')
+local v = redis.call('HGET', KEYS[1], ARGV[5])
+local gw, ep = nil, 0
+if v then
+  local a = string.find(v, '|', 1, true)
+  local b = string.find(v, '|', a + 1, true)
+  ep = tonumber(string.sub(v, 1, a - 1))
+  gw = string.sub(v, b + 1)
+end
 if ARGV[1] == 'open' then
-  if cur_epoch > tonumber(ARGV[4]) then return 0 end
-  redis.call('HSET', KEYS[1], 'user', ARGV[2], 'gw', ARGV[3], 'epoch', ARGV[4])
+  if ep > tonumber(ARGV[4]) then return 0 end
+  redis.call('HSET', KEYS[1], ARGV[5], ARGV[4] .. '|' .. ARGV[2] .. '|' .. ARGV[3])
   return 1
 else
-  if cur[1] == ARGV[3] then redis.call('DEL', KEYS[1]) return 1 end
+  if gw == ARGV[3] then redis.call('HDEL', KEYS[1], ARGV[5]) return 1 end
   return 0
 end
 "#;
 
-// The same rule for one field of a user index hash (value `gw|epoch`).
+// The same rule for one field of a user index bucket (`<uid>:<sid>` →
+// `epoch|gw`).
 const USER_LUA: &str = r#"
 local v = redis.call('HGET', KEYS[1], ARGV[2])
 local gw, ep = nil, 0
 if v then
   local sep = string.find(v, '|', 1, true)
-  gw = string.sub(v, 1, sep - 1)
-  ep = tonumber(string.sub(v, sep + 1))
+  ep = tonumber(string.sub(v, 1, sep - 1))
+  gw = string.sub(v, sep + 1)
 end
 if ARGV[1] == 'open' then
   if ep > tonumber(ARGV[4]) then return 0 end
-  redis.call('HSET', KEYS[1], ARGV[2], ARGV[3] .. '|' .. ARGV[4])
+  redis.call('HSET', KEYS[1], ARGV[2], ARGV[4] .. '|' .. ARGV[3])
   return 1
 else
   if gw == ARGV[3] then redis.call('HDEL', KEYS[1], ARGV[2]) return 1 end
@@ -727,13 +759,12 @@ impl Store {
         // Users are not known here: read them from the session entries.
         let mut users: Vec<Option<u64>> = Vec::with_capacity(sids.len());
         for sid in &sids {
-            users.push(
-                redis::cmd("HGET")
-                    .arg(k_sess(*sid))
-                    .arg("user")
-                    .query_async(&mut self.c())
-                    .await?,
-            );
+            let v: Option<String> = redis::cmd("HGET")
+                .arg(k_sess(*sid))
+                .arg(sid)
+                .query_async(&mut self.c())
+                .await?;
+            users.push(v.as_deref().and_then(parse_session_entry).map(|e| e.0));
         }
         let events: Vec<pb::SessionEvent> = sids
             .iter()
@@ -787,13 +818,14 @@ impl Store {
             cmds.push(evalsha(
                 &self.sess,
                 &k_sess(e.session_id),
-                &[op, &uid, gw, &ep],
+                &[op, &uid, gw, &ep, &sid],
             ));
             if e.user_id != 0 {
+                let field = user_field(e.user_id, e.session_id);
                 cmds.push(evalsha(
                     &self.user,
                     &k_user(e.user_id),
-                    &[op, &sid, gw, &ep],
+                    &[op, &field, gw, &ep],
                 ));
             }
             let mut set = redis::cmd(if e.open { "SADD" } else { "SREM" });
@@ -861,26 +893,58 @@ impl Store {
 
     /// The owner of one session: (user, gateway, epoch), if present.
     pub async fn session(&self, sid: u64) -> Result<Option<(u64, String, u64)>, StoreError> {
-        let m: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+        let v: Option<String> = redis::cmd("HGET")
             .arg(k_sess(sid))
+            .arg(sid)
             .query_async(&mut self.c())
             .await?;
-        Ok(m.get("gw").map(|gw| {
-            let num = |k: &str| m.get(k).and_then(|v| v.parse().ok()).unwrap_or(0);
-            (num("user"), gw.clone(), num("epoch"))
-        }))
+        Ok(v.as_deref().and_then(parse_session_entry))
     }
 
-    /// One user's sessions from the index: (session id, gateway, opened
-    /// ms). Callers check that the gateway is alive.
+    /// One user's entries in its index bucket: (session id, `epoch|gw`).
+    async fn user_entries(&self, uid: u64) -> Result<Vec<(u64, String)>, StoreError> {
+        let prefix = format!("{uid}:");
+        let pattern = format!("{uid}:*");
+        let key = k_user(uid);
+        let mut out = Vec::new();
+        let mut cursor = 0u64;
+        loop {
+            let (next, kv): (u64, Vec<String>) = redis::cmd("HSCAN")
+                .arg(&key)
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut self.c())
+                .await?;
+            for pair in kv.chunks(2) {
+                if let [field, value] = pair
+                    && let Some(sid) = field.strip_prefix(&prefix).and_then(|s| s.parse().ok())
+                {
+                    out.push((sid, value.clone()));
+                }
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        // HSCAN may return an entry twice while the hash is rehashed.
+        out.sort_unstable_by_key(|e| e.0);
+        out.dedup_by_key(|e| e.0);
+        Ok(out)
+    }
+
+    /// One user's sessions from the index: (session id, gateway, epoch).
+    /// Callers check that the gateway is alive.
     pub async fn user_session_list(&self, uid: u64) -> Result<Vec<(u64, String, u64)>, StoreError> {
-        let m: std::collections::HashMap<u64, String> = redis::cmd("HGETALL")
-            .arg(k_user(uid))
-            .query_async(&mut self.c())
-            .await?;
-        Ok(m.into_iter()
+        Ok(self
+            .user_entries(uid)
+            .await?
+            .into_iter()
             .filter_map(|(sid, v)| {
-                let (gw, ep) = v.split_once('|')?;
+                let (ep, gw) = v.split_once('|')?;
                 Some((sid, gw.to_string(), ep.parse().unwrap_or(0)))
             })
             .collect())
@@ -931,10 +995,46 @@ impl Store {
 
     /// Session ids of one user from the index (callers re-check ownership).
     pub async fn user_sessions(&self, uid: u64) -> Result<Vec<u64>, StoreError> {
-        let keys: Vec<u64> = redis::cmd("HKEYS")
-            .arg(k_user(uid))
-            .query_async(&mut self.c())
-            .await?;
-        Ok(keys)
+        Ok(self
+            .user_entries(uid)
+            .await?
+            .into_iter()
+            .map(|e| e.0)
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn directory_entries_parse_and_bucket() {
+        assert_eq!(
+            parse_session_entry("7|42|gw-a"),
+            Some((42, "gw-a".to_string(), 7))
+        );
+        // The gateway id is everything after the second `|`.
+        assert_eq!(
+            parse_session_entry("7|42|odd|id"),
+            Some((42, "odd|id".to_string(), 7))
+        );
+        assert_eq!(parse_session_entry("7|42"), None);
+        assert_eq!(parse_session_entry("1|x|gw"), None);
+        assert_eq!(user_field(9, 1234), "9:1234");
+        assert!(k_user(9).starts_with("gg:ub:{"));
+        // Session ids of many gateways (random prefix, counter from 1)
+        // spread over the buckets instead of piling into the first few.
+        let mut used = std::collections::HashSet::new();
+        for gw in 0..64u64 {
+            let prefix = (gw.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1) << 32;
+            for n in 1..=512u64 {
+                let b = bucket(prefix | n);
+                assert!(b < DIR_BUCKETS);
+                used.insert(b);
+            }
+        }
+        // 32,768 ids into 65,536 buckets: about 22,000 distinct if uniform.
+        assert!(used.len() > 18_000, "{} buckets used", used.len());
     }
 }
