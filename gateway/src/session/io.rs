@@ -245,7 +245,20 @@ impl ClientIo {
                 ws,
                 pending,
                 compress_min,
-            } => poll_ws_send(ws, pending, *compress_min, cx),
+            } => {
+                let r = poll_ws_send(ws, pending, *compress_min, cx);
+                // tungstenite can write a frame (its reply to a Close) and
+                // then report the connection closed without flushing the
+                // layer beneath, which gathers writes: push those out too.
+                match (r.is_ready(), Pin::new(ws.get_mut()).poll_flush(cx)) {
+                    (false, _) => r,
+                    (true, Poll::Pending) => Poll::Pending,
+                    (true, Poll::Ready(Err(e))) if matches!(r, Poll::Ready(Ok(()))) => {
+                        Poll::Ready(Err(e))
+                    }
+                    (true, Poll::Ready(_)) => r,
+                }
+            }
             ClientIo::Sse { io, pending } => {
                 for f in pending.drain(..) {
                     io.deliver(f);
@@ -288,6 +301,8 @@ impl ClientIo {
                     reason: reason[..end].to_string().into(),
                 };
                 let _ = WsStream::close(ws, Some(frame)).await;
+                // What tungstenite wrote before it reported the close done.
+                let _ = ws.get_mut().flush().await;
             }
         }
     }
