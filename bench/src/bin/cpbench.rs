@@ -50,6 +50,10 @@ struct Args {
     /// report sessions), for the fleet-scale run (0: skip it).
     #[arg(long, default_value_t = 0)]
     sim_gateways: usize,
+    /// Run Redis as a 3-node Cluster (three primaries, `redis-cli --cluster
+    /// create`) instead of one node; memory and CPU are summed over the nodes.
+    #[arg(long)]
+    redis_cluster: bool,
     /// Sessions the simulated gateways report, spread evenly.
     #[arg(long, default_value_t = 1_000_000)]
     sim_sessions: usize,
@@ -130,9 +134,23 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&tmp)?;
     let mut kids = Kids(Vec::new());
 
-    let rport = free_port();
-    let redis = Command::new("redis-server")
-        .args([
+    let nodes = if args.redis_cluster { 3 } else { 1 };
+    let mut rports = Vec::new();
+    let mut redis_pids = Vec::new();
+    for i in 0..nodes {
+        // A cluster node also listens on its port + 10000 (the bus).
+        let rport = loop {
+            let p = free_port();
+            if !args.redis_cluster
+                || (p < 55_000 && std::net::TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok())
+            {
+                break p;
+            }
+        };
+        let node_dir = tmp.join(format!("redis-{i}"));
+        std::fs::create_dir_all(&node_dir)?;
+        let mut cmd = Command::new("redis-server");
+        cmd.args([
             "--port",
             &rport.to_string(),
             "--bind",
@@ -142,22 +160,76 @@ async fn main() -> anyhow::Result<()> {
             "--appendonly",
             "no",
         ])
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
-    let redis_pid = redis.id().unwrap_or(0);
-    kids.0.push(redis);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", rport)).await.is_err() {
-        anyhow::ensure!(Instant::now() < deadline, "redis-server did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        .current_dir(&node_dir);
+        if args.redis_cluster {
+            cmd.args([
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+            ]);
+        }
+        let redis = cmd.stdout(Stdio::null()).kill_on_drop(true).spawn()?;
+        redis_pids.push(redis.id().unwrap_or(0));
+        kids.0.push(redis);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", rport)).await.is_err() {
+            anyhow::ensure!(Instant::now() < deadline, "redis-server did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        rports.push(rport);
     }
+    let redis_cfg = if args.redis_cluster {
+        let addrs: Vec<String> = rports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .await?;
+        anyhow::ensure!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        // Every node must see the whole slot map before the control plane
+        // connects.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for p in &rports {
+            loop {
+                let info = Command::new("redis-cli")
+                    .args(["-p", &p.to_string(), "CLUSTER", "INFO"])
+                    .output()
+                    .await?;
+                if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                    break;
+                }
+                anyhow::ensure!(Instant::now() < deadline, "the cluster never became ok");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        let seeds: Vec<String> = rports
+            .iter()
+            .map(|p| format!("\"redis://127.0.0.1:{p}/\""))
+            .collect();
+        format!("{{ cluster: [{}] }}", seeds.join(", "))
+    } else {
+        format!("{{ url: \"redis://127.0.0.1:{}/\" }}", rports[0])
+    };
+    println!(
+        "redis: {}",
+        if args.redis_cluster {
+            "3-node cluster"
+        } else {
+            "one node"
+        }
+    );
 
     let cp_cfg = tmp.join("cp.yaml");
     std::fs::write(
         &cp_cfg,
         format!(
-            "id: cp-bench\nlisten: 127.0.0.1:0\nops_listen: 127.0.0.1:0\nredis: {{ url: \"redis://127.0.0.1:{rport}/\" }}\nreconcile_ms: 1000\nlease_ms: 15000\n"
+            "id: cp-bench\nlisten: 127.0.0.1:0\nops_listen: 127.0.0.1:0\nredis: {redis_cfg}\nreconcile_ms: 1000\nlease_ms: 15000\n"
         ),
     )?;
     let (line, cp_pid) = spawn_pid(
@@ -321,15 +393,24 @@ async fn main() -> anyhow::Result<()> {
     );
     drop(conns);
     if args.sim_gateways > 0 {
-        fleet(&args, cp_grpc, cp_ops, rport, &backend.to_string()).await?;
+        fleet(&args, cp_grpc, cp_ops, &rports, &backend.to_string()).await?;
     }
     if args.room_members > 0 {
         let clients: Vec<SocketAddr> = gws.iter().map(|(c, _)| *c).collect();
-        rooms(&args, &clients, cp_grpc, &gw_pids, cp_pid, redis_pid).await?;
+        rooms(&args, &clients, cp_grpc, &gw_pids, cp_pid, &redis_pids).await?;
     }
     drop(kids);
     let _ = std::fs::remove_dir_all(&tmp);
     Ok(())
+}
+
+/// `used_memory` summed over the Redis nodes at `ports`.
+async fn redis_used_memory_sum(ports: &[u16]) -> anyhow::Result<u64> {
+    let mut sum = 0;
+    for p in ports {
+        sum += redis_used_memory(*p).await?;
+    }
+    Ok(sum)
 }
 
 /// `used_memory` of the Redis at `port` (INFO over a raw connection).
@@ -362,7 +443,7 @@ async fn fleet(
     args: &Args,
     cp_grpc: SocketAddr,
     cp_ops: SocketAddr,
-    redis_port: u16,
+    redis_ports: &[u16],
     backend: &str,
 ) -> anyhow::Result<()> {
     use gg_proto::pb::controlplane::control_message::Msg as In;
@@ -466,7 +547,7 @@ async fn fleet(
     );
 
     // Directory at scale.
-    let mem0 = redis_used_memory(redis_port).await?;
+    let mem0 = redis_used_memory_sum(redis_ports).await?;
     let ev0 = metric(cp_ops, "cp_directory_events_total").await?;
     let per = args.sim_sessions / k;
     let t0 = Instant::now();
@@ -527,7 +608,7 @@ async fn fleet(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let secs = t0.elapsed().as_secs_f64();
-    let mem1 = redis_used_memory(redis_port).await?;
+    let mem1 = redis_used_memory_sum(redis_ports).await?;
     println!(
         "fleet: directory of {total:.0} sessions from {k} gateways written in {secs:.1} s = {:.0} events/s; Redis used_memory {:.1} MB → {:.1} MB = {:.0} B per session (ownership hash, user index, gateway set, and the capped presence stream)",
         total / secs,
@@ -599,7 +680,7 @@ async fn rooms(
     cp_grpc: SocketAddr,
     gw_pids: &[u32],
     cp_pid: u32,
-    redis_pid: u32,
+    redis_pids: &[u32],
 ) -> anyhow::Result<()> {
     use std::sync::Arc;
     use std::sync::atomic::Ordering;
@@ -703,7 +784,7 @@ async fn rooms(
     let (gw0, cp0, r0) = (
         cpu_ticks(gw_pids),
         cpu_ticks(&[cp_pid]),
-        cpu_ticks(&[redis_pid]),
+        cpu_ticks(redis_pids),
     );
     let (mut last, mut first) = (Vec::new(), Vec::new());
     for (i, a) in arrivals.iter().enumerate() {
@@ -734,7 +815,7 @@ async fn rooms(
     let (gw1, cp1, r1) = (
         cpu_ticks(gw_pids),
         cpu_ticks(&[cp_pid]),
-        cpu_ticks(&[redis_pid]),
+        cpu_ticks(redis_pids),
     );
     // Exactly once: no member got any message twice.
     tokio::time::sleep(Duration::from_millis(200)).await;
