@@ -477,6 +477,70 @@ pub struct Store {
     sess: Script,
     user: Script,
     rooms: rooms::RoomScripts,
+    /// On a Cluster: which node serves which slots, for per-node pipelines
+    /// of directory batches; refreshed when a batch meets a moved slot.
+    slots: parking_lot::Mutex<Option<Arc<SlotMap>>>,
+}
+
+/// `CLUSTER SLOTS`: (first slot, last slot, primary host, port).
+struct SlotMap(Vec<(u16, u16, String, u16)>);
+
+impl SlotMap {
+    fn parse(v: &Value) -> Option<SlotMap> {
+        let text = |v: &Value| match v {
+            Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+            Value::SimpleString(s) => Some(s.clone()),
+            _ => None,
+        };
+        let int = |v: &Value| match v {
+            Value::Int(i) => u16::try_from(*i).ok(),
+            _ => None,
+        };
+        let Value::Array(ranges) = v else { return None };
+        let mut out = Vec::new();
+        for r in ranges {
+            let Value::Array(parts) = r else { return None };
+            let Value::Array(primary) = parts.get(2)? else {
+                return None;
+            };
+            out.push((
+                int(parts.first()?)?,
+                int(parts.get(1)?)?,
+                text(primary.first()?)?,
+                int(primary.get(1)?)?,
+            ));
+        }
+        Some(SlotMap(out))
+    }
+
+    fn node(&self, slot: u16) -> Option<(&str, u16)> {
+        self.0
+            .iter()
+            .find(|(a, b, _, _)| (*a..=*b).contains(&slot))
+            .map(|(_, _, h, p)| (h.as_str(), *p))
+    }
+}
+
+/// Redis Cluster's slot of a key: CRC16 (XMODEM) of its hash tag (or of
+/// the whole key) mod 16384.
+fn cluster_slot(key: &[u8]) -> u16 {
+    let tagged = key.iter().position(|&b| b == b'{').and_then(|s| {
+        let rest = &key[s + 1..];
+        let e = rest.iter().position(|&b| b == b'}')?;
+        (e > 0).then(|| &rest[..e])
+    });
+    let mut crc: u16 = 0;
+    for &b in tagged.unwrap_or(key) {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
 }
 
 #[tonic::async_trait]
@@ -604,6 +668,7 @@ impl Store {
             sess: Script::new(SESS_LUA),
             user: Script::new(USER_LUA),
             rooms: rooms::RoomScripts::new(),
+            slots: parking_lot::Mutex::new(None),
         }
     }
 
@@ -807,7 +872,9 @@ impl Store {
         if events.is_empty() {
             return Ok(0);
         }
-        let mut cmds = Vec::with_capacity(events.len() * 3);
+        let mut cmds: Vec<(u16, Cmd)> = Vec::with_capacity(events.len() * 4);
+        let keyed = |key: &str, c: Cmd| (cluster_slot(key.as_bytes()), c);
+        let gw_key = k_gwsess(gw);
         for e in events {
             let op = if e.open { "open" } else { "close" };
             let (sid, uid, ep) = (
@@ -815,22 +882,22 @@ impl Store {
                 e.user_id.to_string(),
                 e.epoch.to_string(),
             );
-            cmds.push(evalsha(
-                &self.sess,
-                &k_sess(e.session_id),
-                &[op, &uid, gw, &ep, &sid],
+            let key = k_sess(e.session_id);
+            cmds.push(keyed(
+                &key,
+                evalsha(&self.sess, &key, &[op, &uid, gw, &ep, &sid]),
             ));
             if e.user_id != 0 {
                 let field = user_field(e.user_id, e.session_id);
-                cmds.push(evalsha(
-                    &self.user,
-                    &k_user(e.user_id),
-                    &[op, &field, gw, &ep],
+                let key = k_user(e.user_id);
+                cmds.push(keyed(
+                    &key,
+                    evalsha(&self.user, &key, &[op, &field, gw, &ep]),
                 ));
             }
             let mut set = redis::cmd(if e.open { "SADD" } else { "SREM" });
-            set.arg(k_gwsess(gw)).arg(e.session_id);
-            cmds.push(set);
+            set.arg(&gw_key).arg(e.session_id);
+            cmds.push(keyed(&gw_key, set));
             let mut x = redis::cmd("XADD");
             x.arg(K_PRESENCE)
                 .arg("MAXLEN")
@@ -853,7 +920,7 @@ impl Store {
                 })
                 .arg("e")
                 .arg(e.epoch);
-            cmds.push(x);
+            cmds.push(keyed(K_PRESENCE, x));
         }
         match self.send_all(&cmds).await {
             Err(StoreError::Redis(e))
@@ -869,17 +936,25 @@ impl Store {
         Ok(cmds.len())
     }
 
-    async fn send_all(&self, cmds: &[Cmd]) -> Result<(), StoreError> {
+    /// Sends a batch: one pipeline on a single node; on a Cluster one
+    /// pipeline per primary (by the slot map), or, when the map is stale
+    /// or unknown, every command on its own. Every command in a batch is
+    /// safe to send twice (the scripts are idempotent, presence is at least
+    /// once), so a per-node attempt that fails is simply sent again.
+    async fn send_all(&self, cmds: &[(u16, Cmd)]) -> Result<(), StoreError> {
         match &self.conn.kind {
             ConnKind::Single(_) | ConnKind::Sentinel(_) => {
                 let mut p = redis::pipe();
-                for c in cmds {
+                for (_, c) in cmds {
                     p.add_command(c.clone()).ignore();
                 }
                 p.query_async::<()>(&mut self.c()).await?;
             }
-            ConnKind::Cluster(_) => {
-                let futs = cmds.iter().map(|c| {
+            ConnKind::Cluster(cluster) => {
+                if self.send_per_node(cluster, cmds).await {
+                    return Ok(());
+                }
+                let futs = cmds.iter().map(|(_, c)| {
                     let mut conn = self.c();
                     async move { c.query_async::<redis::Value>(&mut conn).await }
                 });
@@ -889,6 +964,56 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// One pipeline per primary; false (and the slot map forgotten) when
+    /// any of it failed or the map could not be had.
+    async fn send_per_node(&self, cluster: &ClusterConnection, cmds: &[(u16, Cmd)]) -> bool {
+        let cached = self.slots.lock().clone();
+        let map = match cached {
+            Some(m) => m,
+            None => {
+                let v = redis::cmd("CLUSTER")
+                    .arg("SLOTS")
+                    .query_async::<Value>(&mut self.c())
+                    .await;
+                match v.ok().as_ref().and_then(SlotMap::parse) {
+                    Some(m) => {
+                        let m = Arc::new(m);
+                        *self.slots.lock() = Some(m.clone());
+                        m
+                    }
+                    None => return false,
+                }
+            }
+        };
+        let mut by_node: std::collections::HashMap<(&str, u16), (redis::Pipeline, usize)> =
+            std::collections::HashMap::new();
+        for (slot, c) in cmds {
+            let Some(node) = map.node(*slot) else {
+                *self.slots.lock() = None;
+                return false;
+            };
+            let (p, n) = by_node.entry(node).or_insert_with(|| (redis::pipe(), 0));
+            p.add_command(c.clone());
+            *n += 1;
+        }
+        let futs = by_node.into_iter().map(|((host, port), (p, n))| {
+            let mut conn = cluster.clone();
+            let route = redis::cluster_routing::SingleNodeRoutingInfo::ByAddress {
+                host: host.to_string(),
+                port,
+            };
+            let timeout = self.conn.timeout;
+            async move { tokio::time::timeout(timeout, conn.route_pipeline(p, 0, n, route)).await }
+        });
+        let ok = futures_util::future::join_all(futs).await.into_iter().all(|r| {
+            matches!(r, Ok(Ok(values)) if !values.iter().any(|v| matches!(v, Value::ServerError(_))))
+        });
+        if !ok {
+            *self.slots.lock() = None;
+        }
+        ok
     }
 
     /// The owner of one session: (user, gateway, epoch), if present.
@@ -1022,6 +1147,15 @@ mod tests {
         assert_eq!(parse_session_entry("7|42"), None);
         assert_eq!(parse_session_entry("1|x|gw"), None);
         assert_eq!(user_field(9, 1234), "9:1234");
+        // Redis Cluster's own examples.
+        assert_eq!(cluster_slot(b"foo"), 12182);
+        assert_eq!(cluster_slot(b"123456789"), 0x31C3);
+        assert_eq!(
+            cluster_slot(b"{user1000}.following"),
+            cluster_slot(b"{user1000}.followers")
+        );
+        // An empty first tag means the whole key is hashed.
+        assert_ne!(cluster_slot(b"foo{}{bar}"), cluster_slot(b"bar"));
         assert!(k_user(9).starts_with("gg:ub:{"));
         // Session ids of many gateways (random prefix, counter from 1)
         // spread over the buckets instead of piling into the first few.
