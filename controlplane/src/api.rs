@@ -571,10 +571,35 @@ impl SessionDirectory for Api {
                 "at most 1000 session ids per batch",
             ));
         }
+        // One read for all the entries, one per distinct gateway.
+        let entries = self.cp.store.sessions(&ids).await.map_err(store_status)?;
+        let mut contacts: std::collections::HashMap<String, Option<(String, String)>> =
+            std::collections::HashMap::new();
         let mut resp = pb::BatchLookupResponse::default();
-        for sid in ids {
-            match self.ownership(sid).await? {
-                Some(o) => resp.found.push(o),
+        for (sid, entry) in ids.into_iter().zip(entries) {
+            let Some((user, gw, epoch)) = entry else {
+                resp.missing.push(sid);
+                continue;
+            };
+            if !contacts.contains_key(&gw) {
+                let c = self
+                    .cp
+                    .store
+                    .gateway_contact(&gw)
+                    .await
+                    .map_err(store_status)?;
+                contacts.insert(gw.clone(), c);
+            }
+            // A dead gateway's sessions are gone with its lease.
+            match &contacts[&gw] {
+                Some((admin, region)) => resp.found.push(pb::Ownership {
+                    gateway_region: region.clone(),
+                    session_id: sid,
+                    user_id: user,
+                    gateway_admin_addr: admin.clone(),
+                    gateway_id: gw,
+                    epoch,
+                }),
                 None => resp.missing.push(sid),
             }
         }

@@ -12,14 +12,15 @@
 //! | `{gg}:gw:<id>` | hash | one gateway's registration; expires with its lease |
 //! | `gg:sb:{<bucket(sid)>}` | hash | session ownership: session id → `epoch|user|gw` |
 //! | `gg:ub:{<bucket(uid)>}` | hash | user index: `<uid>:<sid>` → `epoch|gw` |
-//! | `gg:gs:{<gw>}` | set | session ids owned by a gateway (swept when its lease expires) |
+//! | `gg:gs:{<gw>}:<n>` | set | session ids owned by a gateway, in 64 intset sub-sets (swept when its lease expires) |
 //!
 //! Config keys share the `{gg}` hash tag, so one Lua script writes rule,
 //! revision and history atomically even on Redis Cluster. Directory entries are
 //! fields of bucket hashes (65,536 buckets each for sessions and users), so
 //! a million sessions cost no million keys: a bucket of up to 128 fields is
-//! one compact listpack. Buckets spread over the cluster by their tag; each
-//! entry is updated by its own single-key script, pipelined per batch.
+//! one compact listpack. Buckets spread over the cluster by their tag; a
+//! batch's entries go through one script call per 128 (per slot on a
+//! Cluster), pipelined.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,8 +75,42 @@ fn parse_session_entry(v: &str) -> Option<(u64, String, u64)> {
     let (user, gw) = rest.split_once('|')?;
     Some((user.parse().ok()?, gw.to_string(), epoch.parse().ok()?))
 }
-fn k_gwsess(gw: &str) -> String {
+/// Sub-sets of a gateway's session set. Members are session ids read as
+/// signed 64-bit integers, so each sub-set stays a compact intset (8 B a
+/// member) up to Redis's `set-max-intset-entries` (512 by default): 32,768
+/// sessions per gateway before a sub-set turns into a hash table.
+const GW_SETS: u64 = 64;
+
+/// Which sub-set of its gateway's session set a session id is in.
+fn gw_set_of(sid: u64) -> u64 {
+    sid.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - GW_SETS.trailing_zeros())
+}
+/// A session id as a member of a gateway set (the same 64 bits, signed, so
+/// Redis stores it as an integer).
+fn gw_set_member(sid: u64) -> i64 {
+    sid as i64
+}
+fn k_gwsess(gw: &str, sub: u64) -> String {
+    format!("gg:gs:{{{gw}}}:{sub}")
+}
+/// The gateway set as one key, before the sub-sets (still read and deleted
+/// by the sweep, so an upgrade loses no dead gateway's sessions).
+fn k_gwsess_legacy(gw: &str) -> String {
     format!("gg:gs:{{{gw}}}")
+}
+
+/// Directory entries per script call: bounds how long one call holds Redis
+/// (about 2 µs an entry).
+const DIR_SCRIPT_ENTRIES: usize = 128;
+
+/// One ownership or user-index entry to write (see `DIR_LUA`).
+struct DirEntry {
+    key: String,
+    kind: &'static str,
+    open: bool,
+    field: String,
+    epoch: u64,
+    tail: String,
 }
 
 /// History kept (older revisions are trimmed).
@@ -388,47 +423,44 @@ redis.call('PUBLISH', ARGV[6], tostring(rev))
 return {'OK', tostring(rev), epoch}
 "#;
 
-// Ownership write for one session entry (field ARGV[5] of a bucket, value
-// `epoch|user|gw`): a stale owner (older epoch) cannot overwrite a newer
-// one; a close only removes the entry it owns. (Epoch first: two plain
-// `find`s parse it, the cheapest Lua can do.)
-const SESS_LUA: &str = r#"
-local v = redis.call('HGET', KEYS[1], ARGV[5])
-local gw, ep = nil, 0
-if v then
-  local a = string.find(v, '|', 1, true)
-  local b = string.find(v, '|', a + 1, true)
-  ep = tonumber(string.sub(v, 1, a - 1))
-  gw = string.sub(v, b + 1)
+// Ownership writes for directory entries, in order. ARGV[1] is the
+// reporting gateway; then six per entry: key index, kind (`s` a session
+// entry `epoch|user|gw`, `u` a user index entry `epoch|gw`), `1` open or
+// `0` close, field, epoch, the value after the epoch. A stale owner (older
+// epoch) cannot overwrite a newer one; a close removes only an entry this
+// gateway owns. A new entry costs one HSETNX; an existing one is compared
+// by epoch (first: a plain `find` parses it). One call carries
+// many entries, so the script's own cost is paid once per call.
+const DIR_LUA: &str = r#"
+local gw = ARGV[1]
+local n = 0
+for i = 2, #ARGV, 6 do
+  local k = KEYS[tonumber(ARGV[i])]
+  local f = ARGV[i + 3]
+  if ARGV[i + 2] == '1' then
+    local nv = ARGV[i + 4] .. '|' .. ARGV[i + 5]
+    if redis.call('HSETNX', k, f, nv) == 1 then
+      n = n + 1
+    else
+      local v = redis.call('HGET', k, f)
+      if tonumber(string.sub(v, 1, string.find(v, '|', 1, true) - 1)) <= tonumber(ARGV[i + 4]) then
+        redis.call('HSET', k, f, nv)
+        n = n + 1
+      end
+    end
+  else
+    local v = redis.call('HGET', k, f)
+    if v then
+      local a = string.find(v, '|', 1, true)
+      if ARGV[i + 1] == 's' then a = string.find(v, '|', a + 1, true) end
+      if string.sub(v, a + 1) == gw then
+        redis.call('HDEL', k, f)
+        n = n + 1
+      end
+    end
+  end
 end
-if ARGV[1] == 'open' then
-  if ep > tonumber(ARGV[4]) then return 0 end
-  redis.call('HSET', KEYS[1], ARGV[5], ARGV[4] .. '|' .. ARGV[2] .. '|' .. ARGV[3])
-  return 1
-else
-  if gw == ARGV[3] then redis.call('HDEL', KEYS[1], ARGV[5]) return 1 end
-  return 0
-end
-"#;
-
-// The same rule for one field of a user index bucket (`<uid>:<sid>` →
-// `epoch|gw`).
-const USER_LUA: &str = r#"
-local v = redis.call('HGET', KEYS[1], ARGV[2])
-local gw, ep = nil, 0
-if v then
-  local sep = string.find(v, '|', 1, true)
-  ep = tonumber(string.sub(v, 1, sep - 1))
-  gw = string.sub(v, sep + 1)
-end
-if ARGV[1] == 'open' then
-  if ep > tonumber(ARGV[4]) then return 0 end
-  redis.call('HSET', KEYS[1], ARGV[2], ARGV[4] .. '|' .. ARGV[3])
-  return 1
-else
-  if gw == ARGV[3] then redis.call('HDEL', KEYS[1], ARGV[2]) return 1 end
-  return 0
-end
+return n
 "#;
 
 /// `XRANGE` replies: `[[id, [field, value, …]], …]`.
@@ -460,13 +492,16 @@ fn parse_entries(v: redis::Value) -> Vec<(String, std::collections::HashMap<Stri
         .collect()
 }
 
-/// `EVALSHA <sha> 1 <key> <args…>` for a single-key script, so it can go
-/// into a pipeline.
-fn evalsha(script: &Script, key: &str, args: &[&str]) -> Cmd {
+/// `EVALSHA` of a script with these keys and arguments, so it can go into a
+/// pipeline.
+fn evalsha_keys<A: redis::ToRedisArgs>(script: &Script, keys: &[&str], args: &[A]) -> Cmd {
     let mut c = redis::cmd("EVALSHA");
-    c.arg(script.get_hash()).arg(1).arg(key);
+    c.arg(script.get_hash()).arg(keys.len());
+    for k in keys {
+        c.arg(*k);
+    }
     for a in args {
-        c.arg(*a);
+        c.arg(a);
     }
     c
 }
@@ -474,8 +509,7 @@ fn evalsha(script: &Script, key: &str, args: &[&str]) -> Cmd {
 pub struct Store {
     conn: Conn,
     write: Script,
-    sess: Script,
-    user: Script,
+    dir: Script,
     rooms: rooms::RoomScripts,
     /// On a Cluster: which node serves which slots, for per-node pipelines
     /// of directory batches; refreshed when a batch meets a moved slot.
@@ -665,8 +699,7 @@ impl Store {
         Store {
             conn,
             write: Script::new(WRITE_LUA),
-            sess: Script::new(SESS_LUA),
-            user: Script::new(USER_LUA),
+            dir: Script::new(DIR_LUA),
             rooms: rooms::RoomScripts::new(),
             slots: parking_lot::Mutex::new(None),
         }
@@ -817,37 +850,47 @@ impl Store {
     /// Removes a dead gateway, every session it still owns and their room
     /// memberships.
     pub async fn sweep_gateway(&self, id: &str, rooms: RoomLimits) -> Result<usize, StoreError> {
-        let sids: Vec<u64> = redis::cmd("SMEMBERS")
-            .arg(k_gwsess(id))
-            .query_async(&mut self.c())
-            .await?;
-        // Users are not known here: read them from the session entries.
-        let mut users: Vec<Option<u64>> = Vec::with_capacity(sids.len());
-        for sid in &sids {
-            let v: Option<String> = redis::cmd("HGET")
-                .arg(k_sess(*sid))
-                .arg(sid)
-                .query_async(&mut self.c())
-                .await?;
-            users.push(v.as_deref().and_then(parse_session_entry).map(|e| e.0));
+        // All of a gateway's sets share its tag: one slot, one pipeline.
+        let mut keys: Vec<String> = (0..GW_SETS).map(|b| k_gwsess(id, b)).collect();
+        keys.push(k_gwsess_legacy(id));
+        let mut p = redis::pipe();
+        for k in &keys {
+            p.cmd("SMEMBERS").arg(k);
         }
+        let sets: Vec<Vec<String>> = p.query_async(&mut self.c()).await?;
+        // Members are signed (sub-sets) or unsigned (the legacy set).
+        let mut sids: Vec<u64> = sets
+            .iter()
+            .flatten()
+            .filter_map(|m| {
+                m.parse::<u64>()
+                    .ok()
+                    .or_else(|| m.parse::<i64>().ok().map(|v| v as u64))
+            })
+            .collect();
+        sids.sort_unstable();
+        sids.dedup();
+        // Users are not known here: read them from the session entries.
+        let entries = self.sessions(&sids).await?;
         let events: Vec<pb::SessionEvent> = sids
             .iter()
-            .zip(users)
-            .map(|(sid, user)| pb::SessionEvent {
+            .zip(entries)
+            .map(|(sid, entry)| pb::SessionEvent {
                 session_id: *sid,
-                user_id: user.unwrap_or(0),
+                user_id: entry.map(|e| e.0).unwrap_or(0),
                 open: false,
                 epoch: 0,
                 realm_id: 0,
                 resumed: false,
             })
             .collect();
-        self.sessions_apply(id, &events).await?;
+        for chunk in events.chunks(500) {
+            self.sessions_apply(id, chunk).await?;
+        }
         let owned: Vec<(u64, u64)> = events.iter().map(|e| (e.session_id, e.user_id)).collect();
         self.rooms_sweep(rooms, id, &owned).await?;
         let _: () = redis::cmd("DEL")
-            .arg(k_gwsess(id))
+            .arg(&keys)
             .query_async(&mut self.c())
             .await?;
         let _: () = redis::cmd("SREM")
@@ -860,10 +903,14 @@ impl Store {
 
     // ---------- directory ----------
 
-    /// Applies a batch of session events from gateway `gw`: one pipeline
-    /// (one round trip) on a single node; on a cluster, where the keys live
-    /// in different slots, the same commands are sent concurrently over the
-    /// multiplexed connection. Returns the number of Redis commands sent.
+    /// Applies a batch of session events from gateway `gw` as few Redis
+    /// commands as the topology allows: the ownership and user-index
+    /// entries go through the directory script, many entries per call (on
+    /// a Cluster, one call per slot, since a script's keys must share one);
+    /// the gateway's session set gets one `SADD`/`SREM` per sub-set and run
+    /// of opens or closes; presence one `XADD` per event. All of it is one
+    /// pipeline (one per primary on a Cluster). Returns the number of Redis
+    /// commands sent.
     pub async fn sessions_apply(
         &self,
         gw: &str,
@@ -872,32 +919,65 @@ impl Store {
         if events.is_empty() {
             return Ok(0);
         }
-        let mut cmds: Vec<(u16, Cmd)> = Vec::with_capacity(events.len() * 4);
-        let keyed = |key: &str, c: Cmd| (cluster_slot(key.as_bytes()), c);
-        let gw_key = k_gwsess(gw);
+        let cluster = matches!(self.conn.kind, ConnKind::Cluster(_));
+        let mut cmds: Vec<(u16, Cmd)> = Vec::new();
+        let mut groups: std::collections::BTreeMap<u16, Vec<DirEntry>> = Default::default();
+        let mut add = |e: DirEntry| {
+            let group = if cluster {
+                cluster_slot(e.key.as_bytes())
+            } else {
+                0
+            };
+            groups.entry(group).or_default().push(e);
+        };
         for e in events {
-            let op = if e.open { "open" } else { "close" };
-            let (sid, uid, ep) = (
-                e.session_id.to_string(),
-                e.user_id.to_string(),
-                e.epoch.to_string(),
-            );
-            let key = k_sess(e.session_id);
-            cmds.push(keyed(
-                &key,
-                evalsha(&self.sess, &key, &[op, &uid, gw, &ep, &sid]),
-            ));
+            add(DirEntry {
+                key: k_sess(e.session_id),
+                kind: "s",
+                open: e.open,
+                field: e.session_id.to_string(),
+                epoch: e.epoch,
+                tail: format!("{}|{gw}", e.user_id),
+            });
             if e.user_id != 0 {
-                let field = user_field(e.user_id, e.session_id);
-                let key = k_user(e.user_id);
-                cmds.push(keyed(
-                    &key,
-                    evalsha(&self.user, &key, &[op, &field, gw, &ep]),
-                ));
+                add(DirEntry {
+                    key: k_user(e.user_id),
+                    kind: "u",
+                    open: e.open,
+                    field: user_field(e.user_id, e.session_id),
+                    epoch: e.epoch,
+                    tail: gw.to_string(),
+                });
             }
-            let mut set = redis::cmd(if e.open { "SADD" } else { "SREM" });
-            set.arg(&gw_key).arg(e.session_id);
-            cmds.push(keyed(&gw_key, set));
+        }
+        for (slot, entries) in &groups {
+            for chunk in entries.chunks(DIR_SCRIPT_ENTRIES) {
+                cmds.push((*slot, self.dir_call(gw, chunk)));
+            }
+        }
+        // The gateway's session set: one command per sub-set for each run
+        // of opens (or closes), so an open and a close of one session in the
+        // same batch still end in the right order.
+        let mut run: std::collections::BTreeMap<u64, Vec<i64>> = Default::default();
+        let mut flush = |open: bool, run: &mut std::collections::BTreeMap<u64, Vec<i64>>| {
+            for (sub, members) in std::mem::take(run) {
+                let key = k_gwsess(gw, sub);
+                let mut c = redis::cmd(if open { "SADD" } else { "SREM" });
+                c.arg(&key).arg(members);
+                cmds.push((cluster_slot(key.as_bytes()), c));
+            }
+        };
+        for (i, e) in events.iter().enumerate() {
+            if i > 0 && e.open != events[i - 1].open {
+                flush(events[i - 1].open, &mut run);
+            }
+            run.entry(gw_set_of(e.session_id))
+                .or_default()
+                .push(gw_set_member(e.session_id));
+        }
+        flush(events[events.len() - 1].open, &mut run);
+        let presence_slot = cluster_slot(K_PRESENCE.as_bytes());
+        for e in events {
             let mut x = redis::cmd("XADD");
             x.arg(K_PRESENCE)
                 .arg("MAXLEN")
@@ -920,20 +1000,46 @@ impl Store {
                 })
                 .arg("e")
                 .arg(e.epoch);
-            cmds.push(keyed(K_PRESENCE, x));
+            cmds.push((presence_slot, x));
         }
         match self.send_all(&cmds).await {
             Err(StoreError::Redis(e))
                 if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
             {
-                // Redis restarted or failed over: load the scripts, retry once.
-                self.sess.load_async(&mut self.c()).await?;
-                self.user.load_async(&mut self.c()).await?;
+                // Redis restarted or failed over: load the script, retry once.
+                self.dir.load_async(&mut self.c()).await?;
                 self.send_all(&cmds).await?;
             }
             other => other?,
         }
         Ok(cmds.len())
+    }
+
+    /// One directory script call for entries whose keys share a slot.
+    fn dir_call(&self, gw: &str, entries: &[DirEntry]) -> Cmd {
+        let mut keys: Vec<&str> = Vec::new();
+        let mut args: Vec<String> = Vec::with_capacity(1 + entries.len() * 6);
+        args.push(gw.to_string());
+        for e in entries {
+            let idx = match keys.iter().position(|k| *k == e.key) {
+                Some(i) => i,
+                None => {
+                    keys.push(&e.key);
+                    keys.len() - 1
+                }
+            };
+            args.push((idx + 1).to_string());
+            args.push(e.kind.to_string());
+            args.push(if e.open { "1" } else { "0" }.to_string());
+            args.push(e.field.clone());
+            args.push(e.epoch.to_string());
+            args.push(if e.open {
+                e.tail.clone()
+            } else {
+                String::new()
+            });
+        }
+        evalsha_keys(&self.dir, &keys, &args)
     }
 
     /// Sends a batch: one pipeline on a single node; on a Cluster one
@@ -1014,6 +1120,49 @@ impl Store {
             *self.slots.lock() = None;
         }
         ok
+    }
+
+    /// The owners of many sessions, in order: one pipeline per 1,000 on one
+    /// node; on a Cluster, where they live in different slots, each read on
+    /// its own (the multiplexed connection pipelines them).
+    pub async fn sessions(
+        &self,
+        sids: &[u64],
+    ) -> Result<Vec<Option<(u64, String, u64)>>, StoreError> {
+        let mut out = Vec::with_capacity(sids.len());
+        for chunk in sids.chunks(1000) {
+            let values: Vec<Option<String>> = match &self.conn.kind {
+                ConnKind::Cluster(_) => {
+                    let reads = chunk.iter().map(|sid| {
+                        let mut conn = self.c();
+                        async move {
+                            redis::cmd("HGET")
+                                .arg(k_sess(*sid))
+                                .arg(sid)
+                                .query_async::<Option<String>>(&mut conn)
+                                .await
+                        }
+                    });
+                    futures_util::future::join_all(reads)
+                        .await
+                        .into_iter()
+                        .collect::<Result<_, _>>()?
+                }
+                _ => {
+                    let mut p = redis::pipe();
+                    for sid in chunk {
+                        p.cmd("HGET").arg(k_sess(*sid)).arg(sid);
+                    }
+                    p.query_async(&mut self.c()).await?
+                }
+            };
+            out.extend(
+                values
+                    .into_iter()
+                    .map(|v| v.as_deref().and_then(parse_session_entry)),
+            );
+        }
+        Ok(out)
     }
 
     /// The owner of one session: (user, gateway, epoch), if present.

@@ -6,6 +6,7 @@ mod support;
 
 mod cp;
 mod deploy;
+mod directory;
 #[path = "../e2e/dns.rs"]
 mod dns;
 #[path = "../e2e/otlp.rs"]

@@ -413,25 +413,72 @@ async fn redis_used_memory_sum(ports: &[u16]) -> anyhow::Result<u64> {
     Ok(sum)
 }
 
-/// `used_memory` of the Redis at `port` (INFO over a raw connection).
+/// `used_memory` of the Redis at `port`.
 async fn redis_used_memory(port: u16) -> anyhow::Result<u64> {
+    let text = redis_info(port, "memory").await?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no used_memory in INFO"))
+}
+
+/// One `INFO <section>` of the Redis at `port`, over a raw connection (the
+/// reply is one RESP bulk string: read until its declared length is in).
+async fn redis_info(port: u16, section: &str) -> anyhow::Result<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
-    s.write_all(b"INFO memory\r\n").await?;
+    s.write_all(format!("INFO {section}\r\n").as_bytes())
+        .await?;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
         let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk)).await??;
+        anyhow::ensure!(n > 0, "Redis closed before INFO was complete");
         buf.extend_from_slice(&chunk[..n]);
-        let text = String::from_utf8_lossy(&buf);
-        if let Some(v) = text
-            .lines()
-            .find_map(|l| l.strip_prefix("used_memory:"))
-            .and_then(|v| v.trim().parse().ok())
-        {
-            return Ok(v);
+        let Some(eol) = buf.windows(2).position(|w| w == b"\r\n") else {
+            continue;
+        };
+        let len: usize = std::str::from_utf8(&buf[1..eol])?.parse()?;
+        if buf.len() >= eol + 2 + len {
+            return Ok(String::from_utf8_lossy(&buf[eol + 2..eol + 2 + len]).into_owned());
         }
-        anyhow::ensure!(n > 0, "no used_memory in INFO");
     }
+}
+
+/// Redis CPU by command over `ports` (from `INFO commandstats`): one line
+/// per command that ran, with calls and µs per call, and the total.
+async fn redis_command_costs(ports: &[u16]) -> anyhow::Result<String> {
+    let mut by: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+    for p in ports {
+        for l in redis_info(*p, "commandstats").await?.lines() {
+            let Some((name, rest)) = l.strip_prefix("cmdstat_").and_then(|l| l.split_once(':'))
+            else {
+                continue;
+            };
+            let field = |k: &str| {
+                rest.split(',')
+                    .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('='))
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            let e = by.entry(name.to_string()).or_default();
+            e.0 += field("calls");
+            e.1 += field("usec");
+        }
+    }
+    let total: u64 = by.values().map(|v| v.1).sum();
+    let mut out = String::new();
+    for (name, (calls, usec)) in by.iter().filter(|(_, v)| v.1 * 100 >= total) {
+        out.push_str(&format!(
+            "  {name}: {calls} calls, {:.2} µs/call, {:.1} s\n",
+            *usec as f64 / (*calls).max(1) as f64,
+            *usec as f64 / 1e6
+        ));
+    }
+    out.push_str(&format!(
+        "  all commands: {:.1} s of Redis CPU",
+        total as f64 / 1e6
+    ));
+    Ok(out)
 }
 
 /// `--sim-gateways`: that many real Sync streams (hello, ack every
@@ -548,6 +595,12 @@ async fn fleet(
 
     // Directory at scale.
     let mem0 = redis_used_memory_sum(redis_ports).await?;
+    for p in redis_ports {
+        let mut s = TcpStream::connect(("127.0.0.1", *p)).await?;
+        s.write_all(b"CONFIG RESETSTAT\r\n").await?;
+        let mut ok = [0u8; 5];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut ok)).await??;
+    }
     let ev0 = metric(cp_ops, "cp_directory_events_total").await?;
     let per = args.sim_sessions / k;
     let t0 = Instant::now();
@@ -615,6 +668,10 @@ async fn fleet(
         mem0 as f64 / 1e6,
         mem1 as f64 / 1e6,
         (mem1.saturating_sub(mem0)) as f64 / total
+    );
+    println!(
+        "fleet: Redis time by command during the directory burst (the commands with ≥ 1 % of it):\n{}",
+        redis_command_costs(redis_ports).await?
     );
     drop(outboxes);
     Ok(())

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use gg_proto::pb::controlplane as pb;
 use redis::{Cmd, Script};
 
-use super::{Conn, K_PRESENCE, PRESENCE_KEEP, Store, StoreError, parse_entries};
+use super::{Conn, K_PRESENCE, PRESENCE_KEEP, Store, StoreError, evalsha_keys, parse_entries};
 
 pub const K_ROOMLOG: &str = "{gg}:roomlog";
 pub const K_ROOMS: &str = "{gg}:rooms";
@@ -116,18 +116,6 @@ pub struct RoomLimits {
     pub history_ttl_ms: u64,
     pub log_keep: u64,
     pub resume_keep_ms: u64,
-}
-
-fn evalsha_keys(script: &Script, keys: &[&str], args: &[&[u8]]) -> Cmd {
-    let mut c = redis::cmd("EVALSHA");
-    c.arg(script.get_hash()).arg(keys.len());
-    for k in keys {
-        c.arg(*k);
-    }
-    for a in args {
-        c.arg(*a);
-    }
-    c
 }
 
 fn no_script(e: &StoreError) -> bool {
