@@ -2,7 +2,7 @@
 //! targets in `fuzz/` and the unit test that replays their corpora (as
 //! `gg_proto::fuzzing` does for the frame decoder): a crash the fuzzer
 //! finds becomes a regression test by dropping the input in the corpus.
-//! hyper, rustls and tungstenite fuzz their own parsers; these cover what
+//! hyper and rustls fuzz their own parsers; these cover what
 //! this crate decides from a peer's bytes.
 
 use gg_proto::frame;
@@ -82,6 +82,14 @@ pub fn config(data: &[u8]) {
     }
 }
 
+/// The bytes a WebSocket client sends after the upgrade, as the session's
+/// codec parses them (permessage-deflate negotiated, so compressed
+/// messages are inflated too): nothing panics, no message is larger than
+/// the limit, and the read buffer never grows beyond what arrived.
+pub fn ws_frames(data: &[u8]) {
+    crate::session::ws::check_parse(data, 1024);
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -106,6 +114,7 @@ mod tests {
             super::sniff(&data);
             super::http_head(&data);
             super::config(&data);
+            super::ws_frames(&data);
         }
     }
 
@@ -117,6 +126,11 @@ mod tests {
     #[test]
     fn http_head_corpus() {
         replay("http_head", super::http_head);
+    }
+
+    #[test]
+    fn ws_frames_corpus() {
+        replay("ws_frames", super::ws_frames);
     }
 
     #[test]

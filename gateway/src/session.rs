@@ -11,6 +11,7 @@ pub(crate) mod hello;
 pub(crate) mod io;
 pub(crate) mod live;
 pub(crate) mod table;
+pub(crate) mod ws;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;

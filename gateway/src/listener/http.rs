@@ -20,9 +20,7 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tracing::{Instrument, debug};
 
 use super::prefixed::PrefixedIo;
@@ -42,9 +40,6 @@ use crate::session::{Outbound, SessionHandle};
 pub(crate) const WS_PATH: &str = "/v1/ws";
 /// Prefix of one-shot call paths: `/v1/call/{service name or id}`.
 pub(crate) const CALL_PREFIX: &str = "/v1/call/";
-/// tungstenite's read chunk, allocated eagerly per WebSocket (its default is
-/// 128 KiB); messages larger than this are read in several chunks.
-const WS_READ_BUFFER: usize = 512;
 /// Concurrent streams per HTTP/2 connection.
 const H2_MAX_STREAMS: u32 = 128;
 /// The `seq` of the DATA frame an HTTP call sends (one request per session).
@@ -384,14 +379,6 @@ fn upgrade(
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let guard = guard.lock().take();
-    let max_msg = gw.cfg.limits.max_frame_bytes as usize + frame::LEN_BYTES;
-    // A small read buffer keeps idle WebSocket sessions cheap (tungstenite's
-    // default is 128 KiB per connection).
-    let ws_cfg = WebSocketConfig::default()
-        .read_buffer_size(WS_READ_BUFFER)
-        .write_buffer_size(0)
-        .max_message_size(Some(max_msg))
-        .max_frame_size(Some(max_msg));
     let task_gw = gw.clone();
     gw.life.tracker.spawn(async move {
         let upgraded = match on_upgrade.await {
@@ -401,8 +388,6 @@ fn upgrade(
                 return;
             }
         };
-        let io = super::wsdeflate::WsIo::new(TokioIo::new(upgraded), deflate.is_some(), max_msg);
-        let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_cfg)).await;
         let pm = task_gw.metrics.proto(Protocol::Ws);
         pm.connections.inc();
         pm.active.inc();
@@ -413,7 +398,7 @@ fn upgrade(
         let compress = deflate.map(|_| task_gw.cfg.websocket.compress_min_bytes);
         start(
             task_gw,
-            ClientIo::ws(ws, compress),
+            ClientIo::ws(TokioIo::new(upgraded), compress),
             remote,
             Protocol::Ws,
             admission,

@@ -10,23 +10,19 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
-use futures_util::{Sink, Stream};
 use gg_proto::frame::{self, FrameError};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::config::SMALL_FRAME_BYTES;
 use crate::limits::{ByteBudget, Charge};
 use crate::listener::prefixed::PrefixedIo;
 
 /// A WebSocket over an HTTP/1.1 connection upgraded by hyper.
-pub(crate) type WsStream = WebSocketStream<crate::listener::wsdeflate::WsIo<TokioIo<Upgraded>>>;
+pub(crate) type WsStream = super::ws::WsConn<TokioIo<Upgraded>>;
 
 /// A TLS connection on the client port (the sniffed bytes replayed into
 /// the handshake).
@@ -73,13 +69,9 @@ pub(crate) enum ClientIo {
         charge: Option<Charge>,
         pending: Pending,
     },
-    Ws {
-        ws: Box<WsStream>,
-        pending: Pending,
-        /// permessage-deflate negotiated: messages of at least this many
-        /// bytes go out compressed.
-        compress_min: Option<usize>,
-    },
+    /// One binary message per frame; boxed, so TCP sessions do not pay
+    /// for its state.
+    Ws { ws: Box<WsStream> },
     /// An HTTP session: calls arrive as frames, what the session writes
     /// goes to waiting calls or out as Server-Sent Events.
     Sse {
@@ -117,11 +109,11 @@ impl ClientIo {
         }
     }
 
-    pub(crate) fn ws(ws: WsStream, compress_min: Option<usize>) -> ClientIo {
+    /// A WebSocket over `io`; `compress_min` when permessage-deflate was
+    /// negotiated (messages of at least this many bytes go out compressed).
+    pub(crate) fn ws(io: TokioIo<Upgraded>, compress_min: Option<usize>) -> ClientIo {
         ClientIo::Ws {
-            ws: Box::new(ws),
-            pending: Pending::new(),
-            compress_min,
+            ws: Box::new(WsStream::new(io, compress_min)),
         }
     }
 
@@ -163,30 +155,7 @@ impl ClientIo {
                 poll_frame(&mut **stream, &mut rb, cx, max, |_, _| Poll::Ready(Ok(())))
             }
             ClientIo::Sse { io, .. } => io.poll_read_frame(cx),
-            ClientIo::Ws { ws, .. } => loop {
-                let msg = match ready!(Pin::new(&mut **ws).poll_next(cx)) {
-                    None => return Poll::Ready(Err(ReadError::Closed)),
-                    Some(Ok(m)) => m,
-                    Some(Err(e)) => return Poll::Ready(Err(ws_read_error(e, max))),
-                };
-                return Poll::Ready(match msg {
-                    Message::Binary(b) => match frame::check(&b, max) {
-                        Ok(Some(total)) if total == b.len() => {
-                            Ok(b.try_into_mut().unwrap_or_else(|b| BytesMut::from(&b[..])))
-                        }
-                        Ok(_) => Err(ReadError::Protocol(
-                            "a WebSocket binary message must carry exactly one whole frame",
-                        )),
-                        Err(e) => Err(ReadError::Frame(e)),
-                    },
-                    Message::Text(_) => Err(ReadError::Protocol(
-                        "text WebSocket messages are not accepted; send frames as binary messages",
-                    )),
-                    Message::Close(_) => Err(ReadError::Closed),
-                    // Pings are answered by tungstenite itself.
-                    Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
-                });
-            },
+            ClientIo::Ws { ws } => ws.poll_read_frame(cx, max, budget),
         }
     }
 
@@ -205,19 +174,20 @@ impl ClientIo {
     pub(crate) fn queue(&mut self, raw: Bytes, count: u32) {
         match self {
             ClientIo::Tcp { pending, .. } | ClientIo::Tls { pending, .. } => pending.push(raw),
-            ClientIo::Ws { pending, .. } | ClientIo::Sse { pending, .. } if count > 1 => {
+            ClientIo::Ws { ws } => ws.queue(&raw, count),
+            ClientIo::Sse { pending, .. } if count > 1 => {
                 pending.extend(frame::split_frames(raw));
             }
-            ClientIo::Ws { pending, .. } | ClientIo::Sse { pending, .. } => pending.push(raw),
+            ClientIo::Sse { pending, .. } => pending.push(raw),
         }
     }
 
-    fn pending(&mut self) -> &mut Pending {
+    fn pending(&mut self) -> Option<&mut Pending> {
         match self {
             ClientIo::Tcp { pending, .. }
             | ClientIo::Tls { pending, .. }
-            | ClientIo::Ws { pending, .. }
-            | ClientIo::Sse { pending, .. } => pending,
+            | ClientIo::Sse { pending, .. } => Some(pending),
+            ClientIo::Ws { .. } => None,
         }
     }
 
@@ -226,8 +196,8 @@ impl ClientIo {
         match self {
             ClientIo::Tcp { pending, .. }
             | ClientIo::Tls { pending, .. }
-            | ClientIo::Ws { pending, .. }
             | ClientIo::Sse { pending, .. } => !pending.is_empty(),
+            ClientIo::Ws { ws } => ws.has_pending(),
         }
     }
 
@@ -241,24 +211,7 @@ impl ClientIo {
             ClientIo::Tls {
                 stream, pending, ..
             } => poll_writev(&mut **stream, pending, cx),
-            ClientIo::Ws {
-                ws,
-                pending,
-                compress_min,
-            } => {
-                let r = poll_ws_send(ws, pending, *compress_min, cx);
-                // tungstenite can write a frame (its reply to a Close) and
-                // then report the connection closed without flushing the
-                // layer beneath, which gathers writes: push those out too.
-                match (r.is_ready(), Pin::new(ws.get_mut()).poll_flush(cx)) {
-                    (false, _) => r,
-                    (true, Poll::Pending) => Poll::Pending,
-                    (true, Poll::Ready(Err(e))) if matches!(r, Poll::Ready(Ok(()))) => {
-                        Poll::Ready(Err(e))
-                    }
-                    (true, Poll::Ready(_)) => r,
-                }
-            }
+            ClientIo::Ws { ws } => ws.poll_flush(cx),
             ClientIo::Sse { io, pending } => {
                 for f in pending.drain(..) {
                     io.deliver(f);
@@ -266,8 +219,10 @@ impl ClientIo {
                 Poll::Ready(Ok(()))
             }
         };
-        let pending = self.pending();
-        if pending.is_empty() && pending.spilled() {
+        if let Some(pending) = self.pending()
+            && pending.is_empty()
+            && pending.spilled()
+        {
             *pending = Pending::new();
         }
         res
@@ -290,47 +245,8 @@ impl ClientIo {
                 let _ = stream.shutdown().await;
             }
             ClientIo::Sse { io, .. } => io.end(),
-            ClientIo::Ws { ws, .. } => {
-                // WebSocket close reasons are limited to 123 bytes.
-                let mut end = reason.len().min(123);
-                while !reason.is_char_boundary(end) {
-                    end -= 1;
-                }
-                let frame = CloseFrame {
-                    code: code.into(),
-                    reason: reason[..end].to_string().into(),
-                };
-                let _ = WsStream::close(ws, Some(frame)).await;
-                // What tungstenite wrote before it reported the close done.
-                let _ = ws.get_mut().flush().await;
-            }
+            ClientIo::Ws { ws } => ws.close(code, reason).await,
         }
-    }
-}
-
-fn ws_io(e: tungstenite::Error) -> io::Error {
-    match e {
-        tungstenite::Error::Io(e) => e,
-        other => io::Error::other(other),
-    }
-}
-
-fn ws_read_error(e: tungstenite::Error, max: u32) -> ReadError {
-    match e {
-        tungstenite::Error::Capacity(tungstenite::error::CapacityError::MessageTooLong {
-            size,
-            ..
-        }) => ReadError::WsTooLarge(size),
-        tungstenite::Error::Capacity(_) => ReadError::WsTooLarge(max as usize + 1),
-        tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => {
-            ReadError::Closed
-        }
-        // Our permessage-deflate layer's refusals (corrupt, too large).
-        tungstenite::Error::Io(e) if e.kind() == io::ErrorKind::InvalidData => {
-            ReadError::Protocol("invalid compressed WebSocket message")
-        }
-        tungstenite::Error::Io(e) => ReadError::Io(e),
-        _ => ReadError::Protocol("invalid WebSocket framing"),
     }
 }
 
@@ -442,44 +358,4 @@ fn poll_writev<W: AsyncWrite + Unpin>(
         }
     }
     Pin::new(stream).poll_flush(cx)
-}
-
-/// Sends `pending` as one binary message each, then flushes the socket.
-fn poll_ws_send(
-    ws: &mut WsStream,
-    pending: &mut Pending,
-    compress_min: Option<usize>,
-    cx: &mut Context<'_>,
-) -> Poll<io::Result<()>> {
-    let mut ws = Pin::new(ws);
-    let mut sent = 0;
-    let res = loop {
-        if sent == pending.len() {
-            break Ok(());
-        }
-        match ws.as_mut().poll_ready(cx) {
-            Poll::Ready(Ok(())) => {}
-            Poll::Ready(Err(e)) => break Err(ws_io(e)),
-            Poll::Pending => {
-                pending.drain(..sent);
-                return Poll::Pending;
-            }
-        }
-        let f = std::mem::take(&mut pending[sent]);
-        sent += 1;
-        let msg = match compress_min {
-            Some(min) if f.len() >= min => {
-                Message::Frame(crate::listener::wsdeflate::compressed_frame(
-                    crate::listener::wsdeflate::deflate(&f),
-                ))
-            }
-            _ => Message::Binary(f),
-        };
-        if let Err(e) = ws.as_mut().start_send(msg) {
-            break Err(ws_io(e));
-        }
-    };
-    pending.drain(..sent);
-    res?;
-    ws.poll_flush(cx).map_err(ws_io)
 }
