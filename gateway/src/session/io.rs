@@ -138,7 +138,13 @@ impl ClientIo {
                     charge,
                     budget,
                 };
-                poll_frame(stream, &mut rb, cx, max, |s, cx| s.poll_read_ready(cx))
+                poll_frame(
+                    stream,
+                    &mut rb,
+                    cx,
+                    max,
+                    Some(|s: &mut TcpStream, cx: &mut Context<'_>| s.poll_read_ready(cx)),
+                )
             }
             // rustls buffers internally; there is no cheap readiness check.
             ClientIo::Tls {
@@ -152,7 +158,13 @@ impl ClientIo {
                     charge,
                     budget,
                 };
-                poll_frame(&mut **stream, &mut rb, cx, max, |_, _| Poll::Ready(Ok(())))
+                poll_frame(
+                    &mut **stream,
+                    &mut rb,
+                    cx,
+                    max,
+                    None::<fn(&mut TlsStream, &mut Context<'_>) -> Poll<io::Result<()>>>,
+                )
             }
             ClientIo::Sse { io, .. } => io.poll_read_frame(cx),
             ClientIo::Ws { ws } => ws.poll_read_frame(cx, max, budget),
@@ -261,16 +273,18 @@ struct ReadBuf<'a> {
 /// length is a claim, not a reason to allocate.
 const READ_AHEAD: usize = 64 * 1024;
 
-/// Reads until the buffer holds a whole frame. `ready` is polled before
-/// each read, so a transport that can tell readiness does not allocate
-/// first. Bytes of a partly read frame beyond [`SMALL_FRAME_BYTES`] are
+/// Reads until the buffer holds a whole frame. `ready` (for a transport
+/// that can tell readiness) is polled before each read, so it does not
+/// allocate first; one that cannot reads into a stack scratch while its
+/// buffer is empty ([`poll_read_some`]). Either way an idle session holds
+/// no read buffer. Bytes of a partly read frame beyond [`SMALL_FRAME_BYTES`] are
 /// charged to the budget as they arrive; a spent budget refuses the frame.
 fn poll_frame<S: AsyncRead + Unpin>(
     stream: &mut S,
     rb: &mut ReadBuf<'_>,
     cx: &mut Context<'_>,
     max: u32,
-    mut ready: impl FnMut(&mut S, &mut Context<'_>) -> Poll<io::Result<()>>,
+    mut ready: Option<impl FnMut(&mut S, &mut Context<'_>) -> Poll<io::Result<()>>>,
 ) -> Poll<Result<BytesMut, ReadError>> {
     loop {
         let rbuf = &mut *rb.rbuf;
@@ -292,7 +306,9 @@ fn poll_frame<S: AsyncRead + Unpin>(
         if !Charge::grow_to(rb.charge, rb.budget, held) {
             return Poll::Ready(Err(ReadError::Budget));
         }
-        if let Err(e) = ready!(ready(stream, cx)) {
+        if let Some(ready) = &mut ready
+            && let Err(e) = ready!(ready(stream, cx))
+        {
             return Poll::Ready(Err(ReadError::Io(e)));
         }
         // Room for what the announced frame still needs, but never more
@@ -305,20 +321,50 @@ fn poll_frame<S: AsyncRead + Unpin>(
         } else {
             READ_CHUNK
         };
-        rbuf.reserve(want);
         // `poll_read` (not `try_read`): tokio clears the readiness after a
         // short read, which saves the spurious EAGAIN read per frame that
         // `try_read` would cost.
-        match ready!(tokio_util::io::poll_read_buf(
-            Pin::new(&mut *stream),
-            cx,
-            rbuf
-        )) {
+        let read = if ready.is_some() {
+            rbuf.reserve(want);
+            tokio_util::io::poll_read_buf(Pin::new(&mut *stream), cx, rbuf)
+        } else {
+            poll_read_some(stream, rbuf, want, cx)
+        };
+        match ready!(read) {
             Ok(0) => return Poll::Ready(Err(ReadError::Closed)),
             Ok(_) => {}
             Err(e) => return Poll::Ready(Err(ReadError::Io(e))),
         }
     }
+}
+
+/// Bytes read at most per `read` into the stack scratch.
+const SCRATCH: usize = 4 * 1024;
+
+/// Reads more into `rbuf` (about `want` bytes are expected, at most
+/// [`READ_AHEAD`] reserved). An empty buffer reads into a stack scratch and
+/// keeps exactly what arrived, so a transport without a readiness check
+/// holds no buffer while it waits.
+pub(super) fn poll_read_some<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+    want: usize,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    if rbuf.is_empty() {
+        let mut scratch = [std::mem::MaybeUninit::<u8>::uninit(); SCRATCH];
+        let mut rb = tokio::io::ReadBuf::uninit(&mut scratch);
+        ready!(Pin::new(stream).poll_read(cx, &mut rb))?;
+        let got = rb.filled();
+        if !got.is_empty() {
+            let mut b = BytesMut::with_capacity(got.len().max(want.min(READ_AHEAD)));
+            b.extend_from_slice(got);
+            *rbuf = b;
+        }
+        return Poll::Ready(Ok(got.len()));
+    }
+    rbuf.reserve(want.clamp(SCRATCH, READ_AHEAD));
+    tokio_util::io::poll_read_buf(Pin::new(stream), cx, rbuf)
 }
 
 /// Writes `pending` with vectored writes, dropping what was written, then

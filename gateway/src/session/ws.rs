@@ -21,7 +21,6 @@
 //! is read. Pings are answered, pongs ignored, a Close is echoed.
 
 use std::io;
-use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -43,11 +42,6 @@ const OP_PONG: u8 = 0xA;
 
 const FIN: u8 = 0x80;
 const RSV1: u8 = 0x40;
-
-/// Bytes read at most per `read` into the stack scratch (an empty buffer).
-const SCRATCH: usize = 4 * 1024;
-/// Most bytes reserved ahead of what has arrived.
-const READ_AHEAD: usize = 64 * 1024;
 
 /// A fragmented data message being gathered.
 struct Partial {
@@ -131,31 +125,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
             {
                 return Poll::Ready(Err(ReadError::Io(e)));
             }
-            match ready!(self.poll_fill(cx, want)) {
+            match ready!(super::io::poll_read_some(
+                &mut self.io,
+                &mut self.rbuf,
+                want,
+                cx
+            )) {
                 Ok(0) => return Poll::Ready(Err(ReadError::Closed)),
                 Ok(_) => {}
                 Err(e) => return Poll::Ready(Err(ReadError::Io(e))),
             }
         }
-    }
-
-    /// Reads more. An empty buffer reads into a stack scratch and keeps
-    /// exactly what arrived, so an idle connection holds no read buffer.
-    fn poll_fill(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
-        if self.rbuf.is_empty() {
-            let mut scratch = [MaybeUninit::<u8>::uninit(); SCRATCH];
-            let mut rb = tokio::io::ReadBuf::uninit(&mut scratch);
-            ready!(Pin::new(&mut self.io).poll_read(cx, &mut rb))?;
-            let got = rb.filled();
-            if !got.is_empty() {
-                let mut b = BytesMut::with_capacity(got.len().max(want.min(READ_AHEAD)));
-                b.extend_from_slice(got);
-                self.rbuf = b;
-            }
-            return Poll::Ready(Ok(got.len()));
-        }
-        self.rbuf.reserve(want.clamp(SCRATCH, READ_AHEAD));
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf)
     }
 
     /// Parses one frame from the read buffer, if it is all there.
