@@ -430,12 +430,21 @@ return {'OK', tostring(rev), epoch}
 // epoch) cannot overwrite a newer one; a close removes only an entry this
 // gateway owns. A new entry costs one HSETNX; an existing one is compared
 // by epoch (first: a plain `find` parses it). One call carries
-// many entries, so the script's own cost is paid once per call.
+// many entries, so the script's own cost is paid once per call. The keys
+// are declared (KEYS, one slot), or, for a call that spans the slots of one
+// Cluster node, passed after the gateway id as a count and the names.
 const DIR_LUA: &str = r#"
 local gw = ARGV[1]
+local keys, first = KEYS, 2
+if #KEYS == 0 then
+  local nk = tonumber(ARGV[2])
+  keys = {}
+  for j = 1, nk do keys[j] = ARGV[2 + j] end
+  first = 3 + nk
+end
 local n = 0
-for i = 2, #ARGV, 6 do
-  local k = KEYS[tonumber(ARGV[i])]
+for i = first, #ARGV, 6 do
+  local k = keys[tonumber(ARGV[i])]
   local f = ARGV[i + 3]
   if ARGV[i + 2] == '1' then
     local nv = ARGV[i + 4] .. '|' .. ARGV[i + 5]
@@ -950,11 +959,18 @@ impl Store {
                 });
             }
         }
+        // On a Cluster, first try one call per node and 128 entries (keys of
+        // many slots, undeclared); per slot is the fallback.
+        let per_node = match &self.conn.kind {
+            ConnKind::Cluster(_) => self.per_node_dir_calls(gw, &groups).await,
+            _ => None,
+        };
         for (slot, entries) in &groups {
             for chunk in entries.chunks(DIR_SCRIPT_ENTRIES) {
-                cmds.push((*slot, self.dir_call(gw, chunk)));
+                cmds.push((*slot, self.dir_call(gw, chunk, true)));
             }
         }
+        let n_dir = cmds.len();
         // The gateway's session set: one command per sub-set for each run
         // of opens (or closes), so an open and a close of one session in the
         // same batch still end in the right order.
@@ -1002,12 +1018,21 @@ impl Store {
                 .arg(e.epoch);
             cmds.push((presence_slot, x));
         }
+        if let (Some(mut node_cmds), ConnKind::Cluster(cluster)) = (per_node, &self.conn.kind) {
+            // The set and presence commands as they are.
+            node_cmds.extend(cmds.iter().skip(n_dir).cloned());
+            if self.send_per_node(cluster, &node_cmds).await {
+                return Ok(node_cmds.len());
+            }
+            // A slot moved, or the script is not loaded there: per slot.
+            let _ = self.load_dir_script().await;
+        }
         match self.send_all(&cmds).await {
             Err(StoreError::Redis(e))
                 if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
             {
                 // Redis restarted or failed over: load the script, retry once.
-                self.dir.load_async(&mut self.c()).await?;
+                self.load_dir_script().await?;
                 self.send_all(&cmds).await?;
             }
             other => other?,
@@ -1015,12 +1040,63 @@ impl Store {
         Ok(cmds.len())
     }
 
-    /// One directory script call for entries whose keys share a slot.
-    fn dir_call(&self, gw: &str, entries: &[DirEntry]) -> Cmd {
+    /// The directory calls of a batch grouped by Cluster node (by the slot
+    /// map), each tagged with a slot of its node; `None` without a map.
+    async fn per_node_dir_calls(
+        &self,
+        gw: &str,
+        groups: &std::collections::BTreeMap<u16, Vec<DirEntry>>,
+    ) -> Option<Vec<(u16, Cmd)>> {
+        let map = self.slot_map().await?;
+        let mut by_node: std::collections::HashMap<(&str, u16), (u16, Vec<&DirEntry>)> =
+            std::collections::HashMap::new();
+        for (slot, entries) in groups {
+            let node = map.node(*slot)?;
+            by_node
+                .entry(node)
+                .or_insert_with(|| (*slot, Vec::new()))
+                .1
+                .extend(entries);
+        }
+        let mut out = Vec::new();
+        for (slot, entries) in by_node.into_values() {
+            for chunk in entries.chunks(DIR_SCRIPT_ENTRIES) {
+                out.push((slot, self.dir_call(gw, chunk, false)));
+            }
+        }
+        Some(out)
+    }
+
+    /// Loads the directory script on every primary (a Cluster) or the one
+    /// node.
+    async fn load_dir_script(&self) -> Result<(), StoreError> {
+        if let ConnKind::Cluster(cluster) = &self.conn.kind {
+            let mut c = redis::cmd("SCRIPT");
+            c.arg("LOAD").arg(DIR_LUA);
+            let route = redis::cluster_routing::RoutingInfo::MultiNode((
+                redis::cluster_routing::MultipleNodeRoutingInfo::AllMasters,
+                None,
+            ));
+            cluster.clone().route_command(c, route).await?;
+            return Ok(());
+        }
+        self.dir.load_async(&mut self.c()).await?;
+        Ok(())
+    }
+
+    /// One directory script call: keys declared when they share a slot
+    /// (`declared`), else passed as arguments (one Cluster node's slots).
+    fn dir_call<E: std::borrow::Borrow<DirEntry>>(
+        &self,
+        gw: &str,
+        entries: &[E],
+        declared: bool,
+    ) -> Cmd {
         let mut keys: Vec<&str> = Vec::new();
         let mut args: Vec<String> = Vec::with_capacity(1 + entries.len() * 6);
         args.push(gw.to_string());
         for e in entries {
+            let e = e.borrow();
             let idx = match keys.iter().position(|k| *k == e.key) {
                 Some(i) => i,
                 None => {
@@ -1039,7 +1115,15 @@ impl Store {
                 String::new()
             });
         }
-        evalsha_keys(&self.dir, &keys, &args)
+        if declared {
+            return evalsha_keys(&self.dir, &keys, &args);
+        }
+        let mut all: Vec<String> = Vec::with_capacity(2 + keys.len() + args.len());
+        all.push(args[0].clone());
+        all.push(keys.len().to_string());
+        all.extend(keys.iter().map(|k| k.to_string()));
+        all.extend(args.into_iter().skip(1));
+        evalsha_keys(&self.dir, &[], &all)
     }
 
     /// Sends a batch: one pipeline on a single node; on a Cluster one
@@ -1072,26 +1156,25 @@ impl Store {
         Ok(())
     }
 
+    /// The cached slot map, fetched (`CLUSTER SLOTS`) when there is none.
+    async fn slot_map(&self) -> Option<Arc<SlotMap>> {
+        if let Some(m) = self.slots.lock().clone() {
+            return Some(m);
+        }
+        let v = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async::<Value>(&mut self.c())
+            .await;
+        let m = Arc::new(SlotMap::parse(v.as_ref().ok()?)?);
+        *self.slots.lock() = Some(m.clone());
+        Some(m)
+    }
+
     /// One pipeline per primary; false (and the slot map forgotten) when
     /// any of it failed or the map could not be had.
     async fn send_per_node(&self, cluster: &ClusterConnection, cmds: &[(u16, Cmd)]) -> bool {
-        let cached = self.slots.lock().clone();
-        let map = match cached {
-            Some(m) => m,
-            None => {
-                let v = redis::cmd("CLUSTER")
-                    .arg("SLOTS")
-                    .query_async::<Value>(&mut self.c())
-                    .await;
-                match v.ok().as_ref().and_then(SlotMap::parse) {
-                    Some(m) => {
-                        let m = Arc::new(m);
-                        *self.slots.lock() = Some(m.clone());
-                        m
-                    }
-                    None => return false,
-                }
-            }
+        let Some(map) = self.slot_map().await else {
+            return false;
         };
         let mut by_node: std::collections::HashMap<(&str, u16), (redis::Pipeline, usize)> =
             std::collections::HashMap::new();

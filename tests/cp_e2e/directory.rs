@@ -187,4 +187,49 @@ async fn directory_ownership_on_a_cluster() {
     let cluster = Cluster::start().await;
     let s = store(RedisTarget::Cluster(cluster.seeds())).await;
     ownership_rules(&s).await;
+
+    // A batch goes to each node as one script call per 128 entries (keys
+    // of many slots), not one per slot.
+    let mut nodes = Vec::new();
+    for url in cluster.seeds() {
+        let client = redis::Client::open(url).expect("client");
+        let mut c = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("conn");
+        let _: () = redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .query_async(&mut c)
+            .await
+            .expect("resetstat");
+        nodes.push(c);
+    }
+    let batch: Vec<SessionEvent> = (1..=300).map(|i| ev(90_000 + i, 50 + i, true, 1)).collect();
+    s.sessions_apply("gw-5", &batch).await.expect("batch");
+    let mut calls = 0u64;
+    for c in &mut nodes {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(c)
+            .await
+            .expect("info");
+        calls += info
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+            .and_then(|v| v.split(',').next()?.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    // 600 entries: 3 nodes × at most 5 calls of 128, not ~600 calls.
+    assert!(
+        (1..=15).contains(&calls),
+        "{calls} script calls for 600 entries"
+    );
+    let sids: Vec<u64> = (90_001..=90_300).collect();
+    let found = s.sessions(&sids).await.expect("sessions");
+    assert!(
+        found
+            .iter()
+            .all(|o| o.as_ref().is_some_and(|o| o.1 == "gw-5"))
+    );
+    assert_eq!(users(&s, 51).await, vec![90_001]);
 }
