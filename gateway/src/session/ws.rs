@@ -515,6 +515,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_ping_alone_is_answered_without_waiting_for_data() {
+        let (mut ws, mut peer) = pair(None);
+        peer.write_all(&client_frame(0x89, b"are you there", [7, 7, 7, 7]))
+            .await
+            .unwrap();
+        let b = budget();
+        // No message arrives, so the read waits; the pong has gone out.
+        let waited = tokio::time::timeout(
+            std::time::Duration::from_millis(200),
+            std::future::poll_fn(|cx| ws.poll_read_frame(cx, 1 << 20, &b)),
+        )
+        .await;
+        assert!(waited.is_err(), "a read returned without a message");
+        let mut got = [0u8; 15];
+        tokio::time::timeout(std::time::Duration::from_secs(1), peer.read_exact(&mut got))
+            .await
+            .expect("the pong within 1 s")
+            .unwrap();
+        assert_eq!(&got[..2], &[0x8A, 13]);
+        assert_eq!(&got[2..], b"are you there");
+    }
+
+    #[tokio::test]
     async fn frames_written_as_binary_messages_and_compressed_when_negotiated() {
         let (mut ws, mut peer) = pair(None);
         let (a, b) = (gw_frame(b"one"), gw_frame(&[9u8; 200]));
