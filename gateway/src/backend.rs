@@ -196,6 +196,9 @@ pub(crate) struct Endpoint {
     pub(crate) breaker: Breaker,
     admin_state: AtomicU8,
     retired: AtomicBool,
+    /// Worker threads; `conns.len()` is a multiple of it and slot `i` runs
+    /// on worker `i mod workers`.
+    workers: usize,
     /// Cancelled when the endpoint leaves the pool: its connection tasks end.
     stop: CancellationToken,
 }
@@ -275,12 +278,16 @@ impl Endpoint {
             .count()
     }
 
-    /// The connection a session should use: its home slot (`session_id mod
-    /// n`, so a session's frames stay ordered on one connection) or, when
-    /// that one is down, the next live one. Returns the slot and generation.
+    /// The connection a session should use: its home slot, one of the
+    /// slots on the calling worker chosen by `session_id` (a session stays
+    /// on its worker, so its frames stay ordered on one connection and
+    /// never cross threads), or, when that one is down, the next live one.
+    /// Returns the slot and generation.
     pub(crate) fn conn_for(&self, session_id: u64) -> Option<(usize, u64)> {
         let n = self.conns.len();
-        let home = (session_id % n as u64) as usize;
+        let w = self.workers;
+        let per_worker = (n / w) as u64;
+        let home = crate::workers::current() % w + w * (session_id % per_worker) as usize;
         (0..n)
             .map(|i| (home + i) % n)
             .find_map(|i| self.conns[i].live_generation().map(|g| (i, g)))
@@ -342,7 +349,9 @@ impl BackendPool {
         if let Some(ep) = map.get(addr) {
             return ep.clone();
         }
-        let n = self.ctx.settings.connections_per_endpoint;
+        // At least one connection per worker, the same number on each.
+        let w = self.ctx.workers.count();
+        let n = self.ctx.settings.connections_per_endpoint.div_ceil(w) * w;
         let mut receivers = Vec::with_capacity(n);
         let conns = (0..n)
             .map(|_| {
@@ -372,11 +381,14 @@ impl BackendPool {
             breaker: Breaker::new(self.ctx.breaker.clone()),
             admin_state: AtomicU8::new(AdminState::Ready as u8),
             retired: AtomicBool::new(false),
+            workers: w,
             stop: self.ctx.shutdown.child_token(),
         });
         for (slot, rx) in receivers.into_iter().enumerate() {
             let task = conn::run(ep.clone(), slot, rx, self.ctx.clone());
-            self.ctx.tracker.spawn(task);
+            self.ctx
+                .tracker
+                .spawn_on(task, self.ctx.workers.handle(slot));
         }
         map.insert(addr.to_string(), ep.clone());
         ep

@@ -29,6 +29,7 @@ pub(crate) mod resume;
 pub(crate) mod rooms;
 pub(crate) mod router;
 pub(crate) mod session;
+pub mod workers;
 
 /// The gateway's permessage-deflate codec (one message at a time, no
 /// context takeover), for benchmarks.
@@ -73,6 +74,8 @@ pub struct Gateway {
     /// Bound addresses, set once by [`serve`].
     pub(crate) addrs: OnceLock<BoundAddrs>,
     pub(crate) started: Instant,
+    /// The runtimes connections are spread over (thread per core).
+    pub(crate) workers: Arc<crate::workers::Workers>,
 }
 
 /// Where traffic goes: the routing snapshot, local overrides, the pool.
@@ -133,8 +136,14 @@ pub(crate) struct SessionEvents {
 
 impl Gateway {
     /// Builds the shared state and starts backend connections for every
-    /// endpoint the routes mention.
+    /// endpoint the routes mention, all on the caller's runtime.
     pub fn new(cfg: Config) -> Arc<Gateway> {
+        Gateway::with_workers(cfg, crate::workers::Workers::current_runtime())
+    }
+
+    /// As [`Gateway::new`], with connections and backend connections
+    /// spread over `workers`.
+    pub fn with_workers(cfg: Config, workers: Arc<crate::workers::Workers>) -> Arc<Gateway> {
         let metrics = Arc::new(Metrics::new());
         let backend_stop = CancellationToken::new();
         let backend_tracker = TaskTracker::new();
@@ -151,6 +160,7 @@ impl Gateway {
             tracker: backend_tracker,
             shutdown: backend_stop.clone(),
             rooms: rooms.clone(),
+            workers: workers.clone(),
         })
         .with_descriptors(cfg.transcoding.clone());
         let discovery = crate::discovery::Discovery::new(&cfg.discovery);
@@ -211,6 +221,7 @@ impl Gateway {
             rooms,
             addrs: OnceLock::new(),
             started: Instant::now(),
+            workers,
             metrics,
             cfg,
         })

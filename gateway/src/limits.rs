@@ -84,6 +84,7 @@ impl ConnLimits {
         Ok(ConnGuard {
             limits: self.clone(),
             ip,
+            placed: None,
         })
     }
 
@@ -114,6 +115,15 @@ impl ConnLimits {
 pub(crate) struct ConnGuard {
     limits: Arc<ConnLimits>,
     ip: IpAddr,
+    /// The connection's place on its worker, released with the guard.
+    placed: Option<crate::workers::Placed>,
+}
+
+impl ConnGuard {
+    /// Keeps the connection counted on its worker for as long as it lives.
+    pub(crate) fn place(&mut self, placed: crate::workers::Placed) {
+        self.placed = Some(placed);
+    }
 }
 
 impl Drop for ConnGuard {

@@ -43,20 +43,23 @@ pub(crate) async fn accept_loop(
         if gw.cfg.proxy_trusted.iter().any(|c| c.contains(remote.ip())) {
             // The player's address (and so the admission decision) comes
             // with the PROXY header.
-            gw.life.tracker.spawn(proxied(gw.clone(), stream, remote));
+            let g = gw.clone();
+            gw.workers
+                .spawn_conn(&gw.life.tracker, stream, move |s, placed| {
+                    proxied(g, s, remote, placed)
+                });
             continue;
         }
-        let Some(guard) = admit(&gw, remote) else {
+        let Some(mut guard) = admit(&gw, remote) else {
             drop(stream);
             continue;
         };
-        gw.life.tracker.spawn(handle_conn(
-            gw.clone(),
-            stream,
-            remote,
-            guard,
-            bytes::BytesMut::new(),
-        ));
+        let g = gw.clone();
+        gw.workers
+            .spawn_conn(&gw.life.tracker, stream, move |s, placed| {
+                guard.place(placed);
+                handle_conn(g, s, remote, guard, bytes::BytesMut::new())
+            });
     }
 }
 
@@ -81,7 +84,12 @@ fn admit(gw: &Gateway, remote: SocketAddr) -> Option<ConnGuard> {
 
 /// A connection from a trusted load balancer: the PROXY header first
 /// (within the sniff timeout), then admission for the player's address.
-async fn proxied(gw: Arc<Gateway>, mut stream: TcpStream, peer: SocketAddr) {
+async fn proxied(
+    gw: Arc<Gateway>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    placed: crate::workers::Placed,
+) {
     let (player, rest) = match proxy::read_header(&mut stream, gw.cfg.limits.sniff_timeout).await {
         Ok(x) => x,
         Err(reason) => {
@@ -91,7 +99,8 @@ async fn proxied(gw: Arc<Gateway>, mut stream: TcpStream, peer: SocketAddr) {
         }
     };
     let remote = player.unwrap_or(peer);
-    if let Some(guard) = admit(&gw, remote) {
+    if let Some(mut guard) = admit(&gw, remote) {
+        guard.place(placed);
         handle_conn(gw, stream, remote, guard, rest).await;
     }
 }

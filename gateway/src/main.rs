@@ -45,8 +45,9 @@ struct Args {
     /// Validate the config, print the result and exit (0 valid, 64 invalid).
     #[arg(long)]
     check: bool,
-    /// Runtime worker threads (default: one per CPU). 1 runs everything on
-    /// one thread: no cross-thread wake-ups, like a single nginx worker.
+    /// Worker threads (default: one per CPU), each with its own
+    /// single-threaded runtime; a connection stays on one from accept to
+    /// close. 1 runs everything on one thread, like a single nginx worker.
     #[arg(long, env = "GATEWAY_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     worker_threads: Option<u16>,
 }
@@ -83,18 +84,48 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all();
-    if let Some(n) = args.worker_threads {
-        builder.worker_threads(usize::from(n));
-    }
-    let rt = match builder.build() {
+    // Thread per core: worker 0 is this thread, the others get their own
+    // single-threaded runtime and thread (see gateway::workers).
+    let n = args.worker_threads.map_or_else(
+        || std::thread::available_parallelism().map_or(1, usize::from),
+        usize::from,
+    );
+    let runtime = |i: usize| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_name(format!("gw-blocking-{i}"))
+            .build()
+    };
+    let rt = match runtime(0) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("gateway: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
+    let workers_stop = CancellationToken::new();
+    let mut handles = vec![rt.handle().clone()];
+    let mut threads = Vec::new();
+    for i in 1..n {
+        let started = runtime(i).and_then(|wrt| {
+            handles.push(wrt.handle().clone());
+            let stop = workers_stop.clone();
+            std::thread::Builder::new()
+                .name(format!("gw-worker-{i}"))
+                .spawn(move || {
+                    gateway::workers::Workers::enter(i);
+                    wrt.block_on(stop.cancelled());
+                })
+        });
+        match started {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                eprintln!("gateway: cannot start worker {i}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let workers = gateway::workers::Workers::new(handles);
     // Logs go to stderr through `--log`; spans for OpenTelemetry through
     // their own filter, so `--log warn` does not turn tracing off.
     let fmt = tracing_subscriber::fmt::layer()
@@ -122,7 +153,11 @@ fn main() -> ExitCode {
         .with(fmt.with_filter(filter))
         .with(otel)
         .init();
-    let res = rt.block_on(run(cfg));
+    let res = rt.block_on(run(cfg, workers));
+    workers_stop.cancel();
+    for t in threads {
+        let _ = t.join();
+    }
     if let Some(t) = telemetry {
         // Flushes buffered spans; the exporter needs the runtime.
         let _in_runtime = rt.enter();
@@ -140,7 +175,10 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cfg: gateway::config::Config) -> anyhow::Result<()> {
+async fn run(
+    cfg: gateway::config::Config,
+    workers: std::sync::Arc<gateway::workers::Workers>,
+) -> anyhow::Result<()> {
     let listeners = gateway::Listeners::bind(&cfg).await?;
     let a = listeners.addrs()?;
     let admin = a.admin.map_or_else(|| "-".to_string(), |x| x.to_string());
@@ -158,7 +196,7 @@ async fn run(cfg: gateway::config::Config) -> anyhow::Result<()> {
         info!("shutdown signal received; draining");
         signal.cancel();
     });
-    let gw = gateway::Gateway::new(cfg);
+    let gw = gateway::Gateway::with_workers(cfg, workers);
     if gw.cfg.tls.is_some() || gw.cfg.ip_lists.file.is_some() {
         // SIGHUP: load the client port's certificate and the IP list file
         // again (rotation without dropping sessions).

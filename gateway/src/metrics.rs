@@ -48,6 +48,8 @@ pub(crate) struct Metrics {
     pub(crate) sessions_active: IntGauge,
     /// Client bytes held against `limits.max_buffered_bytes` (set at scrape).
     pub(crate) buffered_bytes: IntGauge,
+    /// Client connections on each worker thread (set at scrape).
+    pub(crate) worker_connections: IntGaugeVec,
     pub(crate) sessions_opened: IntCounter,
     pub(crate) rejections: IntCounterVec,
     pub(crate) closes: IntCounterVec,
@@ -207,6 +209,12 @@ impl Metrics {
             "gg_client_buffered_bytes",
             "Client bytes buffered in large frames and HTTP bodies, against limits.max_buffered_bytes.",
         );
+        let worker_connections = gauge_vec(
+            &r,
+            "gg_worker_connections",
+            "Client connections placed on each worker thread (a connection stays on one from accept to close).",
+            &["worker"],
+        );
         let rooms = RoomMetrics {
             active: gauge(
                 &r,
@@ -266,6 +274,7 @@ impl Metrics {
             ),
             rooms,
             buffered_bytes,
+            worker_connections,
             tcp,
             ws,
             http,

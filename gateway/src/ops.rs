@@ -25,6 +25,11 @@ impl OpsHandler for Ops {
     fn metrics(&self) -> String {
         let m = &self.0.metrics;
         m.buffered_bytes.set(self.0.clients.buffered.used() as i64);
+        for (i, n) in self.0.workers.loads().into_iter().enumerate() {
+            m.worker_connections
+                .with_label_values(&[&i.to_string()])
+                .set(n as i64);
+        }
         m.render()
     }
 }

@@ -447,6 +447,7 @@ mod tests {
             tracker: TaskTracker::new(),
             shutdown: stop.clone(),
             rooms: Arc::new(crate::rooms::Rooms::new(false, Arc::new(Metrics::new()))),
+            workers: crate::workers::Workers::current_runtime(),
         });
         World { pool, addrs, stop }
     }

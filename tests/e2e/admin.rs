@@ -851,14 +851,19 @@ async fn breaker_opens_when_a_backend_dies_and_recovers() {
 /// A session that ends while its backend's queue is full still tells the
 /// backend: the binding is released at once (ListBackends agrees with the
 /// sessions that exist) and the CLOSE arrives once the backend reads again.
+/// One worker thread, so both sessions share the one backend connection.
 #[tokio::test]
 async fn a_close_that_finds_the_backend_queue_full_still_arrives() {
     let b = backend("b1").await;
-    let gw = gateway(&format!(
-        "services:\n  - {{ name: echo, id: 1, strategy: round_robin, endpoints: [{}] }}\nbackend: {{ queue: 8, connections_per_endpoint: 1 }}\n{}",
-        b.addr,
-        admin_yaml()
-    ))
+    let gw = gateway_with_flags(
+        "gw-e2e",
+        &format!(
+            "services:\n  - {{ name: echo, id: 1, strategy: round_robin, endpoints: [{}] }}\nbackend: {{ queue: 8, connections_per_endpoint: 1 }}\n{}",
+            b.addr,
+            admin_yaml()
+        ),
+        &["--worker-threads", "1"],
+    )
     .await;
     let a = admin(&gw, Some(ADMIN_TOKEN)).await;
     let mut staller = Client::tcp(gw.client).await;

@@ -131,47 +131,67 @@ async fn sigterm_sends_goaway_then_force_closes_and_exits_zero() {
     );
 }
 
-/// Runtime worker threads of a running process (tokio names them
-/// `tokio-rt-worker`). Blocking-pool threads may share the name; a gateway
-/// with no backends starts none.
-fn worker_threads(pid: u32) -> usize {
+/// Threads of a running process named `name`.
+fn threads_named(pid: u32, name: &str) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/task"))
         .expect("proc")
         .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .filter(|c| c.trim() == "tokio-rt-worker")
+        .filter(|c| c.trim().starts_with(name))
         .count()
 }
 
+/// `--worker-threads N` runs N workers (the main thread and N - 1
+/// `gw-worker-*` threads, no work-stealing runtime); connections are spread
+/// over them, each worker gets its own backend connection, and traffic
+/// works on every one.
 #[tokio::test]
-async fn worker_threads_flag_sets_the_runtime_size() {
+async fn worker_threads_flag_sets_the_workers_and_spreads_connections() {
+    let be = backend("wt").await;
     for n in [1usize, 2] {
-        let config = scratch("gw", "yaml");
-        std::fs::write(
-            &config,
-            "gateway_id: gw-wt\nlisten: 127.0.0.1:0\nops_listen: 127.0.0.1:0\n",
-        )
-        .expect("write config");
         let arg = n.to_string();
-        let (proc, _line) = spawn(
-            &bin("gateway"),
-            "gateway",
-            &[
-                "--config",
-                config.to_str().expect("utf8"),
-                "--worker-threads",
-                &arg,
-            ],
-        )
-        .await;
-        // Workers start as the runtime launches; under load the last one
-        // can appear a moment after the address line. Wait for n, then
-        // check that no more appear.
-        let deadline = Instant::now() + WAIT;
-        while worker_threads(proc.pid()) < n && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let body = format!(
+            "{}backend: {{ connections_per_endpoint: 1 }}\n",
+            one_service(be.addr)
+        );
+        let gw = gateway_with_flags("gw-wt", &body, &["--worker-threads", &arg]).await;
+        let pid = gw.proc.pid();
         tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_eq!(worker_threads(proc.pid()), n, "--worker-threads {n}");
+        assert_eq!(
+            threads_named(pid, "gw-worker-"),
+            n - 1,
+            "--worker-threads {n}"
+        );
+        assert_eq!(threads_named(pid, "tokio-rt-worker"), 0, "no tokio pool");
+        // connections_per_endpoint is rounded up to one per worker.
+        let up = format!("gg_backend_connections{{endpoint=\"{}\"}}", be.addr);
+        gw.wait_metric(&up, |v| v == n as f64).await;
+
+        let mut clients = Vec::new();
+        for i in 0..4u32 {
+            let mut c = Client::tcp(gw.client).await;
+            c.hello(100 + u64::from(i), 0).await;
+            let got = c.call_text(1, 1, &format!("ping-{i}")).await;
+            assert!(got.contains(&format!("ping-{i}")), "{got}");
+            clients.push(c);
+        }
+        for w in 0..n {
+            let sample = format!("gg_worker_connections{{worker=\"{w}\"}}");
+            assert_eq!(
+                gw.metric(&sample).await,
+                (4 / n) as f64,
+                "{sample}, N = {n}"
+            );
+        }
+        // Every client keeps working where it was placed.
+        for (i, c) in clients.iter_mut().enumerate() {
+            let got = c.call_text(1, 2, &format!("again-{i}")).await;
+            assert!(got.contains(&format!("again-{i}")), "{got}");
+        }
+        drop(clients);
+        for w in 0..n {
+            let sample = format!("gg_worker_connections{{worker=\"{w}\"}}");
+            gw.wait_metric(&sample, |v| v == 0.0).await;
+        }
     }
     let (code, err) = run_to_exit(
         "gateway",

@@ -250,20 +250,22 @@ pub async fn gateway(body: &str) -> Gw {
 
 /// Like [`gateway`] with a chosen gateway id.
 pub async fn gateway_named(id: &str, body: &str) -> Gw {
+    gateway_with_flags(id, body, &[]).await
+}
+
+/// Like [`gateway_named`] with more command-line flags.
+pub async fn gateway_with_flags(id: &str, body: &str, flags: &[&str]) -> Gw {
     let config = scratch("gw", "yaml");
     let yaml = format!("gateway_id: {id}\nlisten: 127.0.0.1:0\nops_listen: 127.0.0.1:0\n{body}");
     std::fs::write(&config, yaml).expect("write config");
-    let (proc, line) = spawn(
-        &bin("gateway"),
-        "gateway",
-        &[
-            "--config",
-            config.to_str().expect("utf8 path"),
-            "--log",
-            "debug",
-        ],
-    )
-    .await;
+    let mut args = vec![
+        "--config",
+        config.to_str().expect("utf8 path"),
+        "--log",
+        "debug",
+    ];
+    args.extend_from_slice(flags);
+    let (proc, line) = spawn(&bin("gateway"), "gateway", &args).await;
     let field = |k: &str| -> SocketAddr {
         line.split_whitespace()
             .find_map(|kv| kv.strip_prefix(k))

@@ -37,6 +37,8 @@ pub(crate) struct ConnCtx {
     pub(crate) shutdown: CancellationToken,
     /// JOIN, LEAVE and PUBLISH from backends act here.
     pub(crate) rooms: Arc<crate::rooms::Rooms>,
+    /// Slot `i` of every endpoint runs on worker `i mod count`.
+    pub(crate) workers: Arc<crate::workers::Workers>,
 }
 
 /// Missed heartbeats before a backend connection is declared dead.
