@@ -185,6 +185,18 @@ fn deployment(docs: &[Value], name: &str, secrets: &mut HashMap<String, String>)
                     .entry(k.to_string())
                     .or_insert_with(random_secret)
                     .clone()
+            } else if let Some(r) = e["valueFrom"]["resourceFieldRef"]["resource"].as_str() {
+                // What the kubelet puts there: the request in whole
+                // units of `divisor`, rounded up.
+                assert_eq!(r, "requests.cpu", "{n}");
+                assert_eq!(s(&e["valueFrom"]["resourceFieldRef"]["divisor"]), "1");
+                let cpu = match &c["resources"]["requests"]["cpu"] {
+                    Value::String(m) if m.ends_with('m') => {
+                        m.trim_end_matches('m').parse::<u64>().expect("millicores")
+                    }
+                    v => v.as_u64().expect("whole CPUs") * 1000,
+                };
+                cpu.div_ceil(1000).to_string()
             } else {
                 assert_eq!(s(&e["valueFrom"]["fieldRef"]["fieldPath"]), "metadata.name");
                 format!("{name}-7d9f-x2k4p")
