@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use gg_proto::CloseCode;
+use tokio::net::tcp::OwnedWriteHalf;
 
 use crate::metrics::Protocol;
 
@@ -38,6 +39,10 @@ pub(crate) enum Outbound {
     /// The backend connection carrying this session's binding to `endpoint`
     /// was lost; outstanding requests on it will not be answered.
     BackendLost { endpoint: Arc<str> },
+    /// The unwritten tail of a frame that a direct write
+    /// ([`SessionHandle::deliver_frames`]) could only partly write: it goes
+    /// out before anything else (already counted in the metrics).
+    Rest(Bytes),
     /// The backend at `endpoint` closed (kicked) the session.
     Kicked {
         endpoint: Arc<str>,
@@ -63,6 +68,9 @@ pub(crate) enum Outbound {
     },
 }
 
+/// A binding as admin lookups see it: (service_type, endpoint).
+type BindingRef = (u16, Arc<str>);
+
 struct Inner {
     id: u64,
     user_id: u64,
@@ -77,7 +85,7 @@ struct Inner {
     /// idle session's queue holds no allocation at all.
     queue: parking_lot::Mutex<Queue>,
     /// Most frames queued at once.
-    queue_cap: usize,
+    queue_cap: u32,
     /// The session task, woken by a queued message or a close request. One
     /// waker, not a `Notify`: the task polls its sources by hand, and an
     /// `AtomicWaker` costs neither a waiter list nor a future per poll.
@@ -91,26 +99,52 @@ struct Inner {
     /// closed if it is still here (0 = no deadline).
     goaway_deadline_ms: AtomicU64,
     /// (service_type, endpoint) of each binding, for admin lookups; written
-    /// only when bindings change.
-    bindings: parking_lot::Mutex<Vec<(u16, Arc<str>)>>,
+    /// only when bindings change (a boxed slice: a word smaller than a
+    /// `Vec`, in every session).
+    bindings: parking_lot::Mutex<Box<[BindingRef]>>,
 }
 
 /// Queued messages and the frames they carry (a [`Outbound::Frames`] counts
 /// its frames), so the bound is in frames however they were grouped.
+///
+/// For a plain TCP session the queue also holds the socket's write half, so
+/// a backend reader can write a reply straight to an idle client
+/// ([`SessionHandle::deliver_frames`]) instead of waking the session task
+/// to write it. Frames never interleave: a direct write starts only while
+/// the task does not own the writer (`task_writes`), nothing is queued and
+/// no tail is left; a partial write queues its tail ([`Outbound::Rest`],
+/// then alone in the queue, so first) and hands the writer to the task.
 #[derive(Default)]
 struct Queue {
     msgs: VecDeque<Outbound>,
-    frames: usize,
+    frames: u32,
+    direct: Option<OwnedWriteHalf>,
+    /// The session task is writing (or has frames to write): direct
+    /// writes queue instead.
+    task_writes: bool,
 }
 
 impl Outbound {
     /// Frames this message puts in the queue (control messages count one).
-    fn weight(&self) -> usize {
+    fn weight(&self) -> u32 {
         match self {
-            Outbound::Frames { count, .. } => *count as usize,
+            Outbound::Frames { count, .. } => *count,
             _ => 1,
         }
     }
+}
+
+/// What [`SessionHandle::deliver_frames`] did with the frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Delivered {
+    /// Written to the client's socket (at least partly; the task writes
+    /// the rest): the caller counts them as sent.
+    Written,
+    /// Queued for the session task, which counts them when it writes.
+    Queued,
+    /// Not accepted (the queue was full: the session closes as a slow
+    /// consumer).
+    Refused,
 }
 
 /// A cloneable reference to a live session.
@@ -143,15 +177,20 @@ impl SessionHandle {
             opened_ms: gg_runtime::clock::now_ms(),
             region: std::sync::OnceLock::new(),
             queue: parking_lot::Mutex::new(Queue::default()),
-            queue_cap: queue.max(1),
+            queue_cap: queue.clamp(1, u32::MAX as usize) as u32,
             waker: AtomicWaker::new(),
             close_code: AtomicU16::new(0),
             last_rx_ms: AtomicU64::new(0),
             goaway_deadline_ms: AtomicU64::new(0),
-            bindings: parking_lot::Mutex::new(Vec::new()),
+            bindings: parking_lot::Mutex::new(Box::default()),
         };
         let inner = Arc::new(inner);
-        (SessionHandle(inner.clone()), Inbox(inner))
+        let inbox = Inbox {
+            inner: inner.clone(),
+            shared: false,
+            owns: true,
+        };
+        (SessionHandle(inner), inbox)
     }
 
     pub(crate) fn id(&self) -> u64 {
@@ -193,10 +232,10 @@ impl SessionHandle {
     }
     /// (service_type, endpoint) of each binding now.
     pub(crate) fn bindings(&self) -> Vec<(u16, Arc<str>)> {
-        self.0.bindings.lock().clone()
+        self.0.bindings.lock().to_vec()
     }
     fn set_bindings(&self, b: Vec<(u16, Arc<str>)>) {
-        *self.0.bindings.lock() = b;
+        *self.0.bindings.lock() = b.into_boxed_slice();
     }
 
     /// Closes the session with an operator's code and reason (falls back to
@@ -211,10 +250,17 @@ impl SessionHandle {
     /// not reading fast enough: the session is closed as a slow consumer.
     /// Returns whether the message was queued.
     pub(crate) fn deliver(&self, msg: Outbound) -> bool {
-        let mut q = self.0.queue.lock();
+        let q = self.0.queue.lock();
+        self.push(q, msg)
+    }
+
+    /// Queues `msg` (see [`SessionHandle::deliver`]) on the locked queue.
+    fn push(&self, mut q: parking_lot::MutexGuard<'_, Queue>, msg: Outbound) -> bool {
         let weight = msg.weight();
         // One message always fits an empty queue, whatever it carries.
-        if q.frames + weight > self.0.queue_cap && !q.msgs.is_empty() {
+        if u64::from(q.frames) + u64::from(weight) > u64::from(self.0.queue_cap)
+            && !q.msgs.is_empty()
+        {
             drop(q);
             self.close(CloseCode::SlowConsumer);
             return false;
@@ -224,6 +270,46 @@ impl SessionHandle {
         drop(q);
         self.0.waker.wake();
         true
+    }
+
+    /// Hands `count` whole frames (back to back in `raw`) from a backend to
+    /// the session. A plain TCP session whose task has nothing to write
+    /// gets them written to its socket right here, one `write` and no
+    /// wake-up of the task; otherwise (or when the socket would block) they
+    /// are queued as [`SessionHandle::deliver`] does. A close requested
+    /// meanwhile stops direct writes, as it stops the task's.
+    pub(crate) fn deliver_frames(&self, raw: Bytes, count: u32) -> Delivered {
+        let mut q = self.0.queue.lock();
+        if let Some(wr) = &q.direct
+            && !q.task_writes
+            && q.msgs.is_empty()
+            && self.0.close_code.load(Ordering::Acquire) == 0
+        {
+            match wr.try_write(&raw) {
+                Ok(n) if n == raw.len() => return Delivered::Written,
+                Ok(n) if n > 0 => {
+                    q.frames += 1;
+                    q.msgs.push_back(Outbound::Rest(raw.slice(n..)));
+                    q.task_writes = true;
+                    drop(q);
+                    self.0.waker.wake();
+                    return Delivered::Written;
+                }
+                // Would block (or failed: the task finds out on its own
+                // write or read): the task writes them.
+                _ => {}
+            }
+        }
+        let msg = if count == 1 {
+            Outbound::Frame(raw)
+        } else {
+            Outbound::Frames { raw, count }
+        };
+        if self.push(q, msg) {
+            Delivered::Queued
+        } else {
+            Delivered::Refused
+        }
     }
 
     /// Asks the session task to close with `code` as soon as it can; works
@@ -282,16 +368,85 @@ impl SessionHandle {
 }
 
 /// The receiving end of a session's queue, owned by the session's task.
-pub(crate) struct Inbox(Arc<Inner>);
+pub(crate) struct Inbox {
+    inner: Arc<Inner>,
+    /// The socket's write half is shared with direct writers.
+    shared: bool,
+    /// The task owns the writer (`Queue::task_writes`, cached so the task
+    /// takes no lock while it keeps it).
+    owns: bool,
+}
 
 impl Inbox {
+    /// Shares the client socket's write half with direct writers
+    /// ([`SessionHandle::deliver_frames`]). The task owns it until it
+    /// [`Inbox::release`]s it.
+    pub(crate) fn share_writer(&mut self, wr: OwnedWriteHalf) {
+        let mut q = self.inner.queue.lock();
+        q.direct = Some(wr);
+        q.task_writes = true;
+        self.shared = true;
+        self.owns = true;
+    }
+
+    /// Takes the writer for the task before it queues a frame of its own;
+    /// returns the tail a partial direct write left, which must go first.
+    pub(crate) fn claim(&mut self) -> Option<Bytes> {
+        if self.owns || !self.shared {
+            return None;
+        }
+        let mut q = self.inner.queue.lock();
+        q.task_writes = true;
+        self.owns = true;
+        Inbox::take_rest(&mut q)
+    }
+
+    /// The tail of a partial direct write: when there is one it is first.
+    fn take_rest(q: &mut Queue) -> Option<Bytes> {
+        if !matches!(q.msgs.front(), Some(Outbound::Rest(_))) {
+            return None;
+        }
+        q.frames -= 1;
+        match q.msgs.pop_front() {
+            Some(Outbound::Rest(rest)) => Some(rest),
+            _ => None,
+        }
+    }
+
+    /// Gives the writer back once everything the task had is written and
+    /// nothing is queued (else the task keeps it and goes on).
+    pub(crate) fn release(&mut self) {
+        if !self.owns || !self.shared {
+            return;
+        }
+        let mut q = self.inner.queue.lock();
+        if q.msgs.is_empty() {
+            q.task_writes = false;
+            self.owns = false;
+        }
+    }
+
+    /// Ends direct writes for good (the session is closing) and returns
+    /// the write half with the tail of a partial write, if any.
+    pub(crate) fn unshare(&mut self) -> Option<(OwnedWriteHalf, Option<Bytes>)> {
+        if !self.shared {
+            return None;
+        }
+        let mut q = self.inner.queue.lock();
+        q.task_writes = true;
+        self.shared = false;
+        self.owns = true;
+        let wr = q.direct.take()?;
+        Some((wr, Inbox::take_rest(&mut q)))
+    }
+
     /// Next message, or `Pending` with the task's waker registered; `None`
     /// once a close was requested (it takes priority over queued messages).
     pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Outbound>> {
         if let Some(r) = self.ready() {
             return Poll::Ready(r);
         }
-        self.0.waker.register(cx.waker());
+        self.inner.waker.register(cx.waker());
         // Checked again: a push between the first check and the register
         // woke the previous waker, not this one.
         match self.ready() {
@@ -303,11 +458,11 @@ impl Inbox {
     /// `Ready` once a close was requested from outside (a takeover, a kick,
     /// a timer), so a write stalled on a slow client can be abandoned.
     pub(crate) fn poll_close_requested(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.0.close_code.load(Ordering::Acquire) != 0 {
+        if self.inner.close_code.load(Ordering::Acquire) != 0 {
             return Poll::Ready(());
         }
-        self.0.waker.register(cx.waker());
-        if self.0.close_code.load(Ordering::Acquire) != 0 {
+        self.inner.waker.register(cx.waker());
+        if self.inner.close_code.load(Ordering::Acquire) != 0 {
             Poll::Ready(())
         } else {
             Poll::Pending
@@ -315,7 +470,7 @@ impl Inbox {
     }
 
     fn ready(&mut self) -> Option<Option<Outbound>> {
-        if self.0.close_code.load(Ordering::Acquire) != 0 {
+        if self.inner.close_code.load(Ordering::Acquire) != 0 {
             return Some(None);
         }
         self.try_recv().map(Some)
@@ -326,10 +481,16 @@ impl Inbox {
         std::future::poll_fn(|cx| self.poll_recv(cx)).await
     }
 
-    /// Next message if one is queued.
+    /// Next message if one is queued. Taking a message takes the writer:
+    /// the task writes what it took before any direct write may start
+    /// again.
     pub(crate) fn try_recv(&mut self) -> Option<Outbound> {
-        let mut q = self.0.queue.lock();
+        let mut q = self.inner.queue.lock();
         let m = q.msgs.pop_front()?;
+        if self.shared {
+            q.task_writes = true;
+            self.owns = true;
+        }
         q.frames -= m.weight();
         // Give back memory after a burst.
         if q.msgs.is_empty() && q.msgs.capacity() > 16 {
@@ -372,6 +533,14 @@ impl Default for SessionIds {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every session holds one `Inner` (behind an `Arc`, 16 bytes more):
+    /// keep the allocation in the 256-byte size class.
+    #[test]
+    fn session_state_fits_its_allocation_class() {
+        let size = std::mem::size_of::<Inner>();
+        assert!(size + 16 <= 256, "session state grew to {size} bytes");
+    }
 
     #[test]
     fn ids_are_nonzero_and_distinct() {
@@ -441,6 +610,113 @@ mod tests {
             .expect("woken")
             .unwrap();
         assert_eq!(got.as_deref(), Some("GoAwayCancelled"));
+    }
+
+    /// A session with its client socket's write half shared, and the
+    /// client's end of that socket.
+    async fn shared_session(queue: usize) -> (SessionHandle, Inbox, tokio::net::TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, remote) = l.accept().await.unwrap();
+        let (h, mut rx) = SessionHandle::new(1, 2, 0, Protocol::Tcp, remote, queue);
+        // The socket lives on in the write half.
+        let (_, wr) = server.into_split();
+        rx.share_writer(wr);
+        (h, rx, client)
+    }
+
+    async fn read_exact(client: &mut tokio::net::TcpStream, n: usize) -> Vec<u8> {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0; n];
+        tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut buf))
+            .await
+            .expect("bytes arrive")
+            .unwrap();
+        buf
+    }
+
+    #[tokio::test]
+    async fn frames_go_straight_to_an_idle_socket_and_queue_while_the_task_writes() {
+        let (h, mut rx, mut client) = shared_session(8).await;
+        // The task owns the writer until it releases it (after WELCOME).
+        assert_eq!(
+            h.deliver_frames(Bytes::from_static(b"one"), 1),
+            Delivered::Queued
+        );
+        assert!(matches!(rx.try_recv(), Some(Outbound::Frame(f)) if &f[..] == b"one"));
+        rx.release();
+        assert_eq!(
+            h.deliver_frames(Bytes::from_static(b"two"), 1),
+            Delivered::Written
+        );
+        assert!(rx.try_recv().is_none(), "a direct write queues nothing");
+        assert_eq!(read_exact(&mut client, 3).await, b"two");
+        // A frame of the task's own takes the writer back.
+        assert!(rx.claim().is_none());
+        assert_eq!(
+            h.deliver_frames(Bytes::from_static(b"three"), 1),
+            Delivered::Queued
+        );
+        // Not released while something is queued.
+        rx.release();
+        assert_eq!(
+            h.deliver_frames(Bytes::from_static(b"four"), 1),
+            Delivered::Queued
+        );
+        assert!(rx.try_recv().is_some() && rx.try_recv().is_some());
+        rx.release();
+        // A requested close stops direct writes.
+        h.close(CloseCode::Kicked);
+        assert_eq!(
+            h.deliver_frames(Bytes::from_static(b"five"), 1),
+            Delivered::Queued
+        );
+    }
+
+    #[tokio::test]
+    async fn a_partial_direct_write_leaves_its_tail_first_for_the_task() {
+        let (h, mut rx, mut client) = shared_session(8).await;
+        rx.release();
+        // More than the socket buffers take at once.
+        let big: Bytes = (0..64u32 << 20)
+            .map(|i| (i % 251) as u8)
+            .collect::<Vec<_>>()
+            .into();
+        assert_eq!(h.deliver_frames(big.clone(), 1), Delivered::Written);
+        // Nothing may be written before the tail: later frames queue.
+        assert_eq!(
+            h.deliver_frames(Bytes::from_static(b"after"), 1),
+            Delivered::Queued
+        );
+        let Some(Outbound::Rest(rest)) = rx.try_recv() else {
+            panic!("the tail comes first");
+        };
+        assert!(!rest.is_empty() && rest.len() < big.len());
+        assert_eq!(&big[big.len() - rest.len()..], &rest[..]);
+        assert!(matches!(rx.try_recv(), Some(Outbound::Frame(f)) if &f[..] == b"after"));
+        // What was written directly arrives intact.
+        let head = read_exact(&mut client, big.len() - rest.len()).await;
+        assert!(head == big[..head.len()]);
+        // Closing takes the writer back with no tail left behind.
+        let (_wr, tail) = rx.unshare().expect("shared");
+        assert!(tail.is_none());
+        rx.release();
+        assert_eq!(
+            h.deliver_frames(Bytes::from_static(b"late"), 1),
+            Delivered::Queued
+        );
+    }
+
+    #[tokio::test]
+    async fn closing_takes_the_tail_of_a_partial_write() {
+        let (h, mut rx, _client) = shared_session(8).await;
+        rx.release();
+        let big = Bytes::from(vec![7u8; 64 << 20]);
+        assert_eq!(h.deliver_frames(big, 1), Delivered::Written);
+        let (_wr, tail) = rx.unshare().expect("shared");
+        assert!(tail.is_some_and(|t| !t.is_empty()));
     }
 
     #[test]

@@ -293,6 +293,54 @@ async fn backend_kick_closes_the_session_with_its_reason() {
         .await;
 }
 
+/// Replies are written straight to an idle client's socket by the backend
+/// reader; when the socket is full the session task takes over. A client
+/// that reads slowly while it also gets frames of the session's own (PONG)
+/// still receives every frame whole.
+#[tokio::test]
+async fn a_flood_read_slowly_arrives_whole_beside_the_sessions_own_frames() {
+    let b = backend("b1").await;
+    let gw = gateway(&format!(
+        "{}limits: {{ session_queue: 4096, write_timeout_ms: 20000 }}\n",
+        one_service(b.addr)
+    ))
+    .await;
+    let mut c = Client::tcp(gw.client).await;
+    c.hello(1, 0).await;
+    const N: usize = 300;
+    c.send(&frame(Kind::Data, 1, 1, &b"flood:300:40000"[..]))
+        .await;
+    // Let the socket fill up before reading, then ping while it drains.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (mut data, mut pongs, mut pings) = (0, 0, 0u32);
+    while data < N || pongs < 20 {
+        if pings < 20 && (data >= N || data >= 15 * pings as usize) {
+            c.send(&frame(Kind::Ping, 0, 100 + pings, Bytes::new()))
+                .await;
+            pings += 1;
+        }
+        let f = c.recv().await;
+        match f.header.kind() {
+            Some(Kind::Data) => {
+                assert_eq!(f.payload.len(), 40000);
+                assert!(f.payload.iter().all(|&b| b == b'x'), "a frame arrived torn");
+                data += 1;
+            }
+            Some(Kind::Pong) => {
+                assert_eq!(f.header.seq, 100 + pongs as u32, "PONGs in order");
+                pongs += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(c.call_text(1, 2, "after").await, "after");
+    assert_eq!(
+        gw.metric("gg_frames_out_total{protocol=\"tcp\"}").await,
+        // WELCOME, the flood, the PONGs and the last echo.
+        (1 + N + 20 + 1) as f64
+    );
+}
+
 #[tokio::test]
 async fn slow_consumer_is_closed_and_memory_stays_bounded() {
     let b = backend("b1").await;

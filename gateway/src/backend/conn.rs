@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 use super::{Endpoint, Envelope, ToBackend};
 use crate::config::{BackendSettings, BreakerSettings};
 use crate::metrics::Metrics;
-use crate::session::{Outbound, SessionHandle};
+use crate::session::{Delivered, Outbound, SessionHandle};
 
 /// What every connection task shares.
 pub(crate) struct ConnCtx {
@@ -331,7 +331,7 @@ impl Link<'_> {
                 let header = match frame::parse_raw(&rbuf[at..at + total]) {
                     Ok(header) => header,
                     Err(e) => {
-                        run.deliver(&mut rbuf, ep, self.slot);
+                        run.deliver(&mut rbuf, ep, self.slot, &ctx.metrics);
                         let _ = rbuf.split_to(total);
                         warn!(endpoint = %ep.addr, error = %e, "backend sent a frame this gateway does not understand; dropped");
                         protocol_errors.inc();
@@ -340,14 +340,14 @@ impl Link<'_> {
                 };
                 if matches!(header.kind(), Some(Kind::Data | Kind::Error)) {
                     if run.len == 0 || run.session != header.session_id {
-                        run.deliver(&mut rbuf, ep, self.slot);
+                        run.deliver(&mut rbuf, ep, self.slot, &ctx.metrics);
                         run.session = header.session_id;
                     }
                     run.len += total;
                     run.count += 1;
                     continue;
                 }
-                run.deliver(&mut rbuf, ep, self.slot);
+                run.deliver(&mut rbuf, ep, self.slot, &ctx.metrics);
                 let raw = rbuf.split_to(total).freeze();
                 if header.kind == Kind::Pong as u8
                     && let Some(t) = heard.pong(header.seq)
@@ -356,7 +356,7 @@ impl Link<'_> {
                 }
                 dispatch(header, raw, ep, self.slot, self.generation, ctx);
             };
-            run.deliver(&mut rbuf, ep, self.slot);
+            run.deliver(&mut rbuf, ep, self.slot, &ctx.metrics);
             frames_in.inc_by(frames);
             res?;
         }
@@ -445,21 +445,22 @@ struct Run {
 impl Run {
     /// Hands the run to its session (when it is bound here) and starts
     /// an empty one.
-    fn deliver(&mut self, rbuf: &mut BytesMut, ep: &Endpoint, slot: usize) {
+    /// A plain TCP session that is not writing gets the run written to its
+    /// socket here ([`SessionHandle::deliver_frames`]), counted as sent.
+    fn deliver(&mut self, rbuf: &mut BytesMut, ep: &Endpoint, slot: usize, metrics: &Metrics) {
         if self.len == 0 {
             return;
         }
         let raw = rbuf.split_to(self.len).freeze();
         let session = ep.conns[slot].bound().get(&self.session).cloned();
         match session {
-            Some(s) if self.count == 1 => {
-                s.deliver(Outbound::Frame(raw));
-            }
             Some(s) => {
-                s.deliver(Outbound::Frames {
-                    raw,
-                    count: self.count,
-                });
+                let len = raw.len() as u64;
+                if s.deliver_frames(raw, self.count) == Delivered::Written {
+                    let pm = metrics.proto(s.protocol());
+                    pm.frames_out.inc_by(u64::from(self.count));
+                    pm.bytes_out.inc_by(len);
+                }
             }
             None => ep.unknown_session.inc_by(u64::from(self.count)),
         }

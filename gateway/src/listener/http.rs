@@ -719,7 +719,11 @@ async fn wait_reply(gw: &Gateway, rx: &mut crate::session::Inbox) -> Result<Byte
                         message: format!("session closed by an operator: {reason}"),
                     });
                 }
-                Outbound::GoAway { .. } | Outbound::GoAwayCancelled | Outbound::Unbind { .. } => {
+                // (A call's session never shares a socket: no `Rest`.)
+                Outbound::GoAway { .. }
+                | Outbound::GoAwayCancelled
+                | Outbound::Unbind { .. }
+                | Outbound::Rest(_) => {
                     continue;
                 }
             }

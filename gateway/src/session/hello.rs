@@ -86,7 +86,7 @@ pub(crate) async fn start(
     // there is one.
     let trace = gg_runtime::telemetry::traceparent(&span, hello.trace.as_deref())
         .map(String::into_boxed_str);
-    let (handle, rx) = SessionHandle::new(
+    let (handle, mut rx) = SessionHandle::new(
         id,
         hello.header.user_id,
         hello.header.realm_id,
@@ -96,6 +96,9 @@ pub(crate) async fn start(
     );
     if let Some(r) = &hello.region {
         handle.set_region(r);
+    }
+    if let Some(wr) = io.take_writer() {
+        rx.share_writer(wr);
     }
     if hello.resumed {
         take_over(&gw, &handle).await;

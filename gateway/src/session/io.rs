@@ -16,6 +16,7 @@ use hyper_util::rt::TokioIo;
 use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::config::SMALL_FRAME_BYTES;
 use crate::limits::{ByteBudget, Charge};
@@ -51,8 +52,13 @@ pub(crate) enum ReadError {
 type Pending = SmallVec<[Bytes; 2]>;
 
 pub(crate) enum ClientIo {
+    /// Frames over plain TCP. Reads go through the read half; writes
+    /// through the socket it shares ([`TcpWriter`]). The write half stays
+    /// here until the session shares it with direct writers
+    /// ([`ClientIo::take_writer`]), and comes back for the end.
     Tcp {
-        stream: TcpStream,
+        stream: OwnedReadHalf,
+        wr: Option<OwnedWriteHalf>,
         /// Bytes read and not yet framed; released whenever it empties, so
         /// an idle session holds no read buffer.
         rbuf: BytesMut,
@@ -90,8 +96,10 @@ impl ClientIo {
     /// A TCP transport whose first bytes (already read while sniffing) are
     /// `prefix`: they are parsed first, never lost.
     pub(crate) fn tcp(stream: TcpStream, prefix: BytesMut) -> ClientIo {
+        let (stream, wr) = stream.into_split();
         ClientIo::Tcp {
             stream,
+            wr: Some(wr),
             rbuf: prefix,
             charge: None,
             pending: Pending::new(),
@@ -143,7 +151,9 @@ impl ClientIo {
                     &mut rb,
                     cx,
                     max,
-                    Some(|s: &mut TcpStream, cx: &mut Context<'_>| s.poll_read_ready(cx)),
+                    Some(|s: &mut OwnedReadHalf, cx: &mut Context<'_>| {
+                        s.as_ref().poll_read_ready(cx)
+                    }),
                 )
             }
             // rustls buffers internally; there is no cheap readiness check.
@@ -168,6 +178,22 @@ impl ClientIo {
             }
             ClientIo::Sse { io, .. } => io.poll_read_frame(cx),
             ClientIo::Ws { ws } => ws.poll_read_frame(cx, max, budget),
+        }
+    }
+
+    /// The write half of a plain TCP session, to share with direct writers
+    /// ([`super::Inbox::share_writer`]); `None` for other transports.
+    pub(crate) fn take_writer(&mut self) -> Option<OwnedWriteHalf> {
+        match self {
+            ClientIo::Tcp { wr, .. } => wr.take(),
+            _ => None,
+        }
+    }
+
+    /// Takes back the write half (for the end: FIN after CLOSE).
+    pub(crate) fn restore_writer(&mut self, half: OwnedWriteHalf) {
+        if let ClientIo::Tcp { wr, .. } = self {
+            *wr = Some(half);
         }
     }
 
@@ -219,7 +245,7 @@ impl ClientIo {
         let res = match self {
             ClientIo::Tcp {
                 stream, pending, ..
-            } => poll_writev(stream, pending, cx),
+            } => poll_writev(&mut TcpWriter(stream.as_ref()), pending, cx),
             ClientIo::Tls {
                 stream, pending, ..
             } => poll_writev(&mut **stream, pending, cx),
@@ -249,8 +275,10 @@ impl ClientIo {
     /// `code` (the same number as the CLOSE frame's code).
     pub(crate) async fn shutdown(&mut self, code: u16, reason: &str) {
         match self {
-            ClientIo::Tcp { stream, .. } => {
-                let _ = stream.shutdown().await;
+            ClientIo::Tcp { wr, .. } => {
+                if let Some(wr) = wr {
+                    let _ = wr.shutdown().await;
+                }
             }
             ClientIo::Tls { stream, .. } => {
                 // close_notify, then FIN.
@@ -365,6 +393,50 @@ pub(super) fn poll_read_some<S: AsyncRead + Unpin>(
     }
     rbuf.reserve(want.clamp(SCRATCH, READ_AHEAD));
     tokio_util::io::poll_read_buf(Pin::new(stream), cx, rbuf)
+}
+
+/// Writes to a TCP socket through a shared reference, as direct writers
+/// do ([`super::SessionHandle::deliver_frames`]): who writes is decided by
+/// the session's queue, not by who holds the socket.
+struct TcpWriter<'a>(&'a TcpStream);
+
+impl AsyncWrite for TcpWriter<'_> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            match self.0.try_write_vectored(bufs) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // `try_write_vectored` cleared the readiness: this
+                    // registers the waker (or finds new readiness).
+                    ready!(self.0.poll_write_ready(cx))?;
+                }
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
 }
 
 /// Writes `pending` with vectored writes, dropping what was written, then

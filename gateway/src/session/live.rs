@@ -108,6 +108,9 @@ impl Session {
     /// GOAWAY deadline) are swept across the table by [`sweep_timers`].
     async fn run(&mut self) -> Closing {
         loop {
+            // Everything is written: replies may go straight to the socket
+            // again (plain TCP, see `SessionHandle::deliver_frames`).
+            self.rx.release();
             if let Err(c) = std::future::poll_fn(|cx| self.poll_step(cx)).await {
                 return c;
             }
@@ -209,6 +212,11 @@ impl Session {
         let pm = self.gw.metrics.proto(self.protocol);
         pm.frames_out.inc_by(u64::from(count));
         pm.bytes_out.inc_by(raw.len() as u64);
+        // The writer is the task's from here until it has written this; a
+        // partial direct write's tail goes first.
+        if let Some(rest) = self.rx.claim() {
+            self.io.queue(rest, 1);
+        }
         self.io.queue(raw, count);
     }
 
@@ -283,6 +291,7 @@ impl Session {
         match m {
             Outbound::Frame(f) => self.queue(f),
             Outbound::Frames { raw, count } => self.queue_frames(raw, count),
+            Outbound::Rest(rest) => self.io.queue(rest, 1),
             Outbound::BackendLost { endpoint } => self.backend_lost(&endpoint),
             Outbound::Kicked {
                 endpoint,
@@ -572,6 +581,13 @@ impl Session {
         };
         for b in &self.bindings {
             b.close(id, code, &reason);
+        }
+        // No more direct writes; the tail of one goes out before CLOSE.
+        if let Some((wr, rest)) = self.rx.unshare() {
+            if let Some(rest) = rest {
+                self.io.queue(rest, 1);
+            }
+            self.io.restore_writer(wr);
         }
         self.gw.metrics.sessions_active.dec();
         // A session resumed on another connection here already holds the
