@@ -44,6 +44,16 @@ pub(crate) enum ToBackend {
 }
 
 impl ToBackend {
+    /// The encoded frames the message carries.
+    pub(crate) fn into_bytes(self) -> Bytes {
+        match self {
+            ToBackend::Open { frame, .. }
+            | ToBackend::Frame(frame)
+            | ToBackend::Close { frame, .. } => frame,
+            ToBackend::Frames { raw, .. } => raw,
+        }
+    }
+
     /// `count` frames back to back in `raw`.
     pub(crate) fn frames(raw: Bytes, count: u32) -> ToBackend {
         if count == 1 {
@@ -141,14 +151,24 @@ impl Conn {
 
     /// Queues a message for `generation` without waiting.
     pub(crate) fn send(&self, generation: u64, msg: ToBackend) -> Result<(), SendError> {
+        self.try_send(generation, msg).map_err(|(e, _)| e)
+    }
+
+    /// Queues a message for `generation` without waiting; a message that
+    /// cannot be queued comes back with the reason.
+    pub(crate) fn try_send(
+        &self,
+        generation: u64,
+        msg: ToBackend,
+    ) -> Result<(), (SendError, ToBackend)> {
         if self.live_generation() != Some(generation) {
-            return Err(SendError::Down);
+            return Err((SendError::Down, msg));
         }
         self.tx
             .try_send(Envelope { generation, msg })
             .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => SendError::Full,
-                mpsc::error::TrySendError::Closed(_) => SendError::Down,
+                mpsc::error::TrySendError::Full(env) => (SendError::Full, env.msg),
+                mpsc::error::TrySendError::Closed(env) => (SendError::Down, env.msg),
             })
     }
 }

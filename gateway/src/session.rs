@@ -443,12 +443,10 @@ impl Inbox {
     /// Next message, or `Pending` with the task's waker registered; `None`
     /// once a close was requested (it takes priority over queued messages).
     pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Outbound>> {
-        if let Some(r) = self.ready() {
-            return Poll::Ready(r);
-        }
+        // Registered before the check, so a push after the check wakes
+        // this waker; one look at the queue per poll (it is usually empty:
+        // the task was woken by its client).
         self.inner.waker.register(cx.waker());
-        // Checked again: a push between the first check and the register
-        // woke the previous waker, not this one.
         match self.ready() {
             Some(r) => Poll::Ready(r),
             None => Poll::Pending,

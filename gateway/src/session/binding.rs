@@ -34,9 +34,15 @@ impl Binding {
     /// Queues `count` whole frames (back to back in `frames`) for this
     /// binding's backend, as one message.
     pub(crate) fn send(&self, frames: Bytes, count: u32) -> Result<(), RequestError> {
+        self.try_send(frames, count).map_err(|(e, _)| e)
+    }
+
+    /// [`Binding::send`], giving the frames back when they cannot be
+    /// queued (so the caller need not keep a copy to answer them).
+    pub(crate) fn try_send(&self, frames: Bytes, count: u32) -> Result<(), (RequestError, Bytes)> {
         self.endpoint.conns[self.slot]
-            .send(self.generation, ToBackend::frames(frames, count))
-            .map_err(|e| send_error(e, &self.endpoint, count))
+            .try_send(self.generation, ToBackend::frames(frames, count))
+            .map_err(|(e, msg)| (send_error(e, &self.endpoint, count), msg.into_bytes()))
     }
 
     /// Unbinds the session on the backend; the CLOSE is never dropped

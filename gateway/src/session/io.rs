@@ -134,7 +134,6 @@ impl ClientIo {
         budget: &Arc<ByteBudget>,
     ) -> Poll<Result<BytesMut, ReadError>> {
         match self {
-            // Wait for readiness before allocating a read buffer.
             ClientIo::Tcp {
                 stream,
                 rbuf,
@@ -146,17 +145,8 @@ impl ClientIo {
                     charge,
                     budget,
                 };
-                poll_frame(
-                    stream,
-                    &mut rb,
-                    cx,
-                    max,
-                    Some(|s: &mut OwnedReadHalf, cx: &mut Context<'_>| {
-                        s.as_ref().poll_read_ready(cx)
-                    }),
-                )
+                poll_frame(stream, &mut rb, cx, max)
             }
-            // rustls buffers internally; there is no cheap readiness check.
             ClientIo::Tls {
                 stream,
                 rbuf,
@@ -168,13 +158,7 @@ impl ClientIo {
                     charge,
                     budget,
                 };
-                poll_frame(
-                    &mut **stream,
-                    &mut rb,
-                    cx,
-                    max,
-                    None::<fn(&mut TlsStream, &mut Context<'_>) -> Poll<io::Result<()>>>,
-                )
+                poll_frame(&mut **stream, &mut rb, cx, max)
             }
             ClientIo::Sse { io, .. } => io.poll_read_frame(cx),
             ClientIo::Ws { ws } => ws.poll_read_frame(cx, max, budget),
@@ -301,29 +285,30 @@ struct ReadBuf<'a> {
 /// length is a claim, not a reason to allocate.
 const READ_AHEAD: usize = 64 * 1024;
 
-/// Reads until the buffer holds a whole frame. `ready` (for a transport
-/// that can tell readiness) is polled before each read, so it does not
-/// allocate first; one that cannot reads into a stack scratch while its
-/// buffer is empty ([`poll_read_some`]). Either way an idle session holds
-/// no read buffer. Bytes of a partly read frame beyond [`SMALL_FRAME_BYTES`] are
-/// charged to the budget as they arrive; a spent budget refuses the frame.
+/// Reads until the buffer holds a whole frame. While the buffer is empty it
+/// reads into a stack scratch ([`poll_read_some`]), so an idle session holds
+/// no read buffer and nothing is allocated before bytes arrive. Bytes of a
+/// partly read frame beyond [`SMALL_FRAME_BYTES`] are charged to the budget
+/// as they arrive; a spent budget refuses the frame.
 fn poll_frame<S: AsyncRead + Unpin>(
     stream: &mut S,
     rb: &mut ReadBuf<'_>,
     cx: &mut Context<'_>,
     max: u32,
-    mut ready: Option<impl FnMut(&mut S, &mut Context<'_>) -> Poll<io::Result<()>>>,
 ) -> Poll<Result<BytesMut, ReadError>> {
     loop {
         let rbuf = &mut *rb.rbuf;
         match frame::check(rbuf, max) {
             Ok(Some(total)) => {
-                let raw = rbuf.split_to(total);
-                if rbuf.is_empty() {
-                    // The frame keeps the allocation alive until it is
-                    // forwarded; the session itself holds nothing.
-                    *rbuf = BytesMut::new();
-                }
+                // The frame keeps the allocation alive until it is
+                // forwarded; the session itself holds nothing. A buffer that
+                // is exactly one frame is handed over whole (not split:
+                // splitting makes it shared, one more allocation).
+                let raw = if total == rbuf.len() {
+                    std::mem::take(rbuf)
+                } else {
+                    rbuf.split_to(total)
+                };
                 *rb.charge = None;
                 return Poll::Ready(Ok(raw));
             }
@@ -333,11 +318,6 @@ fn poll_frame<S: AsyncRead + Unpin>(
         let held = rbuf.len().saturating_sub(SMALL_FRAME_BYTES as usize) as u64;
         if !Charge::grow_to(rb.charge, rb.budget, held) {
             return Poll::Ready(Err(ReadError::Budget));
-        }
-        if let Some(ready) = &mut ready
-            && let Err(e) = ready!(ready(stream, cx))
-        {
-            return Poll::Ready(Err(ReadError::Io(e)));
         }
         // Room for what the announced frame still needs, but never more
         // than a read-ahead beyond what has arrived.
@@ -351,13 +331,9 @@ fn poll_frame<S: AsyncRead + Unpin>(
         };
         // `poll_read` (not `try_read`): tokio clears the readiness after a
         // short read, which saves the spurious EAGAIN read per frame that
-        // `try_read` would cost.
-        let read = if ready.is_some() {
-            rbuf.reserve(want);
-            tokio_util::io::poll_read_buf(Pin::new(&mut *stream), cx, rbuf)
-        } else {
-            poll_read_some(stream, rbuf, want, cx)
-        };
+        // `try_read` would cost. An empty buffer reads into a stack scratch
+        // and keeps exactly what arrived ([`poll_read_some`]).
+        let read = poll_read_sized(stream, rbuf, want, frame_total, cx);
         match ready!(read) {
             Ok(0) => return Poll::Ready(Err(ReadError::Closed)),
             Ok(_) => {}
@@ -371,12 +347,35 @@ const SCRATCH: usize = 4 * 1024;
 
 /// Reads more into `rbuf` (about `want` bytes are expected, at most
 /// [`READ_AHEAD`] reserved). An empty buffer reads into a stack scratch and
-/// keeps exactly what arrived, so a transport without a readiness check
-/// holds no buffer while it waits.
+/// keeps exactly what arrived — room for the rest of a frame that is only
+/// partly there, nothing more when the read holds whole frames (the common
+/// case: one small allocation per read, sized by what came) — so a
+/// transport without a readiness check holds no buffer while it waits.
 pub(super) fn poll_read_some<S: AsyncRead + Unpin>(
     stream: &mut S,
     rbuf: &mut BytesMut,
     want: usize,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    poll_read_sized(stream, rbuf, want, |_| None, cx)
+}
+
+/// The bytes of the frame that `b` starts with, if its length prefix is
+/// there.
+fn frame_total(b: &[u8]) -> Option<usize> {
+    match b {
+        [a, b, c, d, ..] => Some(frame::LEN_BYTES + u32::from_be_bytes([*a, *b, *c, *d]) as usize),
+        _ => None,
+    }
+}
+
+/// [`poll_read_some`], where `first` tells how long the unit (frame,
+/// message) that the bytes start with is, when it can.
+fn poll_read_sized<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+    want: usize,
+    first: impl Fn(&[u8]) -> Option<usize>,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<usize>> {
     if rbuf.is_empty() {
@@ -385,7 +384,12 @@ pub(super) fn poll_read_some<S: AsyncRead + Unpin>(
         ready!(Pin::new(stream).poll_read(cx, &mut rb))?;
         let got = rb.filled();
         if !got.is_empty() {
-            let mut b = BytesMut::with_capacity(got.len().max(want.min(READ_AHEAD)));
+            let cap = match first(got) {
+                Some(n) if n <= got.len() => got.len(),
+                Some(n) => got.len() + (n - got.len()).min(READ_AHEAD),
+                None => got.len().max(want.min(READ_AHEAD)),
+            };
+            let mut b = BytesMut::with_capacity(cap);
             b.extend_from_slice(got);
             *rbuf = b;
         }
@@ -476,4 +480,66 @@ fn poll_writev<W: AsyncWrite + Unpin>(
         }
     }
     Pin::new(stream).poll_flush(cx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    fn frame_bytes(payload: usize) -> Vec<u8> {
+        let mut h = frame::Header::new(frame::Kind::Data);
+        h.service_type = 1;
+        let mut out = BytesMut::new();
+        gg_proto::Frame::new(h, Bytes::from(vec![7u8; payload])).encode(&mut out);
+        out.to_vec()
+    }
+
+    async fn read(
+        io: &mut tokio::io::DuplexStream,
+        rbuf: &mut BytesMut,
+    ) -> Poll<Result<BytesMut, ReadError>> {
+        let budget = ByteBudget::new(1 << 30);
+        let mut charge = None;
+        std::future::poll_fn(|cx| {
+            let mut rb = ReadBuf {
+                rbuf: &mut *rbuf,
+                charge: &mut charge,
+                budget: &budget,
+            };
+            Poll::Ready(poll_frame(io, &mut rb, cx, 1 << 30))
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_read_of_one_whole_frame_is_handed_over_as_its_own_buffer() {
+        let (mut io, mut peer) = tokio::io::duplex(1 << 16);
+        let wire = frame_bytes(100);
+        peer.write_all(&wire).await.unwrap();
+        let mut rbuf = BytesMut::new();
+        let Poll::Ready(Ok(raw)) = read(&mut io, &mut rbuf).await else {
+            panic!("a whole frame is there");
+        };
+        assert_eq!(&raw[..], &wire[..]);
+        assert_eq!(raw.capacity(), wire.len(), "sized by what arrived");
+        assert_eq!(rbuf.capacity(), 0, "the session keeps no buffer");
+    }
+
+    #[tokio::test]
+    async fn a_frame_announced_large_reserves_no_more_than_the_read_ahead() {
+        let (mut io, mut peer) = tokio::io::duplex(1 << 16);
+        let mut wire = frame_bytes(100);
+        // Claims 16 MiB; 100 bytes follow.
+        wire[..4].copy_from_slice(&(16u32 << 20).to_be_bytes());
+        peer.write_all(&wire).await.unwrap();
+        let mut rbuf = BytesMut::new();
+        assert!(read(&mut io, &mut rbuf).await.is_pending());
+        assert_eq!(rbuf.len(), wire.len());
+        // Never more than a read-ahead beyond what arrived.
+        assert!(
+            rbuf.capacity() <= rbuf.len() + READ_AHEAD,
+            "allocated by the claim"
+        );
+    }
 }

@@ -560,8 +560,9 @@ impl Session {
     /// them, every frame is answered with the ERROR, as if sent alone.
     fn send_run(&mut self, run: Option<Run>) {
         let Some(r) = run else { return };
-        let frames = r.frames.freeze();
-        let Err(e) = self.bindings[r.binding].send(frames.clone(), r.count) else {
+        // Not cloned: a buffer that holds exactly these frames stays
+        // unshared (no reference count) on its way to the backend.
+        let Err((e, frames)) = self.bindings[r.binding].try_send(r.frames.freeze(), r.count) else {
             return;
         };
         for f in frame::split_frames(frames) {
