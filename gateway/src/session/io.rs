@@ -125,12 +125,16 @@ impl ClientIo {
         }
     }
 
-    /// Reads one whole raw frame (length prefix included), or registers the
-    /// task's waker and returns `Pending`.
-    pub(crate) fn poll_read_frame(
+    /// Reads one or more (at most `most`) whole raw frames (length prefixes
+    /// included) that sit back to back, or registers the task's waker and
+    /// returns `Pending`. A byte stream hands over every whole frame it has
+    /// buffered, so the session walks them in place; WebSocket and SSE give
+    /// one frame per message.
+    pub(crate) fn poll_read_frames(
         &mut self,
         cx: &mut Context<'_>,
         max: u32,
+        most: usize,
         budget: &Arc<ByteBudget>,
     ) -> Poll<Result<BytesMut, ReadError>> {
         match self {
@@ -145,7 +149,7 @@ impl ClientIo {
                     charge,
                     budget,
                 };
-                poll_frame(stream, &mut rb, cx, max)
+                poll_frame(stream, &mut rb, cx, max, most)
             }
             ClientIo::Tls {
                 stream,
@@ -158,7 +162,7 @@ impl ClientIo {
                     charge,
                     budget,
                 };
-                poll_frame(&mut **stream, &mut rb, cx, max)
+                poll_frame(&mut **stream, &mut rb, cx, max, most)
             }
             ClientIo::Sse { io, .. } => io.poll_read_frame(cx),
             ClientIo::Ws { ws } => ws.poll_read_frame(cx, max, budget),
@@ -181,13 +185,13 @@ impl ClientIo {
         }
     }
 
-    /// Reads one whole raw frame (see [`ClientIo::poll_read_frame`]).
+    /// Reads one whole raw frame (see [`ClientIo::poll_read_frames`]).
     pub(crate) async fn read_frame(
         &mut self,
         max: u32,
         budget: &Arc<ByteBudget>,
     ) -> Result<BytesMut, ReadError> {
-        std::future::poll_fn(|cx| self.poll_read_frame(cx, max, budget)).await
+        std::future::poll_fn(|cx| self.poll_read_frames(cx, max, 1, budget)).await
     }
 
     /// Queues `count` encoded frames that sit back to back in `raw`;
@@ -285,7 +289,8 @@ struct ReadBuf<'a> {
 /// length is a claim, not a reason to allocate.
 const READ_AHEAD: usize = 64 * 1024;
 
-/// Reads until the buffer holds a whole frame. While the buffer is empty it
+/// Reads until the buffer holds a whole frame, and returns the whole
+/// frames at its front (at most `most`). While the buffer is empty it
 /// reads into a stack scratch ([`poll_read_some`]), so an idle session holds
 /// no read buffer and nothing is allocated before bytes arrive. Bytes of a
 /// partly read frame beyond [`SMALL_FRAME_BYTES`] are charged to the budget
@@ -295,14 +300,24 @@ fn poll_frame<S: AsyncRead + Unpin>(
     rb: &mut ReadBuf<'_>,
     cx: &mut Context<'_>,
     max: u32,
+    most: usize,
 ) -> Poll<Result<BytesMut, ReadError>> {
     loop {
         let rbuf = &mut *rb.rbuf;
         match frame::check(rbuf, max) {
-            Ok(Some(total)) => {
-                // The frame keeps the allocation alive until it is
-                // forwarded; the session itself holds nothing. A buffer that
-                // is exactly one frame is handed over whole (not split:
+            Ok(Some(mut total)) => {
+                // The whole frames that follow come along; a bad one stays
+                // at the front, for the next call to report.
+                let mut n = 1;
+                while n < most
+                    && let Ok(Some(next)) = frame::check(&rbuf[total..], max)
+                {
+                    total += next;
+                    n += 1;
+                }
+                // The frames keep the allocation alive until they are
+                // forwarded; the session itself holds nothing. A buffer of
+                // whole frames only is handed over whole (not split:
                 // splitting makes it shared, one more allocation).
                 let raw = if total == rbuf.len() {
                     std::mem::take(rbuf)
@@ -507,7 +522,7 @@ mod tests {
                 charge: &mut charge,
                 budget: &budget,
             };
-            Poll::Ready(poll_frame(io, &mut rb, cx, 1 << 30))
+            Poll::Ready(poll_frame(io, &mut rb, cx, 1 << 30, 32))
         })
         .await
     }

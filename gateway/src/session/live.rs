@@ -67,7 +67,7 @@ const MAX_BATCH: usize = 128;
 /// Extra time after a GOAWAY deadline before the session closes itself.
 const GOAWAY_GRACE: Duration = Duration::from_secs(2);
 
-/// Client DATA frames gathered for one binding (see [`Session::forward`]).
+/// Client DATA frames gathered for one binding (see [`Session::add_run`]).
 pub(super) struct Run {
     binding: usize,
     frames: BytesMut,
@@ -84,6 +84,16 @@ impl Run {
         self.frames.len() + raw.len() <= Run::MAX_BYTES
             && self.frames.as_ptr().wrapping_add(self.frames.len()) == raw.as_ptr()
     }
+}
+
+/// What the session does with one client frame.
+enum Next {
+    /// Handled here (answered, ignored or refused).
+    Done,
+    /// DATA for the live binding at this index: it joins the run.
+    Run(usize),
+    /// DATA whose service needs a binding first.
+    Bind(Header),
 }
 
 /// The client frames of one wake-up.
@@ -151,9 +161,11 @@ impl Session {
         batch: &mut ReadBatch,
     ) -> Result<bool, Closing> {
         let max = self.gw.cfg.limits.max_frame_bytes;
-        for _ in 0..MAX_READS {
-            match self.io.poll_read_frame(cx, max, &self.gw.clients.buffered) {
-                Poll::Ready(Ok(raw)) => self.on_client_frame(raw, batch)?,
+        while (batch.frames as usize) < MAX_READS {
+            let most = MAX_READS - batch.frames as usize;
+            let budget = &self.gw.clients.buffered;
+            match self.io.poll_read_frames(cx, max, most, budget) {
+                Poll::Ready(Ok(frames)) => self.on_client_frames(frames, batch)?,
                 Poll::Ready(Err(ReadError::Budget)) => {
                     let r = Reject::BufferBudget;
                     return Err(Closing::rejected(&self.gw, r, BUDGET_SPENT));
@@ -398,24 +410,99 @@ impl Session {
         );
     }
 
-    fn on_client_frame(&mut self, mut raw: BytesMut, batch: &mut ReadBatch) -> Result<(), Closing> {
+    /// Walks whole client frames (back to back in `frames`) where they lie:
+    /// ids are stamped into each DATA frame in place, and consecutive DATA
+    /// frames for one live binding (a *span*) go on as one slice of the
+    /// buffer — no per-frame split, no copy (see [`Session::add_run`]).
+    fn on_client_frames(
+        &mut self,
+        mut frames: BytesMut,
+        batch: &mut ReadBatch,
+    ) -> Result<(), Closing> {
+        let mut off = 0;
+        // (binding, start, frames) of the span ending at `off`.
+        let mut span: Option<(usize, usize, u32)> = None;
+        while off + frame::LEN_BYTES <= frames.len() {
+            let len = u32::from_be_bytes([
+                frames[off],
+                frames[off + 1],
+                frames[off + 2],
+                frames[off + 3],
+            ]) as usize;
+            let total = (frame::LEN_BYTES + len).min(frames.len() - off);
+            let next = self.on_client_frame(&mut frames[off..off + total], batch)?;
+            match (next, &mut span) {
+                (Next::Run(i), Some((b, start, n)))
+                    if *b == i && off + total - *start <= Run::MAX_BYTES =>
+                {
+                    *n += 1;
+                }
+                (next, _) => {
+                    if let Some(sp) = span.take() {
+                        off = self.take_span(&mut frames, sp, off, batch);
+                    }
+                    match next {
+                        Next::Run(i) => span = Some((i, off, 1)),
+                        Next::Done => {}
+                        Next::Bind(header) => {
+                            // The bindings change: what was gathered goes first.
+                            self.send_run(batch.run.take());
+                            let raw = Bytes::copy_from_slice(&frames[off..off + total]);
+                            if let Err(e) = self.bind_and_send(&header, raw) {
+                                self.queue_error(&header, &e);
+                            }
+                        }
+                    }
+                }
+            }
+            off += total;
+        }
+        if let Some(sp) = span {
+            self.take_span(&mut frames, sp, off, batch);
+        }
+        Ok(())
+    }
+
+    /// Takes the span `(binding, start, count)` that ends at `end` out of
+    /// `frames` (with what precedes it, already handled) and adds it to the
+    /// wake-up's run; returns where `end` now is (the front).
+    fn take_span(
+        &mut self,
+        frames: &mut BytesMut,
+        (binding, start, count): (usize, usize, u32),
+        end: usize,
+        batch: &mut ReadBatch,
+    ) -> usize {
+        let mut part = if end == frames.len() {
+            std::mem::take(frames)
+        } else {
+            frames.split_to(end)
+        };
+        bytes::Buf::advance(&mut part, start);
+        self.add_run(batch, binding, part, count);
+        0
+    }
+
+    /// One client frame (`raw`, length prefix included): checked, counted,
+    /// answered or refused here, or DATA to forward (its ids stamped).
+    fn on_client_frame(&mut self, raw: &mut [u8], batch: &mut ReadBatch) -> Result<Next, Closing> {
         // One clock read per wake-up: frames read together arrived together.
         let now = *batch.now.get_or_insert_with(std::time::Instant::now);
         batch.frames += 1;
         batch.bytes += raw.len() as u64;
-        let header = match frame::parse_raw(&raw) {
+        let header = match frame::parse_raw(raw) {
             Ok(h) => h,
             Err(FrameError::UnknownKind { header }) => {
                 // The stream is still in sync: answer and carry on.
                 if self.rate_limited(&header, now) {
-                    return Ok(());
+                    return Ok(Next::Done);
                 }
                 let msg = format!(
                     "unknown frame kind 0x{:02x}; this gateway speaks protocol v1 kinds 0x01-0x0d",
                     header.kind
                 );
                 self.queue_error(&header, &RequestError::UnknownKind(msg));
-                return Ok(());
+                return Ok(Next::Done);
             }
             Err(e) => return Err(Closing::from_read(ReadError::Frame(e), 0)),
         };
@@ -440,14 +527,15 @@ impl Session {
         // Every kind a client sends costs a token: PINGs and refused kinds
         // are answered too, so they must not be free to flood.
         if self.rate_limited(&header, now) {
-            return Ok(());
+            return Ok(Next::Done);
         }
         match header.kind() {
             Some(Kind::Data) => {
-                frame::stamp_ids(&mut raw, user, id);
-                if let Err(e) = self.forward(&header, raw, &mut batch.run) {
-                    self.queue_error(&header, &e);
-                }
+                frame::stamp_ids(raw, user, id);
+                return Ok(match self.live_binding(&header) {
+                    Some(i) => Next::Run(i),
+                    None => Next::Bind(header),
+                });
             }
             Some(Kind::Ping) => {
                 let mut h = header;
@@ -465,7 +553,7 @@ impl Session {
                 self.queue_error(&header, &e);
             }
         }
-        Ok(())
+        Ok(Next::Done)
     }
 
     /// Takes a token from the session's message rate; when there is none,
@@ -479,50 +567,58 @@ impl Session {
         true
     }
 
-    /// Sends a client DATA frame to the backend bound for its service,
-    /// binding (or re-binding after a backend failure) first if needed.
-    /// Frames for the same live binding read in one wake-up are gathered
-    /// into `run` while they sit back to back in the read buffer (joining
-    /// them copies nothing), up to [`Run::MAX_BYTES`], and are queued to the
-    /// backend as one message by [`Session::send_run`].
-    fn forward(
-        &mut self,
-        header: &Header,
-        raw: BytesMut,
-        run: &mut Option<Run>,
-    ) -> Result<(), RequestError> {
-        let realm = if header.realm_id != 0 {
+    /// The realm a DATA frame is for: its own, else the session's.
+    fn realm_of(&self, header: &Header) -> u32 {
+        if header.realm_id != 0 {
             header.realm_id
         } else {
             self.handle.realm_id()
-        };
+        }
+    }
+
+    /// The binding for a DATA frame's service (and realm), when its
+    /// connection is the live one.
+    fn live_binding(&self, header: &Header) -> Option<usize> {
+        let realm = self.realm_of(header);
+        let svc = header.service_type;
+        let i = self
+            .bindings
+            .iter()
+            .position(|b| b.service == svc && b.realm.is_none_or(|r| r == realm))?;
+        self.bindings[i].live().then_some(i)
+    }
+
+    /// Adds `count` DATA frames for binding `binding` to the wake-up's run.
+    /// Frames read in one wake-up for the same binding are gathered while
+    /// they sit back to back in the read buffer (joining them copies
+    /// nothing), up to [`Run::MAX_BYTES`], and are queued to the backend as
+    /// one message by [`Session::send_run`].
+    fn add_run(&mut self, batch: &mut ReadBatch, binding: usize, frames: BytesMut, count: u32) {
+        match &mut batch.run {
+            Some(r) if r.binding == binding && r.joins(&frames) => {
+                r.frames.unsplit(frames);
+                r.count += count;
+            }
+            run => {
+                let prev = run.replace(Run {
+                    binding,
+                    frames,
+                    count,
+                });
+                self.send_run(prev);
+            }
+        }
+    }
+
+    /// Sends a client DATA frame whose service has no live binding: binds
+    /// (or re-binds after a backend failure) first.
+    fn bind_and_send(&mut self, header: &Header, raw: Bytes) -> Result<(), RequestError> {
+        let realm = self.realm_of(header);
         let svc = header.service_type;
         let idx = self
             .bindings
             .iter()
             .position(|b| b.service == svc && b.realm.is_none_or(|r| r == realm));
-        if let Some(i) = idx
-            && self.bindings[i].live()
-        {
-            match run {
-                Some(r) if r.binding == i && r.joins(&raw) => {
-                    r.frames.unsplit(raw);
-                    r.count += 1;
-                }
-                _ => {
-                    self.send_run(run.take());
-                    *run = Some(Run {
-                        binding: i,
-                        frames: raw,
-                        count: 1,
-                    });
-                }
-            }
-            return Ok(());
-        }
-        // The bindings change below: what was gathered goes first.
-        self.send_run(run.take());
-        let raw = raw.freeze();
         if let Some(i) = idx {
             // The connection restarted or died: re-open on a live connection
             // of the same endpoint (sessions stay pinned to their backend)…
