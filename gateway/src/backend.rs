@@ -4,10 +4,12 @@
 //! and reconnects with exponential backoff and jitter ([`conn`]).
 //!
 //! Sessions talk to a connection through a bounded queue of [`ToBackend`]
-//! messages stamped with the connection *generation* they were meant for; a
+//! messages addressed to the connection *generation* they were meant for; a
 //! message for an older generation (the connection dropped meanwhile) is
-//! never sent on the new one, so a backend never sees DATA for a session it
-//! was not told about.
+//! refused, and what was queued for a connection that dropped is discarded
+//! with it, so a backend never sees DATA for a session it was not told
+//! about. The queue is the bytes themselves ([`Conn::try_send`] appends the
+//! encoded frames; the writer takes them all for one write).
 
 pub(crate) mod breaker;
 pub(crate) mod conn;
@@ -20,9 +22,9 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use futures_util::task::AtomicWaker;
 use prometheus::IntCounter;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::session::SessionHandle;
@@ -64,12 +66,6 @@ impl ToBackend {
     }
 }
 
-/// A queued message and the connection generation it was addressed to.
-pub(crate) struct Envelope {
-    pub(crate) generation: u64,
-    pub(crate) msg: ToBackend,
-}
-
 /// Why a message could not be queued to a backend connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SendError {
@@ -79,35 +75,81 @@ pub(crate) enum SendError {
     Full,
 }
 
-/// Shared state of one pooled connection: `state = generation << 1 | up`,
-/// one atomic so readers see a consistent pair.
-/// How long a CLOSE that found its connection's queue full waits for room.
-const CLOSE_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
+/// Sessions bound to one connection, by session id. Looked up once per
+/// run of replies: foldhash (seeded per process) instead of SipHash, which
+/// the profile showed in every lookup; the ids are the gateway's own, and
+/// a backend's unknown id is only ever looked up, never inserted.
+type BoundMap = HashMap<u64, SessionHandle, foldhash::fast::RandomState>;
 
+/// Encoded frames waiting for the writer of one connection generation.
+/// Senders append to `buf` (the one copy of a frame on its way to the
+/// backend); the writer swaps it for its own empty buffer and writes it
+/// whole, so neither side allocates once both buffers have grown.
+#[derive(Default)]
+struct Out {
+    generation: u64,
+    buf: BytesMut,
+    /// Messages in `buf` (the bound, `backend.queue`) and the frames
+    /// they hold (the metric).
+    msgs: usize,
+    frames: u64,
+}
+
+/// A pooled connection as the rest of the gateway sees it.
+/// `state = generation << 1 | up`, one atomic so readers see a consistent
+/// pair.
 pub(crate) struct Conn {
-    tx: mpsc::Sender<Envelope>,
+    out: Mutex<Out>,
+    /// Most messages `out` holds (`backend.queue`); a CLOSE always fits.
+    cap: usize,
+    /// The connection's writer, woken when `out` gets its first bytes.
+    writer: AtomicWaker,
     state: AtomicU64,
-    /// Sessions bound to the current incarnation. Touched by this
-    /// connection's task, and rarely by admin calls; never held across an await.
-    bound: Mutex<HashMap<u64, SessionHandle>>,
+    /// Sessions bound to the current incarnation: added when their OPEN is
+    /// queued, removed when their CLOSE is (or when the backend kicks
+    /// them). Never held across an await.
+    bound: Mutex<BoundMap>,
 }
 
 impl Conn {
+    fn new(cap: usize) -> Conn {
+        Conn {
+            out: Mutex::new(Out::default()),
+            cap: cap.max(1),
+            writer: AtomicWaker::new(),
+            state: AtomicU64::new(0),
+            bound: Mutex::new(BoundMap::default()),
+        }
+    }
+
     /// `Some(generation)` when the connection is up.
     pub(crate) fn live_generation(&self) -> Option<u64> {
         let s = self.state.load(Ordering::Acquire);
         (s & 1 == 1).then_some(s >> 1)
     }
 
+    /// A new connection: what was queued for the old one is dropped (its
+    /// sessions were told it was lost), then senders see it up.
     fn set_up(&self, generation: u64) {
+        {
+            let mut out = self.out.lock();
+            out.generation = generation;
+            out.buf = BytesMut::new();
+            out.msgs = 0;
+            out.frames = 0;
+        }
         self.state.store(generation << 1 | 1, Ordering::Release);
     }
 
+    /// The connection is gone: from here on every send fails (under the
+    /// queue's lock, so a session is either bound before the caller
+    /// collects the bound sessions to tell them, or refused).
     fn set_down(&self) {
+        self.out.lock().generation = 0;
         self.state.fetch_and(!1, Ordering::AcqRel);
     }
 
-    fn bound(&self) -> parking_lot::MutexGuard<'_, HashMap<u64, SessionHandle>> {
+    fn bound(&self) -> parking_lot::MutexGuard<'_, BoundMap> {
         self.bound.lock()
     }
 
@@ -118,35 +160,16 @@ impl Conn {
 
     /// Frames queued toward the backend now.
     pub(crate) fn queued(&self) -> usize {
-        self.tx.max_capacity() - self.tx.capacity()
+        self.out.lock().frames as usize
     }
 
-    /// Queues a session's CLOSE. It must not be lost: when the queue is
-    /// full the binding is released at once (so the pool's view agrees
-    /// with the sessions that exist) and the CLOSE waits for room, behind
-    /// the session's earlier frames, for up to [`CLOSE_RETRY`]; a
-    /// connection that stays that stuck fails its heartbeat, and the
-    /// backend then drops every session of it anyway.
+    /// Queues a session's CLOSE. It is never lost: a CLOSE is exempt from
+    /// the queue's bound, so it goes behind the session's earlier frames
+    /// even when the queue is full; a connection that stays stuck fails its
+    /// heartbeat, and the backend then drops every session of it anyway.
     pub(crate) fn send_close(&self, generation: u64, session_id: u64, frame: Bytes) {
-        if self.live_generation() != Some(generation) {
-            // The connection is gone, and the session with it.
-            return;
-        }
-        let env = Envelope {
-            generation,
-            msg: ToBackend::Close { session_id, frame },
-        };
-        match self.tx.try_send(env) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
-            Err(mpsc::error::TrySendError::Full(env)) => {
-                self.bound().remove(&session_id);
-                let tx = self.tx.clone();
-                tokio::spawn(async move {
-                    let _ = tokio::time::timeout(CLOSE_RETRY, tx.send(env)).await;
-                });
-            }
-        }
+        // Down: the connection is gone, and the session with it.
+        let _ = self.try_send(generation, ToBackend::Close { session_id, frame });
     }
 
     /// Queues a message for `generation` without waiting.
@@ -155,7 +178,8 @@ impl Conn {
     }
 
     /// Queues a message for `generation` without waiting; a message that
-    /// cannot be queued comes back with the reason.
+    /// cannot be queued comes back with the reason. OPEN and CLOSE bind and
+    /// unbind their session here, in queue order.
     pub(crate) fn try_send(
         &self,
         generation: u64,
@@ -164,12 +188,57 @@ impl Conn {
         if self.live_generation() != Some(generation) {
             return Err((SendError::Down, msg));
         }
-        self.tx
-            .try_send(Envelope { generation, msg })
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(env) => (SendError::Full, env.msg),
-                mpsc::error::TrySendError::Closed(env) => (SendError::Down, env.msg),
-            })
+        let mut out = self.out.lock();
+        if out.generation != generation {
+            return Err((SendError::Down, msg));
+        }
+        if out.msgs >= self.cap && !matches!(msg, ToBackend::Close { .. }) {
+            return Err((SendError::Full, msg));
+        }
+        let was_empty = out.buf.is_empty();
+        let (frames, count) = match msg {
+            ToBackend::Open { session, frame } => {
+                self.bound().insert(session.id(), session);
+                (frame, 1)
+            }
+            ToBackend::Frame(frame) => (frame, 1),
+            ToBackend::Frames { raw, count } => (raw, count),
+            ToBackend::Close { session_id, frame } => {
+                self.bound().remove(&session_id);
+                (frame, 1)
+            }
+        };
+        out.buf.extend_from_slice(&frames);
+        out.msgs += 1;
+        out.frames += u64::from(count);
+        drop(out);
+        if was_empty {
+            self.writer.wake();
+        }
+        Ok(())
+    }
+
+    /// `Ready` once something is queued (the writer's waker registered).
+    fn poll_queued(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<usize> {
+        self.writer.register(cx.waker());
+        match self.out.lock().buf.len() {
+            0 => std::task::Poll::Pending,
+            n => std::task::Poll::Ready(n),
+        }
+    }
+
+    /// Bytes queued now.
+    fn queued_bytes(&self) -> usize {
+        self.out.lock().buf.len()
+    }
+
+    /// Takes everything queued (swapping in `empty`, the writer's spare
+    /// buffer); returns the frames it holds.
+    fn take(&self, empty: &mut BytesMut) -> u64 {
+        let mut out = self.out.lock();
+        std::mem::swap(&mut out.buf, empty);
+        out.msgs = 0;
+        std::mem::take(&mut out.frames)
     }
 }
 
@@ -372,18 +441,7 @@ impl BackendPool {
         // At least one connection per worker, the same number on each.
         let w = self.ctx.workers.count();
         let n = self.ctx.settings.connections_per_endpoint.div_ceil(w) * w;
-        let mut receivers = Vec::with_capacity(n);
-        let conns = (0..n)
-            .map(|_| {
-                let (tx, rx) = mpsc::channel(self.ctx.settings.queue);
-                receivers.push(rx);
-                Conn {
-                    tx,
-                    state: AtomicU64::new(0),
-                    bound: Mutex::new(HashMap::new()),
-                }
-            })
-            .collect();
+        let conns = (0..n).map(|_| Conn::new(self.ctx.settings.queue)).collect();
         let ep = Arc::new(Endpoint {
             addr: addr.into(),
             key_hash: crate::router::hash::key_hash(addr),
@@ -404,8 +462,8 @@ impl BackendPool {
             workers: w,
             stop: self.ctx.shutdown.child_token(),
         });
-        for (slot, rx) in receivers.into_iter().enumerate() {
-            let task = conn::run(ep.clone(), slot, rx, self.ctx.clone());
+        for slot in 0..n {
+            let task = conn::run(ep.clone(), slot, self.ctx.clone());
             self.ctx
                 .tracker
                 .spawn_on(task, self.ctx.workers.handle(slot));
@@ -468,5 +526,84 @@ impl BackendPool {
         let mut v: Vec<_> = map.values().cloned().collect();
         v.sort_by(|a, b| a.addr.cmp(&b.addr));
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Protocol;
+
+    fn session(id: u64) -> SessionHandle {
+        let addr = "127.0.0.1:1".parse().unwrap();
+        SessionHandle::new(id, 7, 0, Protocol::Tcp, addr, 8).0
+    }
+
+    fn data(n: u8) -> ToBackend {
+        ToBackend::Frame(Bytes::from(vec![n; 3]))
+    }
+
+    #[test]
+    fn the_queue_is_the_bytes_bounded_in_messages_and_a_close_always_fits() {
+        let c = Conn::new(2);
+        assert_eq!(c.send(1, data(1)).unwrap_err(), SendError::Down);
+        c.set_up(1);
+        // A message for another generation is refused.
+        assert_eq!(c.send(2, data(1)).unwrap_err(), SendError::Down);
+        c.try_send(
+            1,
+            ToBackend::Open {
+                session: session(5),
+                frame: Bytes::from_static(b"open"),
+            },
+        )
+        .map_err(|(e, _)| e)
+        .unwrap();
+        assert_eq!(c.sessions().len(), 1, "bound when its OPEN is queued");
+        c.send(
+            1,
+            ToBackend::Frames {
+                raw: Bytes::from_static(b"ab"),
+                count: 2,
+            },
+        )
+        .unwrap();
+        // Full: the frames come back to be answered.
+        let Err((SendError::Full, back)) = c.try_send(1, data(9)) else {
+            panic!("a third message does not fit");
+        };
+        assert_eq!(&back.into_bytes()[..], &[9, 9, 9]);
+        assert_eq!(c.queued(), 3);
+        // A CLOSE goes in anyway, unbinding its session in queue order.
+        c.send_close(1, 5, Bytes::from_static(b"close"));
+        assert!(c.sessions().is_empty());
+        let mut spare = BytesMut::new();
+        assert_eq!(c.take(&mut spare), 4);
+        assert_eq!(&spare[..], b"openabclose");
+        assert_eq!(c.queued(), 0);
+        // Room again.
+        c.send(1, data(2)).unwrap();
+        // Down: nothing more is queued, and a new connection starts empty.
+        c.set_down();
+        assert_eq!(c.send(1, data(3)).unwrap_err(), SendError::Down);
+        c.set_up(2);
+        assert_eq!(c.queued(), 0);
+        assert_eq!(c.queued_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_writer_is_woken_by_the_first_bytes() {
+        let c = Arc::new(Conn::new(8));
+        c.set_up(1);
+        let w = c.clone();
+        let writer =
+            tokio::spawn(async move { std::future::poll_fn(|cx| w.poll_queued(cx)).await });
+        tokio::task::yield_now().await;
+        c.send(1, data(1)).unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(5), writer)
+            .await
+            .expect("woken")
+            .unwrap();
+        assert_eq!(n, 3);
     }
 }

@@ -16,12 +16,11 @@ use gg_proto::{CloseCode, ErrorCode, Frame};
 use gg_runtime::backoff::Backoff;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use super::{Endpoint, Envelope, ToBackend};
+use super::{Endpoint, ToBackend};
 use crate::config::{BackendSettings, BreakerSettings};
 use crate::metrics::Metrics;
 use crate::session::{Delivered, Outbound, SessionHandle};
@@ -44,15 +43,13 @@ pub(crate) struct ConnCtx {
 /// Missed heartbeats before a backend connection is declared dead.
 const MISSED_PONGS: u32 = 3;
 
-/// Most bytes gathered into one write syscall.
+/// The writer yields to gather more only while less than this is queued.
 const MAX_BATCH_BYTES: usize = 64 * 1024;
 
-pub(crate) async fn run(
-    ep: Arc<Endpoint>,
-    slot: usize,
-    mut rx: mpsc::Receiver<Envelope>,
-    ctx: Arc<ConnCtx>,
-) {
+/// Most buffer capacity the writer keeps between writes.
+const MAX_KEPT_BYTES: usize = 1 << 20;
+
+pub(crate) async fn run(ep: Arc<Endpoint>, slot: usize, ctx: Arc<ConnCtx>) {
     let label = [&*ep.addr];
     let up_gauge = ctx.metrics.backend_connections.with_label_values(&label);
     let mut generation: u64 = 0;
@@ -69,7 +66,7 @@ pub(crate) async fn run(
                 info!(endpoint = %ep.addr, slot, generation, "backend connected");
                 ep.conns[slot].set_up(generation);
                 up_gauge.inc();
-                let res = relay(stream, &ep, slot, generation, &mut rx, &ctx).await;
+                let res = relay(stream, &ep, slot, generation, &ctx).await;
                 ep.conns[slot].set_down();
                 up_gauge.dec();
                 let lost: Vec<SessionHandle> =
@@ -110,18 +107,10 @@ pub(crate) async fn run(
         }
         // Jittered so a fleet of gateways does not reconnect to a restarted
         // backend in lockstep.
-        let until = tokio::time::Instant::now() + backoff.next_delay();
-        loop {
-            tokio::select! {
-                _ = ep.stop.cancelled() => return,
-                _ = tokio::time::sleep_until(until) => break,
-                // Messages queued for a dead generation fail fast instead of
-                // waiting for the reconnect.
-                m = rx.recv() => match m {
-                    Some(env) => fail(env.msg, &ep.addr),
-                    None => return,
-                },
-            }
+        // (Meanwhile sends fail fast: the connection is down.)
+        tokio::select! {
+            _ = ep.stop.cancelled() => return,
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
         }
     }
 }
@@ -134,15 +123,6 @@ async fn connect(addr: &str, ctx: &ConnCtx) -> io::Result<TcpStream> {
     Ok(stream)
 }
 
-/// A message that can no longer be delivered: an OPEN tells its session.
-fn fail(msg: ToBackend, endpoint: &Arc<str>) {
-    if let ToBackend::Open { session, .. } = msg {
-        session.deliver(Outbound::BackendLost {
-            endpoint: endpoint.clone(),
-        });
-    }
-}
-
 /// One live connection: HELLO, then the writer, the reader and the
 /// heartbeat run until one fails (or the endpoint is stopped).
 async fn relay(
@@ -150,7 +130,6 @@ async fn relay(
     ep: &Arc<Endpoint>,
     slot: usize,
     generation: u64,
-    rx: &mut mpsc::Receiver<Envelope>,
     ctx: &ConnCtx,
 ) -> io::Result<()> {
     let hello = control::control_frame(
@@ -170,7 +149,7 @@ async fn relay(
         ctx,
     };
     tokio::select! {
-        r = link.write_loop(&mut wr, rx) => r,
+        r = link.write_loop(&mut wr) => r,
         r = link.read_loop(&mut rd, &heard) => r,
         r = link.heartbeat(&heard) => r,
         _ = ep.stop.cancelled() => Ok(()),
@@ -223,60 +202,28 @@ struct Link<'a> {
 }
 
 impl Link<'_> {
-    /// Gathers everything queued into one write; OPEN and CLOSE maintain
-    /// the connection's bound sessions as they pass.
-    async fn write_loop(
-        &self,
-        wr: &mut (impl tokio::io::AsyncWrite + Unpin),
-        rx: &mut mpsc::Receiver<Envelope>,
-    ) -> io::Result<()> {
+    /// Writes everything queued with one write (the queue is the bytes
+    /// themselves, see [`crate::backend::Conn::try_send`]).
+    async fn write_loop(&self, wr: &mut (impl tokio::io::AsyncWrite + Unpin)) -> io::Result<()> {
         let conn = &self.ep.conns[self.slot];
         let frames_out = (self.ctx.metrics.backend_frames_out).with_label_values(&[&*self.ep.addr]);
-        let mut wbuf = BytesMut::with_capacity(8 * 1024);
+        let mut wbuf = BytesMut::new();
         let mut gate = YieldGate::default();
-        while let Some(first) = rx.recv().await {
-            let mut n = 0u64;
-            let mut next = Some(first);
-            let mut yielded = false;
-            while let Some(env) = next.take() {
-                if env.generation != self.generation {
-                    fail(env.msg, &self.ep.addr);
-                } else {
-                    n += 1;
-                    match env.msg {
-                        ToBackend::Frames { raw, count } => {
-                            n += u64::from(count) - 1;
-                            wbuf.extend_from_slice(&raw);
-                        }
-                        ToBackend::Open { session, frame } => {
-                            conn.bound().insert(session.id(), session);
-                            wbuf.extend_from_slice(&frame);
-                        }
-                        ToBackend::Frame(frame) => wbuf.extend_from_slice(&frame),
-                        ToBackend::Close { session_id, frame } => {
-                            conn.bound().remove(&session_id);
-                            wbuf.extend_from_slice(&frame);
-                        }
-                    }
-                }
-                if wbuf.len() < MAX_BATCH_BYTES {
-                    next = rx.try_recv().ok();
-                    if next.is_none() && !yielded && gate.should_yield() {
-                        yielded = true;
-                        tokio::task::yield_now().await;
-                        next = rx.try_recv().ok();
-                        gate.record(next.is_some());
-                    }
-                }
+        loop {
+            let queued = std::future::poll_fn(|cx| conn.poll_queued(cx)).await;
+            if queued < MAX_BATCH_BYTES && gate.should_yield() {
+                tokio::task::yield_now().await;
+                gate.record(conn.queued_bytes() > queued);
             }
-            if !wbuf.is_empty() {
-                wr.write_all(&wbuf).await?;
-                wbuf.clear();
-                frames_out.inc_by(n);
+            let frames = conn.take(&mut wbuf);
+            wr.write_all(&wbuf).await?;
+            frames_out.inc_by(frames);
+            wbuf.clear();
+            if wbuf.capacity() > MAX_KEPT_BYTES {
+                // A burst: give the memory back.
+                wbuf = BytesMut::new();
             }
         }
-        // The pool was dropped: the gateway is exiting.
-        Ok(())
     }
 
     /// Reads frames and hands each to its session; a frame this gateway
