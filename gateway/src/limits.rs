@@ -166,9 +166,12 @@ impl TokenBucket {
 
     /// Takes one token if available.
     pub(crate) fn take(&mut self, now: Instant) -> bool {
-        let dt = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + dt * self.rate).min(self.burst);
+        // Frames read together share one `now`: refill once for them.
+        if now != self.last {
+            let dt = now.saturating_duration_since(self.last).as_secs_f64();
+            self.last = now;
+            self.tokens = (self.tokens + dt * self.rate).min(self.burst);
+        }
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true

@@ -84,6 +84,7 @@ impl Kind {
     ];
 
     /// Maps a wire byte to a kind; `None` for kinds this version does not know.
+    #[inline]
     pub fn from_u8(b: u8) -> Option<Kind> {
         Kind::ALL.get(usize::from(b).wrapping_sub(1)).copied()
     }
@@ -131,6 +132,7 @@ impl Header {
     }
 
     /// The kind, if this version knows it.
+    #[inline]
     pub fn kind(&self) -> Option<Kind> {
         Kind::from_u8(self.kind)
     }
@@ -146,6 +148,7 @@ impl Header {
     }
 
     /// Reads the 28 header bytes; the caller guarantees `src` has them.
+    #[inline]
     fn get(src: &mut impl Buf) -> Header {
         Header {
             version: src.get_u8(),
@@ -160,6 +163,7 @@ impl Header {
 
     /// Parses a header from the first [`HEADER_BYTES`] of a complete encoded
     /// frame (as stored in a `Bytes`), without touching the payload.
+    #[inline]
     pub fn peek(frame: &[u8]) -> Option<Header> {
         let mut h = frame.get(LEN_BYTES..HEADER_BYTES)?;
         Some(Header::get(&mut h))
@@ -207,6 +211,7 @@ impl FrameError {
 /// whole frame of `total` bytes (prefix included) is buffered, `Ok(None)`
 /// when more bytes are needed. Fails as soon as the 4-byte prefix is known to
 /// be out of bounds, so an oversized frame never causes a large allocation.
+#[inline]
 pub fn check(buf: &[u8], max_len: u32) -> Result<Option<usize>, FrameError> {
     let Some(prefix) = buf.get(..LEN_BYTES) else {
         return Ok(None);
@@ -233,6 +238,7 @@ pub fn split_raw(buf: &mut BytesMut, max_len: u32) -> Result<Option<BytesMut>, F
 }
 
 /// Validates the version and kind of one raw frame produced by [`split_raw`].
+#[inline]
 pub fn parse_raw(raw: &[u8]) -> Result<Header, FrameError> {
     let header = Header::peek(raw).ok_or(FrameError::TooShort {
         len: raw.len().saturating_sub(LEN_BYTES) as u32,
@@ -278,6 +284,7 @@ pub fn split_frames(mut buf: Bytes) -> impl Iterator<Item = Bytes> {
 
 /// Overwrites the session and user ids of one raw encoded frame in place, so
 /// a relay can stamp its own view of the identity without re-encoding.
+#[inline]
 pub fn stamp_ids(raw: &mut [u8], user_id: u64, session_id: u64) {
     if raw.len() >= HEADER_BYTES {
         raw[12..20].copy_from_slice(&user_id.to_be_bytes());

@@ -92,8 +92,9 @@ enum Next {
     Done,
     /// DATA for the live binding at this index: it joins the run.
     Run(usize),
-    /// DATA whose service needs a binding first.
-    Bind(Header),
+    /// DATA whose service needs a binding first (its header is read
+    /// again there: a rare path, and a small `Next` moves cheaply).
+    Bind,
 }
 
 /// The client frames of one wake-up.
@@ -444,11 +445,13 @@ impl Session {
                     match next {
                         Next::Run(i) => span = Some((i, off, 1)),
                         Next::Done => {}
-                        Next::Bind(header) => {
+                        Next::Bind => {
                             // The bindings change: what was gathered goes first.
                             self.send_run(batch.run.take());
                             let raw = Bytes::copy_from_slice(&frames[off..off + total]);
-                            if let Err(e) = self.bind_and_send(&header, raw) {
+                            if let Some(header) = Header::peek(&raw)
+                                && let Err(e) = self.bind_and_send(&header, raw)
+                            {
                                 self.queue_error(&header, &e);
                             }
                         }
@@ -490,22 +493,29 @@ impl Session {
         let now = *batch.now.get_or_insert_with(std::time::Instant::now);
         batch.frames += 1;
         batch.bytes += raw.len() as u64;
-        let header = match frame::parse_raw(raw) {
-            Ok(h) => h,
-            Err(FrameError::UnknownKind { header }) => {
-                // The stream is still in sync: answer and carry on.
-                if self.rate_limited(&header, now) {
-                    return Ok(Next::Done);
-                }
-                let msg = format!(
-                    "unknown frame kind 0x{:02x}; this gateway speaks protocol v1 kinds 0x01-0x0d",
-                    header.kind
-                );
-                self.queue_error(&header, &RequestError::UnknownKind(msg));
+        // The header is read in place and checked field by field (no
+        // `Result<Header, _>` to move through per frame).
+        let Some(header) = Header::peek(raw) else {
+            let len = raw.len().saturating_sub(frame::LEN_BYTES) as u32;
+            let e = FrameError::TooShort { len };
+            return Err(Closing::from_read(ReadError::Frame(e), 0));
+        };
+        if header.version != frame::VERSION {
+            let e = FrameError::UnsupportedVersion { header };
+            return Err(Closing::from_read(ReadError::Frame(e), 0));
+        }
+        if header.kind().is_none() {
+            // The stream is still in sync: answer and carry on.
+            if self.rate_limited(&header, now) {
                 return Ok(Next::Done);
             }
-            Err(e) => return Err(Closing::from_read(ReadError::Frame(e), 0)),
-        };
+            let msg = format!(
+                "unknown frame kind 0x{:02x}; this gateway speaks protocol v1 kinds 0x01-0x0d",
+                header.kind
+            );
+            self.queue_error(&header, &RequestError::UnknownKind(msg));
+            return Ok(Next::Done);
+        }
         let (id, user) = (self.handle.id(), self.handle.user_id());
         if (header.session_id != 0 && header.session_id != id)
             || (header.user_id != 0 && header.user_id != user)
@@ -534,7 +544,7 @@ impl Session {
                 frame::stamp_ids(raw, user, id);
                 return Ok(match self.live_binding(&header) {
                     Some(i) => Next::Run(i),
-                    None => Next::Bind(header),
+                    None => Next::Bind,
                 });
             }
             Some(Kind::Ping) => {
