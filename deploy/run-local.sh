@@ -61,6 +61,17 @@ wait_port() {  # $1 port, $2 what
   for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done
   echo "$2 did not start on port $1; see $D/*.log" >&2; exit 1
 }
+wait_ready() {  # $1 ops port, $2 what: /ready answers 200 once the first snapshot from the control plane applied
+  for _ in $(seq 300); do
+    (
+      exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
+      printf 'GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n' >&3
+      read -r -t 2 _ status _ <&3 && [ "$status" = 200 ]
+    ) 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "$2 did not become ready (port $1); see $D/*.log" >&2; exit 1
+}
 
 redis-server --port "$RP" --bind 127.0.0.1 --dir "$D/redis" --save "" --appendonly yes >"$D/redis.log" 2>&1 &
 pids+=($!)
@@ -116,8 +127,17 @@ while IFS= read -r line; do
   done
   echo "${line//@/}" >>"$bundle"
 done <deploy/routing.local.yaml
-wait_port "$((B + 2100))" "gateway 0"; wait_port "$((B + 2101))" "gateway 1"
 "$BIN/gwctl" apply -f "$bundle" --comment "run-local" >/dev/null
+# Ready means connected to the control plane (so in the fleet) with a config
+# applied; then no gateway may still be behind the bundle's revision.
+wait_ready "$((B + 2100))" "gateway 0"; wait_ready "$((B + 2101))" "gateway 1"
+# A snapshot left on disk by an earlier run makes a gateway ready before it
+# has connected, so also wait for both in the fleet registry.
+for _ in $(seq 300); do
+  fleet=$("$BIN/gwctl" fleet list -o json 2>/dev/null || true)
+  [[ $fleet == *'"gw-local-0"'* && $fleet == *'"gw-local-1"'* ]] && break
+  sleep 0.1
+done
 "$BIN/gwctl" rollout status --wait --wait-timeout 30s >/dev/null
 
 cat <<TXT
