@@ -85,13 +85,8 @@ fn main() -> ExitCode {
         }
     };
     // Thread per core: worker 0 is this thread, the others get their own
-    // single-threaded runtime and thread (see gateway::workers). A worker
-    // with nothing left to run yields the CPU once before it sleeps in
-    // epoll_wait: on a machine shared with the peers it serves, the peer
-    // that runs in its place usually produces the next event, which the
-    // worker then finds without a sleep and a wake-up (2 workers, 1 in
-    // flight: -9 % CPU per round trip, docs/benchmarks.md). An idle worker
-    // pays one sched_yield per park, which returns at once on a free CPU.
+    // single-threaded runtime and thread (see gateway::workers, also for
+    // the yield before a worker parks).
     let n = args.worker_threads.map_or_else(
         || std::thread::available_parallelism().map_or(1, usize::from),
         usize::from,
@@ -99,7 +94,7 @@ fn main() -> ExitCode {
     let runtime = |i: usize| {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            .on_thread_park(std::thread::yield_now)
+            .on_thread_park(gateway::workers::before_park)
             .thread_name(format!("gw-blocking-{i}"))
             .build()
     };
