@@ -85,9 +85,42 @@ impl Drop for Proc {
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
+/// A fresh path in the temp dir for a test's files (configs, logs, Redis
+/// data). The first call of a test process removes what earlier test
+/// processes left there, so the last run's files stay for a look after a
+/// failure but runs do not pile up.
 pub fn scratch(name: &str, ext: &str) -> PathBuf {
+    static SWEEP: std::sync::Once = std::sync::Once::new();
+    SWEEP.call_once(sweep_stale_scratch);
     let n = SEQ.fetch_add(1, Ordering::Relaxed);
     std::env::temp_dir().join(format!("gg-e2e-{}-{n}-{name}.{ext}", std::process::id()))
+}
+
+/// Removes `gg-e2e-<pid>-…` entries of test processes that are gone.
+fn sweep_stale_scratch() {
+    let Ok(dir) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in dir.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("gg-e2e-"))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() || std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let path = e.path();
+        let _ = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+    }
 }
 
 /// Path of a workspace binary. Inside its own package's tests Cargo gives
