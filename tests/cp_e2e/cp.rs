@@ -1654,6 +1654,18 @@ async fn presence_watch_with_a_cursor_misses_nothing() {
     first
         .send(&frame(gg_proto::Kind::Close, 0, 0, &b"{\"code\":3500}"[..]))
         .await;
+    // The close is reported asynchronously; the order this test asserts
+    // is the order things happened, so the second arrives only after the
+    // directory has recorded the first leaving.
+    eventually("the directory saw the first session close", || {
+        let mut d = dir.clone();
+        async move {
+            d.lookup_user(pb::LookupUserRequest { user_id: 11 })
+                .await
+                .is_ok_and(|r| r.into_inner().sessions.is_empty())
+        }
+    })
+    .await;
     let mut second = Client::tcp(gw.client).await;
     second.hello(12, 0).await;
     let mut stream = dir
