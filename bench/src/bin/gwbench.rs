@@ -385,18 +385,68 @@ enum Conn {
     Ws(Box<tokio_tungstenite::WebSocketStream<TcpStream>>),
 }
 
+/// Source addresses for churn: [`CHURN_IPS`] loopback addresses per
+/// worker, each with the ports [`CHURN_PORTS`], taken in turn.
+const CHURN_IPS: u32 = 16;
+const CHURN_PORTS: std::ops::Range<u32> = 10_000..32_768;
+
+/// The next churn source address of this process. Letting `connect()` pick
+/// the port caps churn at about 14,000 connections per second from one
+/// address to one target: a port's TIME_WAIT 4-tuple may be reused only
+/// after a second, and the kernel's search for a free one (`__inet_hash_connect`,
+/// `__inet_check_established`) then took most of this generator's CPU.
+/// Taking the addresses in turn, a 4-tuple comes back every
+/// `CHURN_IPS × 22,768` connections (about 20 s at 20,000 per second),
+/// below the ephemeral range the proxies use for their own connections.
+fn churn_source(common: &Common) -> SocketAddr {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let w = (common.worker.unwrap_or(0) + common.ip_offset) as u32;
+    let ports = CHURN_PORTS.end - CHURN_PORTS.start;
+    let ip = Ipv4Addr::new(127, (16 + w % 200) as u8, 0, (1 + n % CHURN_IPS) as u8);
+    let port = CHURN_PORTS.start + (n / CHURN_IPS) % ports;
+    SocketAddr::new(IpAddr::V4(ip), port as u16)
+}
+
+/// A connected socket: from a churn source address when `churn` (a few
+/// tries past addresses in use), else from the worker's address.
+async fn connect_socket(common: &Common, churn: bool) -> anyhow::Result<TcpStream> {
+    if churn {
+        let mut last = None;
+        for _ in 0..8 {
+            let sock = TcpSocket::new_v4()?;
+            sock.set_reuseaddr(true)?;
+            if let Err(e) = sock.bind(churn_source(common)) {
+                last = Some(e);
+                continue;
+            }
+            match sock.connect(common.target).await {
+                Ok(s) => return Ok(s),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => last = Some(e),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        return Err(last.map_or_else(|| anyhow::anyhow!("no churn source address"), Into::into));
+    }
+    let sock = TcpSocket::new_v4()?;
+    // Without SO_REUSEADDR, bind(port 0) searches for a port that is not
+    // even in TIME_WAIT and takes milliseconds under churn.
+    sock.set_reuseaddr(true)?;
+    // A single process lets connect() pick the source (fastest); workers
+    // each take their own 127.0.0.x for more ports and per-IP limits.
+    if common.worker.is_some() {
+        sock.bind(SocketAddr::new(source_ip(common), 0))?;
+    }
+    Ok(sock.connect(common.target).await?)
+}
+
 impl Conn {
     async fn connect(common: &Common, index: u64) -> anyhow::Result<(Conn, u64)> {
-        let sock = TcpSocket::new_v4()?;
-        // Without SO_REUSEADDR, bind(port 0) searches for a port that is not
-        // even in TIME_WAIT and takes milliseconds under churn.
-        sock.set_reuseaddr(true)?;
-        // A single process lets connect() pick the source (fastest); workers
-        // each take their own 127.0.0.x for more ports and per-IP limits.
-        if common.worker.is_some() {
-            sock.bind(SocketAddr::new(source_ip(common), 0))?;
-        }
-        let s = sock.connect(common.target).await?;
+        Conn::connect_from(common, index, false).await
+    }
+
+    async fn connect_from(common: &Common, index: u64, churn: bool) -> anyhow::Result<(Conn, u64)> {
+        let s = connect_socket(common, churn).await?;
         s.set_nodelay(true)?;
         let s = match &common.tls_ca {
             None => Stream::Left(s),
@@ -745,7 +795,8 @@ async fn churn(c: &ChurnArgs) -> anyhow::Result<Report> {
                 let t = Instant::now();
                 // A new session and one request/reply on it, on every path.
                 let attempt = async {
-                    let (mut conn, sid) = Conn::connect(&common, (w as u64) << 20 | i).await?;
+                    let (mut conn, sid) =
+                        Conn::connect_from(&common, (w as u64) << 20 | i, true).await?;
                     conn.send(&[data(sid, common.service, 1, &Bytes::from_static(b"hi"))])
                         .await?;
                     while let Some(f) = conn.recv().await? {
