@@ -44,7 +44,9 @@ enum Cmd {
     Open(Load),
     /// Hold idle sessions and report the target's RSS per session.
     Idle(IdleArgs),
-    /// Connect, HELLO, WELCOME, close — repeatedly.
+    /// Connect, HELLO, WELCOME, close — repeatedly. Connections come from
+    /// 127.(16+w).0.1–16, ports 10000–32767, in turn (w: the worker plus
+    /// `--ip-offset`), so the client's source ports are not the limit.
     Churn(ChurnArgs),
 }
 
