@@ -379,3 +379,139 @@ async fn proxy_protocol_names_the_players_address() {
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
     assert_eq!(gw.metric("gg_sessions_active").await, 2.0);
 }
+
+/// A WebSocket client that sends pings and never reads its pongs: once the
+/// sockets between them are full the gateway stops reading it (its pings
+/// wait on its side), instead of keeping every pong in memory. Reading
+/// again, it gets every pong and its session still answers.
+#[tokio::test]
+async fn a_websocket_ping_flood_that_is_never_read_is_not_buffered() {
+    let b = backend("b1").await;
+    let gw = gateway(&one_service(b.addr)).await;
+    // A masked client frame (the mask is zero, so the payload is as is).
+    let ws_frame = |op: u8, payload: &[u8]| {
+        let mut v = vec![0x80 | op];
+        match payload.len() {
+            n @ 0..=125 => v.push(0x80 | n as u8),
+            n => {
+                v.push(0x80 | 126);
+                v.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+        }
+        v.extend_from_slice(&[0; 4]);
+        v.extend_from_slice(payload);
+        v
+    };
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.set_recv_buffer_size(4096)
+        .expect("small receive buffer");
+    let mut s = sock.connect(gw.client).await.expect("connect");
+    s.write_all(b"GET /v1/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        .await
+        .expect("handshake");
+    let mut h = Header::new(Kind::Hello);
+    h.user_id = 1;
+    s.write_all(&ws_frame(0x2, &Frame::new(h, &b"{}"[..]).to_bytes()))
+        .await
+        .expect("hello");
+    // The 101 and the WELCOME message.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(s.read_u8().await.expect("101"));
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+    assert_eq!(
+        s.read_u8().await.expect("op"),
+        0x82,
+        "the WELCOME is a binary message"
+    );
+    let len = match s.read_u8().await.expect("len") {
+        126 => usize::from(s.read_u16().await.expect("len16")),
+        n => usize::from(n),
+    };
+    let mut welcome = vec![0; len];
+    s.read_exact(&mut welcome).await.expect("welcome");
+
+    // Up to 64 MiB of the largest pings, never reading.
+    let ping = ws_frame(0x9, &[b'p'; 125]);
+    let batch: Vec<u8> = ping
+        .iter()
+        .copied()
+        .cycle()
+        .take(ping.len() * 8192)
+        .collect();
+    let before = vm_hwm_kib(gw.proc.pid());
+    // A `write` that times out wrote nothing, so `sent` is exact; it may
+    // end inside a ping, finished below once the socket has room.
+    let mut sent = 0usize;
+    while sent < 64 << 20 {
+        let at = sent % batch.len();
+        match tokio::time::timeout(Duration::from_secs(2), s.write(&batch[at..])).await {
+            Ok(n) => sent += n.expect("write"),
+            Err(_) => break,
+        }
+    }
+    assert!(
+        sent < 32 << 20,
+        "the gateway read {sent} bytes of pings whose pongs were never read"
+    );
+    let grew = vm_hwm_kib(gw.proc.pid()).saturating_sub(before);
+    assert!(
+        grew < 16 * 1024,
+        "the gateway's peak RSS grew by {grew} KiB"
+    );
+
+    // Reading again: pongs (answers to what was read) until a DATA echo.
+    let (rd, mut wr) = s.into_split();
+    let mut rd = tokio::io::BufReader::new(rd);
+    let reader = tokio::spawn(async move {
+        let mut pongs = 0u64;
+        loop {
+            let op = rd.read_u8().await.expect("op");
+            let len = match rd.read_u8().await.expect("len") {
+                126 => usize::from(rd.read_u16().await.expect("len16")),
+                n => usize::from(n),
+            };
+            let mut p = vec![0; len];
+            rd.read_exact(&mut p).await.expect("payload");
+            match op {
+                0x8A => {
+                    assert_eq!(p, [b'p'; 125]);
+                    pongs += 1;
+                }
+                0x82 => return (pongs, p),
+                other => panic!("unexpected opcode {other:#x}"),
+            }
+        }
+    });
+    let rest = (ping.len() - sent % ping.len()) % ping.len();
+    wr.write_all(&ping[ping.len() - rest..])
+        .await
+        .expect("the rest of the last ping");
+    let mut h = Header::new(Kind::Data);
+    h.service_type = 1;
+    h.seq = 1;
+    wr.write_all(&ws_frame(
+        0x2,
+        &Frame::new(h, &b"still here"[..]).to_bytes(),
+    ))
+    .await
+    .expect("data");
+    let (pongs, echo) = tokio::time::timeout(WAIT, reader)
+        .await
+        .expect("the echo in time")
+        .expect("reader");
+    // Every ping is answered, in order, before the echo.
+    assert_eq!(pongs as usize, (sent + rest) / ping.len());
+    assert!(echo.ends_with(b"still here"), "{echo:?}");
+}
+
+/// The process's peak resident memory (`VmHWM`), in KiB.
+fn vm_hwm_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("proc status")
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmHWM")
+}

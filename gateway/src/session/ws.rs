@@ -40,6 +40,12 @@ const OP_CLOSE: u8 = 0x8;
 const OP_PING: u8 = 0x9;
 const OP_PONG: u8 = 0xA;
 
+/// Most bytes of answers to the peer's control frames (pongs) held
+/// unwritten: past this the peer is not read until they are written, so a
+/// peer that pings without reading gets its pings held in its own socket,
+/// not its pongs in ours (about 32 pongs of the largest size).
+const MAX_CONTROL_UNSENT: usize = 4 * 1024;
+
 const FIN: u8 = 0x80;
 const RSV1: u8 = 0x40;
 
@@ -58,6 +64,9 @@ pub(crate) struct WsConn<S> {
     partial: Option<Box<Partial>>,
     /// Encoded frames not yet written; released once written.
     wbuf: BytesMut,
+    /// Bytes of pongs (and the Close echo) in `wbuf`, answered to what
+    /// the peer sent; reset once `wbuf` is written.
+    control_unsent: usize,
     /// permessage-deflate negotiated: incoming RSV1 messages are inflated,
     /// outgoing messages of at least this many bytes are compressed.
     compress_min: Option<usize>,
@@ -86,6 +95,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
             charge: None,
             partial: None,
             wbuf: BytesMut::new(),
+            control_unsent: 0,
             compress_min,
             close_sent: false,
         }
@@ -101,6 +111,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
     ) -> Poll<Result<BytesMut, ReadError>> {
         let max_msg = max as usize + frame::LEN_BYTES;
         loop {
+            if self.control_unsent > MAX_CONTROL_UNSENT {
+                // Waits for the peer to read (the write registered the
+                // waker); nothing more is read meanwhile.
+                ready!(self.poll_write_out(cx)).map_err(ReadError::Io)?;
+            }
             let want = match self.parse(max_msg)? {
                 Step::Message(m) => {
                     return Poll::Ready(match frame::check(&m, max) {
@@ -232,6 +247,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
             OP_PING => {
                 if !self.close_sent {
                     self.encode(OP_PONG, false, &payload);
+                    self.control_unsent += payload.len() + 2;
                 }
                 Ok(Step::Again)
             }
@@ -358,6 +374,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
             self.wbuf.advance(n);
         }
         self.wbuf = BytesMut::new();
+        self.control_unsent = 0;
         Poll::Ready(Ok(()))
     }
 
@@ -535,6 +552,54 @@ mod tests {
             .unwrap();
         assert_eq!(&got[..2], &[0x8A, 13]);
         assert_eq!(&got[2..], b"are you there");
+    }
+
+    /// A peer that pings and never reads: once its pongs fill the socket,
+    /// the pongs held back stay under the cap and the peer is no longer
+    /// read (its pings wait in its own socket), so memory stays bounded.
+    #[tokio::test]
+    async fn a_peer_that_pings_without_reading_is_not_read_further() {
+        // 64 KiB each way, like a small socket buffer.
+        let (a, peer) = tokio::io::duplex(64 * 1024);
+        let (mut from_gw, mut to_gw) = tokio::io::split(peer);
+        let mut ws = WsConn::new(a, None);
+        const PINGS: usize = 5_000;
+        let ping = client_frame(0x89, &[b'p'; 125], [1, 2, 3, 4]);
+        let flood: Vec<u8> = ping
+            .iter()
+            .copied()
+            .cycle()
+            .take(ping.len() * PINGS)
+            .collect();
+        let writer = tokio::spawn(async move { to_gw.write_all(&flood).await });
+        let b = budget();
+        let waited = tokio::time::timeout(
+            std::time::Duration::from_millis(300),
+            std::future::poll_fn(|cx| ws.poll_read_frame(cx, 1 << 20, &b)),
+        )
+        .await;
+        assert!(waited.is_err(), "a read returned without a message");
+        assert!(
+            ws.wbuf.len() <= MAX_CONTROL_UNSENT + 127,
+            "{} bytes of pongs held",
+            ws.wbuf.len()
+        );
+        assert!(!writer.is_finished(), "every ping was read");
+        // Once the peer reads its pongs, reading goes on: every ping is
+        // answered, in full.
+        let mut pongs = vec![0u8; 127 * PINGS];
+        tokio::select! {
+            r = from_gw.read_exact(&mut pongs) => { r.unwrap(); }
+            r = std::future::poll_fn(|cx| ws.poll_read_frame(cx, 1 << 20, &b)) => {
+                panic!("a read returned without a message: {r:?}")
+            }
+        }
+        assert!(
+            pongs
+                .chunks(127)
+                .all(|p| p[..2] == [0x8A, 125] && p[2..] == [b'p'; 125])
+        );
+        writer.await.unwrap().unwrap();
     }
 
     #[tokio::test]
