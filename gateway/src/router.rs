@@ -434,6 +434,7 @@ mod tests {
                 backoff_initial: Duration::from_millis(10),
                 backoff_max: Duration::from_millis(50),
                 queue: 16,
+                queue_bytes: 1 << 20,
                 ping_interval: Duration::from_secs(60),
                 tls_ca: Vec::new(),
             },

@@ -3,7 +3,7 @@
 //! malformed handshakes. Each is refused with its documented code and
 //! counted, and nothing else is disturbed.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use gg_proto::frame::{Header, Kind};
@@ -514,4 +514,75 @@ fn vm_hwm_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .expect("VmHWM")
+}
+
+/// Players sending the largest frames to a backend that stopped reading:
+/// the gateway holds at most `backend.queue_bytes` for the connection and
+/// answers the rest "overloaded" (ERROR 105), instead of queueing up to
+/// `backend.queue` messages of any size (4 sessions of 1 MB frames grew
+/// it by 1.5 GB before the byte bound).
+#[tokio::test]
+async fn a_stalled_backend_holds_at_most_queue_bytes_of_large_frames() {
+    let b = backend("b1").await;
+    let gw = gateway_with_flags(
+        "gw-e2e",
+        &format!(
+            "services:\n  - {{ name: echo, id: 1, strategy: round_robin, endpoints: [{}] }}\nbackend: {{ queue_bytes: 1048576, connections_per_endpoint: 1 }}\n",
+            b.addr
+        ),
+        &["--worker-threads", "1"],
+    )
+    .await;
+    let mut staller = Client::tcp(gw.client).await;
+    staller.hello(1, 0).await;
+    assert_eq!(staller.call_text(1, 1, "stall:8000").await, "stalled");
+    let before = vm_hwm_kib(gw.proc.pid());
+    let big = Bytes::from(vec![b'x'; 1_000_000]);
+    const FRAMES: u32 = 40;
+    let sender = {
+        let mut tx = Client::tcp(gw.client).await;
+        tx.hello(3, 0).await;
+        tokio::spawn(async move {
+            for seq in 1..=FRAMES {
+                tx.send(&frame(Kind::Data, 1, seq, big.clone())).await;
+            }
+            tx
+        })
+    };
+    let mut tx = sender.await.expect("sender");
+    let mut overloaded = 0;
+    while overloaded == 0 {
+        let f = tx.recv().await;
+        assert_eq!(
+            f.header.kind(),
+            Some(Kind::Error),
+            "only refusals while stalled"
+        );
+        let e = error_of(&f);
+        assert_eq!(e.code, ErrorCode::BackendUnavailable.code());
+        assert!(e.message.contains("overloaded"), "{}", e.message);
+        overloaded += 1;
+    }
+    let grew = vm_hwm_kib(gw.proc.pid()).saturating_sub(before);
+    assert!(
+        grew < 16 * 1024,
+        "the gateway's peak RSS grew by {grew} KiB for a 1 MiB queue"
+    );
+    // The session that was refused is not harmed: once the backend reads
+    // again, it answers.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seq = 1000;
+    loop {
+        seq += 1;
+        let f = tx.call(1, seq, b"ping").await;
+        if f.header.kind() == Some(Kind::Data) {
+            assert_eq!(&f.payload[..], b"ping");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the backend never answered again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -4,12 +4,13 @@
 //! futures of the same task so a backend that is busy writing to us never
 //! blocks our writes to it (and the reverse).
 
-use std::io;
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use gg_proto::control::{self, BackendHello};
 use gg_proto::frame::{self, Header, Kind};
 use gg_proto::{CloseCode, ErrorCode, Frame};
@@ -45,6 +46,10 @@ const MISSED_PONGS: u32 = 3;
 
 /// The writer yields to gather more only while less than this is queued.
 const MAX_BATCH_BYTES: usize = 64 * 1024;
+
+/// Room the reader keeps for one read: many small replies, or a few large
+/// ones (16 KiB frames came one per read with a 16 KiB buffer).
+const READ_BYTES: usize = 64 * 1024;
 
 /// Most buffer capacity the writer keeps between writes.
 const MAX_KEPT_BYTES: usize = 1 << 20;
@@ -207,6 +212,7 @@ impl Link<'_> {
     async fn write_loop(&self, wr: &mut (impl tokio::io::AsyncWrite + Unpin)) -> io::Result<()> {
         let conn = &self.ep.conns[self.slot];
         let frames_out = (self.ctx.metrics.backend_frames_out).with_label_values(&[&*self.ep.addr]);
+        let mut chunks = VecDeque::new();
         let mut wbuf = BytesMut::new();
         let mut gate = crate::workers::YieldGate::default();
         loop {
@@ -222,8 +228,12 @@ impl Link<'_> {
                 tokio::task::yield_now().await;
                 gate.record(conn.queued_bytes() > queued);
             }
-            let frames = conn.take(&mut wbuf);
-            wr.write_all(&wbuf).await?;
+            let frames = conn.take(&mut chunks, &mut wbuf);
+            if chunks.is_empty() {
+                wr.write_all(&wbuf).await?;
+            } else {
+                write_gathered(wr, &mut chunks, &wbuf).await?;
+            }
             frames_out.inc_by(frames);
             wbuf.clear();
             if wbuf.capacity() > MAX_KEPT_BYTES {
@@ -248,9 +258,12 @@ impl Link<'_> {
             .with_label_values(&[&*ep.addr]);
         let protocol_errors =
             (ctx.metrics.backend_errors).with_label_values(&[&*ep.addr, "protocol"]);
-        let mut rbuf = BytesMut::with_capacity(16 * 1024);
+        let mut rbuf = BytesMut::with_capacity(READ_BYTES);
         let mut first = true;
         loop {
+            if rbuf.capacity() - rbuf.len() < READ_BYTES / 4 {
+                rbuf.reserve(READ_BYTES);
+            }
             if rd.read_buf(&mut rbuf).await? == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
@@ -343,6 +356,53 @@ impl Link<'_> {
             heard.ping_seq.store(seq, Ordering::Relaxed);
             let ping = ToBackend::Frame(Frame::new(h, Bytes::new()).to_bytes());
             let _ = self.ep.conns[self.slot].send(self.generation, ping);
+        }
+    }
+}
+
+/// Slices handed to one `writev`.
+const MAX_IOVECS: usize = 64;
+
+/// Writes `chunks` and then `tail`, in order, with `writev`; empties
+/// `chunks`.
+async fn write_gathered(
+    wr: &mut (impl tokio::io::AsyncWrite + Unpin),
+    chunks: &mut VecDeque<Bytes>,
+    tail: &[u8],
+) -> io::Result<()> {
+    let mut tail_at = 0;
+    loop {
+        let mut iov: smallvec::SmallVec<[IoSlice<'_>; MAX_IOVECS]> = chunks
+            .iter()
+            .take(MAX_IOVECS)
+            .map(|c| IoSlice::new(c))
+            .collect();
+        if iov.len() == chunks.len() && tail_at < tail.len() && iov.len() < MAX_IOVECS {
+            iov.push(IoSlice::new(&tail[tail_at..]));
+        }
+        if iov.is_empty() {
+            return Ok(());
+        }
+        let mut n = wr.write_vectored(&iov).await?;
+        drop(iov);
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 {
+            match chunks.front_mut() {
+                Some(c) if n >= c.len() => {
+                    n -= c.len();
+                    chunks.pop_front();
+                }
+                Some(c) => {
+                    c.advance(n);
+                    n = 0;
+                }
+                None => {
+                    tail_at += n;
+                    n = 0;
+                }
+            }
         }
     }
 }
@@ -514,3 +574,80 @@ fn room_request(
 
 /// How long a JOIN waits for the control plane to confirm a new room.
 const JOIN_CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Takes at most 7 bytes per write, and every slice of a `writev`.
+    #[derive(Default)]
+    struct Trickle {
+        got: Vec<u8>,
+        calls: usize,
+    }
+
+    impl tokio::io::AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            let n = buf.len().min(7);
+            self.got.extend_from_slice(&buf[..n]);
+            self.calls += 1;
+            std::task::Poll::Ready(Ok(n))
+        }
+
+        fn poll_write_vectored(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> std::task::Poll<io::Result<usize>> {
+            // Short writes that end inside a slice.
+            let mut left = 7 * bufs.len() + 3;
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(left);
+                self.got.extend_from_slice(&b[..take]);
+                n += take;
+                left -= take;
+            }
+            self.calls += 1;
+            std::task::Poll::Ready(Ok(n))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn gathered_writes_keep_the_order_through_short_writes() {
+        // More chunks than one `writev` takes, of varied lengths.
+        let mut chunks: VecDeque<Bytes> = (0..150u32)
+            .map(|i| Bytes::from(vec![i as u8; 1 + (i as usize * 13) % 40]))
+            .collect();
+        let mut want: Vec<u8> = chunks.iter().flat_map(|c| c.to_vec()).collect();
+        let tail = b"the small frames after them";
+        want.extend_from_slice(tail);
+        let mut w = Trickle::default();
+        write_gathered(&mut w, &mut chunks, tail).await.unwrap();
+        assert_eq!(w.got, want);
+        assert!(chunks.is_empty());
+        assert!(w.calls > 3, "short writes were resumed");
+    }
+}

@@ -13,6 +13,9 @@ pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 5_000;
 pub const DEFAULT_BACKOFF_INITIAL_MS: u64 = 100;
 pub const DEFAULT_BACKOFF_MAX_MS: u64 = 10_000;
 pub const DEFAULT_BACKEND_QUEUE: usize = 8_192;
+pub const DEFAULT_BACKEND_QUEUE_BYTES: usize = 16 << 20;
+/// The least `backend.queue_bytes` may be: one batch of small frames.
+pub const MIN_BACKEND_QUEUE_BYTES: usize = 64 << 10;
 pub const DEFAULT_PING_INTERVAL_MS: u64 = 5_000;
 pub const DEFAULT_BREAKER_THRESHOLD: u32 = 5;
 pub const DEFAULT_BREAKER_OPEN_MS: u64 = 5_000;
@@ -27,6 +30,7 @@ pub struct FileBackend {
     pub backoff_initial_ms: u64,
     pub backoff_max_ms: u64,
     pub queue: usize,
+    pub queue_bytes: usize,
     pub ping_interval_ms: u64,
     /// PEM CA certificates trusted for `tls: true` HTTP/gRPC services, in
     /// addition to the system's.
@@ -42,6 +46,7 @@ impl Default for FileBackend {
             backoff_initial_ms: DEFAULT_BACKOFF_INITIAL_MS,
             backoff_max_ms: DEFAULT_BACKOFF_MAX_MS,
             queue: DEFAULT_BACKEND_QUEUE,
+            queue_bytes: DEFAULT_BACKEND_QUEUE_BYTES,
             ping_interval_ms: DEFAULT_PING_INTERVAL_MS,
             tls_ca_file: None,
         }
@@ -56,6 +61,9 @@ pub struct BackendSettings {
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
     pub queue: usize,
+    /// Most bytes waiting for one connection (a message into an empty
+    /// queue always fits).
+    pub queue_bytes: usize,
     pub ping_interval: Duration,
     /// Extra trust anchors for TLS to HTTP/gRPC services.
     pub tls_ca: Vec<rustls::pki_types::CertificateDer<'static>>,
@@ -71,6 +79,12 @@ impl FileBackend {
             ));
         }
         positive("backend.queue", b.queue as u64, errs);
+        if b.queue_bytes < MIN_BACKEND_QUEUE_BYTES {
+            errs.push(format!(
+                "backend.queue_bytes {} must be at least {MIN_BACKEND_QUEUE_BYTES}",
+                b.queue_bytes
+            ));
+        }
         for (k, v) in [
             ("backend.connect_timeout_ms", b.connect_timeout_ms),
             ("backend.request_timeout_ms", b.request_timeout_ms),
@@ -110,6 +124,7 @@ impl FileBackend {
             backoff_initial: ms(b.backoff_initial_ms),
             backoff_max: ms(b.backoff_max_ms),
             queue: b.queue,
+            queue_bytes: b.queue_bytes,
             ping_interval: ms(b.ping_interval_ms),
             tls_ca,
         }

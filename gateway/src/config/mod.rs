@@ -698,6 +698,25 @@ realms: { "1": 127.0.0.1:7201, "2": 127.0.0.1:7202 }
     }
 
     #[test]
+    fn the_backend_queue_is_bounded_in_bytes() {
+        let c = Config::parse(GOOD, None).unwrap();
+        assert_eq!(c.backend.queue_bytes, 16 << 20);
+        let c = Config::parse(
+            &format!("{GOOD}backend: {{ queue_bytes: 1048576 }}\n"),
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.backend.queue_bytes, 1 << 20);
+        let e = Config::parse(&format!("{GOOD}backend: {{ queue_bytes: 1000 }}\n"), None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("backend.queue_bytes 1000 must be at least 65536"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn override_wins_over_file() {
         let c = Config::parse(GOOD, Some("gw-7".into())).unwrap();
         assert_eq!(c.gateway_id, "gw-7");

@@ -400,6 +400,10 @@ fn poll_read_sized<S: AsyncRead + Unpin>(
         let got = rb.filled();
         if !got.is_empty() {
             let cap = match first(got) {
+                // A full scratch: more has arrived than it holds, so the
+                // next read takes a read-ahead's worth at once (16 KiB
+                // frames at 16 in flight came half a frame per read).
+                _ if got.len() == SCRATCH => got.len() + READ_AHEAD,
                 Some(n) if n <= got.len() => got.len(),
                 Some(n) => got.len() + (n - got.len()).min(READ_AHEAD),
                 None => got.len().max(want.min(READ_AHEAD)),
@@ -410,7 +414,14 @@ fn poll_read_sized<S: AsyncRead + Unpin>(
         }
         return Poll::Ready(Ok(got.len()));
     }
-    rbuf.reserve(want.clamp(SCRATCH, READ_AHEAD));
+    // A buffer that already holds a scratch's worth came from a burst:
+    // read ahead as far as the bound allows.
+    let ahead = if rbuf.len() >= SCRATCH {
+        READ_AHEAD
+    } else {
+        want.clamp(SCRATCH, READ_AHEAD)
+    };
+    rbuf.reserve(ahead);
     tokio_util::io::poll_read_buf(Pin::new(stream), cx, rbuf)
 }
 
