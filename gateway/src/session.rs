@@ -16,7 +16,7 @@ pub(crate) mod ws;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -26,6 +26,26 @@ use gg_proto::CloseCode;
 use tokio::net::tcp::OwnedWriteHalf;
 
 use crate::metrics::Protocol;
+
+/// How much a session's queue toward its client may hold: frames and
+/// bytes (`limits.session_queue`, `limits.session_queue_bytes`). One
+/// message always fits an empty queue.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct QueueBound {
+    pub(crate) frames: usize,
+    pub(crate) bytes: usize,
+}
+
+/// Tests give a frame bound alone.
+#[cfg(test)]
+impl From<usize> for QueueBound {
+    fn from(frames: usize) -> QueueBound {
+        QueueBound {
+            frames,
+            bytes: usize::MAX,
+        }
+    }
+}
 
 /// A message for a session's task.
 #[derive(Debug)]
@@ -86,6 +106,13 @@ struct Inner {
     queue: parking_lot::Mutex<Queue>,
     /// Most frames queued at once.
     queue_cap: u32,
+    /// Most bytes of frames queued at once (unless the queue is empty).
+    queue_cap_bytes: u32,
+    /// The session task is writing (or has frames to write): direct
+    /// writes queue instead. Read and written only under `queue`'s lock;
+    /// an atomic only so that it sits here, in padding, and not in `Queue`
+    /// (which would take the state past its allocation class).
+    task_writes: AtomicBool,
     /// The session task, woken by a queued message or a close request. One
     /// waker, not a `Notify`: the task polls its sources by hand, and an
     /// `AtomicWaker` costs neither a waiter list nor a future per poll.
@@ -111,17 +138,16 @@ struct Inner {
 /// a backend reader can write a reply straight to an idle client
 /// ([`SessionHandle::deliver_frames`]) instead of waking the session task
 /// to write it. Frames never interleave: a direct write starts only while
-/// the task does not own the writer (`task_writes`), nothing is queued and
+/// the task does not own the writer (`Inner::task_writes`), nothing is queued and
 /// no tail is left; a partial write queues its tail ([`Outbound::Rest`],
 /// then alone in the queue, so first) and hands the writer to the task.
 #[derive(Default)]
 struct Queue {
     msgs: VecDeque<Outbound>,
     frames: u32,
+    /// Bytes of the frames in `msgs`.
+    bytes: u32,
     direct: Option<OwnedWriteHalf>,
-    /// The session task is writing (or has frames to write): direct
-    /// writes queue instead.
-    task_writes: bool,
 }
 
 impl Outbound {
@@ -130,6 +156,16 @@ impl Outbound {
         match self {
             Outbound::Frames { count, .. } => *count,
             _ => 1,
+        }
+    }
+
+    /// Bytes of frames this message holds (control messages: none).
+    fn bytes(&self) -> u32 {
+        match self {
+            Outbound::Frame(b) | Outbound::Rest(b) | Outbound::Frames { raw: b, .. } => {
+                b.len().min(u32::MAX as usize) as u32
+            }
+            _ => 0,
         }
     }
 }
@@ -158,15 +194,16 @@ impl std::fmt::Debug for SessionHandle {
 }
 
 impl SessionHandle {
-    /// A handle and the receiving end of its queue (capacity `queue`).
+    /// A handle and the receiving end of its queue (bounded by `queue`).
     pub(crate) fn new(
         id: u64,
         user_id: u64,
         realm_id: u32,
         protocol: Protocol,
         remote: SocketAddr,
-        queue: usize,
+        queue: impl Into<QueueBound>,
     ) -> (SessionHandle, Inbox) {
+        let queue = queue.into();
         let inner = Inner {
             id,
             user_id,
@@ -177,9 +214,11 @@ impl SessionHandle {
             opened_ms: gg_runtime::clock::now_ms(),
             region: std::sync::OnceLock::new(),
             queue: parking_lot::Mutex::new(Queue::default()),
-            queue_cap: queue.clamp(1, u32::MAX as usize) as u32,
+            queue_cap: queue.frames.clamp(1, u32::MAX as usize) as u32,
+            queue_cap_bytes: queue.bytes.clamp(1, u32::MAX as usize) as u32,
             waker: AtomicWaker::new(),
             close_code: AtomicU16::new(0),
+            task_writes: AtomicBool::new(false),
             last_rx_ms: AtomicU64::new(0),
             goaway_deadline_ms: AtomicU64::new(0),
             bindings: parking_lot::Mutex::new(Box::default()),
@@ -256,16 +295,17 @@ impl SessionHandle {
 
     /// Queues `msg` (see [`SessionHandle::deliver`]) on the locked queue.
     fn push(&self, mut q: parking_lot::MutexGuard<'_, Queue>, msg: Outbound) -> bool {
-        let weight = msg.weight();
+        let (weight, bytes) = (msg.weight(), msg.bytes());
         // One message always fits an empty queue, whatever it carries.
-        if u64::from(q.frames) + u64::from(weight) > u64::from(self.0.queue_cap)
-            && !q.msgs.is_empty()
-        {
+        let over = u64::from(q.frames) + u64::from(weight) > u64::from(self.0.queue_cap)
+            || u64::from(q.bytes) + u64::from(bytes) > u64::from(self.0.queue_cap_bytes);
+        if over && !q.msgs.is_empty() {
             drop(q);
             self.close(CloseCode::SlowConsumer);
             return false;
         }
         q.frames += weight;
+        q.bytes = q.bytes.saturating_add(bytes);
         q.msgs.push_back(msg);
         drop(q);
         self.0.waker.wake();
@@ -281,16 +321,18 @@ impl SessionHandle {
     pub(crate) fn deliver_frames(&self, raw: Bytes, count: u32) -> Delivered {
         let mut q = self.0.queue.lock();
         if let Some(wr) = &q.direct
-            && !q.task_writes
+            && !self.0.task_writes.load(Ordering::Relaxed)
             && q.msgs.is_empty()
             && self.0.close_code.load(Ordering::Acquire) == 0
         {
             match wr.try_write(&raw) {
                 Ok(n) if n == raw.len() => return Delivered::Written,
                 Ok(n) if n > 0 => {
+                    let rest = Outbound::Rest(raw.slice(n..));
                     q.frames += 1;
-                    q.msgs.push_back(Outbound::Rest(raw.slice(n..)));
-                    q.task_writes = true;
+                    q.bytes = q.bytes.saturating_add(rest.bytes());
+                    q.msgs.push_back(rest);
+                    self.0.task_writes.store(true, Ordering::Relaxed);
                     drop(q);
                     self.0.waker.wake();
                     return Delivered::Written;
@@ -372,7 +414,7 @@ pub(crate) struct Inbox {
     inner: Arc<Inner>,
     /// The socket's write half is shared with direct writers.
     shared: bool,
-    /// The task owns the writer (`Queue::task_writes`, cached so the task
+    /// The task owns the writer (`Inner::task_writes`, cached so the task
     /// takes no lock while it keeps it).
     owns: bool,
 }
@@ -384,7 +426,7 @@ impl Inbox {
     pub(crate) fn share_writer(&mut self, wr: OwnedWriteHalf) {
         let mut q = self.inner.queue.lock();
         q.direct = Some(wr);
-        q.task_writes = true;
+        self.inner.task_writes.store(true, Ordering::Relaxed);
         self.shared = true;
         self.owns = true;
     }
@@ -396,7 +438,7 @@ impl Inbox {
             return None;
         }
         let mut q = self.inner.queue.lock();
-        q.task_writes = true;
+        self.inner.task_writes.store(true, Ordering::Relaxed);
         self.owns = true;
         Inbox::take_rest(&mut q)
     }
@@ -408,7 +450,12 @@ impl Inbox {
         }
         q.frames -= 1;
         match q.msgs.pop_front() {
-            Some(Outbound::Rest(rest)) => Some(rest),
+            Some(Outbound::Rest(rest)) => {
+                q.bytes = q
+                    .bytes
+                    .saturating_sub(rest.len().min(u32::MAX as usize) as u32);
+                Some(rest)
+            }
             _ => None,
         }
     }
@@ -419,9 +466,9 @@ impl Inbox {
         if !self.owns || !self.shared {
             return;
         }
-        let mut q = self.inner.queue.lock();
+        let q = self.inner.queue.lock();
         if q.msgs.is_empty() {
-            q.task_writes = false;
+            self.inner.task_writes.store(false, Ordering::Relaxed);
             self.owns = false;
         }
     }
@@ -433,7 +480,7 @@ impl Inbox {
             return None;
         }
         let mut q = self.inner.queue.lock();
-        q.task_writes = true;
+        self.inner.task_writes.store(true, Ordering::Relaxed);
         self.shared = false;
         self.owns = true;
         let wr = q.direct.take()?;
@@ -486,10 +533,11 @@ impl Inbox {
         let mut q = self.inner.queue.lock();
         let m = q.msgs.pop_front()?;
         if self.shared {
-            q.task_writes = true;
+            self.inner.task_writes.store(true, Ordering::Relaxed);
             self.owns = true;
         }
         q.frames -= m.weight();
+        q.bytes = q.bytes.saturating_sub(m.bytes());
         // Give back memory after a burst.
         if q.msgs.is_empty() && q.msgs.capacity() > 16 {
             q.msgs = VecDeque::new();
@@ -548,6 +596,26 @@ mod tests {
         assert_ne!(a, 0);
         assert_ne!(a, b);
         assert_eq!(a >> 32, b >> 32);
+    }
+
+    #[tokio::test]
+    async fn a_queue_over_its_bytes_closes_as_slow_consumer() {
+        let addr = "127.0.0.1:1".parse().unwrap();
+        let bound = QueueBound {
+            frames: 100,
+            bytes: 10_000,
+        };
+        let frame = |n: usize| Outbound::Frame(Bytes::from(vec![0u8; n]));
+        let (h, mut rx) = SessionHandle::new(1, 2, 0, Protocol::Tcp, addr, bound);
+        // One message fits an empty queue, however large.
+        assert!(h.deliver(frame(50_000)));
+        assert!(rx.try_recv().is_some());
+        // Taken off, its bytes are free again.
+        assert!(h.deliver(frame(6_000)));
+        assert!(h.deliver(frame(4_000)), "exactly at the bound");
+        assert_eq!(h.requested_close(), None);
+        assert!(!h.deliver(frame(1)), "one byte over");
+        assert_eq!(h.requested_close(), Some(CloseCode::SlowConsumer));
     }
 
     #[tokio::test]

@@ -301,7 +301,7 @@ async fn rooms_survive_a_control_plane_restart_a_drain_a_slow_client_and_a_crash
     let secret = scratch("resume", "key");
     std::fs::write(&secret, "0123456789abcdef0123456789abcdef").expect("secret");
     let extra = format!(
-        "resume: {{ secret_file: {} }}\nlimits: {{ session_queue: 32, write_timeout_ms: 500 }}\n",
+        "resume: {{ secret_file: {} }}\nlimits: {{ session_queue: 32, session_queue_bytes: 16777216, write_timeout_ms: 500 }}\n",
         secret.display()
     );
     let g0 = room_gateway("gw-r0", cp_a.grpc, &extra).await;

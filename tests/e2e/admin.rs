@@ -570,7 +570,7 @@ async fn resume_refuses_forged_tokens() {
 async fn resume_takes_over_a_stalled_connection() {
     let b = backend("b1").await;
     let gw = gateway(&format!(
-        "{}{}limits: {{ write_timeout_ms: 60000, msg_rate_per_sec: 10000, msg_burst: 10000 }}\n",
+        "{}{}limits: {{ write_timeout_ms: 60000, msg_rate_per_sec: 10000, msg_burst: 10000, session_queue_bytes: 67108864 }}\n",
         services(&[&b]),
         resume_yaml()
     ))

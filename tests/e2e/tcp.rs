@@ -301,7 +301,7 @@ async fn backend_kick_closes_the_session_with_its_reason() {
 async fn a_flood_read_slowly_arrives_whole_beside_the_sessions_own_frames() {
     let b = backend("b1").await;
     let gw = gateway(&format!(
-        "{}limits: {{ session_queue: 4096, write_timeout_ms: 20000 }}\n",
+        "{}limits: {{ session_queue: 4096, session_queue_bytes: 33554432, write_timeout_ms: 20000 }}\n",
         one_service(b.addr)
     ))
     .await;
@@ -419,4 +419,43 @@ async fn backend_restart_reconnects_and_rebinds() {
     // The next DATA re-opens the session on the new connection.
     assert_eq!(c.call_text(1, 2, "whoami").await, "b1-again");
     assert_eq!(c.call_text(1, 3, "count").await, "2");
+}
+
+/// The default limits, and a backend answering with the largest frames a
+/// client that does not read: the session's queue is bounded in bytes
+/// (`limits.session_queue_bytes`), not only in frames (256 frames of 1 MB
+/// each were held for 4 such sessions: 1.4 GB).
+#[tokio::test]
+async fn large_frames_to_a_client_that_does_not_read_are_bounded_in_bytes() {
+    let b = backend("b1").await;
+    let gw = gateway(&one_service(b.addr)).await;
+    let before = {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", gw.proc.pid()))
+            .expect("proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .expect("VmHWM")
+    };
+    let mut c = Client::tcp(gw.client).await;
+    c.hello(1, 0).await;
+    c.send(&frame(Kind::Data, 1, 1, &b"flood:200:1000000"[..]))
+        .await;
+    gw.wait_metric("gg_session_closes_total{code=\"slow_consumer\"}", |v| {
+        v >= 1.0
+    })
+    .await;
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", gw.proc.pid())).expect("proc status");
+    let peak: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmHWM");
+    assert!(
+        peak.saturating_sub(before) < 48 * 1024,
+        "peak RSS grew by {} KiB for 200 MB the client never read",
+        peak.saturating_sub(before)
+    );
 }

@@ -17,6 +17,9 @@ pub const DEFAULT_HELLO_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_HEARTBEAT_MS: u64 = 15_000;
 pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 45_000;
 pub const DEFAULT_SESSION_QUEUE: usize = 256;
+pub const DEFAULT_SESSION_QUEUE_BYTES: usize = 4 << 20;
+/// The least `limits.session_queue_bytes` may be.
+pub const MIN_SESSION_QUEUE_BYTES: usize = 64 << 10;
 pub const DEFAULT_MSG_RATE_PER_SEC: u32 = 200;
 pub const DEFAULT_MSG_BURST: u32 = 400;
 pub const DEFAULT_HTTP_HEADER_TIMEOUT_MS: u64 = 10_000;
@@ -41,6 +44,7 @@ pub struct FileLimits {
     pub heartbeat_ms: u64,
     pub idle_timeout_ms: u64,
     pub session_queue: usize,
+    pub session_queue_bytes: usize,
     pub msg_rate_per_sec: u32,
     pub msg_burst: u32,
     pub http_header_timeout_ms: u64,
@@ -63,6 +67,7 @@ impl Default for FileLimits {
             heartbeat_ms: DEFAULT_HEARTBEAT_MS,
             idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
             session_queue: DEFAULT_SESSION_QUEUE,
+            session_queue_bytes: DEFAULT_SESSION_QUEUE_BYTES,
             msg_rate_per_sec: DEFAULT_MSG_RATE_PER_SEC,
             msg_burst: DEFAULT_MSG_BURST,
             http_header_timeout_ms: DEFAULT_HTTP_HEADER_TIMEOUT_MS,
@@ -87,6 +92,7 @@ pub struct Limits {
     pub heartbeat: Duration,
     pub idle_timeout: Duration,
     pub session_queue: usize,
+    pub session_queue_bytes: usize,
     pub msg_rate_per_sec: u32,
     pub msg_burst: u32,
     pub http_header_timeout: Duration,
@@ -136,6 +142,12 @@ impl FileLimits {
                 l.max_hello_bytes
             ));
         }
+        if l.session_queue_bytes < MIN_SESSION_QUEUE_BYTES {
+            errs.push(format!(
+                "limits.session_queue_bytes {} must be at least {MIN_SESSION_QUEUE_BYTES}",
+                l.session_queue_bytes
+            ));
+        }
         if l.max_buffered_bytes < u64::from(l.max_frame_bytes) {
             errs.push(format!(
                 "limits.max_buffered_bytes {} must be at least limits.max_frame_bytes ({})",
@@ -159,6 +171,7 @@ impl FileLimits {
             heartbeat: ms(l.heartbeat_ms),
             idle_timeout: ms(l.idle_timeout_ms),
             session_queue: l.session_queue,
+            session_queue_bytes: l.session_queue_bytes,
             msg_rate_per_sec: l.msg_rate_per_sec,
             msg_burst: l.msg_burst,
             http_header_timeout: ms(l.http_header_timeout_ms),
@@ -167,6 +180,16 @@ impl FileLimits {
             // A HELLO is a frame: never more than a frame may be.
             max_hello_bytes: l.max_hello_bytes.min(l.max_frame_bytes),
             max_buffered_bytes: l.max_buffered_bytes,
+        }
+    }
+}
+
+impl Limits {
+    /// How much one session's queue toward its client may hold.
+    pub(crate) fn session_queue_bound(&self) -> crate::session::QueueBound {
+        crate::session::QueueBound {
+            frames: self.session_queue,
+            bytes: self.session_queue_bytes,
         }
     }
 }

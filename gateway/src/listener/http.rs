@@ -562,7 +562,13 @@ async fn call_inner(
     let body = read_body(gw, req.into_body()).await?;
 
     let id = gw.clients.ids.next_id();
-    let (session, mut rx) = SessionHandle::new(id, user, realm, Protocol::Http, remote, 16);
+    // A call waits for one reply: a small queue, bounded in bytes as
+    // every session's is.
+    let bound = crate::session::QueueBound {
+        frames: 16,
+        ..gw.cfg.limits.session_queue_bound()
+    };
+    let (session, mut rx) = SessionHandle::new(id, user, realm, Protocol::Http, remote, bound);
     if let Some(r) = region.as_deref() {
         session.set_region(r);
     }

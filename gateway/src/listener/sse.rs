@@ -420,7 +420,7 @@ async fn start_inner(
         realm,
         Protocol::HttpSession,
         remote,
-        gw.cfg.limits.session_queue,
+        gw.cfg.limits.session_queue_bound(),
     );
     if let Some(r) = opts.region.as_deref().or(header_region.as_deref()) {
         handle.set_region(r);

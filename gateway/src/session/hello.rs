@@ -92,7 +92,7 @@ pub(crate) async fn start(
         hello.header.realm_id,
         protocol,
         remote,
-        gw.cfg.limits.session_queue,
+        gw.cfg.limits.session_queue_bound(),
     );
     if let Some(r) = &hello.region {
         handle.set_region(r);
