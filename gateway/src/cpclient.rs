@@ -203,7 +203,7 @@ async fn stream_once(
     gw: &Arc<Gateway>,
     cfg: &ControlPlaneSettings,
     events: &mut mpsc::Receiver<SessionEvent>,
-    rooms: &mut mpsc::Receiver<crate::rooms::RoomOut>,
+    rooms: &mut crate::rooms::RoomOutRx,
 ) -> Result<(), String> {
     let (tx, mut inbound) = open_stream(gw, cfg).await?;
     info!(url = %cfg.url, "control plane stream up");

@@ -48,6 +48,38 @@ pub(crate) enum RoomOut {
 /// is refused with an ERROR rather than buffered without bound).
 const OUT_QUEUE: usize = 65_536;
 
+/// Bytes of PUBLISH payloads queued for the Sync stream at most: while the
+/// control plane is away, 65,536 publishes of up to a frame each would be
+/// gigabytes.
+const OUT_QUEUE_BYTES: usize = 64 << 20;
+
+/// The receiving end of the room work for the Sync stream; taking a
+/// PUBLISH off gives its bytes back to [`OUT_QUEUE_BYTES`].
+pub(crate) struct RoomOutRx {
+    rx: mpsc::Receiver<RoomOut>,
+    bytes: Arc<AtomicUsize>,
+}
+
+impl RoomOutRx {
+    pub(crate) async fn recv(&mut self) -> Option<RoomOut> {
+        let m = self.rx.recv().await?;
+        self.taken(&m);
+        Some(m)
+    }
+
+    pub(crate) fn try_recv(&mut self) -> Result<RoomOut, mpsc::error::TryRecvError> {
+        let m = self.rx.try_recv()?;
+        self.taken(&m);
+        Ok(m)
+    }
+
+    fn taken(&self, m: &RoomOut) {
+        if let RoomOut::Publish(p) = m {
+            self.bytes.fetch_sub(p.payload.len(), Ordering::Relaxed);
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum JoinError {
     #[error(transparent)]
@@ -125,14 +157,21 @@ pub(crate) struct Rooms {
     memberships: AtomicUsize,
     /// To the Sync stream; `None` standalone (rooms are local).
     out: Option<mpsc::Sender<RoomOut>>,
-    out_rx: parking_lot::Mutex<Option<mpsc::Receiver<RoomOut>>>,
+    out_rx: parking_lot::Mutex<Option<RoomOutRx>>,
+    /// PUBLISH payload bytes in `out` now.
+    out_bytes: Arc<AtomicUsize>,
     metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Rooms {
     pub(crate) fn new(fleet: bool, metrics: Arc<crate::metrics::Metrics>) -> Rooms {
+        let out_bytes = Arc::new(AtomicUsize::new(0));
         let (out, out_rx) = if fleet {
             let (tx, rx) = mpsc::channel(OUT_QUEUE);
+            let rx = RoomOutRx {
+                rx,
+                bytes: out_bytes.clone(),
+            };
             (Some(tx), Some(rx))
         } else {
             (None, None)
@@ -142,6 +181,7 @@ impl Rooms {
             memberships: AtomicUsize::new(0),
             out,
             out_rx: parking_lot::Mutex::new(out_rx),
+            out_bytes,
             metrics,
         }
     }
@@ -151,15 +191,31 @@ impl Rooms {
     }
 
     /// The receiving end of room work for the control-plane client.
-    pub(crate) fn take_out(&self) -> Option<mpsc::Receiver<RoomOut>> {
+    pub(crate) fn take_out(&self) -> Option<RoomOutRx> {
         self.out_rx.lock().take()
     }
 
     fn send(&self, m: RoomOut) -> bool {
-        match &self.out {
-            Some(tx) => tx.try_send(m).is_ok(),
-            None => true,
+        let Some(tx) = &self.out else {
+            return true;
+        };
+        let len = match &m {
+            RoomOut::Publish(p) => p.payload.len(),
+            _ => 0,
+        };
+        if len > 0 {
+            let before = self.out_bytes.fetch_add(len, Ordering::Relaxed);
+            // One publish always fits an empty queue.
+            if before > 0 && before + len > OUT_QUEUE_BYTES {
+                self.out_bytes.fetch_sub(len, Ordering::Relaxed);
+                return false;
+            }
         }
+        if tx.try_send(m).is_err() {
+            self.out_bytes.fetch_sub(len, Ordering::Relaxed);
+            return false;
+        }
+        true
     }
 
     /// Puts `s` into `room`. Joining a room it is already in is a no-op
@@ -555,7 +611,7 @@ mod tests {
         }
     }
 
-    fn outs(rx: &mut mpsc::Receiver<RoomOut>) -> Vec<String> {
+    fn outs(rx: &mut RoomOutRx) -> Vec<String> {
         let mut v = Vec::new();
         while let Ok(m) = rx.try_recv() {
             v.push(match m {
@@ -572,6 +628,31 @@ mod tests {
             });
         }
         v
+    }
+
+    #[test]
+    fn publishes_waiting_for_the_control_plane_are_bounded_in_bytes() {
+        let rooms = Rooms::new(true, Arc::new(Metrics::new()));
+        let mut out = rooms.take_out().unwrap();
+        let big = vec![0u8; OUT_QUEUE_BYTES / 4];
+        for _ in 0..4 {
+            rooms.publish("lobby", 1, &big).unwrap();
+        }
+        assert!(matches!(
+            rooms.publish("lobby", 1, &big),
+            Err(JoinError::Busy)
+        ));
+        assert!(matches!(
+            rooms.publish("lobby", 1, b"x"),
+            Err(JoinError::Busy)
+        ));
+        // Taken by the Sync stream: room again.
+        assert!(matches!(out.try_recv(), Ok(RoomOut::Publish(_))));
+        rooms.publish("lobby", 1, &big).unwrap();
+        assert!(matches!(
+            rooms.publish("lobby", 1, b"x"),
+            Err(JoinError::Busy)
+        ));
     }
 
     #[tokio::test]
