@@ -16,7 +16,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use gg_proto::pb::controlplane as pb;
@@ -34,12 +34,18 @@ use crate::store::rooms::roomlog_read;
 /// Room message batches queued per Sync stream; beyond it the stream is
 /// marked behind and its gateway told to recover every room.
 const FEED_QUEUE: usize = 1024;
+/// Payload bytes queued per Sync stream; beyond it the stream is marked
+/// behind as for [`FEED_QUEUE`] (1,024 batches of large messages would be
+/// gigabytes for one slow gateway).
+const FEED_BYTES: usize = 16 << 20;
 /// Log entries per read.
 const READ_BATCH: usize = 1000;
 
 struct Feed {
     tx: mpsc::Sender<pb::RoomMessages>,
     behind: Arc<AtomicBool>,
+    /// Payload bytes in `tx` now.
+    queued: Arc<AtomicUsize>,
 }
 
 #[derive(Default)]
@@ -58,8 +64,23 @@ pub struct Hub {
 /// A Sync stream's registration: its id, its feed, its "fell behind" flag.
 pub(crate) struct Subscriber {
     pub(crate) id: u64,
-    pub(crate) feed: mpsc::Receiver<pb::RoomMessages>,
+    feed: mpsc::Receiver<pb::RoomMessages>,
     pub(crate) behind: Arc<AtomicBool>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl Subscriber {
+    /// The next batch of room messages for this stream.
+    pub(crate) async fn next(&mut self) -> Option<pb::RoomMessages> {
+        let batch = self.feed.recv().await?;
+        self.queued
+            .fetch_sub(payload_bytes(&batch.messages), Ordering::Relaxed);
+        Some(batch)
+    }
+}
+
+fn payload_bytes(messages: &[pb::RoomMessage]) -> usize {
+    messages.iter().map(|m| m.payload.len()).sum()
 }
 
 impl Hub {
@@ -67,14 +88,21 @@ impl Hub {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, feed) = mpsc::channel(FEED_QUEUE);
         let behind = Arc::new(AtomicBool::new(false));
+        let queued = Arc::new(AtomicUsize::new(0));
         self.state.lock().streams.insert(
             id,
             Feed {
                 tx,
                 behind: behind.clone(),
+                queued: queued.clone(),
             },
         );
-        Subscriber { id, feed, behind }
+        Subscriber {
+            id,
+            feed,
+            behind,
+            queued,
+        }
     }
 
     pub(crate) fn unregister(&self, id: u64) {
@@ -117,10 +145,17 @@ impl Hub {
             let Some(f) = st.streams.get(&id) else {
                 continue;
             };
-            sent += messages.len();
-            if f.tx.try_send(pb::RoomMessages { messages }).is_err() {
+            let bytes = payload_bytes(&messages);
+            let before = f.queued.fetch_add(bytes, Ordering::Relaxed);
+            // One batch always fits an empty feed.
+            let over = before > 0 && before + bytes > FEED_BYTES;
+            let n = messages.len();
+            if over || f.tx.try_send(pb::RoomMessages { messages }).is_err() {
+                f.queued.fetch_sub(bytes, Ordering::Relaxed);
                 f.behind.store(true, Ordering::Release);
+                continue;
             }
+            sent += n;
         }
         sent
     }
@@ -450,4 +485,43 @@ pub const MAX_PAYLOAD: usize = 1024 * 1024 - 28 - 1 - 128 - 8;
 /// Logs and counts a stream's room work that failed.
 pub(crate) fn log_ops_error(gw: &str, n: usize, e: &crate::store::StoreError) {
     warn!(gateway = %gw, ops = n, error = %e, "room membership write failed; the gateway resends its memberships when its stream reconnects");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(room: &str, seq: u64, bytes: usize) -> pb::RoomMessage {
+        pb::RoomMessage {
+            room: room.into(),
+            seq,
+            service_type: 1,
+            payload: vec![0; bytes],
+            published_ms: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_past_its_bytes_is_marked_behind() {
+        let hub = Hub::default();
+        let mut sub = hub.register();
+        hub.subscribe(sub.id, "lobby");
+        let quarter = FEED_BYTES / 4;
+        for seq in 1..=4 {
+            assert_eq!(hub.dispatch(vec![msg("lobby", seq, quarter)]), 1);
+        }
+        assert!(!sub.behind.load(Ordering::Acquire));
+        // Over the bound: dropped, and the gateway will recover the room.
+        assert_eq!(hub.dispatch(vec![msg("lobby", 5, quarter)]), 0);
+        assert!(sub.behind.load(Ordering::Acquire));
+        // A batch taken off the feed makes room again.
+        assert_eq!(sub.next().await.expect("a batch").messages[0].seq, 1);
+        assert_eq!(hub.dispatch(vec![msg("lobby", 6, quarter)]), 1);
+        // One batch always fits an empty feed, however large.
+        let hub = Hub::default();
+        let sub = hub.register();
+        hub.subscribe(sub.id, "lobby");
+        assert_eq!(hub.dispatch(vec![msg("lobby", 1, FEED_BYTES * 2)]), 1);
+        assert!(!sub.behind.load(Ordering::Acquire));
+    }
 }

@@ -186,7 +186,7 @@ async fn stream_loop(
     loop {
         tokio::select! {
             _ = stop.cancelled() => return Ok(()),
-            Some(batch) = sub.feed.recv() => {
+            Some(batch) = sub.next() => {
                 tx.send(Ok(send(Out::RoomMessages(batch)))).await.map_err(|_| gone())?;
             }
             _ = behind_check.tick() => {
