@@ -17,6 +17,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("descriptor.bin"), fds.encode_to_vec())?;
     tonic_prost_build::configure()
+        // A room message goes to every gateway stream with members in the
+        // room: shared, not copied per stream.
+        .bytes(".controlplane.v1.RoomMessage.payload")
         .build_server(true)
         .build_client(true)
         .compile_fds(fds)?;

@@ -496,9 +496,23 @@ mod tests {
             room: room.into(),
             seq,
             service_type: 1,
-            payload: vec![0; bytes],
+            payload: vec![0; bytes].into(),
             published_ms: 0,
         }
+    }
+
+    #[tokio::test]
+    async fn every_stream_gets_the_same_payload_not_a_copy() {
+        let hub = Hub::default();
+        let (mut a, mut b) = (hub.register(), hub.register());
+        hub.subscribe(a.id, "lobby");
+        hub.subscribe(b.id, "lobby");
+        let m = msg("lobby", 1, 4096);
+        let at = m.payload.as_ptr();
+        assert_eq!(hub.dispatch(vec![m]), 2);
+        let (ma, mb) = (a.next().await.unwrap(), b.next().await.unwrap());
+        assert_eq!(ma.messages[0].payload.as_ptr(), at);
+        assert_eq!(mb.messages[0].payload.as_ptr(), at);
     }
 
     #[tokio::test]

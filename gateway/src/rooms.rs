@@ -606,7 +606,7 @@ mod tests {
             room: room.into(),
             seq,
             service_type: 1,
-            payload: b"x".to_vec(),
+            payload: bytes::Bytes::from_static(b"x"),
             published_ms: 0,
         }
     }

@@ -133,8 +133,8 @@ fn message(room: &str, seq: u64, f: &HashMap<String, redis::Value>) -> pb::RoomM
         seq,
         service_type: text("s").parse().unwrap_or(0),
         payload: match f.get("d") {
-            Some(redis::Value::BulkString(b)) => b.clone(),
-            _ => Vec::new(),
+            Some(redis::Value::BulkString(b)) => b.clone().into(),
+            _ => Default::default(),
         },
         published_ms: text("t").parse().unwrap_or(0),
     }
