@@ -13,6 +13,7 @@
 
 pub(crate) mod breaker;
 pub(crate) mod conn;
+pub(crate) mod sendbatch;
 
 use std::collections::HashSet;
 use std::collections::{HashMap, VecDeque};

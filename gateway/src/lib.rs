@@ -31,6 +31,9 @@ pub(crate) mod router;
 pub(crate) mod session;
 pub mod workers;
 
+/// Replies written through io_uring (`--io-uring`).
+pub use backend::sendbatch::{active as io_uring_active, configure as use_io_uring};
+
 /// The gateway's permessage-deflate codec (one message at a time, no
 /// context takeover), for benchmarks.
 #[doc(hidden)]

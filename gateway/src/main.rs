@@ -50,6 +50,11 @@ struct Args {
     /// close. 1 runs everything on one thread, like a single nginx worker.
     #[arg(long, env = "GATEWAY_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     worker_threads: Option<u16>,
+    /// Write the replies a backend read carries for many sessions with one
+    /// io_uring submission (`auto`: when the kernel allows it, else one
+    /// `send` each) or always one `send` each (`off`).
+    #[arg(long, env = "GATEWAY_IO_URING", value_parser = ["auto", "off"], default_value = "auto")]
+    io_uring: String,
 }
 
 fn main() -> ExitCode {
@@ -91,6 +96,7 @@ fn main() -> ExitCode {
         || std::thread::available_parallelism().map_or(1, usize::from),
         usize::from,
     );
+    gateway::use_io_uring(args.io_uring == "auto");
     let runtime = |i: usize| {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -190,7 +196,10 @@ async fn run(
         "listening client={} ops={} admin={admin} gateway_id={}",
         a.client, a.ops, cfg.gateway_id
     );
-    info!(client = %a.client, ops = %a.ops, %admin, gateway_id = %cfg.gateway_id, "gateway listening");
+    // Worker 0 (this thread) sets up its io_uring here; a kernel that
+    // refuses it is logged, and replies then go one `send` at a time.
+    let io_uring = gateway::io_uring_active();
+    info!(client = %a.client, ops = %a.ops, %admin, gateway_id = %cfg.gateway_id, io_uring, "gateway listening");
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
     tokio::spawn(async move {

@@ -113,6 +113,11 @@ struct Inner {
     /// an atomic only so that it sits here, in padding, and not in `Queue`
     /// (which would take the state past its allocation class).
     task_writes: AtomicBool,
+    /// The worker whose thread runs the session's task, the only one that
+    /// takes the shared writer away (batched direct writes start only on
+    /// it). Written once under `queue`'s lock; in padding, like
+    /// `task_writes`.
+    direct_worker: AtomicU16,
     /// The session task, woken by a queued message or a close request. One
     /// waker, not a `Notify`: the task polls its sources by hand, and an
     /// `AtomicWaker` costs neither a waiter list nor a future per poll.
@@ -125,10 +130,6 @@ struct Inner {
     /// Milliseconds after `opened` at which a session told to GOAWAY is
     /// closed if it is still here (0 = no deadline).
     goaway_deadline_ms: AtomicU64,
-    /// (service_type, endpoint) of each binding, for admin lookups; written
-    /// only when bindings change (a boxed slice: a word smaller than a
-    /// `Vec`, in every session).
-    bindings: parking_lot::Mutex<Box<[BindingRef]>>,
 }
 
 /// Queued messages and the frames they carry (a [`Outbound::Frames`] counts
@@ -148,6 +149,11 @@ struct Queue {
     /// Bytes of the frames in `msgs`.
     bytes: u32,
     direct: Option<OwnedWriteHalf>,
+    /// (service_type, endpoint) of each binding, for admin lookups; written
+    /// only when bindings change (a boxed slice: a word smaller than a
+    /// `Vec`, in every session; under the queue's lock rather than a lock
+    /// of its own, which would cost every session 8 bytes more).
+    bindings: Box<[BindingRef]>,
 }
 
 impl Outbound {
@@ -219,9 +225,9 @@ impl SessionHandle {
             waker: AtomicWaker::new(),
             close_code: AtomicU16::new(0),
             task_writes: AtomicBool::new(false),
+            direct_worker: AtomicU16::new(0),
             last_rx_ms: AtomicU64::new(0),
             goaway_deadline_ms: AtomicU64::new(0),
-            bindings: parking_lot::Mutex::new(Box::default()),
         };
         let inner = Arc::new(inner);
         let inbox = Inbox {
@@ -271,10 +277,12 @@ impl SessionHandle {
     }
     /// (service_type, endpoint) of each binding now.
     pub(crate) fn bindings(&self) -> Vec<(u16, Arc<str>)> {
-        self.0.bindings.lock().to_vec()
+        self.0.queue.lock().bindings.to_vec()
     }
     fn set_bindings(&self, b: Vec<(u16, Arc<str>)>) {
-        *self.0.bindings.lock() = b.into_boxed_slice();
+        let b = b.into_boxed_slice();
+        // The old slice is dropped after the lock is released.
+        let _old = std::mem::replace(&mut self.0.queue.lock().bindings, b);
     }
 
     /// Closes the session with an operator's code and reason (falls back to
@@ -354,6 +362,54 @@ impl SessionHandle {
         }
     }
 
+    /// Starts a batched direct write (`backend::sendbatch`): when the run
+    /// may be written straight to the socket now, returns the socket's fd
+    /// and holds the writer (nothing else writes, later runs queue) until
+    /// [`SessionHandle::end_direct`].
+    pub(crate) fn begin_direct(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        let q = self.0.queue.lock();
+        let wr = q.direct.as_ref()?;
+        if self.0.task_writes.load(Ordering::Relaxed)
+            || usize::from(self.0.direct_worker.load(Ordering::Relaxed))
+                != crate::workers::current()
+            || !q.msgs.is_empty()
+            || self.0.close_code.load(Ordering::Acquire) != 0
+        {
+            return None;
+        }
+        self.0.task_writes.store(true, Ordering::Relaxed);
+        Some(wr.as_ref().as_raw_fd())
+    }
+
+    /// Ends a batched direct write that wrote `written` bytes of `raw`
+    /// (`None`: it would block or failed). What was not written goes
+    /// first in the queue, for the task.
+    pub(crate) fn end_direct(&self, raw: Bytes, count: u32, written: Option<usize>) -> Delivered {
+        let mut q = self.0.queue.lock();
+        self.0.task_writes.store(false, Ordering::Relaxed);
+        let msg = match written {
+            Some(n) if n >= raw.len() => return Delivered::Written,
+            Some(n) if n > 0 => Outbound::Rest(raw.slice(n..)),
+            _ if count == 1 => Outbound::Frame(raw),
+            _ => Outbound::Frames { raw, count },
+        };
+        let partial = matches!(msg, Outbound::Rest(_));
+        q.frames += msg.weight();
+        q.bytes = q.bytes.saturating_add(msg.bytes());
+        q.msgs.push_front(msg);
+        if partial {
+            self.0.task_writes.store(true, Ordering::Relaxed);
+        }
+        drop(q);
+        self.0.waker.wake();
+        if partial {
+            Delivered::Written
+        } else {
+            Delivered::Queued
+        }
+    }
+
     /// Asks the session task to close with `code` as soon as it can; works
     /// even when the queue is full. The first requested code wins.
     pub(crate) fn close(&self, code: CloseCode) {
@@ -426,6 +482,7 @@ impl Inbox {
     pub(crate) fn share_writer(&mut self, wr: OwnedWriteHalf) {
         let mut q = self.inner.queue.lock();
         q.direct = Some(wr);
+        (self.inner.direct_worker).store(crate::workers::current() as u16, Ordering::Relaxed);
         self.inner.task_writes.store(true, Ordering::Relaxed);
         self.shared = true;
         self.owns = true;
@@ -577,7 +634,7 @@ impl Default for SessionIds {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Every session holds one `Inner` (behind an `Arc`, 16 bytes more):
@@ -680,7 +737,11 @@ mod tests {
 
     /// A session with its client socket's write half shared, and the
     /// client's end of that socket.
-    async fn shared_session(queue: usize) -> (SessionHandle, Inbox, tokio::net::TcpStream) {
+    /// A TCP session whose socket's write half is shared for direct
+    /// writes, and the client end of that socket.
+    pub(crate) async fn shared_session(
+        queue: usize,
+    ) -> (SessionHandle, Inbox, tokio::net::TcpStream) {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = tokio::net::TcpStream::connect(l.local_addr().unwrap())
             .await
@@ -693,7 +754,7 @@ mod tests {
         (h, rx, client)
     }
 
-    async fn read_exact(client: &mut tokio::net::TcpStream, n: usize) -> Vec<u8> {
+    pub(crate) async fn read_exact(client: &mut tokio::net::TcpStream, n: usize) -> Vec<u8> {
         use tokio::io::AsyncReadExt;
         let mut buf = vec![0; n];
         tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut buf))

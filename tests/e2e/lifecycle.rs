@@ -202,3 +202,66 @@ async fn worker_threads_flag_sets_the_workers_and_spreads_connections() {
     assert_ne!(code, Some(0));
     assert!(err.contains("--worker-threads"), "{err}");
 }
+
+/// `--io-uring auto` (the default) and `off` both deliver every reply, in
+/// order, when one backend read carries replies for many sessions and
+/// several for each (the batched path and the one-`send`-each path), and
+/// the startup log says which is in use; a bad value is refused.
+#[tokio::test]
+async fn io_uring_flag_chooses_how_replies_are_written_and_both_deliver_in_order() {
+    let be = backend("uring").await;
+    for mode in ["off", "auto"] {
+        let gw = gateway_with_flags(
+            "gw-uring",
+            &one_service(be.addr),
+            &["--worker-threads", "1", "--io-uring", mode],
+        )
+        .await;
+        // The log line follows the stdout line the harness waits for.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut log = gw.proc.log_text();
+        while !log.contains("gateway listening") && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            log = gw.proc.log_text();
+        }
+        if mode == "off" {
+            assert!(log.contains("io_uring=false"), "{log}");
+        } else {
+            assert!(
+                log.contains("io_uring=true") || log.contains("io_uring is unavailable"),
+                "{log}"
+            );
+        }
+        let mut clients = Vec::new();
+        for i in 0..16u64 {
+            let mut c = Client::tcp(gw.client).await;
+            c.hello(500 + i, 0).await;
+            clients.push(c);
+        }
+        // Every client sends its frames before any reads: the backend's
+        // replies come back many sessions and many frames to a read.
+        const PER: u32 = 32;
+        for (i, c) in clients.iter_mut().enumerate() {
+            for seq in 1..=PER {
+                c.send(&frame(Kind::Data, 1, seq, format!("{mode}-{i}-{seq}")))
+                    .await;
+            }
+        }
+        for (i, c) in clients.iter_mut().enumerate() {
+            for seq in 1..=PER {
+                let f = c.recv_kind(Kind::Data).await;
+                assert_eq!(f.header.seq, seq, "{mode}: client {i} in order");
+                let text = String::from_utf8_lossy(&f.payload);
+                assert!(text.contains(&format!("{mode}-{i}-{seq}")), "{text}");
+            }
+        }
+    }
+    let (code, err) = run_to_exit(
+        "gateway",
+        "listen: 127.0.0.1:0\nops_listen: 127.0.0.1:0\n",
+        &["--gateway-id", "gw", "--io-uring", "sometimes"],
+    )
+    .await;
+    assert_ne!(code, Some(0));
+    assert!(err.contains("--io-uring"), "{err}");
+}

@@ -324,6 +324,7 @@ impl Link<'_> {
                 dispatch(header, raw, ep, self.slot, self.generation, ctx);
             };
             run.deliver(&mut rbuf, ep, self.slot, &ctx.metrics);
+            super::sendbatch::flush(&ctx.metrics);
             frames_in.inc_by(frames);
             res?;
         }
@@ -434,6 +435,11 @@ impl Run {
         match bound.get(&self.session) {
             Some(s) => {
                 let len = raw.len() as u64;
+                let Some(raw) = super::sendbatch::offer(s, raw, self.count, metrics) else {
+                    drop(bound);
+                    *self = Run::default();
+                    return;
+                };
                 if s.deliver_frames(raw, self.count) == Delivered::Written {
                     let pm = metrics.proto(s.protocol());
                     pm.frames_out.inc_by(u64::from(self.count));
